@@ -1,0 +1,21 @@
+//! # cifar-stream
+//!
+//! A data-pipeline-centric, streaming CIFAR-10 trainer.
+//!
+//! ```text
+//!  prep-dataset                          stream-train
+//!  ────────────                          ──────────────────────────────────────────────
+//!  source::load ──► store::Writer ──► {train,test}.store ──► store::Reader (mmap, zero-copy &[u8])
+//!  (official bin .tar.gz / folder,        atomic: tmp + fsync + rename      │
+//!   image folder / .tar / .tar.gz,                                          ▼
+//!   synthetic, download)                                     (augment → stream → train: to come)
+//! ```
+//!
+//! Data flows one way: `source` → `store` → augmentation → streaming → training. Lower modules
+//! never import higher ones. Every random draw derives from an explicit seed ([`seed`]).
+
+pub mod prep;
+pub mod render;
+pub mod seed;
+pub mod source;
+pub mod store;

@@ -1,0 +1,164 @@
+//! The `prep-dataset` binary: exit codes, JSON for scripts, inspect, grid, --force.
+
+mod common;
+
+use assert_cmd::Command;
+use common::*;
+use serde_json::Value;
+
+fn prep_dataset() -> Command {
+    Command::cargo_bin("prep-dataset").unwrap()
+}
+
+fn json_of(output: &[u8]) -> Value {
+    serde_json::from_slice(output).expect("stdout is one JSON object")
+}
+
+#[test]
+fn synthetic_prep_prints_the_documented_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("syn");
+    let assert = prep_dataset()
+        .args([
+            "--synthetic",
+            "--per-class",
+            "10",
+            "--seed",
+            "4",
+            "--json",
+            "--verify",
+            "--out",
+        ])
+        .arg(&out)
+        .assert()
+        .success();
+    let v = json_of(&assert.get_output().stdout);
+    assert!(v["seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(v["verified"], true);
+    for (split, n) in [("train", 10), ("test", 2)] {
+        let s = &v["splits"][split];
+        assert_eq!(s["images"], 10 * n);
+        assert_eq!(s["class_counts"].as_array().unwrap().len(), 10);
+        assert!(s["class_counts"].as_array().unwrap().iter().all(|c| c == n));
+        for key in ["mean", "std"] {
+            let vals = s[key].as_array().unwrap();
+            assert_eq!(vals.len(), 3);
+            assert!(vals
+                .iter()
+                .all(|x| (0.0..=1.0).contains(&x.as_f64().unwrap())));
+        }
+    }
+    assert_eq!(list(&out), vec!["test.store", "train.store"]);
+}
+
+#[test]
+fn inspect_reports_verifies_and_draws_a_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("syn");
+    prep_dataset()
+        .args(["--synthetic", "--per-class", "6", "-q", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    let png = tmp.path().join("grid.png");
+    let assert = prep_dataset()
+        .arg("inspect")
+        .arg(&out)
+        .args(["--verify", "--json", "--grid-per-class", "4", "--grid"])
+        .arg(&png)
+        .assert()
+        .success();
+    let v = json_of(&assert.get_output().stdout);
+    assert_eq!(v["splits"]["train"]["images"], 60);
+    assert_eq!(v["classes"][0], "disk");
+    let img = image::open(&png).unwrap();
+    // 10 rows of 64-px cells with 2-px gaps; 4 columns plus a label column.
+    assert_eq!(img.height(), 10 * 66 + 2);
+    assert!(img.width() > 4 * 66);
+    // The human summary names every class.
+    let text = prep_dataset().arg("inspect").arg(&out).assert().success();
+    let stdout = String::from_utf8(text.get_output().stdout.clone()).unwrap();
+    assert!(
+        stdout.contains("checker") && stdout.contains("train: 60 images"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn existing_store_is_kept_without_force_and_replaced_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("syn");
+    prep_dataset()
+        .args(["--synthetic", "--per-class", "3", "-q", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    let before = std::fs::read(out.join("train.store")).unwrap();
+    prep_dataset()
+        .args(["--synthetic", "--per-class", "4", "-q", "--out"])
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("--force"));
+    assert_eq!(std::fs::read(out.join("train.store")).unwrap(), before);
+    prep_dataset()
+        .args(["--synthetic", "--per-class", "4", "-q", "--force", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert_ne!(std::fs::read(out.join("train.store")).unwrap(), before);
+}
+
+#[test]
+fn bad_source_exits_non_zero_with_the_file_named_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = official_files(2);
+    files[0].1.truncate(100);
+    let bin = write_official_dir(tmp.path(), &files);
+    let out = tmp.path().join("store");
+    prep_dataset()
+        .args(["-q", "--source"])
+        .arg(&bin)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("data_batch_1.bin"))
+        .stderr(predicates::str::contains("3073"));
+    assert!(!out.exists());
+}
+
+#[test]
+fn official_archive_preps_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = write_official_dir(tmp.path(), &official_files(3));
+    let archive = tmp.path().join("cifar-10-binary.tar.gz");
+    tar_dir(&bin, &archive, true);
+    let out = tmp.path().join("store");
+    let assert = prep_dataset()
+        .args(["-q", "--json", "--source"])
+        .arg(&archive)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let v = json_of(&assert.get_output().stdout);
+    assert_eq!(v["splits"]["train"]["images"], 15);
+    assert_eq!(v["splits"]["test"]["images"], 3);
+    assert_eq!(v["classes"][9], "truck");
+}
+
+#[test]
+fn no_source_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    prep_dataset()
+        .current_dir(tmp.path())
+        .arg("-q")
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("--source"));
+    prep_dataset()
+        .args(["--synthetic", "--download"])
+        .assert()
+        .failure();
+}

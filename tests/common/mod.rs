@@ -1,0 +1,106 @@
+//! Fixture builders shared by the integration tests: official-format batches, image folders,
+//! tar / tar.gz archives.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use cifar_stream::seed;
+
+/// Bytes per official record.
+pub const RECORD: usize = 3073;
+
+/// `n` deterministic official-format records (labels `< 10`).
+pub fn official_records(n: usize, salt: u64) -> Vec<u8> {
+    let mut rng = seed::rng(salt, &[]);
+    let mut out = vec![0u8; n * RECORD];
+    for rec in out.chunks_mut(RECORD) {
+        rec[0] = rng.u8(0..10);
+        rng.fill(&mut rec[1..]);
+    }
+    out
+}
+
+/// Converts one official record's planar pixels to HWC, written independently of the library.
+pub fn record_to_hwc(record: &[u8]) -> Vec<u8> {
+    let mut hwc = Vec::with_capacity(3072);
+    for p in 0..1024 {
+        for c in 0..3 {
+            hwc.push(record[1 + c * 1024 + p]);
+        }
+    }
+    hwc
+}
+
+/// The six batch files of an official fixture: `(name, bytes)`, train files first.
+pub fn official_files(per_file: usize) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = (1..=5)
+        .map(|i| (format!("data_batch_{i}.bin"), official_records(per_file, i)))
+        .collect();
+    files.push(("test_batch.bin".into(), official_records(per_file, 99)));
+    files
+}
+
+/// Writes an extracted official layout into `dir/cifar-10-batches-bin/` and returns that folder.
+pub fn write_official_dir(dir: &Path, files: &[(String, Vec<u8>)]) -> PathBuf {
+    let bin = dir.join("cifar-10-batches-bin");
+    fs::create_dir_all(&bin).unwrap();
+    for (name, data) in files {
+        fs::write(bin.join(name), data).unwrap();
+    }
+    let meta = cifar_stream::source::CIFAR10_CLASSES.join("\n") + "\n";
+    fs::write(bin.join("batches.meta.txt"), meta).unwrap();
+    bin
+}
+
+/// Packs `root` (recursively, named by its own folder name) into `out` as tar, gzipped if asked.
+pub fn tar_dir(root: &Path, out: &Path, gzip: bool) {
+    let file = fs::File::create(out).unwrap();
+    let name = root.file_name().unwrap();
+    if gzip {
+        let enc = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let mut b = tar::Builder::new(enc);
+        b.append_dir_all(name, root).unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    } else {
+        let mut b = tar::Builder::new(file);
+        b.append_dir_all(name, root).unwrap();
+        b.into_inner().unwrap();
+    }
+}
+
+/// A deterministic RGB image of `w`×`h` for class `k`, image `i`.
+pub fn fixture_pixels(w: u32, h: u32, k: usize, i: usize) -> Vec<u8> {
+    let mut rng = seed::rng(k as u64, &[i as u64]);
+    let mut px = vec![0u8; (w * h * 3) as usize];
+    rng.fill(&mut px);
+    px
+}
+
+/// Writes `root/{train,test}/<class>/NNNN.png` (lossless, so pixels round-trip exactly).
+pub fn write_png_folder(root: &Path, classes: &[&str], train: usize, test: usize) {
+    for (split, n) in [("train", train), ("test", test)] {
+        for (k, class) in classes.iter().enumerate() {
+            let dir = root.join(split).join(class);
+            fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let salt = if split == "train" { i } else { 10_000 + i };
+                let img =
+                    image::RgbImage::from_raw(32, 32, fixture_pixels(32, 32, k, salt)).unwrap();
+                img.save(dir.join(format!("{i:04}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// Files in `dir` (non-recursive), sorted; empty when `dir` does not exist.
+pub fn list(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
