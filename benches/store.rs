@@ -15,7 +15,9 @@ fn official_archive(dir: &Path, per_file: usize) -> std::path::PathBuf {
     let bin = dir.join("cifar-10-batches-bin");
     std::fs::create_dir_all(&bin).unwrap();
     let mut rng = fastrand::Rng::with_seed(1);
-    let names = (1..=5).map(|i| format!("data_batch_{i}.bin")).chain(["test_batch.bin".to_string()]);
+    let names = (1..=5)
+        .map(|i| format!("data_batch_{i}.bin"))
+        .chain(["test_batch.bin".to_string()]);
     for name in names {
         let mut data = vec![0u8; per_file * 3073];
         for rec in data.chunks_mut(3073) {
@@ -25,7 +27,10 @@ fn official_archive(dir: &Path, per_file: usize) -> std::path::PathBuf {
         std::fs::write(bin.join(name), data).unwrap();
     }
     let out = dir.join("cifar-10-binary.tar.gz");
-    let enc = flate2::write::GzEncoder::new(std::fs::File::create(&out).unwrap(), flate2::Compression::default());
+    let enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&out).unwrap(),
+        flate2::Compression::default(),
+    );
     let mut tar = tar::Builder::new(enc);
     tar.append_dir_all("cifar-10-batches-bin", &bin).unwrap();
     tar.into_inner().unwrap().finish().unwrap();
@@ -48,7 +53,10 @@ fn jpeg_archive(dir: &Path, per_class: usize) -> std::path::PathBuf {
         }
     }
     let out = dir.join("jpeg.tar.gz");
-    let enc = flate2::write::GzEncoder::new(std::fs::File::create(&out).unwrap(), flate2::Compression::default());
+    let enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&out).unwrap(),
+        flate2::Compression::default(),
+    );
     let mut tar = tar::Builder::new(enc);
     tar.append_dir_all("jpeg", &root).unwrap();
     tar.into_inner().unwrap().finish().unwrap();
@@ -69,19 +77,29 @@ fn bench_prep(c: &mut Criterion) {
     let per_file = 2_000;
     let official = official_archive(tmp.path(), per_file);
     group.throughput(Throughput::Elements(6 * per_file as u64));
-    group.bench_function("official_tar_gz", |b| b.iter(|| prep_once(&official, &tmp.path().join("o"))));
+    group.bench_function("official_tar_gz", |b| {
+        b.iter(|| prep_once(&official, &tmp.path().join("o")))
+    });
 
     let per_class = 1_000; // 10,000 train + 2,000 test JPEGs
     let jpeg = jpeg_archive(tmp.path(), per_class);
     group.throughput(Throughput::Elements(12 * per_class as u64));
-    group.bench_function("jpeg_tar_gz", |b| b.iter(|| prep_once(&jpeg, &tmp.path().join("j"))));
+    group.bench_function("jpeg_tar_gz", |b| {
+        b.iter(|| prep_once(&jpeg, &tmp.path().join("j")))
+    });
     group.finish();
 }
 
 fn bench_read(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
     let bar = ProgressBar::hidden();
-    prep::write_store(&synthetic::generate(5_000, 0, &bar), tmp.path(), false, &bar).unwrap();
+    prep::write_store(
+        &synthetic::generate(5_000, 0, &bar),
+        tmp.path(),
+        false,
+        &bar,
+    )
+    .unwrap();
     let reader = Reader::open(Split::Train.path_in(tmp.path())).unwrap();
     let mut order: Vec<usize> = (0..reader.len()).collect();
     fastrand::Rng::with_seed(3).shuffle(&mut order);
@@ -92,7 +110,8 @@ fn bench_read(c: &mut Criterion) {
         b.iter(|| {
             let mut acc = 0u64;
             for &i in &order {
-                acc += reader.image(i).iter().map(|&v| v as u64).sum::<u64>() + reader.label(i) as u64;
+                acc +=
+                    reader.image(i).iter().map(|&v| v as u64).sum::<u64>() + reader.label(i) as u64;
             }
             black_box(acc)
         })
