@@ -14,6 +14,7 @@
 //! Data flows one way: `source` → `store` → augmentation → streaming → training. Lower modules
 //! never import higher ones. Every random draw derives from an explicit seed ([`seed`]).
 
+pub mod augment;
 pub mod prep;
 pub mod render;
 pub mod seed;

@@ -162,3 +162,57 @@ fn no_source_is_a_usage_error() {
         .assert()
         .failure();
 }
+
+#[test]
+fn augment_preview_is_byte_identical_for_the_same_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("syn");
+    prep_dataset()
+        .args(["--synthetic", "--per-class", "4", "-q", "--out"])
+        .arg(&data)
+        .assert()
+        .success();
+    let run = |seed: &str, png: &str| {
+        Command::cargo_bin("stream-train")
+            .unwrap()
+            .args([
+                "augment-preview",
+                "-n",
+                "3",
+                "-k",
+                "4",
+                "--epoch",
+                "150",
+                "--seed",
+                seed,
+                "--data",
+            ])
+            .arg(&data)
+            .arg("--out")
+            .arg(tmp.path().join(png))
+            .assert()
+            .success();
+        std::fs::read(tmp.path().join(png)).unwrap()
+    };
+    let a = run("9", "a.png");
+    assert_eq!(a, run("9", "b.png"));
+    assert_ne!(a, run("10", "c.png"));
+    let img = image::load_from_memory(&a).unwrap();
+    assert_eq!(
+        img.height(),
+        3 * (96 + 2) + 2,
+        "3 rows of 3x-enlarged 32-px images"
+    );
+}
+
+#[test]
+fn augment_preview_without_a_store_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    Command::cargo_bin("stream-train")
+        .unwrap()
+        .args(["augment-preview", "--out", "x.png", "--data"])
+        .arg(tmp.path())
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("prep-dataset"));
+}

@@ -73,6 +73,63 @@ impl Split {
     }
 }
 
+/// Random access to labelled same-shaped images: what the augmentation stage reads.
+pub trait Images: Sync {
+    /// Shape of every image.
+    fn shape(&self) -> Shape;
+    /// Number of images.
+    fn len(&self) -> usize;
+    /// True when there is no image.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// HWC bytes of image `index`.
+    fn image(&self, index: usize) -> &[u8];
+    /// Label of image `index`.
+    fn label(&self, index: usize) -> u8;
+}
+
+impl Images for Reader {
+    fn shape(&self) -> Shape {
+        Reader::shape(self)
+    }
+    fn len(&self) -> usize {
+        Reader::len(self)
+    }
+    fn image(&self, index: usize) -> &[u8] {
+        Reader::image(self, index)
+    }
+    fn label(&self, index: usize) -> u8 {
+        Reader::label(self, index)
+    }
+}
+
+/// Images held in memory (tests, benchmarks, generated data).
+pub struct Memory {
+    /// Shape of every image.
+    pub shape: Shape,
+    /// Images back to back, HWC.
+    pub pixels: Vec<u8>,
+    /// One label per image.
+    pub labels: Vec<u8>,
+}
+
+impl Images for Memory {
+    fn shape(&self) -> Shape {
+        self.shape
+    }
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn image(&self, index: usize) -> &[u8] {
+        let n = self.shape.image_len();
+        &self.pixels[index * n..(index + 1) * n]
+    }
+    fn label(&self, index: usize) -> u8 {
+        self.labels[index]
+    }
+}
+
 impl std::fmt::Display for Split {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

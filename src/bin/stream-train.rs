@@ -1,0 +1,163 @@
+//! `stream-train`: the streaming trainer. So far it offers `augment-preview`; the training
+//! pipeline itself is being built stage by stage (see the README's status).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{ensure, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use cifar_stream::augment::ops::PadFill;
+use cifar_stream::augment::{preview, AugmentConfig, Augmenter, PolicyName};
+use cifar_stream::render;
+use cifar_stream::store::{Reader, Split};
+
+#[derive(Parser)]
+#[command(
+    name = "stream-train",
+    version,
+    about = "Streaming CIFAR-10 trainer: mmap store -> rayon augmentation -> bounded channels -> candle."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a PNG grid of N training images × K augmented versions: what the model sees.
+    AugmentPreview(PreviewArgs),
+}
+
+/// Augmentation flags shared by every command that augments.
+#[derive(Args, Clone)]
+struct AugmentArgs {
+    /// Policy ops: pba (recipe), autoaugment, randaugment, basic (crop + flip only), none.
+    #[arg(long, value_enum, default_value_t = PolicyName::Pba)]
+    augment: PolicyName,
+    /// RandAugment: ops per image.
+    #[arg(long, default_value_t = 2)]
+    randaugment_n: usize,
+    /// RandAugment: level 0–10.
+    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u8).range(0..=10))]
+    randaugment_m: u8,
+    /// Disable the random pad-and-crop.
+    #[arg(long)]
+    no_crop: bool,
+    /// Crop padding on every side.
+    #[arg(long, default_value_t = 4)]
+    crop_padding: usize,
+    /// What fills the crop padding.
+    #[arg(long, value_enum, default_value_t = PadFill::Mean)]
+    crop_fill: PadFill,
+    /// Disable the random horizontal flip.
+    #[arg(long)]
+    no_flip: bool,
+    /// Cutout holes per image (0 disables; basic/none default to 0).
+    #[arg(long)]
+    cutout_holes: Option<usize>,
+    /// Cutout square side in pixels.
+    #[arg(long, default_value_t = 4)]
+    cutout_length: usize,
+    /// Epoch count of the run (PBA stretches its schedule to it).
+    #[arg(long, default_value_t = 230)]
+    epochs: usize,
+}
+
+impl AugmentArgs {
+    fn config(&self) -> AugmentConfig {
+        let base = AugmentConfig::with_policy(self.augment);
+        AugmentConfig {
+            randaugment_n: self.randaugment_n,
+            randaugment_m: self.randaugment_m,
+            crop: base.crop && !self.no_crop,
+            crop_padding: self.crop_padding,
+            crop_fill: self.crop_fill,
+            flip: base.flip && !self.no_flip,
+            cutout_holes: self.cutout_holes.unwrap_or(base.cutout_holes),
+            cutout_length: self.cutout_length,
+            ..base
+        }
+    }
+}
+
+#[derive(Args)]
+struct PreviewArgs {
+    /// Store folder (holds train.store).
+    #[arg(long, default_value = "datasets/cifar10")]
+    data: PathBuf,
+    /// PNG to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed of the augmentation draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Epoch whose augmentation to show (matters for PBA's schedule).
+    #[arg(long, default_value_t = 0)]
+    epoch: usize,
+    /// Images (rows), spread evenly over the split.
+    #[arg(long, short = 'n', default_value_t = 8)]
+    images: usize,
+    /// Augmented versions per image (columns after the original).
+    #[arg(long, short = 'k', default_value_t = 8)]
+    versions: usize,
+    #[command(flatten)]
+    augment: AugmentArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::AugmentPreview(args) => augment_preview(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn augment_preview(args: PreviewArgs) -> Result<()> {
+    let reader = Reader::open(Split::Train.path_in(&args.data)).with_context(|| {
+        format!(
+            "opening the store in {} (run prep-dataset first)",
+            args.data.display()
+        )
+    })?;
+    ensure!(
+        !reader.is_empty(),
+        "{} holds no image",
+        reader.path().display()
+    );
+    let h = reader.header();
+    let aug = Augmenter::new(
+        &args.augment.config(),
+        args.augment.epochs,
+        args.seed,
+        h.shape,
+        &h.mean,
+        &h.std,
+    );
+    let n = args.images.clamp(1, reader.len());
+    let indices: Vec<usize> = (0..n).map(|k| k * reader.len() / n).collect();
+    let img = preview::grid(
+        &aug,
+        &reader,
+        reader.classes(),
+        &indices,
+        args.versions,
+        args.epoch,
+        args.seed,
+    );
+    render::save_png(&img, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "wrote {} ({} images × {} versions, epoch {})",
+        args.out.display(),
+        n,
+        args.versions,
+        args.epoch
+    );
+    Ok(())
+}
