@@ -6,9 +6,15 @@
 //!  prep-dataset                          stream-train
 //!  ────────────                          ──────────────────────────────────────────────
 //!  source::load ──► store::Writer ──► {train,test}.store ──► store::Reader (mmap, zero-copy &[u8])
-//!  (official bin .tar.gz / folder,        atomic: tmp + fsync + rename      │
+//!  (official bin .tar.gz / folder,        atomic: tmp + fsync + rename      │ image i
 //!   image folder / .tar / .tar.gz,                                          ▼
-//!   synthetic, download)                                     (augment → stream → train: to come)
+//!   synthetic, download)                          augment::Augmenter (rng = (seed, epoch, i)):
+//!                                                   policy ops (PBA / AutoAugment / RandAugment)
+//!                                                   → crop → flip → normalise → cutout
+//!                                                 augment::collate (rayon) ──► Batch (NCHW f32)
+//!                                                                           │
+//!                                                                           ▼
+//!                                                          (stream → train: to come)
 //! ```
 //!
 //! Data flows one way: `source` → `store` → augmentation → streaming → training. Lower modules

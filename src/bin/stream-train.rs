@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use cifar_stream::augment::ops::PadFill;
-use cifar_stream::augment::{preview, AugmentConfig, Augmenter, PolicyName};
+use cifar_stream::augment::{collate, preview, AugmentConfig, Augmenter, Batch, PolicyName};
 use cifar_stream::render;
 use cifar_stream::store::{Reader, Split};
 
@@ -27,6 +28,32 @@ struct Cli {
 enum Command {
     /// Write a PNG grid of N training images × K augmented versions: what the model sees.
     AugmentPreview(PreviewArgs),
+    /// Time augmentation + collation called directly in a loop (no channel): prints `images/s: X`.
+    AugmentBench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Store folder (holds train.store).
+    #[arg(long, default_value = "datasets/cifar10")]
+    data: PathBuf,
+    /// Images per batch.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Batches to time (after one untimed warm-up batch).
+    #[arg(long, default_value_t = 200)]
+    batches: usize,
+    /// Rayon threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Epoch to augment as (matters for PBA's schedule).
+    #[arg(long, default_value_t = 200)]
+    epoch: usize,
+    /// Seed of the augmentation draws and the shuffle.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    augment: AugmentArgs,
 }
 
 /// Augmentation flags shared by every command that augments.
@@ -109,6 +136,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::AugmentPreview(args) => augment_preview(args),
+        Command::AugmentBench(args) => augment_bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -159,5 +187,59 @@ fn augment_preview(args: PreviewArgs) -> Result<()> {
         args.versions,
         args.epoch
     );
+    Ok(())
+}
+
+fn augment_bench(args: BenchArgs) -> Result<()> {
+    let reader = Reader::open(Split::Train.path_in(&args.data)).with_context(|| {
+        format!(
+            "opening the store in {} (run prep-dataset first)",
+            args.data.display()
+        )
+    })?;
+    ensure!(
+        reader.len() >= args.batch_size,
+        "the store holds fewer than {} images",
+        args.batch_size
+    );
+    let h = reader.header();
+    let aug = Augmenter::new(
+        &args.augment.config(),
+        args.augment.epochs,
+        args.seed,
+        h.shape,
+        &h.mean,
+        &h.std,
+    );
+    let mut order: Vec<usize> = (0..reader.len()).collect();
+    fastrand::Rng::with_seed(args.seed).shuffle(&mut order);
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(t) = args.threads {
+        pool = pool.num_threads(t);
+    }
+    let pool = pool.build()?;
+    let per_epoch = reader.len() / args.batch_size;
+    let mut batch = Batch::with_capacity(args.batch_size, aug.output_len());
+    let mut run = |step: usize| {
+        let k = step % per_epoch;
+        let indices = &order[k * args.batch_size..(k + 1) * args.batch_size];
+        pool.install(|| collate(&aug, &reader, indices, args.epoch, &mut batch));
+    };
+    run(0);
+    let start = Instant::now();
+    for step in 1..=args.batches {
+        run(step);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let images = (args.batches * args.batch_size) as f64;
+    println!(
+        "augment {:?}, {} threads, batch {}: {} images in {:.3} s",
+        args.augment.augment,
+        pool.current_num_threads(),
+        args.batch_size,
+        images,
+        seconds
+    );
+    println!("images/s: {:.0}", images / seconds);
     Ok(())
 }

@@ -18,16 +18,23 @@ pub fn posterize(img: &mut [u8], bits: u32) {
 
 /// Inverts every byte at or above `threshold` (`threshold` ≥ 256 changes nothing).
 pub fn solarize(img: &mut [u8], threshold: u32) {
-    img.iter_mut().for_each(|v| {
-        if *v as u32 >= threshold {
-            *v = 255 - *v
+    let lut: [u8; 256] = std::array::from_fn(|v| {
+        if v as u32 >= threshold {
+            255 - v as u8
+        } else {
+            v as u8
         }
     });
+    img.iter_mut().for_each(|v| *v = lut[*v as usize]);
 }
 
-/// Per-channel histograms.
-fn histograms(img: &[u8], c: usize) -> Vec<[u32; 256]> {
-    let mut h = vec![[0u32; 256]; c];
+/// Most channels the histogram ops handle (kept on the stack: no allocation per image).
+const MAX_CHANNELS: usize = 4;
+
+/// Per-channel histograms (the first `c` entries are used).
+fn histograms(img: &[u8], c: usize) -> [[u32; 256]; MAX_CHANNELS] {
+    assert!(c <= MAX_CHANNELS, "at most {MAX_CHANNELS} channels");
+    let mut h = [[0u32; 256]; MAX_CHANNELS];
     for px in img.chunks_exact(c) {
         for (k, &v) in px.iter().enumerate() {
             h[k][v as usize] += 1;
@@ -45,69 +52,73 @@ fn apply_luts(img: &mut [u8], luts: &[[u8; 256]]) {
     }
 }
 
+/// Builds one LUT per channel from that channel's histogram and applies them.
+fn per_channel_lut(img: &mut [u8], shape: Shape, lut_of: impl Fn(&[u32; 256]) -> [u8; 256]) {
+    let c = shape.channels as usize;
+    let h = histograms(img, c);
+    let mut luts = [[0u8; 256]; MAX_CHANNELS];
+    for k in 0..c {
+        luts[k] = lut_of(&h[k]);
+    }
+    apply_luts(img, &luts[..c]);
+}
+
 /// Stretches each channel so its darkest value becomes 0 and its brightest 255 (PIL, cutoff 0).
 pub fn autocontrast(img: &mut [u8], shape: Shape) {
-    let luts: Vec<[u8; 256]> = histograms(img, shape.channels as usize)
-        .iter()
-        .map(|h| {
-            let mut lut = [0u8; 256];
-            let lo = h.iter().position(|&n| n > 0).unwrap_or(0);
-            let hi = h.iter().rposition(|&n| n > 0).unwrap_or(0);
-            for (i, out) in lut.iter_mut().enumerate() {
-                *out = if hi <= lo {
-                    i as u8
-                } else {
-                    let scale = 255.0 / (hi - lo) as f64;
-                    let offset = -(lo as f64) * scale;
-                    ((i as f64 * scale + offset) as i64).clamp(0, 255) as u8
-                };
-            }
-            lut
-        })
-        .collect();
-    apply_luts(img, &luts);
+    per_channel_lut(img, shape, |h| {
+        let mut lut = [0u8; 256];
+        let lo = h.iter().position(|&n| n > 0).unwrap_or(0);
+        let hi = h.iter().rposition(|&n| n > 0).unwrap_or(0);
+        for (i, out) in lut.iter_mut().enumerate() {
+            *out = if hi <= lo {
+                i as u8
+            } else {
+                let scale = 255.0 / (hi - lo) as f64;
+                let offset = -(lo as f64) * scale;
+                ((i as f64 * scale + offset) as i64).clamp(0, 255) as u8
+            };
+        }
+        lut
+    });
 }
 
 /// Equalises each channel's histogram (PIL `ImageOps.equalize`).
 pub fn equalize(img: &mut [u8], shape: Shape) {
-    let luts: Vec<[u8; 256]> = histograms(img, shape.channels as usize)
-        .iter()
-        .map(|h| {
-            let mut lut = [0u8; 256];
-            let nonzero: Vec<u32> = h.iter().copied().filter(|&n| n > 0).collect();
-            let step = match nonzero.as_slice() {
-                [] | [_] => 0,
-                all => (all.iter().sum::<u32>() - all[all.len() - 1]) / 256,
-            };
-            if step == 0 {
-                lut.iter_mut().enumerate().for_each(|(i, v)| *v = i as u8);
-            } else {
-                let mut n = step / 2;
-                for (i, out) in lut.iter_mut().enumerate() {
-                    *out = (n / step).min(255) as u8;
-                    n += h[i];
-                }
+    per_channel_lut(img, shape, |h| {
+        let mut lut = [0u8; 256];
+        // PIL: (sum of the non-zero bins minus the last of them) / 256, or nothing to do
+        // when fewer than two bins are used.
+        let used = h.iter().filter(|&&n| n > 0).count();
+        let last = h.iter().rev().copied().find(|&n| n > 0).unwrap_or(0);
+        let step = if used <= 1 {
+            0
+        } else {
+            (h.iter().sum::<u32>() - last) / 256
+        };
+        if step == 0 {
+            lut.iter_mut().enumerate().for_each(|(i, v)| *v = i as u8);
+        } else {
+            let mut n = step / 2;
+            for (i, out) in lut.iter_mut().enumerate() {
+                *out = (n / step).min(255) as u8;
+                n += h[i];
             }
-            lut
-        })
-        .collect();
-    apply_luts(img, &luts);
+        }
+        lut
+    });
 }
 
 /// PIL's `Image.blend(degenerate, img, factor)`: single-precision interpolation, truncated;
-/// extrapolation (`factor` outside 0..=1) is clipped to 0..=255.
+/// extrapolation (`factor` outside 0..=1) is clipped to 0..=255. (Rust's saturating float → u8
+/// cast does exactly that clipping and truncation.)
 #[inline]
 fn blend(degenerate: u8, value: u8, factor: f32) -> u8 {
-    let t = degenerate as i32 as f32 + factor * (value as i32 - degenerate as i32) as f32;
-    if (0.0..=1.0).contains(&factor) {
-        t as u8
-    } else if t <= 0.0 {
-        0
-    } else if t >= 255.0 {
-        255
-    } else {
-        t as u8
-    }
+    (degenerate as i32 as f32 + factor * (value as i32 - degenerate as i32) as f32) as u8
+}
+
+/// `blend(degenerate, v, factor)` for every byte value `v`.
+fn blend_lut(degenerate: u8, factor: f32) -> [u8; 256] {
+    std::array::from_fn(|v| blend(degenerate, v as u8, factor))
 }
 
 /// PIL's RGB → L conversion (ITU-R 601-2 luma in 16.16 fixed point, rounded).
@@ -118,7 +129,8 @@ pub fn luma(px: &[u8]) -> u8 {
 
 /// Brightness: blend with black (`factor` 1 = unchanged).
 pub fn brightness(img: &mut [u8], factor: f32) {
-    img.iter_mut().for_each(|v| *v = blend(0, *v, factor));
+    let lut = blend_lut(0, factor);
+    img.iter_mut().for_each(|v| *v = lut[*v as usize]);
 }
 
 /// Colour (saturation): blend with the image's own grey version (`factor` 1 = unchanged).
@@ -136,7 +148,8 @@ pub fn contrast(img: &mut [u8], shape: Shape, factor: f32) {
     let n = img.len() / 3;
     let sum: u64 = img.chunks_exact(3).map(|px| luma(px) as u64).sum();
     let mean = (sum as f64 / n.max(1) as f64 + 0.5) as u8;
-    img.iter_mut().for_each(|v| *v = blend(mean, *v, factor));
+    let lut = blend_lut(mean, factor);
+    img.iter_mut().for_each(|v| *v = lut[*v as usize]);
 }
 
 /// Sharpness: blend with PIL's `SMOOTH` 3×3 filter of the image (border pixels unchanged).
@@ -160,17 +173,18 @@ pub fn smooth(src: &[u8], dst: &mut [u8], shape: Shape) {
         return;
     }
     let (k1, k5) = (1.0f32 / 13.0, 5.0f32 / 13.0);
-    let at = |x: usize, y: usize, k: usize| src[(y * w + x) * c + k] as f32;
+    let stride = w * c;
     for y in 1..h - 1 {
-        for x in 1..w - 1 {
-            for k in 0..c {
-                // PIL sums the row below, the row itself, then the row above, each left to right.
-                let row = |yy: usize, centre: f32| {
-                    at(x - 1, yy, k) * k1 + at(x, yy, k) * centre + at(x + 1, yy, k) * k1
-                };
-                let ss = row(y + 1, k1) + row(y, k5) + row(y - 1, k1);
-                dst[(y * w + x) * c + k] = clip8(ss);
-            }
+        let above = &src[(y - 1) * stride..y * stride];
+        let row = &src[y * stride..(y + 1) * stride];
+        let below = &src[(y + 1) * stride..(y + 2) * stride];
+        let out = &mut dst[y * stride..(y + 1) * stride];
+        for i in c..stride - c {
+            let f = |r: &[u8], centre: f32| {
+                r[i - c] as f32 * k1 + r[i] as f32 * centre + r[i + c] as f32 * k1
+            };
+            // PIL sums the row below, the row itself, then the row above, in this order.
+            out[i] = clip8(f(below, k1) + f(row, k5) + f(above, k1));
         }
     }
 }

@@ -30,12 +30,24 @@ pub fn affine(src: &[u8], dst: &mut [u8], shape: Shape, m: [f64; 6], fill: &[u8]
         shape.channels as usize,
     );
     debug_assert_eq!(fill.len(), c);
+    let whole = |v: f64| v.fract() == 0.0 && v.abs() < 1e9;
+    if m[0] == 1.0 && m[1] == 0.0 && m[3] == 0.0 && m[4] == 1.0 && whole(m[2]) && whole(m[5]) {
+        // A whole-pixel shift: PIL samples input (x + c, y + f) exactly; copy row spans.
+        shift(src, dst, shape, m[2] as i64, m[5] as i64, fill);
+        return;
+    }
     let mut put = |x: i64, y: i64, xi: i64, yi: i64| {
-        let out = &mut dst[((y * w + x) as usize) * c..][..c];
-        if (0..w).contains(&xi) && (0..h).contains(&yi) {
-            out.copy_from_slice(&src[((yi * w + xi) as usize) * c..][..c]);
+        let o = ((y * w + x) as usize) * c;
+        let from = if (0..w).contains(&xi) && (0..h).contains(&yi) {
+            &src[((yi * w + xi) as usize) * c..]
         } else {
-            out.copy_from_slice(fill);
+            fill
+        };
+        // A constant length lets RGB copies compile to moves instead of a `memcpy` per pixel.
+        if c == 3 {
+            dst[o..o + 3].copy_from_slice(&from[..3]);
+        } else {
+            dst[o..o + c].copy_from_slice(&from[..c]);
         }
     };
     let fits = |x: f64, y: f64| {
@@ -79,6 +91,35 @@ pub fn affine(src: &[u8], dst: &mut [u8], shape: Shape, m: [f64; 6], fill: &[u8]
             xo += m[1];
             yo += m[4];
         }
+    }
+}
+
+/// Output `(x, y)` = input `(x + sx, y + sy)`, `fill` outside.
+fn shift(src: &[u8], dst: &mut [u8], shape: Shape, sx: i64, sy: i64, fill: &[u8]) {
+    let (w, h, c) = (
+        shape.width as i64,
+        shape.height as i64,
+        shape.channels as usize,
+    );
+    // Output columns whose source column lies inside the image.
+    let (x0, x1) = ((-sx).clamp(0, w), (w - sx).clamp(0, w));
+    for y in 0..h {
+        let out = &mut dst[(y * w) as usize * c..((y + 1) * w) as usize * c];
+        let yi = y + sy;
+        if !(0..h).contains(&yi) || x0 >= x1 {
+            out.chunks_exact_mut(c)
+                .for_each(|px| px.copy_from_slice(fill));
+            continue;
+        }
+        out[..x0 as usize * c]
+            .chunks_exact_mut(c)
+            .for_each(|px| px.copy_from_slice(fill));
+        out[x1 as usize * c..]
+            .chunks_exact_mut(c)
+            .for_each(|px| px.copy_from_slice(fill));
+        let from = ((yi * w + x0 + sx) as usize) * c;
+        out[x0 as usize * c..x1 as usize * c]
+            .copy_from_slice(&src[from..from + (x1 - x0) as usize * c]);
     }
 }
 
