@@ -26,3 +26,5 @@ pub mod render;
 pub mod seed;
 pub mod source;
 pub mod store;
+pub mod stream;
+pub mod telemetry;

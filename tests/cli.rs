@@ -216,3 +216,77 @@ fn augment_preview_without_a_store_says_what_to_do() {
         .failure()
         .stderr(predicates::str::contains("prep-dataset"));
 }
+
+#[test]
+fn pipeline_only_prints_profiles_and_writes_a_valid_trace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("syn");
+    prep_dataset()
+        .args(["--synthetic", "--per-class", "20", "-q", "--out"])
+        .arg(&data)
+        .assert()
+        .success();
+    let trace = tmp.path().join("trace.json");
+    let prof = tmp.path().join("profile.jsonl");
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .args([
+            "--pipeline-only",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "-q",
+            "--data",
+        ])
+        .arg(&data)
+        .arg("--trace")
+        .arg(&trace)
+        .arg("--profile-json")
+        .arg(&prof)
+        .assert()
+        .success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(stdout.contains("epoch 1: 200 images"), "{stdout}");
+    for stage in ["read", "augment", "send", "wait"] {
+        assert!(
+            stdout.contains(&format!("  {stage} ")),
+            "{stage} missing from\n{stdout}"
+        );
+    }
+    let rate: f64 = stdout
+        .lines()
+        .last()
+        .unwrap()
+        .strip_prefix("images/s: ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rate > 0.0);
+    let events: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).expect("trace is JSON");
+    for stage in ["read", "augment", "send", "wait"] {
+        let begins = events
+            .iter()
+            .filter(|e| e["name"] == stage && e["ph"] == "B")
+            .count();
+        let ends = events
+            .iter()
+            .filter(|e| e["name"] == stage && e["ph"] == "E")
+            .count();
+        assert!(
+            begins >= 14 && begins == ends,
+            "{stage}: {begins} begins, {ends} ends"
+        );
+    }
+    let lines: Vec<Value> = std::fs::read_to_string(&prof)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["epoch"], 1);
+    assert_eq!(lines[1]["images"], 200);
+    assert!(lines[1]["trainer_stall"].as_f64().unwrap() >= 0.0);
+    assert_eq!(lines[1]["stages"].as_array().unwrap().len(), 4);
+}

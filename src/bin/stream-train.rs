@@ -1,8 +1,11 @@
 //! `stream-train`: the streaming trainer. So far it offers `augment-preview`; the training
 //! pipeline itself is being built stage by stage (see the README's status).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
@@ -12,6 +15,9 @@ use cifar_stream::augment::ops::PadFill;
 use cifar_stream::augment::{collate, preview, AugmentConfig, Augmenter, Batch, PolicyName};
 use cifar_stream::render;
 use cifar_stream::store::{Reader, Split};
+use cifar_stream::stream::{Loader, LoaderConfig, StreamError};
+use cifar_stream::telemetry::{self, EpochProfile, Profiler};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Parser)]
 #[command(
@@ -19,9 +25,53 @@ use cifar_stream::store::{Reader, Split};
     version,
     about = "Streaming CIFAR-10 trainer: mmap store -> rayon augmentation -> bounded channels -> candle."
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// The main job's flags.
+#[derive(Args)]
+struct RunArgs {
+    /// Store folder (holds train.store and test.store).
+    #[arg(long, default_value = "datasets/cifar10")]
+    data: PathBuf,
+    /// Epochs to run.
+    #[arg(long, default_value_t = 230)]
+    epochs: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Drop each epoch's last short batch.
+    #[arg(long)]
+    drop_last: bool,
+    /// Batches ready in the channel ahead of the consumer.
+    #[arg(long, default_value_t = 4)]
+    prefetch: usize,
+    /// Rayon threads for augmentation [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seed of the shuffle and the augmentation draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run only the data path (sampler → store → augmentation → channel) into a null consumer,
+    /// print the profile table per epoch and a final `images/s: X` line.
+    #[arg(long)]
+    pipeline_only: bool,
+    /// Write a Chrome trace-event JSON file (open in Perfetto or chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Append each epoch's profile as one JSON line to FILE.
+    #[arg(long, value_name = "FILE")]
+    profile_json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    augment: AugmentArgs,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +102,9 @@ struct BenchArgs {
     /// Seed of the augmentation draws and the shuffle.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Epoch count of the run (PBA stretches its schedule to it).
+    #[arg(long, default_value_t = 230)]
+    epochs: usize,
     #[command(flatten)]
     augment: AugmentArgs,
 }
@@ -86,9 +139,6 @@ struct AugmentArgs {
     /// Cutout square side in pixels.
     #[arg(long, default_value_t = 4)]
     cutout_length: usize,
-    /// Epoch count of the run (PBA stretches its schedule to it).
-    #[arg(long, default_value_t = 230)]
-    epochs: usize,
 }
 
 impl AugmentArgs {
@@ -128,6 +178,9 @@ struct PreviewArgs {
     /// Augmented versions per image (columns after the original).
     #[arg(long, short = 'k', default_value_t = 8)]
     versions: usize,
+    /// Epoch count of the run (PBA stretches its schedule to it).
+    #[arg(long, default_value_t = 230)]
+    epochs: usize,
     #[command(flatten)]
     augment: AugmentArgs,
 }
@@ -135,16 +188,14 @@ struct PreviewArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::AugmentPreview(args) => augment_preview(args),
-        Command::AugmentBench(args) => augment_bench(args),
+        Some(Command::AugmentPreview(args)) => augment_preview(args).map(|()| ExitCode::SUCCESS),
+        Some(Command::AugmentBench(args)) => augment_bench(args).map(|()| ExitCode::SUCCESS),
+        None => run(cli.run),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
 }
 
 fn augment_preview(args: PreviewArgs) -> Result<()> {
@@ -162,7 +213,7 @@ fn augment_preview(args: PreviewArgs) -> Result<()> {
     let h = reader.header();
     let aug = Augmenter::new(
         &args.augment.config(),
-        args.augment.epochs,
+        args.epochs,
         args.seed,
         h.shape,
         &h.mean,
@@ -205,7 +256,7 @@ fn augment_bench(args: BenchArgs) -> Result<()> {
     let h = reader.header();
     let aug = Augmenter::new(
         &args.augment.config(),
-        args.augment.epochs,
+        args.epochs,
         args.seed,
         h.shape,
         &h.mean,
@@ -242,4 +293,129 @@ fn augment_bench(args: BenchArgs) -> Result<()> {
     );
     println!("images/s: {:.0}", images / seconds);
     Ok(())
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    ensure!(
+        args.pipeline_only,
+        "training is not implemented yet; `--pipeline-only` runs the whole data path into a null consumer"
+    );
+    let profiler = Profiler::default();
+    let _trace = telemetry::init(&profiler, args.trace.as_deref());
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        // A second Ctrl-C kills the process the usual way.
+        ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::Relaxed) {
+                std::process::exit(130);
+            }
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let reader = Reader::open(Split::Train.path_in(&args.data)).with_context(|| {
+        format!(
+            "opening the store in {} (run prep-dataset first)",
+            args.data.display()
+        )
+    })?;
+    let h = reader.header().clone();
+    let augmenter = Augmenter::new(
+        &args.augment.config(),
+        args.epochs,
+        args.seed,
+        h.shape,
+        &h.mean,
+        &h.std,
+    );
+    let mut pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("augment-{i}"));
+    if let Some(t) = args.threads {
+        pool = pool.num_threads(t);
+    }
+    let pool = Arc::new(pool.build()?);
+    let threads = pool.current_num_threads();
+    let config = LoaderConfig {
+        batch_size: args.batch_size,
+        drop_last: args.drop_last,
+        shuffle: true,
+        prefetch: args.prefetch,
+        seed: args.seed,
+        epochs: 0..args.epochs,
+    };
+    let mut loader = Loader::start(Arc::new(reader), Arc::new(augmenter), pool, config, cancel);
+    let mut profile_json = match &args.profile_json {
+        Some(p) => {
+            Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
+        None => None,
+    };
+    eprintln!(
+        "pipeline only: {} epochs of {} batches of {}, augment {:?}, {} threads, prefetch {}",
+        args.epochs,
+        loader.batches_per_epoch(),
+        args.batch_size,
+        args.augment.augment,
+        threads,
+        args.prefetch
+    );
+    let per_epoch = loader.images_per_epoch() as u64;
+    let (mut images, mut seconds) = (0usize, 0f64);
+    let mut interrupted = false;
+    while let Some(mut epoch) = loader.epoch() {
+        let bar = progress_bar(args.quiet, epoch.stats().epoch, args.epochs);
+        bar.set_length(per_epoch);
+        while let Some(item) = epoch.next_blocking() {
+            match item {
+                Ok(batch) => bar.inc(batch.len() as u64),
+                Err(StreamError::Interrupted) => {
+                    interrupted = true;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        bar.finish_and_clear();
+        let stats = epoch.stats().clone();
+        images += stats.images;
+        seconds += stats.wall_seconds;
+        let profile = EpochProfile::new(
+            stats.epoch,
+            stats.images,
+            stats.wall_seconds,
+            stats.mean_depth(),
+            stats.stall(),
+            profiler.take(),
+        );
+        print!("{profile}");
+        if let Some(f) = profile_json.as_mut() {
+            serde_json::to_writer(&mut *f, &profile)?;
+            writeln!(f)?;
+        }
+        if interrupted {
+            eprintln!("interrupted after {images} images");
+            break;
+        }
+    }
+    println!("images/s: {:.0}", images as f64 / seconds.max(1e-12));
+    Ok(if interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn progress_bar(quiet: bool, epoch: usize, epochs: usize) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "epoch {msg} [{bar:40}] {human_pos}/{human_len} ({per_sec}, {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("{}/{}", epoch + 1, epochs));
+    bar
 }
