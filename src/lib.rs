@@ -13,8 +13,12 @@
 //!                                                   → crop → flip → normalise → cutout
 //!                                                 augment::collate (rayon) ──► Batch (NCHW f32)
 //!                                                                           │
+//!  stream::Sampler (seeded permutation per epoch) → stream::Loader producer thread
+//!    ── bounded tokio mpsc (depth = prefetch), buffers recycled ──► Epoch (blocking / async)
+//!                                                                           │
 //!                                                                           ▼
-//!                                                          (stream → train: to come)
+//!                                                                  (train: to come)
+//!  telemetry: tracing spans (read, augment, send, wait, …) → per-epoch profile, Chrome trace
 //! ```
 //!
 //! Data flows one way: `source` → `store` → augmentation → streaming → training. Lower modules
