@@ -25,6 +25,9 @@
 //! never import higher ones. Every random draw derives from an explicit seed ([`seed`]).
 
 pub mod augment;
+pub mod config;
+pub mod device;
+pub mod model;
 pub mod prep;
 pub mod render;
 pub mod seed;
@@ -32,3 +35,4 @@ pub mod source;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod train;

@@ -13,10 +13,13 @@ use clap::{Args, Parser, Subcommand};
 
 use cifar_stream::augment::ops::PadFill;
 use cifar_stream::augment::{collate, preview, AugmentConfig, Augmenter, Batch, PolicyName};
+use cifar_stream::config::TrainConfig;
+use cifar_stream::device;
 use cifar_stream::render;
 use cifar_stream::store::{Reader, Split};
-use cifar_stream::stream::{Loader, LoaderConfig, StreamError};
+use cifar_stream::stream::{EpochStats, Loader, LoaderConfig, StreamError};
 use cifar_stream::telemetry::{self, EpochProfile, Profiler};
+use cifar_stream::train::{self, checkpoint, ScheduleKind};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Parser)]
@@ -33,34 +36,115 @@ struct Cli {
     run: RunArgs,
 }
 
-/// The main job's flags.
+/// The main job's flags: a preset, a TOML file over it, these flags over both.
 #[derive(Args)]
 struct RunArgs {
-    /// Store folder (holds train.store and test.store).
-    #[arg(long, default_value = "datasets/cifar10")]
-    data: PathBuf,
-    /// Epochs to run.
-    #[arg(long, default_value_t = 230)]
-    epochs: usize,
-    /// Images per batch.
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    /// Drop each epoch's last short batch.
+    /// Starting point: seed (the report's best row), seed-a, seed-b, tiny (small CPU model).
+    #[arg(long, default_value = "seed")]
+    preset: String,
+    /// TOML file whose keys override the preset (same names as the run's config.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the layer table, `parameters: N` and `flops: N`, and exit without touching data.
     #[arg(long)]
-    drop_last: bool,
-    /// Batches ready in the channel ahead of the consumer.
-    #[arg(long, default_value_t = 4)]
-    prefetch: usize,
+    summary: bool,
+    /// Continue the run saved in DIR (its config.toml is used; flags still override).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// cpu, cuda or cuda:N [default: cuda when built with it and a GPU is present, else cpu].
+    #[arg(long)]
+    device: Option<String>,
+    /// Store folder (holds train.store and test.store) [preset: datasets/cifar10; tiny: datasets/synthetic].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run name; outputs go to <runs>/<name>/ [preset: its name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Folder of runs [default: runs].
+    #[arg(long)]
+    runs: Option<PathBuf>,
+    /// Epochs [seed: 230].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per batch [seed: 128].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate [seed: 0.01].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// L2 weight decay [seed: 5e-5].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// SGD momentum [seed: 0.9].
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// Plain (not Nesterov) momentum.
+    #[arg(long)]
+    no_nesterov: bool,
+    /// No weight decay on BatchNorm parameters and biases.
+    #[arg(long)]
+    no_decay_bn_bias: bool,
+    /// Learning-rate schedule [seed: cosine with warm restarts].
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
+    /// Cosine: epochs of the first cycle [seed: 50].
+    #[arg(long)]
+    restart_every: Option<f64>,
+    /// Cosine: cycle length multiplier [seed: 1].
+    #[arg(long)]
+    restart_mult: Option<f64>,
+    /// Cosine: learning-rate floor [seed: 0].
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Multi-step: epochs at which the rate drops, comma-separated [seed: 115,172].
+    #[arg(long, value_delimiter = ',')]
+    milestones: Option<Vec<f64>>,
+    /// Multi-step: factor at each milestone [seed: 0.1].
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// Linear warm-up epochs [seed: 0].
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// EMA decay per step, 0 disables [seed: 0.999].
+    #[arg(long)]
+    ema_decay: Option<f64>,
+    /// Stem width [seed: 128].
+    #[arg(long)]
+    stem_width: Option<usize>,
+    /// SE hidden size / block output, 0 disables [seed: 0.25].
+    #[arg(long)]
+    se_ratio: Option<f64>,
+    /// Dropout before the classifier [seed: 0.25].
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Blocks per stage, comma-separated [seed: 3,4,6,3].
+    #[arg(long, value_delimiter = ',')]
+    blocks: Option<Vec<usize>>,
+    /// Bottleneck width per stage, comma-separated [seed: 64,128,256,512].
+    #[arg(long, value_delimiter = ',')]
+    widths: Option<Vec<usize>>,
+    /// Zero-initialise each block's last BatchNorm scale.
+    #[arg(long)]
+    zero_init_last_bn: bool,
+    /// Save a checkpoint every N epochs [seed: 10].
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Batches ready in the channel ahead of the trainer [default: 4].
+    #[arg(long)]
+    prefetch: Option<usize>,
     /// Rayon threads for augmentation [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
-    /// Seed of the shuffle and the augmentation draws.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of everything random [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Run only the data path (sampler → store → augmentation → channel) into a null consumer,
     /// print the profile table per epoch and a final `images/s: X` line.
     #[arg(long)]
     pipeline_only: bool,
+    /// Drop each epoch's last short batch (--pipeline-only; training always drops it).
+    #[arg(long)]
+    drop_last: bool,
     /// Write a Chrome trace-event JSON file (open in Perfetto or chrome://tracing).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
@@ -72,6 +156,44 @@ struct RunArgs {
     quiet: bool,
     #[command(flatten)]
     augment: AugmentArgs,
+}
+
+impl RunArgs {
+    /// Preset → TOML → flags.
+    fn resolve(&self) -> Result<TrainConfig> {
+        let mut c = match &self.resume {
+            Some(dir) => {
+                let text = std::fs::read_to_string(dir.join("config.toml"))
+                    .with_context(|| format!("reading {}", dir.join("config.toml").display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing {}", dir.join("config.toml").display()))?
+            }
+            None => TrainConfig::preset(&self.preset).map_err(anyhow::Error::msg)?,
+        };
+        if let Some(path) = &self.config {
+            c = c.merge_file(path).map_err(anyhow::Error::msg)?;
+        }
+        macro_rules! set {
+            ($($flag:ident => $($field:ident).+),* $(,)?) => {
+                $(if let Some(v) = self.$flag.clone() { c.$($field).+ = v; })*
+            };
+        }
+        set!(data => data, name => name, runs => runs, epochs => epochs, batch_size => batch_size,
+            lr => schedule.lr, weight_decay => optim.weight_decay, momentum => optim.momentum,
+            schedule => schedule.kind, restart_every => schedule.restart_every,
+            restart_mult => schedule.restart_mult, min_lr => schedule.min_lr,
+            milestones => schedule.milestones, gamma => schedule.gamma,
+            warmup_epochs => schedule.warmup_epochs, ema_decay => ema_decay,
+            stem_width => model.stem_width, se_ratio => model.se_ratio, dropout => model.dropout,
+            blocks => model.blocks, widths => model.widths, save_every => save_every,
+            prefetch => prefetch, threads => threads, seed => seed);
+        c.optim.nesterov &= !self.no_nesterov;
+        c.optim.no_decay_bn_bias |= self.no_decay_bn_bias;
+        c.model.zero_init_last_bn |= self.zero_init_last_bn;
+        c.augment = self.augment.apply(&c.augment);
+        c.model.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
 }
 
 #[derive(Subcommand)]
@@ -109,52 +231,73 @@ struct BenchArgs {
     augment: AugmentArgs,
 }
 
-/// Augmentation flags shared by every command that augments.
+/// Augmentation flags shared by every command that augments; unset flags keep the preset's value.
 #[derive(Args, Clone)]
 struct AugmentArgs {
     /// Policy ops: pba (recipe), autoaugment, randaugment, basic (crop + flip only), none.
-    #[arg(long, value_enum, default_value_t = PolicyName::Pba)]
-    augment: PolicyName,
-    /// RandAugment: ops per image.
-    #[arg(long, default_value_t = 2)]
-    randaugment_n: usize,
-    /// RandAugment: level 0–10.
-    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u8).range(0..=10))]
-    randaugment_m: u8,
+    #[arg(long, value_enum)]
+    augment: Option<PolicyName>,
+    /// RandAugment: ops per image [preset: 2].
+    #[arg(long)]
+    randaugment_n: Option<usize>,
+    /// RandAugment: level 0–10 [preset: 9].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=10))]
+    randaugment_m: Option<u8>,
     /// Disable the random pad-and-crop.
     #[arg(long)]
     no_crop: bool,
-    /// Crop padding on every side.
-    #[arg(long, default_value_t = 4)]
-    crop_padding: usize,
-    /// What fills the crop padding.
-    #[arg(long, value_enum, default_value_t = PadFill::Mean)]
-    crop_fill: PadFill,
+    /// Crop padding on every side [preset: 4].
+    #[arg(long)]
+    crop_padding: Option<usize>,
+    /// What fills the crop padding [preset: mean].
+    #[arg(long, value_enum)]
+    crop_fill: Option<PadFill>,
     /// Disable the random horizontal flip.
     #[arg(long)]
     no_flip: bool,
-    /// Cutout holes per image (0 disables; basic/none default to 0).
+    /// Cutout holes per image, 0 disables [preset: 3; basic/none: 0].
     #[arg(long)]
     cutout_holes: Option<usize>,
-    /// Cutout square side in pixels.
-    #[arg(long, default_value_t = 4)]
-    cutout_length: usize,
+    /// Cutout square side in pixels [preset: 4].
+    #[arg(long)]
+    cutout_length: Option<usize>,
 }
 
 impl AugmentArgs {
-    fn config(&self) -> AugmentConfig {
-        let base = AugmentConfig::with_policy(self.augment);
-        AugmentConfig {
-            randaugment_n: self.randaugment_n,
-            randaugment_m: self.randaugment_m,
-            crop: base.crop && !self.no_crop,
-            crop_padding: self.crop_padding,
-            crop_fill: self.crop_fill,
-            flip: base.flip && !self.no_flip,
-            cutout_holes: self.cutout_holes.unwrap_or(base.cutout_holes),
-            cutout_length: self.cutout_length,
-            ..base
+    /// `base` with these flags applied; choosing a policy starts from that policy's defaults.
+    fn apply(&self, base: &AugmentConfig) -> AugmentConfig {
+        let mut c = match self.augment {
+            Some(p) if p != base.policy => AugmentConfig {
+                cutout_length: base.cutout_length,
+                ..AugmentConfig::with_policy(p)
+            },
+            _ => base.clone(),
+        };
+        if let Some(n) = self.randaugment_n {
+            c.randaugment_n = n;
         }
+        if let Some(m) = self.randaugment_m {
+            c.randaugment_m = m;
+        }
+        c.crop &= !self.no_crop;
+        c.flip &= !self.no_flip;
+        if let Some(p) = self.crop_padding {
+            c.crop_padding = p;
+        }
+        if let Some(f) = self.crop_fill {
+            c.crop_fill = f;
+        }
+        if let Some(h) = self.cutout_holes {
+            c.cutout_holes = h;
+        }
+        if let Some(l) = self.cutout_length {
+            c.cutout_length = l;
+        }
+        c
+    }
+
+    fn config(&self) -> AugmentConfig {
+        self.apply(&AugmentConfig::recipe())
     }
 }
 
@@ -285,7 +428,7 @@ fn augment_bench(args: BenchArgs) -> Result<()> {
     let images = (args.batches * args.batch_size) as f64;
     println!(
         "augment {:?}, {} threads, batch {}: {} images in {:.3} s",
-        args.augment.augment,
+        args.augment.config().policy,
         pool.current_num_threads(),
         args.batch_size,
         images,
@@ -296,53 +439,199 @@ fn augment_bench(args: BenchArgs) -> Result<()> {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
-    ensure!(
-        args.pipeline_only,
-        "training is not implemented yet; `--pipeline-only` runs the whole data path into a null consumer"
-    );
+    let config = args.resolve()?;
+    if args.summary {
+        print_summary(&config);
+        return Ok(ExitCode::SUCCESS);
+    }
     let profiler = Profiler::default();
     let _trace = telemetry::init(&profiler, args.trace.as_deref());
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let cancel = cancel.clone();
-        // A second Ctrl-C kills the process the usual way.
+        // The first Ctrl-C stops cleanly (the trainer saves a checkpoint); a second one kills.
         ctrlc::set_handler(move || {
             if cancel.swap(true, Ordering::Relaxed) {
                 std::process::exit(130);
             }
+            eprintln!("\ninterrupt: stopping after saving (Ctrl-C again to kill)");
         })
         .context("installing the Ctrl-C handler")?;
     }
-    let reader = Reader::open(Split::Train.path_in(&args.data)).with_context(|| {
+    let mut pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("augment-{i}"));
+    if config.threads > 0 {
+        pool = pool.num_threads(config.threads);
+    }
+    let pool = Arc::new(pool.build()?);
+    if args.pipeline_only {
+        return pipeline_only(&args, &config, pool, cancel, &profiler);
+    }
+    let device = device::select(args.device.as_deref())?;
+    eprintln!("device: {}", device::describe(&device));
+    let dir = config.run_dir();
+    if args.resume.is_none() && checkpoint::state_path(&dir).exists() {
+        anyhow::bail!(
+            "{} already holds a run: pass --resume {} to continue it, or --name to start another",
+            dir.display(),
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    render::write_atomic(&dir.join("config.toml"), config.to_toml().as_bytes())?;
+    eprintln!(
+        "run {}: preset {}, {} parameters, {} flops/image, {} epochs, outputs in {}",
+        config.name,
+        config.preset,
+        config.model.parameter_count(),
+        2 * config.model.macs(32, 32),
+        config.epochs,
+        dir.display()
+    );
+    let mut observer = Bars::new(args.quiet, config.epochs, profiler);
+    let outcome = train::train(
+        &config,
+        &device,
+        args.resume.is_some(),
+        pool,
+        cancel,
+        &mut observer,
+    )?;
+    if let Some(last) = outcome.history.last() {
+        println!("ema test accuracy: {:.2}%", last.ema_test_acc * 100.0);
+        println!("raw test accuracy: {:.2}%", last.test_acc * 100.0);
+        println!(
+            "test accuracy: {:.2}%",
+            last.ema_test_acc.max(last.test_acc) * 100.0
+        );
+    }
+    if outcome.interrupted {
+        eprintln!(
+            "interrupted: checkpoint saved; continue with --resume {}",
+            dir.display()
+        );
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(config: &TrainConfig) {
+    println!(
+        "{:<24} {:>8} {:>6} {:>6} {:>9} {:>12} {:>14}",
+        "layer", "kind", "in", "out", "output", "params", "macs"
+    );
+    for l in config.model.layers(32, 32) {
+        println!(
+            "{:<24} {:>8} {:>6} {:>6} {:>9} {:>12} {:>14}",
+            l.name,
+            l.kind,
+            l.cin,
+            l.cout,
+            format!("{}x{}", l.out_hw.0, l.out_hw.1),
+            l.params,
+            l.macs
+        );
+    }
+    println!("parameters: {}", config.model.parameter_count());
+    println!("macs: {}", config.model.macs(32, 32));
+    println!("flops: {}", 2 * config.model.macs(32, 32));
+}
+
+/// Progress bars and per-epoch lines for a training run.
+struct Bars {
+    quiet: bool,
+    epochs: usize,
+    bar: ProgressBar,
+    profiler: Profiler,
+}
+
+impl Bars {
+    fn new(quiet: bool, epochs: usize, profiler: Profiler) -> Self {
+        Bars {
+            quiet,
+            epochs,
+            bar: ProgressBar::hidden(),
+            profiler,
+        }
+    }
+}
+
+impl train::Observer for Bars {
+    fn epoch_start(&mut self, epoch: usize, batches: usize) {
+        self.profiler.take();
+        self.bar = progress_bar(self.quiet, epoch, self.epochs);
+        self.bar.set_length(batches as u64);
+    }
+    fn step(&mut self, loss: f64) {
+        self.bar.inc(1);
+        self.bar.set_message(format!("loss {loss:.3}"));
+    }
+    fn epoch_end(&mut self, m: &train::EpochMetrics, stats: &EpochStats) {
+        self.bar.finish_and_clear();
+        println!(
+            "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:.2}%  test loss {:.4} acc {:.2}%  ema loss {:.4} acc {:.2}%  {:.0} img/s  stall {:.1}%  {:.1} s",
+            m.epoch + 1,
+            self.epochs,
+            m.lr,
+            m.train_loss,
+            m.train_acc * 100.0,
+            m.test_loss,
+            m.test_acc * 100.0,
+            m.ema_test_loss,
+            m.ema_test_acc * 100.0,
+            m.images_per_second,
+            m.trainer_stall * 100.0,
+            m.seconds
+        );
+        let profile = EpochProfile::new(
+            m.epoch,
+            stats.images,
+            stats.wall_seconds,
+            stats.mean_depth(),
+            stats.stall(),
+            self.profiler.take(),
+        );
+        tracing::info!("{profile}");
+    }
+}
+
+fn pipeline_only(
+    args: &RunArgs,
+    config: &TrainConfig,
+    pool: Arc<rayon::ThreadPool>,
+    cancel: Arc<AtomicBool>,
+    profiler: &Profiler,
+) -> Result<ExitCode> {
+    let reader = Reader::open(Split::Train.path_in(&config.data)).with_context(|| {
         format!(
             "opening the store in {} (run prep-dataset first)",
-            args.data.display()
+            config.data.display()
         )
     })?;
     let h = reader.header().clone();
     let augmenter = Augmenter::new(
-        &args.augment.config(),
-        args.epochs,
-        args.seed,
+        &config.augment,
+        config.epochs,
+        config.seed,
         h.shape,
         &h.mean,
         &h.std,
     );
-    let mut pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("augment-{i}"));
-    if let Some(t) = args.threads {
-        pool = pool.num_threads(t);
-    }
-    let pool = Arc::new(pool.build()?);
     let threads = pool.current_num_threads();
-    let config = LoaderConfig {
-        batch_size: args.batch_size,
+    let loader_config = LoaderConfig {
+        batch_size: config.batch_size,
         drop_last: args.drop_last,
         shuffle: true,
-        prefetch: args.prefetch,
-        seed: args.seed,
-        epochs: 0..args.epochs,
+        prefetch: config.prefetch,
+        seed: config.seed,
+        epochs: 0..config.epochs,
     };
-    let mut loader = Loader::start(Arc::new(reader), Arc::new(augmenter), pool, config, cancel);
+    let mut loader = Loader::start(
+        Arc::new(reader),
+        Arc::new(augmenter),
+        pool,
+        loader_config,
+        cancel,
+    );
     let mut profile_json = match &args.profile_json {
         Some(p) => {
             Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
@@ -351,18 +640,18 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     };
     eprintln!(
         "pipeline only: {} epochs of {} batches of {}, augment {:?}, {} threads, prefetch {}",
-        args.epochs,
+        config.epochs,
         loader.batches_per_epoch(),
-        args.batch_size,
-        args.augment.augment,
+        config.batch_size,
+        config.augment.policy,
         threads,
-        args.prefetch
+        config.prefetch
     );
     let per_epoch = loader.images_per_epoch() as u64;
     let (mut images, mut seconds) = (0usize, 0f64);
     let mut interrupted = false;
     while let Some(mut epoch) = loader.epoch() {
-        let bar = progress_bar(args.quiet, epoch.stats().epoch, args.epochs);
+        let bar = progress_bar(args.quiet, epoch.stats().epoch, config.epochs);
         bar.set_length(per_epoch);
         while let Some(item) = epoch.next_blocking() {
             match item {

@@ -1,0 +1,251 @@
+//! The run's configuration: a preset, overridden by a TOML file, overridden by flags; the
+//! resolved result is written next to the run's outputs.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::augment::{AugmentConfig, PolicyName};
+use crate::model::ModelConfig;
+use crate::train::schedule::{Schedule, ScheduleKind};
+
+/// Optimizer settings (SGD).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Momentum.
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 weight decay added to the gradient.
+    pub weight_decay: f64,
+    /// No weight decay on BatchNorm parameters and biases.
+    pub no_decay_bn_bias: bool,
+}
+
+/// Everything a training run needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Preset this configuration started from.
+    pub preset: String,
+    /// Store folder.
+    pub data: PathBuf,
+    /// Output folder root; the run writes to `<runs>/<name>/`.
+    pub runs: PathBuf,
+    /// Run name.
+    pub name: String,
+    /// Epochs.
+    pub epochs: usize,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Evaluation batch size.
+    pub eval_batch_size: usize,
+    /// Batches prefetched ahead of the trainer.
+    pub prefetch: usize,
+    /// Augmentation threads (0 = all cores).
+    pub threads: usize,
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Save a checkpoint every this many epochs (and at the end, and on Ctrl-C).
+    pub save_every: usize,
+    /// EMA decay per step (0 disables the EMA).
+    pub ema_decay: f64,
+    /// Architecture.
+    pub model: ModelConfig,
+    /// Optimizer.
+    pub optim: OptimConfig,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Training augmentation.
+    pub augment: AugmentConfig,
+}
+
+/// The presets `--preset` accepts.
+pub const PRESETS: [&str; 4] = ["seed", "seed-a", "seed-b", "tiny"];
+
+impl TrainConfig {
+    /// A preset by name: `seed` (the report's best row), `seed-a`, `seed-b`, `tiny`.
+    pub fn preset(name: &str) -> Result<TrainConfig, String> {
+        let recipe = TrainConfig {
+            preset: name.to_string(),
+            data: PathBuf::from("datasets/cifar10"),
+            runs: PathBuf::from("runs"),
+            name: name.to_string(),
+            epochs: 230,
+            batch_size: 128,
+            eval_batch_size: 256,
+            prefetch: 4,
+            threads: 0,
+            seed: 0,
+            save_every: 10,
+            ema_decay: 0.999,
+            model: ModelConfig::resnet50(),
+            optim: OptimConfig {
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 5e-5,
+                no_decay_bn_bias: false,
+            },
+            schedule: Schedule {
+                kind: ScheduleKind::Cosine,
+                lr: 0.01,
+                min_lr: 0.0,
+                restart_every: 50.0,
+                restart_mult: 1.0,
+                milestones: vec![115.0, 172.0],
+                gamma: 0.1,
+                warmup_epochs: 0.0,
+            },
+            augment: AugmentConfig::recipe(),
+        };
+        let mut c = recipe;
+        match name {
+            "seed" => {}
+            "seed-a" => {
+                c.schedule.lr = 0.001;
+                c.optim.weight_decay = 1e-4;
+                c.model.stem_width = 64;
+                c.augment.cutout_holes = 1;
+                c.augment.cutout_length = 8;
+            }
+            "seed-b" => {
+                c.schedule.lr = 0.1;
+                c.model.se_ratio = 0.0625;
+            }
+            "tiny" => {
+                c.model = ModelConfig::tiny();
+                c.data = PathBuf::from("datasets/synthetic");
+                c.epochs = 3;
+                c.batch_size = 32;
+                c.schedule.lr = 0.05;
+                c.schedule.restart_every = 3.0;
+                c.schedule.warmup_epochs = 0.5;
+                // Few steps per run: a short EMA horizon (~10 steps) so it can keep up.
+                c.ema_decay = 0.9;
+                c.save_every = 1;
+                c.augment = AugmentConfig::with_policy(PolicyName::Basic);
+                c.optim.weight_decay = 5e-4;
+            }
+            other => {
+                return Err(format!(
+                    "unknown preset {other:?} (choose one of {})",
+                    PRESETS.join(", ")
+                ))
+            }
+        }
+        Ok(c)
+    }
+
+    /// Applies the keys of a TOML document over this configuration (unknown keys are errors).
+    pub fn merge_toml(&self, text: &str) -> Result<TrainConfig, String> {
+        let patch: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut base = toml::Table::try_from(self).map_err(|e| e.to_string())?;
+        merge(&mut base, patch);
+        base.try_into().map_err(|e: toml::de::Error| e.to_string())
+    }
+
+    /// Reads `path` and merges it (see [`TrainConfig::merge_toml`]).
+    pub fn merge_file(&self, path: &Path) -> Result<TrainConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.merge_toml(&text)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The run's output folder.
+    pub fn run_dir(&self) -> PathBuf {
+        self.runs.join(&self.name)
+    }
+
+    /// The configuration as TOML (what the run writes as `config.toml`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config serialises")
+    }
+}
+
+fn merge(base: &mut toml::Table, patch: toml::Table) {
+    for (k, v) in patch {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(p)) => merge(b, p),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_match_the_report_rows() {
+        let s = TrainConfig::preset("seed").unwrap();
+        assert_eq!(
+            (
+                s.schedule.lr,
+                s.optim.weight_decay,
+                s.model.se_ratio,
+                s.model.stem_width
+            ),
+            (0.01, 5e-5, 0.25, 128)
+        );
+        assert_eq!(
+            (
+                s.augment.cutout_holes,
+                s.augment.cutout_length,
+                s.model.dropout
+            ),
+            (3, 4, 0.25)
+        );
+        assert_eq!(
+            (s.augment.policy, s.schedule.kind, s.batch_size),
+            (PolicyName::Pba, ScheduleKind::Cosine, 128)
+        );
+        assert!(s.optim.nesterov && s.optim.momentum == 0.9 && s.ema_decay > 0.0);
+        let a = TrainConfig::preset("seed-a").unwrap();
+        assert_eq!(
+            (
+                a.schedule.lr,
+                a.optim.weight_decay,
+                a.model.se_ratio,
+                a.model.stem_width
+            ),
+            (0.001, 1e-4, 0.25, 64)
+        );
+        assert_eq!((a.augment.cutout_holes, a.augment.cutout_length), (1, 8));
+        let b = TrainConfig::preset("seed-b").unwrap();
+        assert_eq!(
+            (
+                b.schedule.lr,
+                b.optim.weight_decay,
+                b.model.se_ratio,
+                b.model.stem_width
+            ),
+            (0.1, 5e-5, 0.0625, 128)
+        );
+        assert!(TrainConfig::preset("nope").is_err());
+    }
+
+    #[test]
+    fn toml_overrides_nested_fields_and_round_trips() {
+        let s = TrainConfig::preset("tiny").unwrap();
+        let merged = s
+            .merge_toml("epochs = 7\n[model]\nblocks = [2, 1, 1]\n[schedule]\nlr = 0.2\n")
+            .unwrap();
+        assert_eq!(merged.epochs, 7);
+        assert_eq!(merged.model.blocks, vec![2, 1, 1]);
+        assert_eq!(merged.schedule.lr, 0.2);
+        assert_eq!(merged.model.widths, s.model.widths);
+        assert_eq!(
+            TrainConfig::preset("seed").unwrap().merge_toml("").unwrap(),
+            TrainConfig::preset("seed").unwrap()
+        );
+        let back: TrainConfig = toml::from_str(&merged.to_toml()).unwrap();
+        assert_eq!(back, merged);
+        assert!(
+            s.merge_toml("epochz = 3").is_err(),
+            "unknown keys are refused"
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! The model: SE-ResNet-D (ResNet-50-D with Squeeze-and-Excitation) on candle.
+
+mod config;
+mod resnet_d;
+
+pub use config::{Layer, ModelConfig};
+pub use resnet_d::{build, is_buffer, sorted_vars, Mode, SeResNetD};

@@ -1,0 +1,15 @@
+//! The training stage: SGD with Nesterov momentum, learning-rate schedules, EMA, checkpoints,
+//! metrics, and the loop that consumes the stream.
+
+pub mod checkpoint;
+pub mod ema;
+pub mod metrics;
+pub mod schedule;
+pub mod sgd;
+pub mod trainer;
+
+pub use ema::Ema;
+pub use metrics::EpochMetrics;
+pub use schedule::{Schedule, ScheduleKind};
+pub use sgd::Sgd;
+pub use trainer::{evaluate, train, Evaluation, Net, Observer, Outcome, Silent};

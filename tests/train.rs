@@ -1,0 +1,156 @@
+//! Training end to end on a small synthetic store: it learns, it writes its outputs, and a run
+//! stopped after an epoch and resumed gives the same metrics as an uninterrupted one.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::Device;
+use cifar_stream::config::TrainConfig;
+use cifar_stream::prep;
+use cifar_stream::source::synthetic;
+use cifar_stream::stream::EpochStats;
+use cifar_stream::train::{self, EpochMetrics, Observer, Silent};
+use indicatif::ProgressBar;
+
+fn store(dir: &Path, per_class: usize) {
+    let bar = ProgressBar::hidden();
+    prep::write_store(&synthetic::generate(per_class, 2, &bar), dir, false, &bar).unwrap();
+}
+
+/// The tiny preset made smaller still, so that CI trains it for seconds.
+fn micro(data: &Path, runs: &Path, name: &str, epochs: usize) -> TrainConfig {
+    let mut c = TrainConfig::preset("tiny").unwrap();
+    c.data = data.to_path_buf();
+    c.runs = runs.to_path_buf();
+    c.name = name.into();
+    c.epochs = epochs;
+    c.batch_size = 20;
+    c.eval_batch_size = 100;
+    c.model.widths = vec![4, 8, 16];
+    c.model.stem_width = 8;
+    c.schedule.lr = 0.1;
+    c.schedule.restart_every = epochs as f64;
+    c.ema_decay = 0.9;
+    c
+}
+
+fn pool() -> Arc<rayon::ThreadPool> {
+    Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn tiny_model_learns_the_synthetic_classes_and_writes_its_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    store(&data, 24);
+    let mut config = micro(&data, tmp.path(), "learn", 6);
+    // Few images and few steps: no augmentation, a brisk learning rate.
+    config.augment =
+        cifar_stream::augment::AugmentConfig::with_policy(cifar_stream::augment::PolicyName::None);
+    config.batch_size = 16;
+    config.schedule.lr = 0.05;
+    config.schedule.warmup_epochs = 0.0;
+    let outcome = train::train(
+        &config,
+        &Device::Cpu,
+        false,
+        pool(),
+        Arc::new(AtomicBool::new(false)),
+        &mut Silent,
+    )
+    .unwrap();
+    assert_eq!(outcome.history.len(), 6);
+    let last = outcome.history.last().unwrap();
+    let best = last.test_acc.max(last.ema_test_acc);
+    assert!(
+        best > 0.3,
+        "test accuracy {best} (chance is 0.10): {:?}",
+        outcome.history
+    );
+    assert!(last.train_loss < outcome.history[0].train_loss);
+    let dir = config.run_dir();
+    for f in [
+        "metrics.jsonl",
+        "metrics.csv",
+        "curve.png",
+        "checkpoint.safetensors",
+        "checkpoint.json",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7);
+    assert!(image::open(dir.join("curve.png")).is_ok());
+}
+
+/// Stops the run (as Ctrl-C would) once `after` epochs have finished.
+struct StopAfter {
+    after: usize,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Observer for StopAfter {
+    fn epoch_end(&mut self, m: &EpochMetrics, _: &EpochStats) {
+        if m.epoch + 1 == self.after {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+#[test]
+fn a_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    store(&data, 8);
+    let whole = micro(&data, tmp.path(), "whole", 3);
+    let full = train::train(
+        &whole,
+        &Device::Cpu,
+        false,
+        pool(),
+        Arc::new(AtomicBool::new(false)),
+        &mut Silent,
+    )
+    .unwrap();
+
+    let split = micro(&data, tmp.path(), "split", 3);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut stop = StopAfter {
+        after: 1,
+        cancel: cancel.clone(),
+    };
+    let first = train::train(&split, &Device::Cpu, false, pool(), cancel, &mut stop).unwrap();
+    assert!(first.interrupted);
+    assert_eq!(first.history.len(), 1);
+    let resumed = train::train(
+        &split,
+        &Device::Cpu,
+        true,
+        pool(),
+        Arc::new(AtomicBool::new(false)),
+        &mut Silent,
+    )
+    .unwrap();
+    assert_eq!(resumed.history.len(), 3);
+    let key = |m: &EpochMetrics| {
+        (
+            m.epoch,
+            m.lr,
+            m.train_loss,
+            m.train_acc,
+            m.test_loss,
+            m.test_acc,
+            m.ema_test_loss,
+            m.ema_test_acc,
+        )
+    };
+    let a: Vec<_> = full.history.iter().map(key).collect();
+    let b: Vec<_> = resumed.history.iter().map(key).collect();
+    assert_eq!(a, b);
+}
