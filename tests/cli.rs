@@ -290,3 +290,136 @@ fn pipeline_only_prints_profiles_and_writes_a_valid_trace() {
     assert!(lines[1]["trainer_stall"].as_f64().unwrap() >= 0.0);
     assert_eq!(lines[1]["stages"].as_array().unwrap().len(), 4);
 }
+
+#[test]
+fn summary_prints_the_layer_table_parameters_and_flops_without_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .current_dir(tmp.path())
+        .args(["--preset", "seed", "--summary"])
+        .assert()
+        .success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let value = |key: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} in\n{stdout}"));
+        line[key.len()..].trim().parse().unwrap()
+    };
+    let want = cifar_stream::config::TrainConfig::preset("seed")
+        .unwrap()
+        .model;
+    assert_eq!(value("parameters:"), want.parameter_count() as u64);
+    assert_eq!(value("flops:"), 2 * want.macs(32, 32) as u64);
+    assert!(stdout.contains("stage3.2.se.expand"), "{stdout}");
+    // A flag changes the architecture.
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .args(["--preset", "seed", "--se-ratio", "0", "--summary"])
+        .assert()
+        .success();
+    assert!(!String::from_utf8(out.get_output().stdout.clone())
+        .unwrap()
+        .contains("se.expand"));
+}
+
+#[test]
+fn train_then_eval_predict_and_resume_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("syn");
+    prep_dataset()
+        .args(["--synthetic", "--per-class", "4", "-q", "--out"])
+        .arg(&data)
+        .assert()
+        .success();
+    let train = |extra: &[&str]| {
+        Command::cargo_bin("stream-train")
+            .unwrap()
+            .current_dir(tmp.path())
+            .args([
+                "--preset",
+                "tiny",
+                "--widths",
+                "4,8,16",
+                "--stem-width",
+                "8",
+                "--batch-size",
+                "20",
+                "-q",
+                "--data",
+            ])
+            .arg(&data)
+            .args(extra)
+            .assert()
+    };
+    let out = train(&["--epochs", "1"]).success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("test accuracy: "),
+        "{stdout}"
+    );
+    let run = tmp.path().join("runs/tiny");
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        config.contains("widths = [\n    4,") || config.contains("widths = [4, 8, 16]"),
+        "{config}"
+    );
+    // The same name again without --resume is refused; with it, the run continues.
+    train(&["--epochs", "1"])
+        .failure()
+        .stderr(predicates::str::contains("--resume"));
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .current_dir(tmp.path())
+        .args(["-q", "--epochs", "2", "--resume"])
+        .arg(&run)
+        .assert()
+        .success();
+    assert!(String::from_utf8(out.get_output().stdout.clone())
+        .unwrap()
+        .contains("epoch   2/2"));
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .args(["eval", "--checkpoint"])
+        .arg(&run)
+        .assert()
+        .success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        stdout.contains("test accuracy: ") && stdout.contains("checker"),
+        "{stdout}"
+    );
+
+    let png = tmp.path().join("one.png");
+    let reader = cifar_stream::store::Reader::open(data.join("test.store")).unwrap();
+    image::RgbImage::from_raw(32, 32, reader.image(0).to_vec())
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .args(["predict", "--checkpoint"])
+        .arg(&run)
+        .arg(&png)
+        .assert()
+        .success();
+    let line = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        line.contains("one.png: ") && line.trim_end().ends_with("%)"),
+        "{line}"
+    );
+}

@@ -2,7 +2,7 @@
 //! pipeline itself is being built stage by stage (see the README's status).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -202,6 +202,45 @@ enum Command {
     AugmentPreview(PreviewArgs),
     /// Time augmentation + collation called directly in a loop (no channel): prints `images/s: X`.
     AugmentBench(BenchArgs),
+    /// Accuracy, loss and confusion matrix of a saved run on a store split.
+    Eval(EvalArgs),
+    /// Classify image files (32×32 RGB PNG/JPEG) with a saved run.
+    Predict(PredictArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Run folder holding checkpoint.json and checkpoint.safetensors.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+    /// Store folder [default: the run's].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Evaluate the training split instead of the test split.
+    #[arg(long)]
+    train_split: bool,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    raw: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// Run folder holding checkpoint.json and checkpoint.safetensors.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    raw: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// Images to classify.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -333,6 +372,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::AugmentPreview(args)) => augment_preview(args).map(|()| ExitCode::SUCCESS),
         Some(Command::AugmentBench(args)) => augment_bench(args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Eval(args)) => eval(args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Predict(args)) => predict(args).map(|()| ExitCode::SUCCESS),
         None => run(cli.run),
     };
     result.unwrap_or_else(|e| {
@@ -707,4 +748,135 @@ fn progress_bar(quiet: bool, epoch: usize, epochs: usize) -> ProgressBar {
     );
     bar.set_message(format!("{}/{}", epoch + 1, epochs));
     bar
+}
+
+/// Loads a saved run: its state and a network holding the EMA (or raw) weights.
+fn load_run(
+    dir: &Path,
+    raw: bool,
+    device: &candle_core::Device,
+) -> Result<(checkpoint::State, train::Net)> {
+    let (state, tensors) = checkpoint::load(dir, device)?;
+    let net = train::Net::new(&state.config, device)?;
+    let prefix = if raw || state.config.ema_decay <= 0.0 {
+        "model."
+    } else {
+        "ema."
+    };
+    net.load(&tensors, prefix, dir)?;
+    eprintln!(
+        "{}: {} weights after {} epochs{}",
+        dir.display(),
+        if prefix == "ema." { "EMA" } else { "raw" },
+        state.next_epoch,
+        if state.partial_epoch {
+            " (+ a partial epoch)"
+        } else {
+            ""
+        }
+    );
+    Ok((state, net))
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let device = device::select(args.device.as_deref())?;
+    let (state, net) = load_run(&args.checkpoint, args.raw, &device)?;
+    let data = args.data.unwrap_or_else(|| state.config.data.clone());
+    let split = if args.train_split {
+        Split::Train
+    } else {
+        Split::Test
+    };
+    let reader = Reader::open(split.path_in(&data))
+        .with_context(|| format!("opening {}", split.path_in(&data).display()))?;
+    let shape = reader.shape();
+    let aug = Augmenter::new(
+        &AugmentConfig::with_policy(PolicyName::None),
+        1,
+        0,
+        shape,
+        &state.mean,
+        &state.std,
+    );
+    let pool = Arc::new(rayon::ThreadPoolBuilder::new().build()?);
+    let e = train::evaluate(
+        &net.model,
+        Arc::new(reader),
+        Arc::new(aug),
+        pool,
+        state.config.eval_batch_size,
+        &device,
+    )?;
+    let classes = &state.classes;
+    let w = classes.iter().map(|c| c.len()).max().unwrap_or(5).max(5);
+    print!("{:>w$}", "true\\pred");
+    for k in 0..classes.len() {
+        print!(" {:>6}", &classes[k][..classes[k].len().min(6)]);
+    }
+    println!(" {:>7}", "recall");
+    for (k, row) in e.confusion.iter().enumerate() {
+        print!("{:>w$}", classes[k]);
+        for v in row {
+            print!(" {v:>6}");
+        }
+        let n: u64 = row.iter().sum();
+        println!(" {:>6.1}%", 100.0 * row[k] as f64 / n.max(1) as f64);
+    }
+    println!("loss: {:.4}", e.loss);
+    println!("{} accuracy: {:.2}%", split.name(), e.accuracy * 100.0);
+    Ok(())
+}
+
+fn predict(args: PredictArgs) -> Result<()> {
+    let device = device::select(args.device.as_deref())?;
+    let (state, net) = load_run(&args.checkpoint, args.raw, &device)?;
+    let shape = cifar_stream::store::Shape::CIFAR;
+    let aug = Augmenter::new(
+        &AugmentConfig::with_policy(PolicyName::None),
+        1,
+        0,
+        shape,
+        &state.mean,
+        &state.std,
+    );
+    let mut pixels = Vec::with_capacity(args.images.len() * shape.image_len());
+    for path in &args.images {
+        let img = image::open(path).with_context(|| format!("reading {}", path.display()))?;
+        ensure!(
+            img.width() == shape.width && img.height() == shape.height,
+            "{}: image is {}x{}, the model takes {}x{} (resize it first)",
+            path.display(),
+            img.width(),
+            img.height(),
+            shape.width,
+            shape.height
+        );
+        pixels.extend_from_slice(img.to_rgb8().as_raw());
+    }
+    let mut x = vec![0f32; pixels.len()];
+    for (src, out) in pixels
+        .chunks(shape.image_len())
+        .zip(x.chunks_mut(shape.image_len()))
+    {
+        aug.augment_into(src, 0, 0, out);
+    }
+    let n = args.images.len();
+    let x = candle_core::Tensor::from_vec(x, (n, 3, 32, 32), &device)?;
+    let probs =
+        candle_nn::ops::softmax(&net.model.forward(&x, cifar_stream::model::Mode::Eval)?, 1)?;
+    let probs: Vec<Vec<f32>> = probs.to_vec2()?;
+    for (path, p) in args.images.iter().zip(probs) {
+        let (k, best) =
+            p.iter().enumerate().fold(
+                (0, f32::MIN),
+                |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+            );
+        println!(
+            "{}: {} ({:.1}%)",
+            path.display(),
+            state.classes[k],
+            best * 100.0
+        );
+    }
+    Ok(())
 }
