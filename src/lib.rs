@@ -15,9 +15,11 @@
 //!                                                                           │
 //!  stream::Sampler (seeded permutation per epoch) → stream::Loader producer thread
 //!    ── bounded tokio mpsc (depth = prefetch), buffers recycled ──► Epoch (blocking / async)
-//!                                                                           │
+//!                                                                           │ host batches
 //!                                                                           ▼
-//!                                                                  (train: to come)
+//!  train::train (own thread): h2d → model::SeResNetD forward/backward (candle)
+//!    ├─ train::Sgd (Nesterov, L2)  ├─ train::Schedule (cosine restarts / multi-step)
+//!    ├─ train::Ema                 └─ train::checkpoint (safetensors, atomic) + train::metrics
 //!  telemetry: tracing spans (read, augment, send, wait, …) → per-epoch profile, Chrome trace
 //! ```
 //!

@@ -16,7 +16,6 @@ import argparse
 import os
 import re
 import statistics
-import struct
 import subprocess
 import sys
 import time
@@ -27,23 +26,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-HEADER = 4096
-
-
-def read_store(path):
-    """Parses a v1 store file into (uint8 N×H×W×C array, labels, mean, std)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    assert data[:8] == b"CIFSTORE", f"{path}: not a store"
-    version, header_len, count, h, w, c, layout = struct.unpack_from("<IIQIIII", data, 8)
-    assert version == 1 and header_len == HEADER and layout == 1
-    pix_off, pix_len, lab_off, lab_len = struct.unpack_from("<QQQQ", data, 40)
-    mean = struct.unpack_from(f"<{c}d", data, 88)
-    std = struct.unpack_from(f"<{c}d", data, 88 + 8 * c)
-    pixels = np.frombuffer(data, np.uint8, pix_len, pix_off).reshape(count, h, w, c)
-    labels = np.frombuffer(data, np.uint8, lab_len, lab_off)
-    return pixels, labels, mean, std
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cifar_store import read_store  # noqa: E402
 
 class Cutout:
     """DeVries & Taylor cutout on a normalised tensor: `holes` squares of side `length`, zeroed."""
@@ -112,7 +96,7 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    pixels, labels, mean, std = read_store(os.path.join(args.data, "train.store"))
+    pixels, labels, mean, std, _ = read_store(os.path.join(args.data, "train.store"))
     rates = {"torchvision": [], "ours autoaugment": [], "ours pba": []}
     for r in range(args.rounds):
         rates["torchvision"].append(torchvision_rate(pixels, labels, mean, std, args.batches, args.workers))

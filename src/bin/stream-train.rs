@@ -48,6 +48,9 @@ struct RunArgs {
     /// Print the layer table, `parameters: N` and `flops: N`, and exit without touching data.
     #[arg(long)]
     summary: bool,
+    /// Print the fully resolved configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Continue the run saved in DIR (its config.toml is used; flags still override).
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
@@ -483,6 +486,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let config = args.resolve()?;
     if args.summary {
         print_summary(&config);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.print_config {
+        print!("{}", config.to_toml());
         return Ok(ExitCode::SUCCESS);
     }
     let profiler = Profiler::default();
