@@ -19,7 +19,7 @@ pub fn derive(seed: u64, parts: &[u64]) -> u64 {
         .fold(splitmix64(seed), |acc, &p| splitmix64(acc ^ splitmix64(p)))
 }
 
-/// A `fastrand` generator seeded by [`derive`].
+/// A `fastrand` generator seeded by [`derive()`].
 pub fn rng(seed: u64, parts: &[u64]) -> fastrand::Rng {
     fastrand::Rng::with_seed(derive(seed, parts))
 }

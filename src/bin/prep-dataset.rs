@@ -71,7 +71,7 @@ struct PrepArgs {
     /// Expected md5 for --download.
     #[arg(long, value_name = "HEX", default_value = download::OFFICIAL_MD5, requires = "download")]
     md5: String,
-    /// Where --download keeps the archive [default: <out>/../downloads/cifar-10-binary.tar.gz].
+    /// Where --download keeps the archive [default: OUT/../downloads/cifar-10-binary.tar.gz].
     #[arg(long, value_name = "FILE", requires = "download")]
     archive: Option<PathBuf>,
     /// Store folder to write [default: datasets/synthetic for --synthetic, else datasets/cifar10].

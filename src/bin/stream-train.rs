@@ -60,7 +60,7 @@ struct RunArgs {
     /// Store folder (holds train.store and test.store) [preset: datasets/cifar10; tiny: datasets/synthetic].
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Run name; outputs go to <runs>/<name>/ [preset: its name].
+    /// Run name; outputs go to RUNS/NAME/ [preset: its name].
     #[arg(long)]
     name: Option<String>,
     /// Folder of runs [default: runs].
