@@ -169,10 +169,13 @@ pub fn train(
         config.optim.no_decay_bn_bias,
     );
     let (mut start_epoch, mut step, mut history) = (0, 0, Vec::new());
-    if resume {
-        let (state, tensors) = checkpoint::load(&dir, device)?;
-        net.load(&tensors, "model.", &dir)?;
-        ema_net.load(&tensors, "ema.", &dir)?;
+    let saved = if resume {
+        Some(checkpoint::load(&dir, device)?)
+    } else {
+        None
+    };
+    if let Some((state, tensors)) = &saved {
+        net.load(tensors, "model.", &dir)?;
         let buffers: BTreeMap<String, Tensor> = tensors
             .iter()
             .filter_map(|(k, t)| {
@@ -181,21 +184,20 @@ pub fn train(
             })
             .collect();
         sgd.set_buffers(buffers);
-        (start_epoch, step, history) = (state.next_epoch, state.step, state.history);
+        (start_epoch, step, history) = (state.next_epoch, state.step, state.history.clone());
         history.truncate(start_epoch);
     }
-    let ema_vars = |n: &Net| n.named().into_iter().map(|(_, v)| v).collect::<Vec<_>>();
+    let vars = |n: &Net| n.named().into_iter().map(|(_, v)| v).collect::<Vec<_>>();
+    // Ema::new starts the average from the live weights; a resumed run then restores its own.
     let ema = if config.ema_decay > 0.0 {
-        let ema = Ema::new(config.ema_decay, ema_vars(&ema_net), ema_vars(&net))?;
-        if resume {
-            // Ema::new copied the live weights; put the checkpoint's EMA back.
-            let (_, tensors) = checkpoint::load(&dir, device)?;
-            ema_net.load(&tensors, "ema.", &dir)?;
-        }
-        Some(ema)
+        Some(Ema::new(config.ema_decay, vars(&ema_net), vars(&net))?)
     } else {
         None
     };
+    if let Some((_, tensors)) = &saved {
+        ema_net.load(tensors, "ema.", &dir)?;
+    }
+    drop(saved);
 
     let augmenter = Augmenter::new(
         &config.augment,
