@@ -154,3 +154,61 @@ fn a_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one() {
     let b: Vec<_> = resumed.history.iter().map(key).collect();
     assert_eq!(a, b);
 }
+
+/// Sets the cancel flag (as Ctrl-C does) after `after` optimizer steps.
+struct InterruptAt {
+    after: usize,
+    steps: usize,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Observer for InterruptAt {
+    fn step(&mut self, _loss: f64) {
+        self.steps += 1;
+        if self.steps == self.after {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_in_the_middle_of_an_epoch_saves_and_the_run_can_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    store(&data, 8); // 80 images: 4 steps of 20 per epoch
+    let config = micro(&data, tmp.path(), "ctrlc", 2);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut observer = InterruptAt {
+        after: 6,
+        steps: 0,
+        cancel: cancel.clone(),
+    };
+    let stopped =
+        train::train(&config, &Device::Cpu, false, pool(), cancel, &mut observer).unwrap();
+    assert!(stopped.interrupted);
+    assert_eq!(
+        stopped.history.len(),
+        1,
+        "epoch 0 completed, epoch 1 interrupted"
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config.run_dir().join("checkpoint.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["next_epoch"], 1);
+    assert_eq!(state["partial_epoch"], true);
+    assert!(
+        state["step"].as_u64().unwrap() >= 5,
+        "the partial epoch's steps are kept"
+    );
+    let resumed = train::train(
+        &config,
+        &Device::Cpu,
+        true,
+        pool(),
+        Arc::new(AtomicBool::new(false)),
+        &mut Silent,
+    )
+    .unwrap();
+    assert!(!resumed.interrupted);
+    assert_eq!(resumed.history.len(), 2);
+}

@@ -287,6 +287,11 @@ pub fn train(
         let (mut loss_sum, mut correct, mut seen, mut lr) = (0f64, 0u64, 0usize, 0f64);
         let mut k = 0;
         while let Some(batch) = epoch.next_blocking() {
+            // Ctrl-C: stop now rather than after the batches already queued.
+            if cancel.load(Ordering::Relaxed) {
+                interrupted = true;
+                break;
+            }
             let batch = match batch {
                 Ok(b) => b,
                 Err(StreamError::Interrupted) => {
