@@ -386,12 +386,7 @@ fn main() -> ExitCode {
 }
 
 fn augment_preview(args: PreviewArgs) -> Result<()> {
-    let reader = Reader::open(Split::Train.path_in(&args.data)).with_context(|| {
-        format!(
-            "opening the store in {} (run prep-dataset first)",
-            args.data.display()
-        )
-    })?;
+    let reader = open_train(&args.data)?;
     ensure!(
         !reader.is_empty(),
         "{} holds no image",
@@ -429,12 +424,7 @@ fn augment_preview(args: PreviewArgs) -> Result<()> {
 }
 
 fn augment_bench(args: BenchArgs) -> Result<()> {
-    let reader = Reader::open(Split::Train.path_in(&args.data)).with_context(|| {
-        format!(
-            "opening the store in {} (run prep-dataset first)",
-            args.data.display()
-        )
-    })?;
+    let reader = open_train(&args.data)?;
     ensure!(
         reader.len() >= args.batch_size,
         "the store holds fewer than {} images",
@@ -649,12 +639,7 @@ fn pipeline_only(
     cancel: Arc<AtomicBool>,
     profiler: &Profiler,
 ) -> Result<ExitCode> {
-    let reader = Reader::open(Split::Train.path_in(&config.data)).with_context(|| {
-        format!(
-            "opening the store in {} (run prep-dataset first)",
-            config.data.display()
-        )
-    })?;
+    let reader = open_train(&config.data)?;
     let h = reader.header().clone();
     let augmenter = Augmenter::new(
         &config.augment,
@@ -886,4 +871,14 @@ fn predict(args: PredictArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Opens the training split of the store in `data`, saying what to do when there is none.
+fn open_train(data: &Path) -> Result<Reader> {
+    Reader::open(Split::Train.path_in(data)).with_context(|| {
+        format!(
+            "opening the store in {} (run prep-dataset first)",
+            data.display()
+        )
+    })
 }
