@@ -1,6 +1,10 @@
 //! `prep-dataset`: turn CIFAR-10 (official binary, image folder, synthetic, or downloaded) into a
 //! memory-mapped store, or inspect an existing one.
 
+/// mimalloc: glibc's allocator churns pages under candle's per-op tensor allocations.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

@@ -1,6 +1,10 @@
 //! `stream-train`: the streaming trainer. So far it offers `augment-preview`; the training
 //! pipeline itself is being built stage by stage (see the README's status).
 
+/// mimalloc: glibc's allocator churns pages under candle's per-op tensor allocations.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
