@@ -274,8 +274,11 @@ fn pipeline_only_prints_profiles_and_writes_a_valid_trace() {
             .iter()
             .filter(|e| e["name"] == stage && e["ph"] == "E")
             .count();
+        // Every batch is read, augmented and sent; the consumer only waits when it finds the
+        // queue empty, which depends on timing.
+        let least = if stage == "wait" { 1 } else { 14 };
         assert!(
-            begins >= 14 && begins == ends,
+            begins >= least && begins == ends,
             "{stage}: {begins} begins, {ends} ends"
         );
     }
