@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::ops::{cutout, geometric::reflect, PadFill};
 use super::policy::{pba, Canvas, PolicyOps};
 use crate::seed;
-use crate::store::Shape;
+use crate::store::{Header, Shape};
 
 /// Which policy ops run before crop / flip / cutout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -154,6 +154,30 @@ impl Augmenter {
             mean: mean.to_vec(),
             std: std.to_vec(),
         }
+    }
+
+    /// An augmenter normalising with a store's own shape and per-channel statistics.
+    pub fn for_store(config: &AugmentConfig, epochs: usize, seed: u64, header: &Header) -> Self {
+        Augmenter::new(
+            config,
+            epochs,
+            seed,
+            header.shape,
+            &header.mean,
+            &header.std,
+        )
+    }
+
+    /// Normalisation only (evaluation and prediction): no policy, crop, flip or cutout.
+    pub fn normalise_only(shape: Shape, mean: &[f64], std: &[f64]) -> Self {
+        Augmenter::new(
+            &AugmentConfig::with_policy(PolicyName::None),
+            1,
+            0,
+            shape,
+            mean,
+            std,
+        )
     }
 
     /// The same augmenter drawing from another seed.

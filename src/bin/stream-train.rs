@@ -396,14 +396,11 @@ fn augment_preview(args: PreviewArgs) -> Result<()> {
         "{} holds no image",
         reader.path().display()
     );
-    let h = reader.header();
-    let aug = Augmenter::new(
+    let aug = Augmenter::for_store(
         &args.augment.config(),
         args.epochs,
         args.seed,
-        h.shape,
-        &h.mean,
-        &h.std,
+        reader.header(),
     );
     let n = args.images.clamp(1, reader.len());
     let indices: Vec<usize> = (0..n).map(|k| k * reader.len() / n).collect();
@@ -434,14 +431,11 @@ fn augment_bench(args: BenchArgs) -> Result<()> {
         "the store holds fewer than {} images",
         args.batch_size
     );
-    let h = reader.header();
-    let aug = Augmenter::new(
+    let aug = Augmenter::for_store(
         &args.augment.config(),
         args.epochs,
         args.seed,
-        h.shape,
-        &h.mean,
-        &h.std,
+        reader.header(),
     );
     let mut order: Vec<usize> = (0..reader.len()).collect();
     fastrand::Rng::with_seed(args.seed).shuffle(&mut order);
@@ -644,15 +638,8 @@ fn pipeline_only(
     profiler: &Profiler,
 ) -> Result<ExitCode> {
     let reader = open_train(&config.data)?;
-    let h = reader.header().clone();
-    let augmenter = Augmenter::new(
-        &config.augment,
-        config.epochs,
-        config.seed,
-        h.shape,
-        &h.mean,
-        &h.std,
-    );
+    let augmenter =
+        Augmenter::for_store(&config.augment, config.epochs, config.seed, reader.header());
     let threads = pool.current_num_threads();
     let loader_config = LoaderConfig {
         batch_size: config.batch_size,
@@ -786,14 +773,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     let reader = Reader::open(split.path_in(&data))
         .with_context(|| format!("opening {}", split.path_in(&data).display()))?;
     let shape = reader.shape();
-    let aug = Augmenter::new(
-        &AugmentConfig::with_policy(PolicyName::None),
-        1,
-        0,
-        shape,
-        &state.mean,
-        &state.std,
-    );
+    let aug = Augmenter::normalise_only(shape, &state.mean, &state.std);
     let pool = Arc::new(rayon::ThreadPoolBuilder::new().build()?);
     let e = train::evaluate(
         &net.model,
@@ -827,14 +807,7 @@ fn predict(args: PredictArgs) -> Result<()> {
     let device = device::select(args.device.as_deref())?;
     let (state, net) = load_run(&args.checkpoint, args.raw, &device)?;
     let shape = cifar_stream::store::Shape::CIFAR;
-    let aug = Augmenter::new(
-        &AugmentConfig::with_policy(PolicyName::None),
-        1,
-        0,
-        shape,
-        &state.mean,
-        &state.std,
-    );
+    let aug = Augmenter::normalise_only(shape, &state.mean, &state.std);
     let mut pixels = Vec::with_capacity(args.images.len() * shape.image_len());
     for path in &args.images {
         let img = image::open(path).with_context(|| format!("reading {}", path.display()))?;

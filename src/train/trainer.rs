@@ -14,7 +14,7 @@ use super::checkpoint::{self, State};
 use super::ema::Ema;
 use super::metrics::{self, EpochMetrics};
 use super::sgd::Sgd;
-use crate::augment::{AugmentConfig, Augmenter, PolicyName};
+use crate::augment::Augmenter;
 use crate::config::TrainConfig;
 use crate::model::{self, is_buffer, sorted_vars, Mode, SeResNetD};
 use crate::seed;
@@ -199,14 +199,7 @@ pub fn train(
     }
     drop(saved);
 
-    let augmenter = Augmenter::new(
-        &config.augment,
-        config.epochs,
-        config.seed,
-        header.shape,
-        &header.mean,
-        &header.std,
-    );
+    let augmenter = Augmenter::for_store(&config.augment, config.epochs, config.seed, &header);
     let loader_config = LoaderConfig {
         batch_size: config.batch_size,
         drop_last: true,
@@ -229,10 +222,7 @@ pub fn train(
             config.batch_size
         )));
     }
-    let eval_aug = Arc::new(Augmenter::new(
-        &AugmentConfig::with_policy(PolicyName::None),
-        1,
-        0,
+    let eval_aug = Arc::new(Augmenter::normalise_only(
         header.shape,
         &header.mean,
         &header.std,
