@@ -30,6 +30,7 @@ pub mod augment;
 pub mod config;
 pub mod device;
 pub mod model;
+pub mod ops;
 pub mod prep;
 pub mod render;
 pub mod seed;

@@ -1,10 +1,11 @@
 //! SE-ResNet-D on candle: a three-conv stem, bottleneck stages with the stride on the 3×3 conv,
 //! average-pool shortcuts, Squeeze-and-Excitation in every block, dropout, linear classifier.
 
-use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, Var};
-use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder, VarMap};
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_nn::{Linear, VarBuilder, VarMap};
 
 use super::config::ModelConfig;
+use crate::ops::{BatchNorm, Conv2d, Kernels};
 use crate::seed;
 
 /// Whether a forward pass trains (batch statistics, dropout) or evaluates (running statistics).
@@ -32,19 +33,16 @@ struct ConvBn {
 
 impl ConvBn {
     fn new(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: k / 2,
-            stride,
-            ..Default::default()
-        };
         Ok(ConvBn {
-            conv: candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb.pp("conv"))?,
-            bn: candle_nn::batch_norm(cout, 1e-5, vb.pp("bn"))?,
+            conv: Conv2d::new(cin, cout, k, stride, false, vb.pp("conv"))?,
+            bn: BatchNorm::new(cout, 1e-5, vb.pp("bn"))?,
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, mode.train())
+    /// conv → BN, then ReLU when `relu` (fused into the BN pass by the fast kernels).
+    fn forward(&self, x: &Tensor, mode: Mode, relu: bool, kernels: Kernels) -> Result<Tensor> {
+        let y = self.conv.forward(x, kernels)?;
+        self.bn.forward(&y, mode.train(), relu, kernels)
     }
 }
 
@@ -54,10 +52,10 @@ struct SqueezeExcite {
 }
 
 impl SqueezeExcite {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let s = x.mean_keepdim((2, 3))?;
-        let s = self.reduce.forward(&s)?.relu()?;
-        let s = candle_nn::ops::sigmoid(&self.expand.forward(&s)?)?;
+        let s = self.reduce.forward(&s, kernels)?.relu()?;
+        let s = candle_nn::ops::sigmoid(&self.expand.forward(&s, kernels)?)?;
         x.broadcast_mul(&s)
     }
 }
@@ -72,17 +70,17 @@ struct Bottleneck {
 }
 
 impl Bottleneck {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.conv1.forward(x, mode)?.relu()?;
-        let y = self.conv2.forward(&y, mode)?.relu()?;
-        let mut y = self.conv3.forward(&y, mode)?;
+    fn forward(&self, x: &Tensor, mode: Mode, kernels: Kernels) -> Result<Tensor> {
+        let y = self.conv1.forward(x, mode, true, kernels)?;
+        let y = self.conv2.forward(&y, mode, true, kernels)?;
+        let mut y = self.conv3.forward(&y, mode, false, kernels)?;
         if let Some(se) = &self.se {
-            y = se.forward(&y)?;
+            y = se.forward(&y, kernels)?;
         }
         let short = match &self.shortcut {
             None => x.clone(),
-            Some((true, proj)) => proj.forward(&x.avg_pool2d(2)?, mode)?,
-            Some((false, proj)) => proj.forward(x, mode)?,
+            Some((true, proj)) => proj.forward(&x.avg_pool2d(2)?, mode, false, kernels)?,
+            Some((false, proj)) => proj.forward(x, mode, false, kernels)?,
         };
         (y + short)?.relu()
     }
@@ -94,6 +92,7 @@ pub struct SeResNetD {
     stem: Vec<ConvBn>,
     blocks: Vec<Bottleneck>,
     fc: Linear,
+    kernels: Kernels,
 }
 
 impl SeResNetD {
@@ -115,10 +114,9 @@ impl SeResNetD {
                 let vb = vb.pp(format!("stage{s}.{b}"));
                 let hidden = config.se_hidden(out);
                 let se = if hidden > 0 {
-                    let cfg = Conv2dConfig::default();
                     Some(SqueezeExcite {
-                        reduce: candle_nn::conv2d(out, hidden, 1, cfg, vb.pp("se.reduce"))?,
-                        expand: candle_nn::conv2d(hidden, out, 1, cfg, vb.pp("se.expand"))?,
+                        reduce: Conv2d::new(out, hidden, 1, 1, true, vb.pp("se.reduce"))?,
+                        expand: Conv2d::new(hidden, out, 1, 1, true, vb.pp("se.expand"))?,
                     })
                 } else {
                     None
@@ -144,7 +142,18 @@ impl SeResNetD {
             stem,
             blocks,
             fc,
+            kernels: Kernels::default(),
         })
+    }
+
+    /// Chooses the convolution/BatchNorm implementation (the weights are unchanged).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    /// The convolution/BatchNorm implementation in use.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     /// The architecture.
@@ -156,10 +165,10 @@ impl SeResNetD {
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut x = x.clone();
         for layer in &self.stem {
-            x = layer.forward(&x, mode)?.relu()?;
+            x = layer.forward(&x, mode, true, self.kernels)?;
         }
         for block in &self.blocks {
-            x = block.forward(&x, mode)?;
+            x = block.forward(&x, mode, self.kernels)?;
         }
         let mut x = x.mean((2, 3))?;
         if let Mode::Train { dropout_seed } = mode {

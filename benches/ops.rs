@@ -1,0 +1,122 @@
+//! The training ops, fast (this crate's) against stock (candle-nn's): convolution and BatchNorm
+//! forward and forward+backward at layer shapes of the `tiny` and `seed` models, and a whole
+//! `tiny` training step (forward, loss, backward, SGD) at batch 128.
+//!
+//! `cargo bench --bench ops` (all) or e.g. `cargo bench --bench ops -- step`.
+
+use std::hint::black_box;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use cifar_stream::model::{build, sorted_vars, Mode, ModelConfig};
+use cifar_stream::ops::{conv2d, BatchNorm, Kernels};
+use cifar_stream::train::Sgd;
+
+// What the binaries run with (glibc malloc alone costs ~1.4x here through page-fault churn).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let v: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| rng.f32() * 2.0 - 1.0)
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+const KERNELS: [(Kernels, &str); 2] = [(Kernels::Fast, "fast"), (Kernels::Stock, "stock")];
+
+/// (name, batch, cin, cout, hw, k, stride): representative layers.
+const CONVS: [(&str, usize, usize, usize, usize, usize, usize); 6] = [
+    ("tiny-stem1-8x8x3x3@32", 128, 8, 8, 32, 3, 1),
+    ("tiny-s0-conv1-16x8x1x1@32", 128, 16, 8, 32, 1, 1),
+    ("tiny-s1-conv2-16x16x3x3s2@32", 128, 16, 16, 32, 3, 2),
+    ("seed-stem2-64x128x3x3@32", 8, 64, 128, 32, 3, 1),
+    ("seed-s1-conv2-128x128x3x3@16", 8, 128, 128, 16, 3, 1),
+    ("seed-s3-conv3-512x2048x1x1@4", 8, 512, 2048, 4, 1, 1),
+];
+
+fn bench_conv(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv");
+    group.sample_size(10);
+    for (name, n, cin, cout, hw, k, stride) in CONVS {
+        let x = Var::from_tensor(&random(&[n, cin, hw, hw], 1)).unwrap();
+        let w = Var::from_tensor(&random(&[cout, cin, k, k], 2)).unwrap();
+        group.throughput(Throughput::Elements(n as u64));
+        for (kernels, label) in KERNELS {
+            let fwd = || conv2d(x.as_tensor(), w.as_tensor(), stride, k / 2, kernels).unwrap();
+            group.bench_function(BenchmarkId::new(format!("fwd-{label}"), name), |b| {
+                b.iter(|| black_box(fwd()))
+            });
+            group.bench_function(BenchmarkId::new(format!("fwd+bwd-{label}"), name), |b| {
+                b.iter(|| black_box(fwd().sum_all().unwrap().backward().unwrap()))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn bench_batch_norm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("batch_norm_relu");
+    group.sample_size(10);
+    for (name, shape) in [
+        ("tiny-128x16@32", [128, 16, 32, 32]),
+        ("seed-8x256@16", [8, 256, 16, 16]),
+    ] {
+        let x = Var::from_tensor(&random(&shape, 1)).unwrap();
+        group.throughput(Throughput::Elements(shape[0] as u64));
+        for (kernels, label) in KERNELS {
+            let vars = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+            let bn = BatchNorm::new(shape[1], 1e-5, vb).unwrap();
+            let fwd = || bn.forward(x.as_tensor(), true, true, kernels).unwrap();
+            group.bench_function(BenchmarkId::new(format!("fwd-{label}"), name), |b| {
+                b.iter(|| black_box(fwd()))
+            });
+            group.bench_function(BenchmarkId::new(format!("fwd+bwd-{label}"), name), |b| {
+                b.iter(|| black_box(fwd().sum_all().unwrap().backward().unwrap()))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn bench_step(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tiny_step");
+    group.sample_size(10);
+    let batch = 128;
+    group.throughput(Throughput::Elements(batch as u64));
+    let x = random(&[batch, 3, 32, 32], 1);
+    let y = Tensor::from_vec(
+        (0..batch as u32).map(|i| i % 10).collect(),
+        batch,
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (kernels, label) in KERNELS {
+        let (mut model, vars) = build(&ModelConfig::tiny(), 0, &Device::Cpu).unwrap();
+        model.set_kernels(kernels);
+        let params = sorted_vars(&vars)
+            .into_iter()
+            .filter(|(n, _)| !cifar_stream::model::is_buffer(n))
+            .collect();
+        let mut sgd = Sgd::new(params, 0.9, true, 5e-5, false);
+        let mut step = 0u64;
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                step += 1;
+                let logits = model
+                    .forward(&x, Mode::Train { dropout_seed: step })
+                    .unwrap();
+                let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
+                let grads = loss.backward().unwrap();
+                sgd.step(&grads, 0.01).unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_step, bench_conv, bench_batch_norm);
+criterion_main!(benches);

@@ -1,0 +1,429 @@
+//! 2-D convolution (NCHW, f32, CPU) as im2col + one matrix product per image, with an explicit
+//! backward pass: the input gradient is a product plus a col2im scatter, the weight gradient a
+//! product accumulated over the batch. Images are spread over rayon's threads.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{matmul, Mat};
+use super::host::{contiguous_f32, with_f32};
+
+/// Sizes of one convolution: input `[n, c, h, w]`, weight `[k, c, kh, kw]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub k: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride (both axes).
+    pub stride: usize,
+    /// Zero padding (both axes).
+    pub pad: usize,
+}
+
+impl Geometry {
+    /// Checks shapes and returns the geometry, or a message saying what disagrees.
+    pub fn new(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> Result<Self> {
+        let (&[n, c, h, w], &[k, c2, kh, kw]) = (x, wt) else {
+            candle_core::bail!("conv2d expects 4-d input and weight, got {x:?} and {wt:?}")
+        };
+        if c != c2 {
+            candle_core::bail!("conv2d: input has {c} channels, weight expects {c2}");
+        }
+        if stride == 0 || h + 2 * pad < kh || w + 2 * pad < kw {
+            candle_core::bail!(
+                "conv2d: kernel {kh}x{kw} stride {stride} pad {pad} does not fit {h}x{w}"
+            );
+        }
+        Ok(Geometry {
+            n,
+            c,
+            h,
+            w,
+            k,
+            kh,
+            kw,
+            stride,
+            pad,
+        })
+    }
+
+    /// Output height.
+    pub fn ho(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+
+    /// Output width.
+    pub fn wo(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+
+    /// Rows of the patch matrix: `c × kh × kw`.
+    fn patch(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// Output pixels per channel.
+    fn pixels(&self) -> usize {
+        self.ho() * self.wo()
+    }
+
+    /// A 1×1, stride-1, unpadded convolution reads the image itself as its patch matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// Output columns `[lo, hi)` whose input column `ox*stride + kx - pad` lies inside the image.
+    fn valid(&self, kx: usize, wo: usize, w: usize) -> (usize, usize) {
+        let s = self.stride;
+        let lo = if self.pad > kx {
+            (self.pad - kx).div_ceil(s)
+        } else {
+            0
+        };
+        let hi = if w + self.pad > kx {
+            ((w + self.pad - kx - 1) / s + 1).min(wo)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// Unfolds one image `[c, h, w]` into its patch matrix `[c·kh·kw, ho·wo]`.
+fn im2col(g: &Geometry, img: &[f32], cols: &mut [f32]) {
+    let (ho, wo, s) = (g.ho(), g.wo(), g.stride);
+    let mut row = 0;
+    for c in 0..g.c {
+        let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let out = &mut cols[row * ho * wo..(row + 1) * ho * wo];
+                let (lo, hi) = g.valid(kx, wo, g.w);
+                for oy in 0..ho {
+                    let line = &mut out[oy * wo..(oy + 1) * wo];
+                    let iy = (oy * s + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize || lo >= hi {
+                        line.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    line[..lo].fill(0.0);
+                    line[hi..].fill(0.0);
+                    let ix0 = lo * s + kx - g.pad;
+                    if s == 1 {
+                        line[lo..hi].copy_from_slice(&src[ix0..ix0 + hi - lo]);
+                    } else {
+                        for (o, v) in line[lo..hi].iter_mut().zip(src[ix0..].iter().step_by(s)) {
+                            *o = *v;
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Folds a patch-matrix gradient back onto one image gradient `[c, h, w]` (adds; `img` starts
+/// zeroed).
+fn col2im(g: &Geometry, cols: &[f32], img: &mut [f32]) {
+    let (ho, wo, s) = (g.ho(), g.wo(), g.stride);
+    let mut row = 0;
+    for c in 0..g.c {
+        let plane = &mut img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let src = &cols[row * ho * wo..(row + 1) * ho * wo];
+                let (lo, hi) = g.valid(kx, wo, g.w);
+                row += 1;
+                if lo >= hi {
+                    continue;
+                }
+                for oy in 0..ho {
+                    let iy = (oy * s + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let line = &src[oy * wo + lo..oy * wo + hi];
+                    let ix0 = lo * s + kx - g.pad;
+                    if s == 1 {
+                        for (d, v) in dst[ix0..ix0 + hi - lo].iter_mut().zip(line) {
+                            *d += *v;
+                        }
+                    } else {
+                        for (d, v) in dst[ix0..].iter_mut().step_by(s).zip(line) {
+                            *d += *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward: `y[n] = W · im2col(x[n])` for every image, in parallel.
+pub fn forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
+    let (chw, kp, patch) = (g.c * g.h * g.w, g.k * g.pixels(), g.patch());
+    let mut y = vec![0.0f32; g.n * kp];
+    let weights = Mat::new(wt, g.k, patch);
+    y.par_chunks_mut(kp.max(1)).enumerate().for_each_init(
+        || {
+            vec![
+                0.0f32;
+                if g.is_pointwise() {
+                    0
+                } else {
+                    patch * g.pixels()
+                }
+            ]
+        },
+        |cols, (i, out)| {
+            let img = &x[i * chw..(i + 1) * chw];
+            let patches = if g.is_pointwise() {
+                Mat::new(img, patch, g.pixels())
+            } else {
+                im2col(g, img, cols);
+                Mat::new(cols, patch, g.pixels())
+            };
+            matmul(out, weights, patches, false);
+        },
+    );
+    y
+}
+
+/// Backward: `(dx, dw)` from the output gradient `dy`; `dx` is skipped (None) when not wanted.
+///
+/// The batch is cut into a fixed number of contiguous chunks (from the thread count, not from
+/// scheduling), each chunk sums its weight gradient, and the partial sums are added in chunk
+/// order, so the result is deterministic for a given thread count.
+pub fn backward(
+    g: &Geometry,
+    x: &[f32],
+    wt: &[f32],
+    dy: &[f32],
+    want_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let (chw, kp, patch, pixels) = (g.c * g.h * g.w, g.k * g.pixels(), g.patch(), g.pixels());
+    let chunks = (rayon::current_num_threads() * 2).clamp(1, g.n.max(1));
+    let per = g.n.div_ceil(chunks).max(1);
+    let mut dx = if want_dx {
+        vec![0.0f32; g.n * chw]
+    } else {
+        Vec::new()
+    };
+    let weights = Mat::new(wt, g.k, patch);
+    let work = |first: usize, dx_chunk: Option<&mut [f32]>| -> Vec<f32> {
+        let mut dw = vec![0.0f32; g.k * patch];
+        let pointwise = g.is_pointwise();
+        let mut cols = vec![0.0f32; if pointwise { 0 } else { patch * pixels }];
+        let mut dcols = vec![
+            0.0f32;
+            if want_dx && !pointwise {
+                patch * pixels
+            } else {
+                0
+            }
+        ];
+        let mut dx_chunk = dx_chunk;
+        let last = (first + per).min(g.n);
+        for i in first..last {
+            let img = &x[i * chw..(i + 1) * chw];
+            let grad = Mat::new(&dy[i * kp..(i + 1) * kp], g.k, pixels);
+            let patches = if pointwise {
+                Mat::new(img, patch, pixels)
+            } else {
+                im2col(g, img, &mut cols);
+                Mat::new(&cols, patch, pixels)
+            };
+            matmul(&mut dw, grad, patches.t(), true);
+            if let Some(dxc) = dx_chunk.as_deref_mut() {
+                let dimg = &mut dxc[(i - first) * chw..(i - first + 1) * chw];
+                if pointwise {
+                    matmul(dimg, weights.t(), grad, false);
+                } else {
+                    matmul(&mut dcols, weights.t(), grad, false);
+                    col2im(g, &dcols, dimg);
+                }
+            }
+        }
+        dw
+    };
+    let partials: Vec<Vec<f32>> = if want_dx {
+        dx.par_chunks_mut((per * chw).max(1))
+            .enumerate()
+            .map(|(j, dxc)| work(j * per, Some(dxc)))
+            .collect()
+    } else {
+        (0..g.n.div_ceil(per))
+            .into_par_iter()
+            .map(|j| work(j * per, None))
+            .collect()
+    };
+    let mut dw = vec![0.0f32; g.k * patch];
+    for p in &partials {
+        for (a, b) in dw.iter_mut().zip(p) {
+            *a += *b;
+        }
+    }
+    (want_dx.then_some(dx), dw)
+}
+
+/// The candle op: `conv2d(x, w)` with this module's forward and backward.
+pub(super) struct Conv2dOp {
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "cifar-stream-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let x = contiguous_f32(s1, l1)?;
+        let w = contiguous_f32(s2, l2)?;
+        let y = forward(&g, x, w);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.k, g.ho(), g.wo()))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = Geometry::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        // The network's input image needs no gradient.
+        let want_dx = x.track_op();
+        let (dx, dw) = with_f32(x, |xs| {
+            with_f32(w, |ws| {
+                with_f32(dy, |dys| Ok(backward(&g, xs, ws, dys, want_dx)))
+            })
+        })?;
+        let dx = dx
+            .map(|v| Tensor::from_vec(v, x.shape(), x.device()))
+            .transpose()?;
+        Ok((dx, Some(Tensor::from_vec(dw, w.shape(), w.device())?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct convolution, the definition.
+    fn naive(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let (ho, wo) = (g.ho(), g.wo());
+        let mut y = vec![0.0; g.n * g.k * ho * wo];
+        for n in 0..g.n {
+            for k in 0..g.k {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut s = 0.0;
+                        for c in 0..g.c {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    s += x[((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize]
+                                        * w[((k * g.c + c) * g.kh + ky) * g.kw + kx];
+                                }
+                            }
+                        }
+                        y[((n * g.k + k) * ho + oy) * wo + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn forward_matches_the_definition_including_odd_sizes() {
+        for (h, w, kh, stride, pad) in [
+            (5, 7, 3, 1, 1),
+            (6, 5, 3, 2, 1),
+            (4, 4, 1, 1, 0),
+            (5, 5, 1, 2, 0),
+            (7, 6, 3, 2, 0),
+            (3, 3, 3, 1, 2),
+        ] {
+            let g = Geometry {
+                n: 2,
+                c: 3,
+                h,
+                w,
+                k: 4,
+                kh,
+                kw: kh,
+                stride,
+                pad,
+            };
+            let x: Vec<f32> = (0..g.n * g.c * h * w)
+                .map(|i| (i as f32 * 0.7).sin())
+                .collect();
+            let wt: Vec<f32> = (0..g.k * g.patch())
+                .map(|i| (i as f32 * 0.3).cos())
+                .collect();
+            let want = naive(&g, &x, &wt);
+            let got = forward(&g, &x, &wt);
+            assert_eq!(got.len(), want.len());
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-4, "{g:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        // <im2col(x), c> == <x, col2im(c)> for any x, c: the defining property of the scatter.
+        for (h, w, kh, stride, pad) in [(5, 7, 3, 1, 1), (6, 5, 3, 2, 1), (7, 6, 3, 2, 0)] {
+            let g = Geometry {
+                n: 1,
+                c: 2,
+                h,
+                w,
+                k: 1,
+                kh,
+                kw: kh,
+                stride,
+                pad,
+            };
+            let x: Vec<f32> = (0..g.c * h * w).map(|i| (i as f32 * 0.9).sin()).collect();
+            let c: Vec<f32> = (0..g.patch() * g.pixels())
+                .map(|i| (i as f32 * 0.4).cos())
+                .collect();
+            let mut cols = vec![0.0; c.len()];
+            im2col(&g, &x, &mut cols);
+            let mut back = vec![0.0; x.len()];
+            col2im(&g, &c, &mut back);
+            let lhs: f64 = cols.iter().zip(&c).map(|(a, b)| (*a * *b) as f64).sum();
+            let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (*a * *b) as f64).sum();
+            assert!((lhs - rhs).abs() < 1e-3, "{g:?}: {lhs} vs {rhs}");
+        }
+    }
+}

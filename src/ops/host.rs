@@ -1,0 +1,28 @@
+//! Borrowing a CPU tensor's f32 data as one contiguous slice.
+
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
+
+/// The contiguous f32 data a storage + layout pair describes.
+pub fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!(
+            "fast ops need contiguous inputs, got strides {:?}",
+            l.stride()
+        ),
+    }
+}
+
+/// Calls `f` with the tensor's data (made contiguous first when it is not).
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(contiguous_f32(cpu, layout)?),
+        _ => candle_core::bail!(
+            "fast ops run on the CPU; this tensor is on {:?}",
+            t.device()
+        ),
+    }
+}

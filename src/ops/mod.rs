@@ -1,0 +1,198 @@
+//! Training ops with explicit backward passes, behind one interface the model calls.
+//!
+//! [`Kernels::Fast`] runs convolution as im2col + GEMM per image and BatchNorm (+ ReLU) as one
+//! fused pass, each with a hand-written backward pass, on f32 CPU tensors. Elsewhere (CUDA, other
+//! dtypes) and with [`Kernels::Stock`] the same calls go to candle's own ops, so a GPU
+//! implementation can slot in behind [`conv2d`] and [`BatchNorm::forward`] without touching the
+//! model.
+
+mod batch_norm;
+pub mod conv;
+mod gemm;
+mod host;
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+pub use batch_norm::Stats;
+pub use conv::Geometry;
+
+/// Which implementation of convolution and BatchNorm to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kernels {
+    /// candle-nn's convolution and BatchNorm (autograd through candle's generic ops).
+    Stock,
+    /// This module's ops with explicit backward passes (CPU f32; candle's ops elsewhere).
+    #[default]
+    Fast,
+}
+
+impl Kernels {
+    /// True when the fast path applies to `x`.
+    fn fast_for(self, x: &Tensor) -> bool {
+        self == Kernels::Fast && x.device().is_cpu() && x.dtype() == DType::F32
+    }
+}
+
+/// `conv2d(x, w)` for `x: [n, c, h, w]`, `w: [k, c, kh, kw]`, square stride and zero padding.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+    kernels: Kernels,
+) -> Result<Tensor> {
+    if !kernels.fast_for(x) {
+        return x.conv2d(w, pad, stride, 1, 1);
+    }
+    let (n, c, h, wd) = x.dims4()?;
+    let (k, _, kh, kw) = w.dims4()?;
+    if h == 1 && wd == 1 && kh == 1 && kw == 1 && pad == 0 {
+        // A pointwise conv on a 1×1 map (Squeeze-and-Excitation) is a plain matrix product.
+        let y = x.reshape((n, c))?.matmul(&w.reshape((k, c))?.t()?)?;
+        return y.reshape((n, k, 1, 1));
+    }
+    x.contiguous()?.apply_op2_arc(
+        &w.contiguous()?,
+        Arc::new(Box::new(conv::Conv2dOp { stride, pad })),
+    )
+}
+
+/// A convolution layer's weight and geometry.
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    pad: usize,
+}
+
+impl Conv2d {
+    /// A `k×k` convolution `cin → cout` with padding `k/2`, weight at `vb["weight"]` (and
+    /// `vb["bias"]` when `bias`), initialised as candle-nn's.
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (cout, cin, k, k),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        let bias = if bias {
+            let bound = 1.0 / ((cin * k * k) as f64).sqrt();
+            Some(vb.get_with_hints(
+                cout,
+                "bias",
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            pad: k / 2,
+        })
+    }
+
+    /// Applies the convolution (and bias).
+    pub fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let y = conv2d(x, &self.weight, self.stride, self.pad, kernels)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// BatchNorm over channels with running statistics (PyTorch's momentum 0.1 and unbiased running
+/// variance), optionally followed by a ReLU that the fast path fuses into the same pass.
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+    stock: candle_nn::BatchNorm,
+}
+
+impl BatchNorm {
+    /// Creates `weight`, `bias`, `running_mean`, `running_var` in `vb` (candle-nn's names).
+    pub fn new(channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let running_mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
+        let running_var = vb.get_with_hints(channels, "running_var", Init::Const(1.0))?;
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        let stock = candle_nn::BatchNorm::new(
+            channels,
+            running_mean.clone(),
+            running_var.clone(),
+            weight.clone(),
+            bias.clone(),
+            eps,
+        )?;
+        Ok(BatchNorm {
+            weight,
+            bias,
+            running_mean: Var::from_tensor(&running_mean)?,
+            running_var: Var::from_tensor(&running_var)?,
+            eps,
+            momentum: stock.momentum(),
+            stock,
+        })
+    }
+
+    /// Normalises `x: [n, c, …]` with batch statistics (updating the running ones) when `train`,
+    /// else with the running statistics; then ReLU when `relu`.
+    pub fn forward(&self, x: &Tensor, train: bool, relu: bool, kernels: Kernels) -> Result<Tensor> {
+        if !kernels.fast_for(x) {
+            let y = candle_nn::ModuleT::forward_t(&self.stock, x, train)?;
+            return if relu { y.relu() } else { Ok(y) };
+        }
+        let x = x.contiguous()?;
+        if !train {
+            let scale = (&self.weight / (self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
+            let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+            let op = batch_norm::AffineOp { relu };
+            return x.apply_op3_arc(&scale, &shift, Arc::new(Box::new(op)));
+        }
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        let op = batch_norm::TrainOp {
+            eps: self.eps,
+            relu,
+            stats: stats.clone(),
+        };
+        let y = x.apply_op3_arc(&self.weight, &self.bias, Arc::new(Box::new(op)))?;
+        let stats = stats.lock().expect("batch-norm stats lock").clone();
+        self.update_running(&stats)?;
+        Ok(y)
+    }
+
+    /// `running ← (1 − m)·running + m·batch`, with the unbiased batch variance, as PyTorch does.
+    fn update_running(&self, stats: &Stats) -> Result<()> {
+        let m = self.momentum;
+        let unbias = stats.count as f64 / (stats.count.max(2) - 1) as f64;
+        let blend = |var: &Var, batch: &[f32], scale: f64| -> Result<()> {
+            let old = var.as_tensor().to_vec1::<f32>()?;
+            let new: Vec<f32> = old
+                .iter()
+                .zip(batch)
+                .map(|(o, b)| ((1.0 - m) * *o as f64 + m * scale * *b as f64) as f32)
+                .collect();
+            var.set(&Tensor::from_vec(new, old.len(), var.device())?)
+        };
+        blend(&self.running_mean, &stats.mean, 1.0)?;
+        blend(&self.running_var, &stats.var, unbias)
+    }
+}
