@@ -83,6 +83,7 @@ fn bench_batch_norm(c: &mut Criterion) {
 }
 
 fn bench_step(c: &mut Criterion) {
+    cifar_stream::alloc::keep_freed_memory();
     let mut group = c.benchmark_group("tiny_step");
     group.sample_size(10);
     let batch = 128;

@@ -18,6 +18,8 @@
 //!                                                                           │ host batches
 //!                                                                           ▼
 //!  train::train (own thread): h2d → model::SeResNetD forward/backward (candle)
+//!    └─ ops::conv2d, ops::BatchNorm: im2col + GEMM convolution and fused BatchNorm(+ReLU) with
+//!       hand-written backward passes on CPU; candle's own ops elsewhere (ops::Kernels)
 //!    ├─ train::Sgd (Nesterov, L2)  ├─ train::Schedule (cosine restarts / multi-step)
 //!    ├─ train::Ema                 └─ train::checkpoint (safetensors, atomic) + train::metrics
 //!  telemetry: tracing spans (read, augment, send, wait, …) → per-epoch profile, Chrome trace
@@ -26,6 +28,7 @@
 //! Data flows one way: `source` → `store` → augmentation → streaming → training. Lower modules
 //! never import higher ones. Every random draw derives from an explicit seed ([`seed`]).
 
+pub mod alloc;
 pub mod augment;
 pub mod config;
 pub mod device;

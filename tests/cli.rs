@@ -367,6 +367,15 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
             .starts_with("test accuracy: "),
         "{stdout}"
     );
+    // The headline is the EMA model's (the preset has EMA on), not the better of the two.
+    let value = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {stdout}"))
+            .to_string()
+    };
+    assert_eq!(value("test accuracy: "), value("ema test accuracy: "));
     let run = tmp.path().join("runs/tiny");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(

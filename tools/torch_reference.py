@@ -14,6 +14,7 @@ sides always train the same thing).
 momentum and L2 decay, the same cosine-with-restarts schedule stepped per iteration, and an EMA.
 """
 import argparse
+import copy
 import math
 import os
 import subprocess
@@ -166,7 +167,16 @@ def cmd_train(args, cfg):
         return img
 
     model = SeResNetD(cfg["model"])
-    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
+    ema = copy.deepcopy(model)
+
+    @torch.no_grad()
+    def ema_update(t):
+        # As src/train/ema.rs: decay min(d, (1 + t) / (10 + t)) at update t, weights and BN stats.
+        d = min(cfg["ema_decay"], (1 + t) / (10 + t))
+        for e, p in zip(list(ema.parameters()) + list(ema.buffers()), list(model.parameters()) + list(model.buffers())):
+            if e.dtype.is_floating_point:
+                e.mul_(d).add_(p, alpha=1 - d)
+
     opt = optimizer(model, cfg)
     bs, per_epoch = cfg["batch_size"], len(ty) // cfg["batch_size"]
     norm = lambda x: ((torch.from_numpy(x).float().permute(0, 3, 1, 2) / 255) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
@@ -185,11 +195,12 @@ def cmd_train(args, cfg):
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()
-            ema.update_parameters(model)
+            if cfg["ema_decay"] > 0:
+                ema_update(it)
             it, seen = it + 1, seen + len(idx)
         rate = seen / (time.perf_counter() - t0)
         accs = []
-        for m in (model, ema.module):
+        for m in (model, ema):
             m.eval()
             with torch.no_grad():
                 pred = torch.cat([m(vx_t[i : i + 500]).argmax(1) for i in range(0, len(vy_t), 500)])

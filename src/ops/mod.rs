@@ -20,7 +20,18 @@ pub use batch_norm::Stats;
 pub use conv::Geometry;
 
 /// Which implementation of convolution and BatchNorm to run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Kernels {
     /// candle-nn's convolution and BatchNorm (autograd through candle's generic ops).
     Stock,
@@ -30,6 +41,14 @@ pub enum Kernels {
 }
 
 impl Kernels {
+    /// The name `--kernels` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Stock => "stock",
+            Kernels::Fast => "fast",
+        }
+    }
+
     /// True when the fast path applies to `x`.
     fn fast_for(self, x: &Tensor) -> bool {
         self == Kernels::Fast && x.device().is_cpu() && x.dtype() == DType::F32

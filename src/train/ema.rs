@@ -2,7 +2,9 @@
 
 use candle_core::{Result, Var};
 
-/// Pairs of (EMA variable, live variable); `ema ← d·ema + (1−d)·live` after every step.
+/// Pairs of (EMA variable, live variable); `ema ← d·ema + (1−d)·live` after every step, with
+/// `d = min(decay, (1 + t) / (10 + t))` at update `t` (TensorFlow's warm-up), so that a short run
+/// is not averaged with its random initial weights.
 pub struct Ema {
     decay: f64,
     pairs: Vec<(Var, Var)>,
@@ -21,13 +23,40 @@ impl Ema {
         })
     }
 
-    /// One update.
-    pub fn update(&self) -> Result<()> {
+    /// The decay used at update `t` (0-based).
+    pub fn decay_at(&self, t: usize) -> f64 {
+        self.decay.min((1.0 + t as f64) / (10.0 + t as f64))
+    }
+
+    /// Update number `t` (0-based: the global training step it follows).
+    pub fn update(&self, t: usize) -> Result<()> {
+        let d = self.decay_at(t);
         for (e, l) in &self.pairs {
-            let next =
-                ((e.as_tensor() * self.decay)? + (l.as_tensor() * (1.0 - self.decay))?)?.detach();
+            let next = ((e.as_tensor() * d)? + (l.as_tensor() * (1.0 - d))?)?.detach();
             e.set(&next)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn warm_up_then_the_configured_decay() {
+        let live = Var::new(&[1.0f32], &Device::Cpu).unwrap();
+        let ema = Var::new(&[0.0f32], &Device::Cpu).unwrap();
+        let e = Ema::new(0.999, vec![ema.clone()], vec![live.clone()]).unwrap();
+        assert_eq!(e.decay_at(0), 0.1);
+        assert!((e.decay_at(10) - 11.0 / 20.0).abs() < 1e-12);
+        assert_eq!(e.decay_at(1_000_000), 0.999);
+        // Starts as a copy of live (1.0); live moves to 3.0; one update at t=0 (d=0.1).
+        live.set(&Tensor::new(&[3.0f32], &Device::Cpu).unwrap())
+            .unwrap();
+        e.update(0).unwrap();
+        let v = ema.as_tensor().to_vec1::<f32>().unwrap()[0];
+        assert!((v - (0.1 * 1.0 + 0.9 * 3.0)).abs() < 1e-6, "{v}");
     }
 }

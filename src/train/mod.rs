@@ -12,4 +12,4 @@ pub use ema::Ema;
 pub use metrics::EpochMetrics;
 pub use schedule::{Schedule, ScheduleKind};
 pub use sgd::Sgd;
-pub use trainer::{evaluate, train, Evaluation, Net, Observer, Outcome, Silent};
+pub use trainer::{evaluate, step_sgd, train, Evaluation, Net, Observer, Outcome, Silent};

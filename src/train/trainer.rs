@@ -76,13 +76,30 @@ pub struct Net {
 impl Net {
     /// A freshly initialised network.
     pub fn new(config: &TrainConfig, device: &Device) -> Result<Net> {
-        let (model, vars) = model::build(&config.model, config.seed, device)?;
+        let (mut model, vars) = model::build(&config.model, config.seed, device)?;
+        model.set_kernels(config.kernels);
         Ok(Net { model, vars })
     }
 
     /// `(name, var)` in name order.
     pub fn named(&self) -> Vec<(String, Var)> {
         sorted_vars(&self.vars)
+    }
+
+    /// SGD over the trainable variables (not the BatchNorm statistics), as `config` says.
+    pub fn optimizer(&self, config: &TrainConfig) -> Sgd {
+        let params: Vec<(String, Var)> = self
+            .named()
+            .into_iter()
+            .filter(|(n, _)| !is_buffer(n))
+            .collect();
+        Sgd::new(
+            params,
+            config.optim.momentum,
+            config.optim.nesterov,
+            config.optim.weight_decay,
+            config.optim.no_decay_bn_bias,
+        )
     }
 
     /// Copies tensors `prefix + name` from a checkpoint into the variables.
@@ -128,6 +145,31 @@ pub struct Outcome {
     pub interrupted: bool,
 }
 
+/// One training step: forward with dropout drawn from `dropout_seed`, cross-entropy, backward,
+/// SGD update at rate `lr`. Returns `(logits, loss)`; each phase is a tracing span.
+pub fn step_sgd(
+    model: &SeResNetD,
+    sgd: &mut Sgd,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+    dropout_seed: u64,
+) -> Result<(Tensor, Tensor)> {
+    let (logits, loss) = {
+        let _f = tracing::info_span!("forward").entered();
+        let logits = model.forward(x, Mode::Train { dropout_seed })?;
+        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
+        (logits, loss)
+    };
+    let grads = {
+        let _b = tracing::info_span!("backward").entered();
+        loss.backward()?
+    };
+    let _o = tracing::info_span!("optimizer").entered();
+    sgd.step(&grads, lr)?;
+    Ok((logits, loss))
+}
+
 /// Runs (or resumes) training as `config` says, writing into `config.run_dir()`.
 pub fn train(
     config: &TrainConfig,
@@ -156,18 +198,7 @@ pub fn train(
 
     let net = Net::new(config, device)?;
     let ema_net = Net::new(config, device)?;
-    let params: Vec<(String, Var)> = net
-        .named()
-        .into_iter()
-        .filter(|(n, _)| !is_buffer(n))
-        .collect();
-    let mut sgd = Sgd::new(
-        params,
-        config.optim.momentum,
-        config.optim.nesterov,
-        config.optim.weight_decay,
-        config.optim.no_decay_bn_bias,
-    );
+    let mut sgd = net.optimizer(config);
     let (mut start_epoch, mut step, mut history) = (0, 0, Vec::new());
     let saved = if resume {
         Some(checkpoint::load(&dir, device)?)
@@ -300,22 +331,10 @@ pub fn train(
             drop(batch);
             lr = config.schedule.lr_at(step, iters_per_epoch);
             let dropout_seed = seed::derive(config.seed, &[DROPOUT_STREAM, e as u64, k as u64]);
-            let (logits, loss) = {
-                let _f = tracing::info_span!("forward").entered();
-                let logits = net.model.forward(&x, Mode::Train { dropout_seed })?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-                (logits, loss)
-            };
-            let grads = {
-                let _b = tracing::info_span!("backward").entered();
-                loss.backward()?
-            };
-            {
+            let (logits, loss) = step_sgd(&net.model, &mut sgd, &x, &y, lr, dropout_seed)?;
+            if let Some(ema) = &ema {
                 let _o = tracing::info_span!("optimizer").entered();
-                sgd.step(&grads, lr)?;
-                if let Some(ema) = &ema {
-                    ema.update()?;
-                }
+                ema.update(step)?;
             }
             let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let hits = logits
