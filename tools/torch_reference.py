@@ -7,7 +7,8 @@ sides always train the same thing).
 
     python3 tools/torch_reference.py params  --preset seed            # parameter count
     python3 tools/torch_reference.py speed   --preset tiny --batch-size 128 --steps 20
-    python3 tools/torch_reference.py train   --preset tiny --data datasets/cifar10 --epochs 3
+    python3 tools/torch_reference.py train   --preset tiny --data datasets/cifar10 --epochs 3 \
+        --flags "--restart-every 3"    # any stream-train flags, so both sides train the same
 
 `train` reads the prepped store file directly and uses torchvision-equivalent augmentation
 (crop with mean padding, flip, AutoAugment for pba/autoaugment, cutout), SGD with Nesterov
@@ -220,9 +221,11 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--flags", default="", help='more stream-train flags for the configuration, e.g. "--restart-every 3"')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = resolved_config(args.binary, args.preset, ["--epochs", str(args.epochs)] if args.command == "train" else [])
+    extra = (["--epochs", str(args.epochs)] if args.command == "train" else []) + args.flags.split()
+    cfg = resolved_config(args.binary, args.preset, extra)
     {"params": cmd_params, "speed": cmd_speed, "train": cmd_train}[args.command](args, cfg)
 
 
