@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cifar_stream::model::{build, sorted_vars, Mode, ModelConfig};
-use cifar_stream::ops::{conv2d, BatchNorm, Kernels};
+use cifar_stream::ops::{conv2d, scale_add_relu, BatchNorm, Kernels};
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -311,4 +311,38 @@ fn whole_model_gives_the_same_logits_and_gradients_with_fast_and_stock_kernels()
     }
     assert!(failures.is_empty(), "{failures:#?}");
     eprintln!("largest fast-vs-stock relative difference: {worst}");
+}
+
+#[test]
+fn scale_add_relu_matches_stock_with_and_without_a_gate() {
+    for shape in [[5, 3, 7, 7], [2, 64, 4, 4], [3, 8, 1, 1]] {
+        for gated in [true, false] {
+            let run = |k: Kernels| -> Vec<Tensor> {
+                let x = Var::from_tensor(&random(&shape, 1)).unwrap();
+                let gate = Var::from_tensor(&random(&[shape[0], shape[1], 1, 1], 2)).unwrap();
+                let short = Var::from_tensor(&random(&shape, 3)).unwrap();
+                let g = gated.then(|| gate.as_tensor());
+                let y = scale_add_relu(x.as_tensor(), g, short.as_tensor(), k).unwrap();
+                let probe = random(y.dims(), 4);
+                let grads = (&y * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let mut out = vec![y];
+                out.push(grads.get(x.as_tensor()).unwrap().clone());
+                out.push(grads.get(short.as_tensor()).unwrap().clone());
+                if gated {
+                    out.push(grads.get(gate.as_tensor()).unwrap().clone());
+                }
+                out
+            };
+            let (fast, stock) = (run(Kernels::Fast), run(Kernels::Stock));
+            for (i, (f, s)) in fast.iter().zip(&stock).enumerate() {
+                let e = rel_err(f, s);
+                assert!(e < 1e-4, "{shape:?} gated {gated} output {i}: {e}");
+            }
+        }
+    }
 }

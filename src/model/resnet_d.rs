@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{Linear, VarBuilder, VarMap};
 
 use super::config::ModelConfig;
-use crate::ops::{BatchNorm, Conv2d, Kernels};
+use crate::ops::{self, BatchNorm, Conv2d, Kernels};
 use crate::seed;
 
 /// Whether a forward pass trains (batch statistics, dropout) or evaluates (running statistics).
@@ -52,11 +52,11 @@ struct SqueezeExcite {
 }
 
 impl SqueezeExcite {
-    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    /// The per-channel gate `[n, c, 1, 1]` for `x` (the caller scales by it).
+    fn gate(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let s = x.mean_keepdim((2, 3))?;
         let s = self.reduce.forward(&s, kernels)?.relu()?;
-        let s = candle_nn::ops::sigmoid(&self.expand.forward(&s, kernels)?)?;
-        x.broadcast_mul(&s)
+        candle_nn::ops::sigmoid(&self.expand.forward(&s, kernels)?)
     }
 }
 
@@ -73,16 +73,17 @@ impl Bottleneck {
     fn forward(&self, x: &Tensor, mode: Mode, kernels: Kernels) -> Result<Tensor> {
         let y = self.conv1.forward(x, mode, true, kernels)?;
         let y = self.conv2.forward(&y, mode, true, kernels)?;
-        let mut y = self.conv3.forward(&y, mode, false, kernels)?;
-        if let Some(se) = &self.se {
-            y = se.forward(&y, kernels)?;
-        }
+        let y = self.conv3.forward(&y, mode, false, kernels)?;
+        let gate = match &self.se {
+            Some(se) => Some(se.gate(&y, kernels)?),
+            None => None,
+        };
         let short = match &self.shortcut {
             None => x.clone(),
             Some((true, proj)) => proj.forward(&x.avg_pool2d(2)?, mode, false, kernels)?,
             Some((false, proj)) => proj.forward(x, mode, false, kernels)?,
         };
-        (y + short)?.relu()
+        ops::scale_add_relu(&y, gate.as_ref(), &short, kernels)
     }
 }
 

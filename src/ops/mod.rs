@@ -10,6 +10,7 @@ mod batch_norm;
 pub mod conv;
 mod gemm;
 mod host;
+mod residual;
 
 use std::sync::{Arc, Mutex};
 
@@ -76,6 +77,35 @@ pub fn conv2d(
     x.contiguous()?.apply_op2_arc(
         &w.contiguous()?,
         Arc::new(Box::new(conv::Conv2dOp { stride, pad })),
+    )
+}
+
+/// `relu(x · gate + shortcut)` for `x, shortcut: [n, c, h, w]` and an optional per-channel gate
+/// `[n, c, 1, 1]` (Squeeze-and-Excitation): a bottleneck block's tail, one fused op on the fast
+/// path.
+pub fn scale_add_relu(
+    x: &Tensor,
+    gate: Option<&Tensor>,
+    shortcut: &Tensor,
+    kernels: Kernels,
+) -> Result<Tensor> {
+    if !kernels.fast_for(x) {
+        let y = match gate {
+            Some(g) => x.broadcast_mul(g)?,
+            None => x.clone(),
+        };
+        return (y + shortcut)?.relu();
+    }
+    let (n, c, _, _) = x.dims4()?;
+    let gate = match gate {
+        Some(g) => g.contiguous()?,
+        // An untracked constant: its gradient is computed (cheap) and dropped.
+        None => Tensor::ones((n, c, 1, 1), DType::F32, x.device())?,
+    };
+    x.contiguous()?.apply_op3_arc(
+        &gate,
+        &shortcut.contiguous()?,
+        Arc::new(Box::new(residual::ScaleAddRelu)),
     )
 }
 

@@ -1,0 +1,115 @@
+//! The tail of a bottleneck block in one pass: `relu(x · s[n, c] + shortcut)`, where `s` is the
+//! Squeeze-and-Excitation gate. Through candle's generic ops this is a broadcast multiply, an add
+//! and a ReLU, each with its own allocation and several passes backward; fused, it is one pass
+//! each way.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::host::{contiguous_f32, with_f32};
+
+/// `(n, c, spatial)` of an `[n, c, …]` shape.
+fn split(dims: &[usize]) -> Result<(usize, usize, usize)> {
+    if dims.len() < 2 {
+        candle_core::bail!("scale-add-relu expects at least [n, c], got {dims:?}");
+    }
+    Ok((dims[0], dims[1], dims[2..].iter().product()))
+}
+
+/// The candle op on `(x, gate, shortcut)`.
+pub(super) struct ScaleAddRelu;
+
+impl CustomOp3 for ScaleAddRelu {
+    fn name(&self) -> &'static str {
+        "cifar-stream-scale-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, s) = split(l1.dims())?;
+        let x = contiguous_f32(s1, l1)?;
+        let gate = contiguous_f32(s2, l2)?;
+        let short = contiguous_f32(s3, l3)?;
+        if gate.len() != n * c || short.len() != x.len() {
+            candle_core::bail!(
+                "scale-add-relu: x {:?}, gate {:?}, shortcut {:?} do not fit",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let mut y = vec![0.0f32; x.len()];
+        let plane = s.max(1);
+        y.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane).zip(short.par_chunks(plane)))
+            .enumerate()
+            .for_each(|(p, (yp, (xp, sp)))| {
+                let g = gate[p];
+                for ((o, a), b) in yp.iter_mut().zip(xp).zip(sp) {
+                    *o = (a * g + b).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gate: &Tensor,
+        short: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, _, s) = split(x.dims())?;
+        let plane = s.max(1);
+        let (dx, dgate, dshort) = with_f32(x, |xs| {
+            with_f32(gate, |gs| {
+                with_f32(y, |ys| {
+                    with_f32(dy, |dys| {
+                        let mut dx = vec![0.0f32; xs.len()];
+                        let mut dshort = vec![0.0f32; xs.len()];
+                        let dgate: Vec<f32> = dx
+                            .par_chunks_mut(plane)
+                            .zip(dshort.par_chunks_mut(plane))
+                            .zip(xs.par_chunks(plane).zip(ys.par_chunks(plane)))
+                            .zip(dys.par_chunks(plane))
+                            .enumerate()
+                            .map(|(p, (((dxp, dsp), (xp, yp)), dyp))| {
+                                let g = gs[p];
+                                let mut acc = [0.0f32; 8];
+                                for (i, ((((o, sh), a), v), d)) in dxp
+                                    .iter_mut()
+                                    .zip(dsp.iter_mut())
+                                    .zip(xp)
+                                    .zip(yp)
+                                    .zip(dyp)
+                                    .enumerate()
+                                {
+                                    let m = if *v > 0.0 { *d } else { 0.0 };
+                                    *o = m * g;
+                                    *sh = m;
+                                    acc[i % 8] += m * a;
+                                }
+                                acc.iter().sum()
+                            })
+                            .collect();
+                        Ok((dx, dgate, dshort))
+                    })
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dgate, gate.shape(), dev)?),
+            Some(Tensor::from_vec(dshort, short.shape(), dev)?),
+        ))
+    }
+}
