@@ -435,3 +435,85 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
         "{line}"
     );
 }
+
+#[test]
+fn device_check_step_bench_and_op_bench_run_on_the_cpu() {
+    // device-check on the CPU holds candle's stock ops against this crate's fast ones (and f64).
+    let small = [
+        "--preset",
+        "tiny",
+        "--widths",
+        "4,8,16",
+        "--stem-width",
+        "8",
+    ];
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .args([
+            "device-check",
+            "--device",
+            "cpu",
+            "--kernels",
+            "stock",
+            "--images",
+            "8",
+        ])
+        .args(small)
+        .assert()
+        .success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let verdict = stdout.lines().last().unwrap();
+    assert!(
+        verdict.starts_with("parity: logits ") && verdict.ends_with(": ok"),
+        "{stdout}"
+    );
+
+    // With no slack at all, a real difference (stock and fast are not bit-identical) fails.
+    Command::cargo_bin("stream-train")
+        .unwrap()
+        .args([
+            "device-check",
+            "--device",
+            "cpu",
+            "--kernels",
+            "stock",
+            "--images",
+            "8",
+        ])
+        .args(["--tolerance", "0", "--f64-factor", "0"])
+        .args(small)
+        .assert()
+        .failure();
+
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .args(["step-bench", "--steps", "2", "--batch-size", "8"])
+        .args(small)
+        .assert()
+        .success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        stdout.contains("candle fast kernels") && stdout.contains("images/s: "),
+        "{stdout}"
+    );
+
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .args([
+            "op-bench",
+            "--reps",
+            "1",
+            "--batch-size",
+            "4",
+            "--kernels",
+            "stock",
+        ])
+        .args(small)
+        .assert()
+        .success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        stdout.contains("3x3 3>4 @32 s1") && stdout.contains("total ms per step: conv fwd"),
+        "{stdout}"
+    );
+}

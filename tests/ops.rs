@@ -246,14 +246,26 @@ fn batch_norm_gradient_matches_finite_differences() {
 
 /// Logits, every parameter gradient, running statistics after the step, and eval logits, by name.
 fn model_step(kernels: Kernels, dtype: DType) -> Vec<(String, Tensor)> {
-    let config = ModelConfig::tiny();
+    model_step_with(&ModelConfig::tiny(), 4, kernels, dtype)
+}
+
+fn model_step_with(
+    config: &ModelConfig,
+    images: usize,
+    kernels: Kernels,
+    dtype: DType,
+) -> Vec<(String, Tensor)> {
+    let config = config.clone();
     // ReLU's derivative jumps at zero, so an activation within f32 rounding of zero can take the
     // other branch in one implementation and move a gradient by that one element's share: input
     // seed 11 does it to the fast ops (one stem activation; 6.9e-5 in one channel's BN-shift
     // gradient), seed 3 to the stock ops. Seed 1 has no such tie; the f64 check below still
     // tells rounding from error if a change of weights introduces one.
-    let x = random(&[4, 3, 32, 32], 1).to_dtype(dtype).unwrap();
-    let labels = Tensor::new(&[1u32, 7, 3, 3], &Device::Cpu).unwrap();
+    let x = random(&[images, 3, 32, 32], 1).to_dtype(dtype).unwrap();
+    let labels: Vec<u32> = (0..images as u32)
+        .map(|i| [1, 7, 3, 3][i as usize % 4])
+        .collect();
+    let labels = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
     let (mut model, vars) = build(&config, 5, &Device::Cpu).unwrap();
     let vars = if dtype == DType::F32 {
         vars

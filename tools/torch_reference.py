@@ -121,22 +121,33 @@ def cmd_params(args, cfg):
 
 def cmd_speed(args, cfg):
     torch.manual_seed(0)
-    model = SeResNetD(cfg["model"])
+    dev = torch.device(args.device)
+    model = SeResNetD(cfg["model"]).to(dev)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = optimizer(model, cfg)
-    x = torch.randn(args.batch_size, 3, 32, 32)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=dev)
     if args.channels_last:
         x = x.to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (args.batch_size,))
-    for i in range(args.steps + 2):
-        if i == 2:
+    y = torch.randint(0, 10, (args.batch_size,), device=dev)
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    # More warm-up on a GPU: cuDNN picks algorithms and the allocator settles in the first steps.
+    warmup = 2 if dev.type == "cpu" else 10
+    for i in range(args.steps + warmup):
+        if i == warmup:
+            sync()
             start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with amp:
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
         opt.step()
+    sync()
     rate = args.steps * args.batch_size / (time.perf_counter() - start)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}: images/s: {rate:.0f}")
+    where = f"{torch.get_num_threads()} threads" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
+    layout = ", channels_last" if args.channels_last else ""
+    print(f"torch {torch.__version__}, {where}, {args.amp}{layout}, batch {args.batch_size}: images/s: {rate:.0f}")
 
 
 def cmd_train(args, cfg):
@@ -221,6 +232,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--device", default="cpu", help="speed: cpu or cuda")
+    ap.add_argument("--amp", default="f32", choices=["f32", "bf16"], help="speed: bf16 autocast")
     ap.add_argument("--flags", default="", help='more stream-train flags for the configuration, e.g. "--restart-every 3"')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

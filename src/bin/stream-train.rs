@@ -219,6 +219,12 @@ enum Command {
     /// Time training steps (forward, backward, SGD) on random images, with no data pipeline:
     /// prints `images/s`, comparable with `tools/torch_reference.py speed`.
     StepBench(Box<StepBenchArgs>),
+    /// One training step's logits and gradients on --device against the CPU (same weights and
+    /// batch): prints the worst relative errors and fails above --tolerance.
+    DeviceCheck(Box<DeviceCheckArgs>),
+    /// Time candle's own convolution (forward, input gradient, weight gradient) and BatchNorm at
+    /// every layer shape of the model on --device: where a GPU step's time goes, per op.
+    OpBench(Box<OpBenchArgs>),
     /// Accuracy, loss and confusion matrix of a saved run on a store split.
     Eval(EvalArgs),
     /// Classify image files (32×32 RGB PNG/JPEG) with a saved run.
@@ -230,6 +236,34 @@ struct StepBenchArgs {
     /// Timed steps (after two untimed warm-up steps).
     #[arg(long, default_value_t = 20)]
     steps: usize,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct DeviceCheckArgs {
+    /// Images in the batch.
+    #[arg(long, default_value_t = 8)]
+    images: usize,
+    /// Largest accepted ‖device − cpu‖ / ‖cpu‖ for any tensor.
+    #[arg(long, default_value_t = 1e-3)]
+    tolerance: f64,
+    /// A tensor also passes when the device is at most this many times further from the f64
+    /// reference than the CPU's f32 is (deep f32 gradients are ill-conditioned on any device).
+    #[arg(long, default_value_t = 4.0)]
+    f64_factor: f64,
+    /// Kernels on the CPU side (the reference).
+    #[arg(long, value_enum, default_value = "fast")]
+    cpu_kernels: Kernels,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct OpBenchArgs {
+    /// Timed repetitions per op (median reported), after two warm-ups.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -400,6 +434,8 @@ fn main() -> ExitCode {
         Some(Command::AugmentPreview(args)) => augment_preview(args).map(|()| ExitCode::SUCCESS),
         Some(Command::AugmentBench(args)) => augment_bench(args).map(|()| ExitCode::SUCCESS),
         Some(Command::StepBench(args)) => step_bench(args).map(|()| ExitCode::SUCCESS),
+        Some(Command::DeviceCheck(args)) => device_check(args),
+        Some(Command::OpBench(args)) => op_bench(args).map(|()| ExitCode::SUCCESS),
         Some(Command::Eval(args)) => eval(args).map(|()| ExitCode::SUCCESS),
         Some(Command::Predict(args)) => predict(args).map(|()| ExitCode::SUCCESS),
         None => run(cli.run),
@@ -827,6 +863,161 @@ fn step_bench(args: Box<StepBenchArgs>) -> Result<()> {
         net.model.kernels().name(),
         device::describe(&device),
         rayon::current_num_threads(),
+    );
+    Ok(())
+}
+
+fn device_check(args: Box<DeviceCheckArgs>) -> Result<ExitCode> {
+    let config = args.run.resolve()?;
+    let device = device::select(args.run.device.as_deref())?;
+    let side = train::parity::Side {
+        device: &device,
+        kernels: config.kernels,
+        dtype: candle_core::DType::F32,
+    };
+    let rows = train::parity::compare(&config, args.images, side, args.cpu_kernels)?;
+    println!(
+        "{} ({} kernels) vs cpu ({} kernels), preset {}, {} images, {} tensors",
+        device::describe(&device),
+        config.kernels.name(),
+        args.cpu_kernels.name(),
+        config.preset,
+        args.images,
+        rows.len()
+    );
+    // A tensor passes when the device is within tolerance of the CPU, or no further from the
+    // f64 reference than --f64-factor times the CPU's own f32 rounding.
+    let passes = |r: &train::parity::Row| {
+        r.vs_cpu <= args.tolerance
+            || r.device_vs_exact <= (args.f64_factor * r.cpu_vs_exact).max(args.tolerance)
+    };
+    println!(
+        "  {:>10} {:>10} {:>10}  tensor",
+        "vs cpu", "dev vs f64", "cpu vs f64"
+    );
+    for r in rows.iter().take(5) {
+        println!(
+            "  {:>10.3e} {:>10.3e} {:>10.3e}  {}{}",
+            r.vs_cpu,
+            r.device_vs_exact,
+            r.cpu_vs_exact,
+            r.name,
+            if passes(r) { "" } else { "  <- FAIL" }
+        );
+    }
+    let worst = rows.first().map_or(0.0, |r| r.vs_cpu);
+    let failed = rows
+        .iter()
+        .filter(|r| !passes(r) || !r.vs_cpu.is_finite())
+        .count();
+    let logits = rows
+        .iter()
+        .find(|r| r.name == "logits")
+        .map_or(f64::NAN, |r| r.vs_cpu);
+    println!(
+        "parity: logits {logits:.3e}, worst tensor {worst:.3e} vs cpu (tolerance {:.0e}); {failed} of {} tensors fail: {}",
+        args.tolerance,
+        rows.len(),
+        if failed == 0 { "ok" } else { "FAIL" }
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn op_bench(args: Box<OpBenchArgs>) -> Result<()> {
+    use std::collections::BTreeMap;
+    let config = args.run.resolve()?;
+    let device = device::select(args.run.device.as_deref())?;
+    let b = config.batch_size;
+    // Distinct convolution shapes (SE's 1×1 maps and the classifier excluded) with their counts.
+    // The stride-2 convs are the 3×3 of each later stage's first block (ResNet-D).
+    let mut shapes: BTreeMap<(usize, usize, usize, usize, usize), usize> = BTreeMap::new();
+    for l in config.model.layers(32, 32) {
+        let k = match l.kind {
+            "conv3x3" => 3,
+            "conv1x1" if l.out_hw != (1, 1) => 1,
+            _ => continue,
+        };
+        let stride = if l.name.ends_with(".0.conv2") && !l.name.starts_with("stage0") {
+            2
+        } else {
+            1
+        };
+        *shapes
+            .entry((k, l.cin, l.cout, l.out_hw.0, stride))
+            .or_default() += 1;
+    }
+    let mut rng = cifar_stream::seed::rng(config.seed, &[0x6f70]);
+    let mut random = |dims: &[usize]| -> Result<Tensor> {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        Ok(Tensor::from_vec(v, dims, &device)?)
+    };
+    let time = |f: &mut dyn FnMut() -> Result<Tensor>| -> Result<f64> {
+        let mut times = Vec::with_capacity(args.reps);
+        for i in 0..args.reps + 2 {
+            device.synchronize()?;
+            let t = Instant::now();
+            let out = f()?;
+            device.synchronize()?;
+            drop(out);
+            if i >= 2 {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    };
+    println!(
+        "candle's ops on {}, batch {b}, median of {} (ms); total = ms x layers of that shape",
+        device::describe(&device),
+        args.reps
+    );
+    println!(
+        "{:<28} {:>3} {:>9} {:>9} {:>9} {:>9}",
+        "conv (k cin>cout @out s)", "n", "fwd", "dgrad", "wgrad", "bn f+b"
+    );
+    let mut totals = [0.0f64; 4];
+    for ((k, cin, cout, out, stride), n) in shapes {
+        let (hin, pad) = (out * stride, k / 2);
+        let x = random(&[b, cin, hin, hin])?;
+        let w = random(&[cout, cin, k, k])?;
+        let dy = random(&[b, cout, out, out])?;
+        let fwd = time(&mut || Ok(x.conv2d(&w, pad, stride, 1, 1)?))?;
+        // As candle's backprop computes them (candle-core 0.11 backprop.rs, Op::Conv2D).
+        let out_pad = hin - ((out - 1) * stride + k - 2 * pad);
+        let dgrad = time(&mut || Ok(dy.conv_transpose2d(&w, pad, out_pad, stride, 1)?))?;
+        let wgrad = time(&mut || {
+            Ok(x.transpose(0, 1)?
+                .conv2d(&dy.transpose(0, 1)?, pad, 1, stride, 1)?
+                .transpose(0, 1)?)
+        })?;
+        let vars = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &device);
+        let bn = cifar_stream::ops::BatchNorm::new(cout, 1e-5, vb)?;
+        let y = candle_core::Var::from_tensor(&dy)?;
+        let bnt = time(&mut || {
+            let o = bn.forward(y.as_tensor(), true, false, config.kernels)?;
+            o.sum_all()?.backward()?;
+            Ok(o)
+        })?;
+        let row = [fwd, dgrad, wgrad, bnt];
+        for (t, r) in totals.iter_mut().zip(row) {
+            *t += r * n as f64;
+        }
+        println!(
+            "{:<28} {n:>3} {fwd:>9.3} {dgrad:>9.3} {wgrad:>9.3} {bnt:>9.3}",
+            format!("{k}x{k} {cin}>{cout} @{out} s{stride}")
+        );
+    }
+    let sum: f64 = totals.iter().sum();
+    println!(
+        "total ms per step: conv fwd {:.1} ({:.0}%), conv dgrad {:.1} ({:.0}%), conv wgrad {:.1} ({:.0}%), bn {:.1} ({:.0}%)",
+        totals[0], 100.0 * totals[0] / sum, totals[1], 100.0 * totals[1] / sum,
+        totals[2], 100.0 * totals[2] / sum, totals[3], 100.0 * totals[3] / sum
     );
     Ok(())
 }

@@ -4,4 +4,4 @@ mod config;
 mod resnet_d;
 
 pub use config::{Layer, ModelConfig};
-pub use resnet_d::{build, is_buffer, sorted_vars, Mode, SeResNetD};
+pub use resnet_d::{build, build_as, is_buffer, sorted_vars, Mode, SeResNetD};

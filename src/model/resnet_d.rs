@@ -202,8 +202,19 @@ pub fn is_buffer(name: &str) -> bool {
 /// BatchNorm scales (zero for each block's last one when asked), zero biases, PyTorch's uniform
 /// linear init. Variable `name` draws from a generator seeded by `(seed, hash(name))`.
 pub fn build(config: &ModelConfig, seed: u64, device: &Device) -> Result<(SeResNetD, VarMap)> {
+    build_as(config, seed, device, DType::F32)
+}
+
+/// [`build`] with variables of another dtype (the same initial values, rounded from f32): f64
+/// models are the reference that tells rounding from error.
+pub fn build_as(
+    config: &ModelConfig,
+    seed: u64,
+    device: &Device,
+    dtype: DType,
+) -> Result<(SeResNetD, VarMap)> {
     let varmap = VarMap::new();
-    let model = SeResNetD::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let model = SeResNetD::new(config, VarBuilder::from_varmap(&varmap, dtype, device))?;
     for (name, var) in sorted_vars(&varmap) {
         let shape = var.shape().clone();
         let n = shape.elem_count();
@@ -233,7 +244,7 @@ pub fn build(config: &ModelConfig, seed: u64, device: &Device) -> Result<(SeResN
             let std = (2.0 / (d[0] * d[2] * d[3]) as f64).sqrt();
             (0..n).map(|_| (normal(&mut rng) * std) as f32).collect()
         };
-        var.set(&Tensor::from_vec(values, shape, device)?)?;
+        var.set(&Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)?;
     }
     Ok((model, varmap))
 }

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod ema;
 pub mod metrics;
+pub mod parity;
 pub mod schedule;
 pub mod sgd;
 pub mod trainer;

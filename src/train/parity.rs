@@ -1,0 +1,124 @@
+//! Holding one device (or kernel choice) against another: the same weights and batch through a
+//! training forward and backward on both, compared tensor by tensor.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::trainer::{Net, Result};
+use crate::config::TrainConfig;
+use crate::model::Mode;
+use crate::ops::Kernels;
+use crate::seed;
+
+/// `‖a − b‖ / ‖b‖` over all elements, in f64 (0 when both are zero).
+pub fn relative_error(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
+    let a = a
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?;
+    let b = b
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?;
+    let (a, b) = (a.to_vec1::<f64>()?, b.to_vec1::<f64>()?);
+    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let norm: f64 = b.iter().map(|y| y * y).sum();
+    Ok(if norm == 0.0 {
+        diff.sqrt()
+    } else {
+        (diff / norm).sqrt()
+    })
+}
+
+/// Where a step runs: device, kernels, dtype.
+#[derive(Clone, Copy, Debug)]
+pub struct Side<'a> {
+    /// Device.
+    pub device: &'a Device,
+    /// Convolution/BatchNorm implementation.
+    pub kernels: Kernels,
+    /// Dtype of weights and activations (f64 takes candle's ops whatever `kernels` says).
+    pub dtype: DType,
+}
+
+/// Logits and every parameter gradient of one training step (no update).
+fn step(config: &TrainConfig, side: Side, batch: usize) -> Result<Vec<(String, Tensor)>> {
+    let (mut model, vars) =
+        crate::model::build_as(&config.model, config.seed, side.device, side.dtype)?;
+    model.set_kernels(side.kernels);
+    let net = Net { model, vars };
+    let device = side.device;
+    let len = 3 * 32 * 32;
+    let mut rng = seed::rng(config.seed, &[0x7061_7269_7479]);
+    let pixels: Vec<f32> = (0..batch * len).map(|_| rng.f32() * 2.0 - 1.0).collect();
+    let labels: Vec<u32> = (0..batch)
+        .map(|_| rng.u32(0..config.model.num_classes as u32))
+        .collect();
+    let x = Tensor::from_vec(pixels, (batch, 3, 32, 32), device)?.to_dtype(side.dtype)?;
+    let y = Tensor::from_vec(labels, batch, device)?;
+    let logits = net.model.forward(&x, Mode::Train { dropout_seed: 1 })?;
+    let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+    let grads = loss.backward()?;
+    let mut out = vec![("logits".to_string(), logits)];
+    for (name, var) in net.named() {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            out.push((format!("grad {name}"), g.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// One tensor's relative errors: device against CPU, and each against the f64 reference.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// `logits` or `grad <variable>`.
+    pub name: String,
+    /// ‖device − cpu‖ / ‖cpu‖ (both f32).
+    pub vs_cpu: f64,
+    /// ‖device − f64‖ / ‖f64‖.
+    pub device_vs_exact: f64,
+    /// ‖cpu − f64‖ / ‖f64‖: how far f32 rounding alone moves this tensor.
+    pub cpu_vs_exact: f64,
+}
+
+/// The same step on `device` (f32), on the CPU (f32) and on the CPU in f64, tensor by tensor,
+/// worst `vs_cpu` first. Deep f32 gradients drift from f64 by up to ~1e-2 in the first layers of
+/// the seed network at small batches (BatchNorm's backward cancels), on any device, so
+/// `cpu_vs_exact` is the yardstick for `device_vs_exact`.
+pub fn compare(
+    config: &TrainConfig,
+    batch: usize,
+    device: Side,
+    cpu_kernels: Kernels,
+) -> Result<Vec<Row>> {
+    let cpu = Device::Cpu;
+    let on_device = step(config, device, batch)?;
+    let on_cpu = step(
+        config,
+        Side {
+            device: &cpu,
+            kernels: cpu_kernels,
+            dtype: DType::F32,
+        },
+        batch,
+    )?;
+    let exact = step(
+        config,
+        Side {
+            device: &cpu,
+            kernels: Kernels::Stock,
+            dtype: DType::F64,
+        },
+        batch,
+    )?;
+    let mut rows = Vec::with_capacity(on_device.len());
+    for (((name, d), (_, c)), (_, x)) in on_device.iter().zip(&on_cpu).zip(&exact) {
+        rows.push(Row {
+            name: name.clone(),
+            vs_cpu: relative_error(d, c)?,
+            device_vs_exact: relative_error(d, x)?,
+            cpu_vs_exact: relative_error(c, x)?,
+        });
+    }
+    rows.sort_by(|p, q| q.vs_cpu.total_cmp(&p.vs_cpu));
+    Ok(rows)
+}

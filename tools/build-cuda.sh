@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Cross-builds the CUDA `stream-train` on this CPU-only machine and packs it for the GPU machine.
+#
+#   tools/build-cuda.sh [cuda|cudnn]     ->  gpu-carry/stream-train-<feature>.gz
+#
+# The build itself is ../shared/tools/cuda-build.sh (CUDA 13.0 from PyPI wheels into
+# ~/.cache/cuda13-pip, a link stub for libcuda, sm_90 for H100/H200; ~9 minutes from scratch on
+# 2 cores, into target-cuda/ so the CPU build in target/ stays untouched). See docs/gpu.md of the
+# shared folder for what the GPU machine must provide at run time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FEATURE=${1:-cuda}
+case "$FEATURE" in cuda|cudnn) ;; *) echo "usage: $0 [cuda|cudnn]" >&2; exit 2;; esac
+SHARED=${CIFAR_STREAM_SHARED:-../shared}
+[ -f "$SHARED/tools/cuda-build.sh" ] || { echo "error: $SHARED/tools/cuda-build.sh not found (set CIFAR_STREAM_SHARED)" >&2; exit 1; }
+FEATURES=$FEATURE bash "$SHARED/tools/cuda-build.sh" --bin stream-train
+mkdir -p gpu-carry
+tmp=$(mktemp)
+trap 'rm -f "$tmp"' EXIT
+strip -o "$tmp" target-cuda/release/stream-train
+gzip -9 -c "$tmp" > "gpu-carry/stream-train-$FEATURE.gz.tmp"
+mv "gpu-carry/stream-train-$FEATURE.gz.tmp" "gpu-carry/stream-train-$FEATURE.gz"
+ls -l "gpu-carry/stream-train-$FEATURE.gz"
