@@ -26,7 +26,7 @@ if [ "${1:-}" = "--prepare" ]; then
   mkdir -p "$CARRY"
   strip -o "$CARRY/prep-dataset" target/release/prep-dataset
   gzip -9 -f "$CARRY/prep-dataset"
-  cp "$SHARED/datasets/cifar10-jpeg.tar.gz" "$CARRY/"
+  install -m 0644 "$SHARED/datasets/cifar10-jpeg.tar.gz" "$CARRY/"
   # What travels: tracked and untracked-but-not-ignored files, plus the carry folder.
   tree=$(git ls-files -co --exclude-standard -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
   carry=$(du -cb "$CARRY" | tail -1 | cut -f1)
