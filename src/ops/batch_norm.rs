@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::host::{contiguous_f32, with_f32};
+use super::host::{contiguous_f32, split_nc, with_f32};
 
 /// Batch statistics of one training forward pass, per channel.
 #[derive(Clone, Debug, Default)]
@@ -17,14 +17,6 @@ pub struct Stats {
     pub var: Vec<f32>,
     /// Values per channel (`n × spatial`).
     pub count: usize,
-}
-
-/// `(n, c, spatial)` of an `[n, c, …]` shape.
-fn split(dims: &[usize]) -> Result<(usize, usize, usize)> {
-    if dims.len() < 2 {
-        candle_core::bail!("batch-norm expects at least [n, c], got {dims:?}");
-    }
-    Ok((dims[0], dims[1], dims[2..].iter().product()))
 }
 
 /// `(Σ a, Σ a·(b − off))` in f32 with eight independent partial sums, so it vectorises (a single
@@ -168,7 +160,7 @@ impl CustomOp3 for TrainOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, s) = split(l1.dims())?;
+        let (n, c, s) = split_nc(l1.dims(), "batch-norm")?;
         let x = contiguous_f32(s1, l1)?;
         let gamma = contiguous_f32(s2, l2)?;
         let beta = contiguous_f32(s3, l3)?;
@@ -216,7 +208,7 @@ impl CustomOp3 for TrainOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, s) = split(x.dims())?;
+        let (n, c, s) = split_nc(x.dims(), "batch-norm")?;
         let stats = self.stats.lock().expect("batch-norm stats lock").clone();
         let count = (n * s) as f64;
         let (dx, dgamma, dbeta) = with_f32(x, |xs| {
@@ -299,7 +291,7 @@ impl CustomOp3 for AffineOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, c, s) = split(l1.dims())?;
+        let (_, c, s) = split_nc(l1.dims(), "batch-norm")?;
         let x = contiguous_f32(s1, l1)?;
         let scale = contiguous_f32(s2, l2)?;
         let shift = contiguous_f32(s3, l3)?;
@@ -320,7 +312,7 @@ impl CustomOp3 for AffineOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, s) = split(x.dims())?;
+        let (n, c, s) = split_nc(x.dims(), "batch-norm")?;
         let (dx, dscale, dshift) = with_f32(x, |xs| {
             with_f32(scale, |sc| {
                 with_f32(y, |ys| {

@@ -1,4 +1,4 @@
-//! Borrowing a CPU tensor's f32 data as one contiguous slice.
+//! Borrowing a CPU tensor's f32 data as one contiguous slice, and reading its shape.
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
@@ -25,4 +25,12 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R>
             t.device()
         ),
     }
+}
+
+/// `(n, c, spatial)` of an `[n, c, …]` shape, or an error naming the op.
+pub fn split_nc(dims: &[usize], op: &str) -> Result<(usize, usize, usize)> {
+    if dims.len() < 2 {
+        candle_core::bail!("{op} expects at least [n, c], got {dims:?}");
+    }
+    Ok((dims[0], dims[1], dims[2..].iter().product()))
 }

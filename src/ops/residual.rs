@@ -6,15 +6,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::host::{contiguous_f32, with_f32};
-
-/// `(n, c, spatial)` of an `[n, c, …]` shape.
-fn split(dims: &[usize]) -> Result<(usize, usize, usize)> {
-    if dims.len() < 2 {
-        candle_core::bail!("scale-add-relu expects at least [n, c], got {dims:?}");
-    }
-    Ok((dims[0], dims[1], dims[2..].iter().product()))
-}
+use super::host::{contiguous_f32, split_nc, with_f32};
 
 /// The candle op on `(x, gate, shortcut)`.
 pub(super) struct ScaleAddRelu;
@@ -33,7 +25,7 @@ impl CustomOp3 for ScaleAddRelu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, s) = split(l1.dims())?;
+        let (n, c, s) = split_nc(l1.dims(), "scale-add-relu")?;
         let x = contiguous_f32(s1, l1)?;
         let gate = contiguous_f32(s2, l2)?;
         let short = contiguous_f32(s3, l3)?;
@@ -67,7 +59,7 @@ impl CustomOp3 for ScaleAddRelu {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (_, _, s) = split(x.dims())?;
+        let (_, _, s) = split_nc(x.dims(), "scale-add-relu")?;
         let plane = s.max(1);
         let (dx, dgate, dshort) = with_f32(x, |xs| {
             with_f32(gate, |gs| {
