@@ -1,10 +1,10 @@
 //! Training ops with explicit backward passes, behind one interface the model calls.
 //!
-//! [`Kernels::Fast`] runs convolution as im2col + GEMM per image and BatchNorm (+ ReLU) as one
-//! fused pass, each with a hand-written backward pass, on f32 CPU tensors. Elsewhere (CUDA, other
-//! dtypes) and with [`Kernels::Stock`] the same calls go to candle's own ops, so a GPU
-//! implementation can slot in behind [`conv2d`] and [`BatchNorm::forward`] without touching the
-//! model.
+//! [`Kernels::Fast`] runs convolution as im2col + GEMM per image, BatchNorm (+ ReLU) as one fused
+//! pass and a bottleneck's tail (SE scale + residual add + ReLU) as another, each with a
+//! hand-written backward pass, on f32 CPU tensors. Elsewhere (CUDA, other dtypes) and with
+//! [`Kernels::Stock`] the same calls go to candle's own ops, so a GPU implementation can slot in
+//! behind [`conv2d`], [`BatchNorm::forward`] and [`scale_add_relu`] without touching the model.
 
 mod batch_norm;
 pub mod conv;
