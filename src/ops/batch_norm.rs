@@ -1,6 +1,7 @@
 //! BatchNorm over `[n, c, …]` (f32, CPU) fused with an optional ReLU: one pass for the batch
 //! statistics, one to normalise; the backward pass is the closed form, two passes.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -127,14 +128,17 @@ fn affine(x: &[f32], scale: &[f32], shift: &[f32], relu: bool, c: usize, s: usiz
 }
 
 /// The upstream gradient with ReLU's mask applied (`y > 0`) when the op ends in a ReLU.
-fn masked(dy: &[f32], y: &[f32], relu: bool) -> Vec<f32> {
+fn masked<'a>(dy: &'a [f32], y: &[f32], relu: bool) -> Cow<'a, [f32]> {
     if relu {
-        dy.iter()
-            .zip(y)
-            .map(|(g, v)| if *v > 0.0 { *g } else { 0.0 })
-            .collect()
+        Cow::Owned(
+            dy.iter()
+                .zip(y)
+                .map(|(g, v)| if *v > 0.0 { *g } else { 0.0 })
+                .collect(),
+        )
     } else {
-        dy.to_vec()
+        // No ReLU: the gradient as it came, without a copy.
+        Cow::Borrowed(dy)
     }
 }
 
