@@ -854,7 +854,7 @@ fn step_bench(args: Box<StepBenchArgs>) -> Result<()> {
             start = Instant::now();
         }
         let lr = config.schedule.lr;
-        train::step_sgd(&net.model, &mut sgd, &x, &y, lr, step as u64)?;
+        train::step_sgd(&net.model, &mut sgd, None, &x, &y, lr, step as u64, step)?;
     }
     device.synchronize()?;
     let rate = (args.steps * b) as f64 / start.elapsed().as_secs_f64();

@@ -146,14 +146,18 @@ pub struct Outcome {
 }
 
 /// One training step: forward with dropout drawn from `dropout_seed`, cross-entropy, backward,
-/// SGD update at rate `lr`. Returns `(logits, loss)`; each phase is a tracing span.
+/// SGD update at rate `lr`, then EMA update number `step` when given one. Returns
+/// `(logits, loss)`; each phase is one tracing span (the EMA belongs to `optimizer`).
+#[allow(clippy::too_many_arguments)]
 pub fn step_sgd(
     model: &SeResNetD,
     sgd: &mut Sgd,
+    ema: Option<&Ema>,
     x: &Tensor,
     y: &Tensor,
     lr: f64,
     dropout_seed: u64,
+    step: usize,
 ) -> Result<(Tensor, Tensor)> {
     let (logits, loss) = {
         let _f = tracing::info_span!("forward").entered();
@@ -167,6 +171,9 @@ pub fn step_sgd(
     };
     let _o = tracing::info_span!("optimizer").entered();
     sgd.step(&grads, lr)?;
+    if let Some(ema) = ema {
+        ema.update(step)?;
+    }
     Ok((logits, loss))
 }
 
@@ -331,11 +338,16 @@ pub fn train(
             drop(batch);
             lr = config.schedule.lr_at(step, iters_per_epoch);
             let dropout_seed = seed::derive(config.seed, &[DROPOUT_STREAM, e as u64, k as u64]);
-            let (logits, loss) = step_sgd(&net.model, &mut sgd, &x, &y, lr, dropout_seed)?;
-            if let Some(ema) = &ema {
-                let _o = tracing::info_span!("optimizer").entered();
-                ema.update(step)?;
-            }
+            let (logits, loss) = step_sgd(
+                &net.model,
+                &mut sgd,
+                ema.as_ref(),
+                &x,
+                &y,
+                lr,
+                dropout_seed,
+                step,
+            )?;
             let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let hits = logits
                 .argmax(1)?
