@@ -350,6 +350,8 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
                 "8",
                 "--batch-size",
                 "20",
+                "--ema-decay",
+                "0.99",
                 "-q",
                 "--data",
             ])
@@ -367,7 +369,7 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
             .starts_with("test accuracy: "),
         "{stdout}"
     );
-    // The headline is the EMA model's (the preset has EMA on), not the better of the two.
+    // The headline is the EMA model's (EMA is on here), not the better of the two.
     let value = |prefix: &str| {
         stdout
             .lines()
@@ -376,6 +378,43 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
             .to_string()
     };
     assert_eq!(value("test accuracy: "), value("ema test accuracy: "));
+    // Without an EMA there is one model: the headline is its accuracy and no EMA line claims one.
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .current_dir(tmp.path())
+        .args([
+            "--preset",
+            "tiny",
+            "--widths",
+            "4,8,16",
+            "--stem-width",
+            "8",
+        ])
+        .args(["--batch-size", "20", "--epochs", "1", "--ema-decay", "0"])
+        .args(["--name", "single", "-q", "--data"])
+        .arg(&data)
+        .assert()
+        .success();
+    let no_ema = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(!no_ema.contains("ema"), "{no_ema}");
+    // The epoch line's "test loss L acc A%" is the headline's A.
+    let epoch_line = no_ema
+        .lines()
+        .find(|l| l.starts_with("epoch   1/1:"))
+        .unwrap();
+    let epoch_acc = epoch_line.split("test loss ").nth(1).unwrap();
+    let epoch_acc = epoch_acc
+        .split(" acc ")
+        .nth(1)
+        .unwrap()
+        .split('%')
+        .next()
+        .unwrap();
+    assert_eq!(
+        no_ema.lines().last().unwrap(),
+        format!("test accuracy: {epoch_acc}%"),
+        "{no_ema}"
+    );
     let run = tmp.path().join("runs/tiny");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(
@@ -415,6 +454,15 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
         stdout.contains("test accuracy: ") && stdout.contains("checker"),
         "{stdout}"
     );
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .args(["eval", "--tta", "flip", "--checkpoint"])
+        .arg(&run)
+        .assert()
+        .success();
+    assert!(String::from_utf8(out.get_output().stdout.clone())
+        .unwrap()
+        .contains("test accuracy: "));
 
     let png = tmp.path().join("one.png");
     let reader = cifar_stream::store::Reader::open(data.join("test.store")).unwrap();

@@ -1,7 +1,6 @@
 //! BatchNorm over `[n, c, …]` (f32, CPU) fused with an optional ReLU: one pass for the batch
 //! statistics, one to normalise; the backward pass is the closed form, two passes.
 
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -20,22 +19,38 @@ pub struct Stats {
     pub count: usize,
 }
 
-/// `(Σ a, Σ a·(b − off))` in f32 with eight independent partial sums, so it vectorises (a single
-/// running sum is a dependency chain the compiler may not reorder).
-fn sum_and_dot(a: &[f32], b: &[f32], off: f32) -> (f32, f32) {
+/// `a`, or with `RELU` the gradient through a ReLU whose output was `y`: `a` where `y > 0`.
+#[inline(always)]
+fn through_relu<const RELU: bool>(a: f32, y: f32) -> f32 {
+    if RELU && y <= 0.0 {
+        0.0
+    } else {
+        a
+    }
+}
+
+/// `(Σ g, Σ g·(b − off))` for `g = through_relu(a, y)`, in f32 with eight independent partial
+/// sums, so it vectorises (a single running sum is a dependency chain the compiler may not
+/// reorder). Masking here rather than in a copy of `a` saves a pass over the activation.
+fn sum_and_dot<const RELU: bool>(a: &[f32], y: &[f32], b: &[f32], off: f32) -> (f32, f32) {
     let (mut s, mut d) = ([0.0f32; 8], [0.0f32; 8]);
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
+    let body = a.len() / 8 * 8;
+    let lanes = a[..body]
+        .chunks_exact(8)
+        .zip(y[..body].chunks_exact(8))
+        .zip(b[..body].chunks_exact(8));
+    for ((a8, y8), b8) in lanes {
         for l in 0..8 {
-            s[l] += x[l];
-            d[l] += x[l] * (y[l] - off);
+            let g = through_relu::<RELU>(a8[l], y8[l]);
+            s[l] += g;
+            d[l] += g * (b8[l] - off);
         }
     }
     let (mut s1, mut d1) = (s.iter().sum::<f32>(), d.iter().sum::<f32>());
-    for (x, y) in ra.iter().zip(rb) {
-        s1 += x;
-        d1 += x * (y - off);
+    for i in body..a.len() {
+        let g = through_relu::<RELU>(a[i], y[i]);
+        s1 += g;
+        d1 += g * (b[i] - off);
     }
     (s1, d1)
 }
@@ -60,12 +75,14 @@ fn centred_sums(x: &[f32], m: f32) -> (f32, f32) {
     (s1, q1)
 }
 
-/// Per-channel `(Σ a, Σ a·(b − b_off[c]))` over `[n, c, s]` data, parallel over channels.
+/// Per-channel `(Σ g, Σ g·(b − b_off[c]))` over `[n, c, s]` data for `g = through_relu(a, y)`,
+/// parallel over channels.
 ///
 /// Each plane is summed in f32 (it vectorises) and planes are added in f64. Centring `b` first
-/// (rather than expanding `Σ a·b − b_off·Σ a`) keeps variances accurate when means are large.
-fn channel_sums(
+/// (rather than expanding `Σ g·b − b_off·Σ g`) keeps variances accurate when means are large.
+fn channel_sums<const RELU: bool>(
     a: &[f32],
+    y: &[f32],
     b: &[f32],
     b_off: Option<&[f32]>,
     (n, c, s): (usize, usize, usize),
@@ -77,7 +94,7 @@ fn channel_sums(
             let (mut sa, mut sab) = (0.0f64, 0.0f64);
             for i in 0..n {
                 let r = (i * c + ch) * s..(i * c + ch + 1) * s;
-                let (p, q) = sum_and_dot(&a[r.clone()], &b[r], off);
+                let (p, q) = sum_and_dot::<RELU>(&a[r.clone()], &y[r.clone()], &b[r], off);
                 sa += p as f64;
                 sab += q as f64;
             }
@@ -127,19 +144,72 @@ fn affine(x: &[f32], scale: &[f32], shift: &[f32], relu: bool, c: usize, s: usiz
     y
 }
 
-/// The upstream gradient with ReLU's mask applied (`y > 0`) when the op ends in a ReLU.
-fn masked<'a>(dy: &'a [f32], y: &[f32], relu: bool) -> Cow<'a, [f32]> {
-    if relu {
-        Cow::Owned(
-            dy.iter()
-                .zip(y)
-                .map(|(g, v)| if *v > 0.0 { *g } else { 0.0 })
-                .collect(),
-        )
-    } else {
-        // No ReLU: the gradient as it came, without a copy.
-        Cow::Borrowed(dy)
+/// Per-channel coefficients of the training-mode input gradient `dx = a·g + b·(x − μ) + d`.
+struct DxCoefficients<'a> {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    d: Vec<f32>,
+    mean: &'a [f32],
+}
+
+impl DxCoefficients<'_> {
+    /// `dx` for `g = through_relu(dy, y)`, parallel over images.
+    fn dx<const RELU: bool>(
+        &self,
+        dy: &[f32],
+        y: &[f32],
+        x: &[f32],
+        c: usize,
+        s: usize,
+    ) -> Vec<f32> {
+        let image = (c * s).max(1);
+        let mut dx = vec![0.0f32; x.len()];
+        dx.par_chunks_mut(image)
+            .zip(dy.par_chunks(image).zip(y.par_chunks(image)))
+            .zip(x.par_chunks(image))
+            .for_each(|((di, (gi, yi)), xi)| {
+                for ch in 0..c {
+                    let r = ch * s..(ch + 1) * s;
+                    let (aa, bb, dd, mu) = (self.a[ch], self.b[ch], self.d[ch], self.mean[ch]);
+                    let planes = di[r.clone()]
+                        .iter_mut()
+                        .zip(&gi[r.clone()])
+                        .zip(yi[r.clone()].iter().zip(&xi[r]));
+                    for ((o, gv), (yv, xv)) in planes {
+                        *o = aa * through_relu::<RELU>(*gv, *yv) + bb * (xv - mu) + dd;
+                    }
+                }
+            });
+        dx
     }
+}
+
+/// Backward of the eval-mode affine map: per-channel `(Σ g, Σ g·x)` and `dx = g·scale[c]` for
+/// `g = through_relu(dy, y)`.
+fn affine_backward<const RELU: bool>(
+    dy: &[f32],
+    y: &[f32],
+    x: &[f32],
+    scale: &[f32],
+    (n, c, s): (usize, usize, usize),
+) -> (Vec<(f64, f64)>, Vec<f32>) {
+    let sums = channel_sums::<RELU>(dy, y, x, None, (n, c, s));
+    let image = (c * s).max(1);
+    let mut dx = vec![0.0f32; x.len()];
+    dx.par_chunks_mut(image)
+        .zip(dy.par_chunks(image).zip(y.par_chunks(image)))
+        .for_each(|(di, (gi, yi))| {
+            for (ch, &k) in scale.iter().enumerate().take(c) {
+                let r = ch * s..(ch + 1) * s;
+                for (o, (gv, yv)) in di[r.clone()]
+                    .iter_mut()
+                    .zip(gi[r.clone()].iter().zip(&yi[r]))
+                {
+                    *o = k * through_relu::<RELU>(*gv, *yv);
+                }
+            }
+        });
+    (sums, dx)
 }
 
 /// Training-mode op on `(x, gamma, beta)`: normalises with batch statistics, which it leaves in
@@ -176,7 +246,7 @@ impl CustomOp3 for TrainOp {
             );
         }
         let count = n * s;
-        let mean: Vec<f32> = channel_sums(x, x, None, (n, c, s))
+        let mean: Vec<f32> = channel_sums::<false>(x, x, x, None, (n, c, s))
             .iter()
             .map(|p| (p.0 / count as f64) as f32)
             .collect();
@@ -219,14 +289,18 @@ impl CustomOp3 for TrainOp {
             with_f32(gamma, |gs| {
                 with_f32(y, |ys| {
                     with_f32(dy, |dys| {
-                        let g = masked(dys, ys, self.relu);
                         let invstd: Vec<f64> = stats
                             .var
                             .iter()
                             .map(|v| 1.0 / (*v as f64 + self.eps).sqrt())
                             .collect();
                         // Σg and Σg·(x − μ) per channel; Σg·x̂ = invstd·Σg·(x − μ).
-                        let sums = channel_sums(&g, xs, Some(&stats.mean), (n, c, s));
+                        let mean = &stats.mean;
+                        let sums = if self.relu {
+                            channel_sums::<true>(dys, ys, xs, Some(mean), (n, c, s))
+                        } else {
+                            channel_sums::<false>(dys, ys, xs, Some(mean), (n, c, s))
+                        };
                         let mut dgamma = Vec::with_capacity(c);
                         let mut dbeta = Vec::with_capacity(c);
                         // dx = a·g + b·(x − μ) + d per channel, from the closed form
@@ -244,24 +318,12 @@ impl CustomOp3 for TrainOp {
                             b[ch] = (-k * is * sgxh / count) as f32;
                             d[ch] = (-k * sg / count) as f32;
                         }
-                        let mean = &stats.mean;
-                        let mut dx = vec![0.0f32; xs.len()];
-                        dx.par_chunks_mut((c * s).max(1))
-                            .zip(
-                                g.par_chunks((c * s).max(1))
-                                    .zip(xs.par_chunks((c * s).max(1))),
-                            )
-                            .for_each(|(di, (gi, xi))| {
-                                for ch in 0..c {
-                                    let r = ch * s..(ch + 1) * s;
-                                    let (aa, bb, dd, mu) = (a[ch], b[ch], d[ch], mean[ch]);
-                                    for ((o, gv), xv) in
-                                        di[r.clone()].iter_mut().zip(&gi[r.clone()]).zip(&xi[r])
-                                    {
-                                        *o = aa * gv + bb * (xv - mu) + dd;
-                                    }
-                                }
-                            });
+                        let coef = DxCoefficients { a, b, d, mean };
+                        let dx = if self.relu {
+                            coef.dx::<true>(dys, ys, xs, c, s)
+                        } else {
+                            coef.dx::<false>(dys, ys, xs, c, s)
+                        };
                         Ok((dx, dgamma, dbeta))
                     })
                 })
@@ -321,10 +383,11 @@ impl CustomOp3 for AffineOp {
             with_f32(scale, |sc| {
                 with_f32(y, |ys| {
                     with_f32(dy, |dys| {
-                        let g = masked(dys, ys, self.relu);
-                        let sums = channel_sums(&g, xs, None, (n, c, s));
-                        let zero = vec![0.0f32; c];
-                        let dx = affine(&g, sc, &zero, false, c, s);
+                        let (sums, dx) = if self.relu {
+                            affine_backward::<true>(dys, ys, xs, sc, (n, c, s))
+                        } else {
+                            affine_backward::<false>(dys, ys, xs, sc, (n, c, s))
+                        };
                         let dscale = sums.iter().map(|p| p.1 as f32).collect::<Vec<_>>();
                         let dshift = sums.iter().map(|p| p.0 as f32).collect::<Vec<_>>();
                         Ok((dx, dscale, dshift))

@@ -3,14 +3,17 @@
 
 pub mod checkpoint;
 pub mod ema;
+pub mod loss;
 pub mod metrics;
 pub mod parity;
 pub mod schedule;
 pub mod sgd;
 pub mod trainer;
+pub mod tta;
 
 pub use ema::Ema;
 pub use metrics::EpochMetrics;
 pub use schedule::{Schedule, ScheduleKind};
 pub use sgd::Sgd;
 pub use trainer::{evaluate, step_sgd, train, Evaluation, Net, Observer, Outcome, Silent};
+pub use tta::Tta;

@@ -14,6 +14,7 @@ use super::checkpoint::{self, State};
 use super::ema::Ema;
 use super::metrics::{self, EpochMetrics};
 use super::sgd::Sgd;
+use super::tta::Tta;
 use crate::augment::Augmenter;
 use crate::config::TrainConfig;
 use crate::model::{self, is_buffer, sorted_vars, Mode, SeResNetD};
@@ -146,8 +147,9 @@ pub struct Outcome {
 }
 
 /// One training step: forward with dropout drawn from `dropout_seed`, cross-entropy, backward,
-/// SGD update at rate `lr`, then EMA update number `step` when given one. Returns
-/// `(logits, loss)`; each phase is one tracing span (the EMA belongs to `optimizer`).
+/// SGD update at rate `lr` on the loss with `label_smoothing`, then EMA update number `step`
+/// when given one. Returns `(logits, loss)`; each phase is one tracing span (the EMA belongs to
+/// `optimizer`).
 #[allow(clippy::too_many_arguments)]
 pub fn step_sgd(
     model: &SeResNetD,
@@ -155,6 +157,7 @@ pub fn step_sgd(
     ema: Option<&Ema>,
     x: &Tensor,
     y: &Tensor,
+    label_smoothing: f64,
     lr: f64,
     dropout_seed: u64,
     step: usize,
@@ -162,7 +165,7 @@ pub fn step_sgd(
     let (logits, loss) = {
         let _f = tracing::info_span!("forward").entered();
         let logits = model.forward(x, Mode::Train { dropout_seed })?;
-        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
+        let loss = super::loss::cross_entropy(&logits, y, label_smoothing)?;
         (logits, loss)
     };
     let grads = {
@@ -344,6 +347,7 @@ pub fn train(
                 ema.as_ref(),
                 &x,
                 &y,
+                config.label_smoothing,
                 lr,
                 dropout_seed,
                 step,
@@ -376,6 +380,7 @@ pub fn train(
                 eval_aug.clone(),
                 pool.clone(),
                 config.eval_batch_size,
+                config.tta,
                 device,
             )?
         };
@@ -388,6 +393,7 @@ pub fn train(
                     eval_aug.clone(),
                     pool.clone(),
                     config.eval_batch_size,
+                    config.tta,
                     device,
                 )?
             }
@@ -430,13 +436,16 @@ pub fn train(
     })
 }
 
-/// Evaluates `model` on every image of `images` (no augmentation, running BN statistics).
+/// Evaluates `model` on every image of `images` (running BN statistics; no augmentation but
+/// `tta`'s views).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &SeResNetD,
     images: Arc<dyn Images + Send + Sync>,
     augmenter: Arc<Augmenter>,
     pool: Arc<rayon::ThreadPool>,
     batch_size: usize,
+    tta: Tta,
     device: &Device,
 ) -> Result<Evaluation> {
     let classes = model.config().num_classes;
@@ -473,7 +482,7 @@ pub fn evaluate(
                 device,
             )?;
             let y = Tensor::from_slice(&batch.labels, n, device)?;
-            let logits = model.forward(&x, Mode::Eval)?;
+            let logits = tta.logits(model, &x)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?
                 .to_dtype(DType::F64)?
                 .to_scalar::<f64>()?;
