@@ -175,6 +175,18 @@ impl TrainConfig {
             .map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// Checks the configuration is trainable (the model is buildable, values are in range).
+    pub fn validate(&self) -> Result<(), String> {
+        self.model.validate()?;
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(format!(
+                "label smoothing {} is outside [0, 1)",
+                self.label_smoothing
+            ));
+        }
+        Ok(())
+    }
+
     /// The run's output folder.
     pub fn run_dir(&self) -> PathBuf {
         self.runs.join(&self.name)
@@ -270,5 +282,15 @@ mod tests {
             s.merge_toml("epochz = 3").is_err(),
             "unknown keys are refused"
         );
+        assert!(s
+            .merge_toml("label_smoothing = 1.0")
+            .unwrap()
+            .validate()
+            .is_err());
+        assert!(s
+            .merge_toml("label_smoothing = 0.2")
+            .unwrap()
+            .validate()
+            .is_ok());
     }
 }

@@ -214,10 +214,7 @@ impl RunArgs {
         c.optim.no_decay_bn_bias |= self.no_decay_bn_bias;
         c.model.zero_init_last_bn |= self.zero_init_last_bn;
         c.augment = self.augment.apply(&c.augment);
-        c.model.validate().map_err(anyhow::Error::msg)?;
-        if !(0.0..1.0).contains(&c.label_smoothing) {
-            anyhow::bail!("--label-smoothing {} is outside [0, 1)", c.label_smoothing);
-        }
+        c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)
     }
 }

@@ -189,7 +189,7 @@ pub fn train(
     cancel: Arc<AtomicBool>,
     observer: &mut dyn Observer,
 ) -> Result<Outcome> {
-    config.model.validate().map_err(Error::Config)?;
+    config.validate().map_err(Error::Config)?;
     let dir = config.run_dir();
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
         path: dir.clone(),
