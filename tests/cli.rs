@@ -350,8 +350,6 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
                 "8",
                 "--batch-size",
                 "20",
-                "--ema-decay",
-                "0.99",
                 "-q",
                 "--data",
             ])
@@ -359,7 +357,7 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
             .args(extra)
             .assert()
     };
-    let out = train(&["--epochs", "1"]).success();
+    let out = train(&["--epochs", "1", "--ema-decay", "0.99"]).success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(
         stdout
@@ -379,22 +377,7 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
     };
     assert_eq!(value("test accuracy: "), value("ema test accuracy: "));
     // Without an EMA there is one model: the headline is its accuracy and no EMA line claims one.
-    let out = Command::cargo_bin("stream-train")
-        .unwrap()
-        .current_dir(tmp.path())
-        .args([
-            "--preset",
-            "tiny",
-            "--widths",
-            "4,8,16",
-            "--stem-width",
-            "8",
-        ])
-        .args(["--batch-size", "20", "--epochs", "1", "--ema-decay", "0"])
-        .args(["--name", "single", "-q", "--data"])
-        .arg(&data)
-        .assert()
-        .success();
+    let out = train(&["--epochs", "1", "--ema-decay", "0", "--name", "single"]).success();
     let no_ema = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(!no_ema.contains("ema"), "{no_ema}");
     // The epoch line's "test loss L acc A%" is the headline's A.
@@ -422,7 +405,7 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
         "{config}"
     );
     // The same name again without --resume is refused; with it, the run continues.
-    train(&["--epochs", "1"])
+    train(&["--epochs", "1", "--ema-decay", "0.99"])
         .failure()
         .stderr(predicates::str::contains("--resume"));
     let out = Command::cargo_bin("stream-train")

@@ -372,31 +372,21 @@ pub fn train(
             break;
         }
         let train_seconds = started.elapsed().as_secs_f64();
-        let raw = {
+        let eval = |model: &SeResNetD| {
             let _s = tracing::info_span!("eval").entered();
             evaluate(
-                &net.model,
+                model,
                 test_store.clone(),
                 eval_aug.clone(),
                 pool.clone(),
                 config.eval_batch_size,
                 config.tta,
                 device,
-            )?
+            )
         };
+        let raw = eval(&net.model)?;
         let ema_eval = match &ema {
-            Some(_) => {
-                let _s = tracing::info_span!("eval").entered();
-                evaluate(
-                    &ema_net.model,
-                    test_store.clone(),
-                    eval_aug.clone(),
-                    pool.clone(),
-                    config.eval_batch_size,
-                    config.tta,
-                    device,
-                )?
-            }
+            Some(_) => eval(&ema_net.model)?,
             None => raw.clone(),
         };
         let m = EpochMetrics {
