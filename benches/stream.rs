@@ -64,6 +64,7 @@ fn bench_stream(c: &mut Criterion) {
                     prefetch: 4,
                     seed: 0,
                     epochs: 200..201,
+                    max_batches: None,
                 };
                 let mut loader = Loader::start(
                     images.clone(),

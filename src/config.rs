@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{AugmentConfig, PolicyName};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, Precision};
 use crate::ops::Kernels;
 use crate::train::schedule::{Schedule, ScheduleKind};
 use crate::train::Tta;
@@ -62,6 +62,13 @@ pub struct TrainConfig {
     /// Test-time augmentation of every evaluation.
     #[serde(default)]
     pub tta: Tta,
+    /// Compute precision (f32, or bf16 with f32 master weights).
+    #[serde(default)]
+    pub precision: Precision,
+    /// Training batches per epoch at most (absent: all), for quick runs and profiles; the
+    /// schedule counts the epoch as this many steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_train_batches: Option<usize>,
     /// Architecture.
     pub model: ModelConfig,
     /// Optimizer.
@@ -94,6 +101,8 @@ impl TrainConfig {
             label_smoothing: 0.0,
             kernels: Kernels::Fast,
             tta: Tta::None,
+            precision: Precision::F32,
+            limit_train_batches: None,
             model: ModelConfig::resnet50(),
             optim: OptimConfig {
                 momentum: 0.9,
@@ -178,6 +187,9 @@ impl TrainConfig {
     /// Checks the configuration is trainable (the model is buildable, values are in range).
     pub fn validate(&self) -> Result<(), String> {
         self.model.validate()?;
+        if self.limit_train_batches == Some(0) {
+            return Err("limit_train_batches must be at least 1".into());
+        }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return Err(format!(
                 "label smoothing {} is outside [0, 1)",

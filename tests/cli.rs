@@ -524,9 +524,19 @@ fn device_check_step_bench_and_op_bench_run_on_the_cpu() {
         .success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(
-        stdout.contains("candle fast kernels") && stdout.contains("images/s: "),
+        stdout.contains("candle fast kernels, f32") && stdout.contains("images/s: "),
         "{stdout}"
     );
+    // bf16 is a GPU precision: the CPU says so and stops.
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .args(["step-bench", "--steps", "2", "--batch-size", "8"])
+        .args(["--device", "cpu", "--precision", "bf16"])
+        .args(small)
+        .assert()
+        .failure();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("bf16 needs a CUDA device"), "{stderr}");
 
     let out = Command::cargo_bin("stream-train")
         .unwrap()

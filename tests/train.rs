@@ -163,7 +163,7 @@ struct InterruptAt {
 }
 
 impl Observer for InterruptAt {
-    fn step(&mut self, _loss: f64) {
+    fn step(&mut self, _loss: Option<f64>) {
         self.steps += 1;
         if self.steps == self.after {
             self.cancel.store(true, Ordering::Relaxed);
@@ -211,4 +211,52 @@ fn ctrl_c_in_the_middle_of_an_epoch_saves_and_the_run_can_resume() {
     .unwrap();
     assert!(!resumed.interrupted);
     assert_eq!(resumed.history.len(), 2);
+}
+
+/// Counts steps, loss reads and epoch sizes.
+#[derive(Default)]
+struct Counter {
+    steps: usize,
+    reads: Vec<f64>,
+    images: Vec<usize>,
+}
+
+impl Observer for Counter {
+    fn step(&mut self, loss: Option<f64>) {
+        self.steps += 1;
+        self.reads.extend(loss);
+    }
+    fn epoch_end(&mut self, _: &EpochMetrics, stats: &EpochStats) {
+        self.images.push(stats.images);
+    }
+}
+
+#[test]
+fn a_batch_limit_shortens_every_epoch_and_loss_is_read_every_few_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    store(&data, 24);
+    let mut config = micro(&data, tmp.path(), "limit", 2);
+    let per_epoch = train::LOSS_READ_EVERY + 2;
+    config.batch_size = 4;
+    config.limit_train_batches = Some(per_epoch);
+    let mut counter = Counter::default();
+    let outcome = train::train(
+        &config,
+        &Device::Cpu,
+        false,
+        pool(),
+        Arc::new(AtomicBool::new(false)),
+        &mut counter,
+    )
+    .unwrap();
+    assert_eq!(counter.steps, 2 * per_epoch);
+    assert_eq!(counter.images, vec![4 * per_epoch; 2]);
+    // One progress read per LOSS_READ_EVERY steps of each epoch, each a running mean loss.
+    assert_eq!(counter.reads.len(), 2);
+    assert!(counter.reads.iter().all(|l| l.is_finite() && *l > 0.0));
+    assert!(outcome
+        .history
+        .iter()
+        .all(|m| m.train_loss.is_finite() && (0.0..=1.0).contains(&m.train_acc)));
 }

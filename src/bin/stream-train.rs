@@ -21,6 +21,7 @@ use cifar_stream::augment::ops::PadFill;
 use cifar_stream::augment::{collate, preview, AugmentConfig, Augmenter, Batch, PolicyName};
 use cifar_stream::config::TrainConfig;
 use cifar_stream::device;
+use cifar_stream::model::Precision;
 use cifar_stream::ops::Kernels;
 use cifar_stream::render;
 use cifar_stream::store::{Reader, Split};
@@ -68,6 +69,14 @@ struct RunArgs {
     /// passes, CPU f32) or stock (candle-nn's) [default: fast; GPUs use candle's either way].
     #[arg(long, value_enum)]
     kernels: Option<Kernels>,
+    /// Stop each training epoch after N batches (a quick run, or a profile of N steps); the
+    /// learning-rate schedule counts the shorter epoch [default: every batch].
+    #[arg(long, value_name = "N")]
+    limit_train_batches: Option<usize>,
+    /// Compute precision: f32, or bf16 (bf16 convolutions and activations; f32 master weights,
+    /// BatchNorm, loss and optimizer) [default: f32].
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Test-time augmentation of every evaluation: none, or flip (average the logits of each test
     /// image and its mirror; twice the evaluation time) [default: none].
     #[arg(long, value_enum)]
@@ -209,7 +218,10 @@ impl RunArgs {
             stem_width => model.stem_width, se_ratio => model.se_ratio, dropout => model.dropout,
             blocks => model.blocks, widths => model.widths, save_every => save_every,
             prefetch => prefetch, threads => threads, seed => seed, kernels => kernels,
-            tta => tta);
+            tta => tta, precision => precision);
+        if let Some(n) = self.limit_train_batches {
+            c.limit_train_batches = Some(n);
+        }
         c.optim.nesterov &= !self.no_nesterov;
         c.optim.no_decay_bn_bias |= self.no_decay_bn_bias;
         c.model.zero_init_last_bn |= self.zero_init_last_bn;
@@ -674,9 +686,11 @@ impl train::Observer for Bars {
         self.bar = progress_bar(self.quiet, epoch, self.epochs);
         self.bar.set_length(batches as u64);
     }
-    fn step(&mut self, loss: f64) {
+    fn step(&mut self, loss: Option<f64>) {
         self.bar.inc(1);
-        self.bar.set_message(format!("loss {loss:.3}"));
+        if let Some(loss) = loss {
+            self.bar.set_message(format!("loss {loss:.3}"));
+        }
     }
     fn epoch_end(&mut self, m: &train::EpochMetrics, stats: &EpochStats) {
         self.bar.finish_and_clear();
@@ -732,6 +746,7 @@ fn pipeline_only(
         prefetch: config.prefetch,
         seed: config.seed,
         epochs: 0..config.epochs,
+        max_batches: config.limit_train_batches,
     };
     let mut loader = Loader::start(
         Arc::new(reader),
@@ -808,12 +823,12 @@ fn progress_bar(quiet: bool, epoch: usize, epochs: usize) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
-            "epoch {msg} [{bar:40}] {human_pos}/{human_len} ({per_sec}, {eta})",
+            "epoch {prefix} [{bar:40}] {human_pos}/{human_len} {msg} ({per_sec}, {eta})",
         )
         .expect("valid template")
         .progress_chars("=> "),
     );
-    bar.set_message(format!("{}/{}", epoch + 1, epochs));
+    bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
     bar
 }
 
@@ -824,7 +839,12 @@ fn load_run(
     device: &candle_core::Device,
 ) -> Result<(checkpoint::State, train::Net)> {
     let (state, tensors) = checkpoint::load(dir, device)?;
-    let net = train::Net::new(&state.config, device)?;
+    let mut config = state.config.clone();
+    if config.precision == Precision::Bf16 && device.is_cpu() {
+        eprintln!("note: this run trained in bf16; the CPU evaluates it in f32 (no bf16 matmul)");
+        config.precision = Precision::F32;
+    }
+    let net = train::Net::new(&config, device)?;
     let prefix = if raw || state.config.ema_decay <= 0.0 {
         "model."
     } else {
@@ -893,8 +913,9 @@ fn step_bench(args: Box<StepBenchArgs>) -> Result<()> {
     device.synchronize()?;
     let rate = (args.steps * b) as f64 / start.elapsed().as_secs_f64();
     println!(
-        "candle {} kernels on {}, {} threads, batch {b}: images/s: {rate:.0}",
+        "candle {} kernels, {} on {}, {} threads, batch {b}: images/s: {rate:.0}",
         net.model.kernels().name(),
+        net.model.precision().name(),
         device::describe(&device),
         rayon::current_num_threads(),
     );
@@ -904,16 +925,22 @@ fn step_bench(args: Box<StepBenchArgs>) -> Result<()> {
 fn device_check(args: Box<DeviceCheckArgs>) -> Result<ExitCode> {
     let config = args.run.resolve()?;
     let device = device::select(args.run.device.as_deref())?;
+    config
+        .precision
+        .check(&device)
+        .map_err(anyhow::Error::msg)?;
     let side = train::parity::Side {
         device: &device,
         kernels: config.kernels,
         dtype: candle_core::DType::F32,
+        precision: config.precision,
     };
     let rows = train::parity::compare(&config, args.images, side, args.cpu_kernels)?;
     println!(
-        "{} ({} kernels) vs cpu ({} kernels), preset {}, {} images, {} tensors",
+        "{} ({} kernels, {}) vs cpu ({} kernels, f32), preset {}, {} images, {} tensors",
         device::describe(&device),
         config.kernels.name(),
+        config.precision.name(),
         args.cpu_kernels.name(),
         config.preset,
         args.images,

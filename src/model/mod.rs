@@ -1,7 +1,9 @@
 //! The model: SE-ResNet-D (ResNet-50-D with Squeeze-and-Excitation) on candle.
 
 mod config;
+mod precision;
 mod resnet_d;
 
 pub use config::{Layer, ModelConfig};
+pub use precision::Precision;
 pub use resnet_d::{build, build_as, is_buffer, sorted_vars, Mode, SeResNetD};

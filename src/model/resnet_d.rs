@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{Linear, VarBuilder, VarMap};
 
 use super::config::ModelConfig;
+use super::precision::Precision;
 use crate::ops::{self, BatchNorm, Conv2d, Kernels};
 use crate::seed;
 
@@ -52,11 +53,12 @@ struct SqueezeExcite {
 }
 
 impl SqueezeExcite {
-    /// The per-channel gate `[n, c, 1, 1]` for `x` (the caller scales by it).
+    /// The per-channel gate `[n, c, 1, 1]` for `x`, in `x`'s dtype (the caller scales by it).
+    /// Pooled and computed in f32: a tiny layer whose mean must not be summed in bf16.
     fn gate(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let s = x.mean_keepdim((2, 3))?;
+        let s = x.to_dtype(DType::F32)?.mean_keepdim((2, 3))?;
         let s = self.reduce.forward(&s, kernels)?.relu()?;
-        candle_nn::ops::sigmoid(&self.expand.forward(&s, kernels)?)
+        candle_nn::ops::sigmoid(&self.expand.forward(&s, kernels)?)?.to_dtype(x.dtype())
     }
 }
 
@@ -94,6 +96,8 @@ pub struct SeResNetD {
     blocks: Vec<Bottleneck>,
     fc: Linear,
     kernels: Kernels,
+    /// Dtype of activations and of weights at use; `None` computes in the variables' own.
+    compute: Option<DType>,
 }
 
 impl SeResNetD {
@@ -144,6 +148,7 @@ impl SeResNetD {
             blocks,
             fc,
             kernels: Kernels::default(),
+            compute: None,
         })
     }
 
@@ -157,21 +162,46 @@ impl SeResNetD {
         self.kernels
     }
 
+    /// Chooses the compute precision (the variables stay in their own dtype).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.compute = match precision {
+            Precision::F32 => None,
+            p => Some(p.dtype()),
+        };
+    }
+
+    /// Computes in `dtype` with the variables as master weights (`None`: in the variables' own
+    /// dtype). [`Precision`] is the choice users make; this also takes f16, which candle's CPU
+    /// matmul supports and bf16 not, so the mixed-precision path has CPU tests.
+    pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
+        self.compute = dtype;
+    }
+
+    /// The compute precision in use (`F32` also when computing in the variables' own dtype).
+    pub fn precision(&self) -> Precision {
+        match self.compute {
+            Some(DType::BF16) => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
+
     /// The architecture.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
-    /// Logits `[batch, classes]` for images `[batch, C, H, W]`.
+    /// Logits `[batch, classes]` for images `[batch, C, H, W]`, in the variables' dtype whatever
+    /// the compute precision.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let mut x = x.clone();
+        let masters = self.fc.weight().dtype();
+        let mut x = x.to_dtype(self.compute.unwrap_or(masters))?;
         for layer in &self.stem {
             x = layer.forward(&x, mode, true, self.kernels)?;
         }
         for block in &self.blocks {
             x = block.forward(&x, mode, self.kernels)?;
         }
-        let mut x = x.mean((2, 3))?;
+        let mut x = x.to_dtype(masters)?.mean((2, 3))?;
         if let Mode::Train { dropout_seed } = mode {
             x = dropout(&x, self.config.dropout, dropout_seed)?;
         }

@@ -154,11 +154,13 @@ impl Conv2d {
         })
     }
 
-    /// Applies the convolution (and bias).
+    /// Applies the convolution (and bias) in `x`'s dtype, casting the weights to it (their
+    /// gradients flow back to the variables' own dtype).
     pub fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let y = conv2d(x, &self.weight, self.stride, self.pad, kernels)?;
+        let w = self.weight.to_dtype(x.dtype())?;
+        let y = conv2d(x, &w, self.stride, self.pad, kernels)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
     }
@@ -203,8 +205,13 @@ impl BatchNorm {
     }
 
     /// Normalises `x: [n, c, …]` with batch statistics (updating the running ones) when `train`,
-    /// else with the running statistics; then ReLU when `relu`.
+    /// else with the running statistics; then ReLU when `relu`. An `x` of another dtype than the parameters (bf16 compute) is normalised in theirs, so
+    /// statistics are never summed in bf16, and the result cast back.
     pub fn forward(&self, x: &Tensor, train: bool, relu: bool, kernels: Kernels) -> Result<Tensor> {
+        if x.dtype() != self.weight.dtype() {
+            let y = self.forward(&x.to_dtype(self.weight.dtype())?, train, relu, kernels)?;
+            return y.to_dtype(x.dtype());
+        }
         if !kernels.fast_for(x) {
             let y = candle_nn::ModuleT::forward_t(&self.stock, x, train)?;
             return if relu { y.relu() } else { Ok(y) };

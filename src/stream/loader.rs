@@ -33,6 +33,8 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Epochs to produce (a resumed run starts past 0).
     pub epochs: Range<usize>,
+    /// Batches per epoch at most (`None`: the whole dataset).
+    pub max_batches: Option<usize>,
 }
 
 /// Why the stream could not deliver a batch.
@@ -119,7 +121,8 @@ impl Loader {
             config.drop_last,
             config.shuffle,
             config.seed,
-        );
+        )
+        .limit(config.max_batches);
         let prefetch = config.prefetch.max(1);
         // One buffer being filled, `prefetch` queued, one held by the consumer.
         let capacity = prefetch + 2;

@@ -14,6 +14,7 @@ pub struct Sampler {
     drop_last: bool,
     shuffle: bool,
     seed: u64,
+    limit: Option<usize>,
 }
 
 impl Sampler {
@@ -26,7 +27,15 @@ impl Sampler {
             drop_last,
             shuffle,
             seed,
+            limit: None,
         }
+    }
+
+    /// Stops each epoch after `limit` batches (`None`: every batch), for quick runs and profiles;
+    /// the batches kept are the first of the epoch's usual order.
+    pub fn limit(mut self, limit: Option<usize>) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// Images per full batch.
@@ -34,22 +43,24 @@ impl Sampler {
         self.batch_size
     }
 
-    /// Batches per epoch: `len / batch` with `drop_last`, else rounded up.
+    /// Batches per epoch: `len / batch` with `drop_last`, else rounded up; at most the limit.
     pub fn batches_per_epoch(&self) -> usize {
-        if self.drop_last {
+        let all = if self.drop_last {
             self.len / self.batch_size
         } else {
             self.len.div_ceil(self.batch_size)
-        }
+        };
+        self.limit.map_or(all, |limit| all.min(limit))
     }
 
     /// Images delivered per epoch.
     pub fn images_per_epoch(&self) -> usize {
-        if self.drop_last {
-            self.batches_per_epoch() * self.batch_size
+        let all = if self.drop_last {
+            self.len / self.batch_size * self.batch_size
         } else {
             self.len
-        }
+        };
+        all.min(self.batches_per_epoch() * self.batch_size)
     }
 
     /// The epoch's order of image indices (every index exactly once).
@@ -94,5 +105,20 @@ mod tests {
         assert_eq!(s.images_per_epoch(), 100);
         let unshuffled = Sampler::new(5, 2, false, false, 0);
         assert_eq!(unshuffled.order(3), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_limit_keeps_the_first_batches_and_never_adds_any() {
+        let s = Sampler::new(103, 10, false, true, 4).limit(Some(4));
+        assert_eq!((s.batches_per_epoch(), s.images_per_epoch()), (4, 40));
+        let s = Sampler::new(103, 10, false, true, 4).limit(Some(50));
+        assert_eq!((s.batches_per_epoch(), s.images_per_epoch()), (11, 103));
+        let s = Sampler::new(103, 10, true, true, 4).limit(Some(50));
+        assert_eq!((s.batches_per_epoch(), s.images_per_epoch()), (10, 100));
+        // The order, and so each kept batch, is the unlimited sampler's.
+        let full = Sampler::new(103, 10, false, true, 4);
+        let o = s.order(2);
+        assert_eq!(o, full.order(2));
+        assert_eq!(s.batch(&o, 3), full.batch(&o, 3));
     }
 }

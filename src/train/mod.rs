@@ -6,6 +6,7 @@ pub mod ema;
 pub mod loss;
 pub mod metrics;
 pub mod parity;
+pub mod running;
 pub mod schedule;
 pub mod sgd;
 pub mod trainer;
@@ -13,7 +14,10 @@ pub mod tta;
 
 pub use ema::Ema;
 pub use metrics::EpochMetrics;
+pub use running::Running;
 pub use schedule::{Schedule, ScheduleKind};
 pub use sgd::Sgd;
-pub use trainer::{evaluate, step_sgd, train, Evaluation, Net, Observer, Outcome, Silent};
+pub use trainer::{
+    evaluate, step_sgd, train, Evaluation, Net, Observer, Outcome, Silent, LOSS_READ_EVERY,
+};
 pub use tta::Tta;

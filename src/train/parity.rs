@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::trainer::{Net, Result};
 use crate::config::TrainConfig;
-use crate::model::Mode;
+use crate::model::{Mode, Precision};
 use crate::ops::Kernels;
 use crate::seed;
 
@@ -36,8 +36,10 @@ pub struct Side<'a> {
     pub device: &'a Device,
     /// Convolution/BatchNorm implementation.
     pub kernels: Kernels,
-    /// Dtype of weights and activations (f64 takes candle's ops whatever `kernels` says).
+    /// Dtype of the weights (f64 takes candle's ops whatever `kernels` says).
     pub dtype: DType,
+    /// Compute precision (bf16: the device side only; the CPU references compute in `dtype`).
+    pub precision: Precision,
 }
 
 /// Logits and every parameter gradient of one training step (no update).
@@ -45,6 +47,7 @@ fn step(config: &TrainConfig, side: Side, batch: usize) -> Result<Vec<(String, T
     let (mut model, vars) =
         crate::model::build_as(&config.model, config.seed, side.device, side.dtype)?;
     model.set_kernels(side.kernels);
+    model.set_precision(side.precision);
     let net = Net { model, vars };
     let device = side.device;
     let len = 3 * 32 * 32;
@@ -98,6 +101,7 @@ pub fn compare(
             device: &cpu,
             kernels: cpu_kernels,
             dtype: DType::F32,
+            precision: Precision::F32,
         },
         batch,
     )?;
@@ -107,6 +111,7 @@ pub fn compare(
             device: &cpu,
             kernels: Kernels::Stock,
             dtype: DType::F64,
+            precision: Precision::F32,
         },
         batch,
     )?;

@@ -13,6 +13,7 @@ use candle_nn::VarMap;
 use super::checkpoint::{self, State};
 use super::ema::Ema;
 use super::metrics::{self, EpochMetrics};
+use super::running::Running;
 use super::sgd::Sgd;
 use super::tta::Tta;
 use crate::augment::Augmenter;
@@ -24,6 +25,9 @@ use crate::stream::{EpochStats, Loader, LoaderConfig, StreamError};
 
 /// Seed-derivation tag of dropout masks.
 const DROPOUT_STREAM: u64 = u64::MAX - 1;
+
+/// Steps between reads of the running loss for progress: each read drains the GPU's queue.
+pub const LOSS_READ_EVERY: usize = 25;
 
 /// Everything that can stop a run.
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +81,10 @@ pub struct Net {
 impl Net {
     /// A freshly initialised network.
     pub fn new(config: &TrainConfig, device: &Device) -> Result<Net> {
+        config.precision.check(device).map_err(Error::Config)?;
         let (mut model, vars) = model::build(&config.model, config.seed, device)?;
         model.set_kernels(config.kernels);
+        model.set_precision(config.precision);
         Ok(Net { model, vars })
     }
 
@@ -128,8 +134,9 @@ impl Net {
 pub trait Observer {
     /// A training epoch starts with `batches` batches.
     fn epoch_start(&mut self, _epoch: usize, _batches: usize) {}
-    /// One training step finished.
-    fn step(&mut self, _loss: f64) {}
+    /// One training step was queued; every [`LOSS_READ_EVERY`] steps it carries the epoch's
+    /// mean training loss so far (reading it waits for the device, so not every step does).
+    fn step(&mut self, _loss: Option<f64>) {}
     /// An epoch finished (metrics computed, files written).
     fn epoch_end(&mut self, _metrics: &EpochMetrics, _stats: &EpochStats) {}
 }
@@ -248,6 +255,7 @@ pub fn train(
         prefetch: config.prefetch,
         seed: config.seed,
         epochs: start_epoch..config.epochs,
+        max_batches: config.limit_train_batches,
     };
     let mut loader = Loader::start(
         train_store.clone(),
@@ -315,7 +323,8 @@ pub fn train(
         let e = epoch.stats().epoch;
         let started = Instant::now();
         observer.epoch_start(e, iters_per_epoch);
-        let (mut loss_sum, mut correct, mut seen, mut lr) = (0f64, 0u64, 0usize, 0f64);
+        let mut running = Running::new();
+        let mut lr = 0f64;
         let mut k = 0;
         while let Some(batch) = epoch.next_blocking() {
             // Ctrl-C: stop now rather than after the batches already queued.
@@ -352,25 +361,24 @@ pub fn train(
                 dropout_seed,
                 step,
             )?;
-            let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let hits = logits
-                .argmax(1)?
-                .eq(&y)?
-                .to_dtype(DType::U32)?
-                .sum_all()?
-                .to_scalar::<u32>()?;
-            loss_sum += l * n as f64;
-            correct += hits as u64;
-            seen += n;
+            running.add(&logits, &loss, &y)?;
             step += 1;
             k += 1;
-            observer.step(l);
+            let progress = if k % LOSS_READ_EVERY == 0 {
+                Some(running.read()?.0)
+            } else {
+                None
+            };
+            observer.step(progress);
         }
         let stats = epoch.stats().clone();
         if interrupted {
             save(e, true, step, &history, &sgd)?;
             break;
         }
+        // The epoch's one wait for the device: its time belongs to training, not evaluation.
+        let (train_loss, train_acc) = running.read()?;
+        let seen = running.images();
         let train_seconds = started.elapsed().as_secs_f64();
         let eval = |model: &SeResNetD| {
             let _s = tracing::info_span!("eval").entered();
@@ -392,8 +400,8 @@ pub fn train(
         let m = EpochMetrics {
             epoch: e,
             lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_acc: correct as f64 / seen.max(1) as f64,
+            train_loss,
+            train_acc,
             test_loss: raw.loss,
             test_acc: raw.accuracy,
             ema_test_loss: ema_eval.loss,
@@ -447,6 +455,7 @@ pub fn evaluate(
         prefetch: 2,
         seed: 0,
         epochs: 0..1,
+        max_batches: None,
     };
     let mut loader = Loader::start(
         images,

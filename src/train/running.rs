@@ -1,0 +1,90 @@
+//! An epoch's training loss and accuracy, summed on the device.
+//!
+//! Reading a scalar back from a GPU waits for every kernel queued before it. A trainer that read
+//! each step's loss would drain the queue every step, so the GPU would idle while the host fetched
+//! and uploaded the next batch. These sums stay on the device; the trainer reads them every few
+//! steps (progress) and once at the end of the epoch.
+
+use candle_core::{DType, Result, Tensor};
+
+/// Sums of `loss × batch` and of correct predictions since the epoch started.
+#[derive(Default)]
+pub struct Running {
+    loss: Option<Tensor>,
+    hits: Option<Tensor>,
+    images: usize,
+}
+
+impl Running {
+    /// Empty totals.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one batch: its `logits` `[n, classes]`, mean `loss` and labels `y` `[n]` (u32).
+    /// Queues device work only; nothing is read back.
+    pub fn add(&mut self, logits: &Tensor, loss: &Tensor, y: &Tensor) -> Result<()> {
+        let n = y.dims1()?;
+        // Detached: a total that held the loss would keep the whole step's graph alive.
+        let loss = (loss.detach().to_dtype(DType::F64)? * n as f64)?;
+        let hits = logits
+            .detach()
+            .argmax(1)?
+            .eq(y)?
+            .to_dtype(DType::U32)?
+            .sum_all()?;
+        self.loss = Some(match self.loss.take() {
+            Some(sum) => (sum + loss)?,
+            None => loss,
+        });
+        self.hits = Some(match self.hits.take() {
+            Some(sum) => (sum + hits)?,
+            None => hits,
+        });
+        self.images += n;
+        Ok(())
+    }
+
+    /// Images added so far.
+    pub fn images(&self) -> usize {
+        self.images
+    }
+
+    /// `(mean loss, accuracy)` so far (zeros before the first batch); waits for the device.
+    pub fn read(&self) -> Result<(f64, f64)> {
+        let (Some(loss), Some(hits)) = (&self.loss, &self.hits) else {
+            return Ok((0.0, 0.0));
+        };
+        let n = self.images as f64;
+        let loss = loss.to_scalar::<f64>()?;
+        let hits = hits.to_scalar::<u32>()? as f64;
+        Ok((loss / n, hits / n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::Running;
+
+    #[test]
+    fn means_weight_each_batch_by_its_size() {
+        let dev = Device::Cpu;
+        let mut r = Running::new();
+        assert_eq!(r.read().unwrap(), (0.0, 0.0));
+        // Batch 1: two images, both right, loss 1.0. Batch 2: one image, wrong, loss 4.0.
+        let logits = Tensor::new(&[[0.0f32, 2.0], [3.0, 1.0]], &dev).unwrap();
+        let y = Tensor::new(&[1u32, 0], &dev).unwrap();
+        r.add(&logits, &Tensor::new(1.0f32, &dev).unwrap(), &y)
+            .unwrap();
+        let logits = Tensor::new(&[[0.0f32, 2.0]], &dev).unwrap();
+        let y = Tensor::new(&[0u32], &dev).unwrap();
+        r.add(&logits, &Tensor::new(4.0f32, &dev).unwrap(), &y)
+            .unwrap();
+        let (loss, acc) = r.read().unwrap();
+        assert_eq!(r.images(), 3);
+        assert!((loss - 2.0).abs() < 1e-12, "{loss}");
+        assert!((acc - 2.0 / 3.0).abs() < 1e-12, "{acc}");
+    }
+}
