@@ -285,7 +285,7 @@ fn pipeline_only_prints_profiles_and_writes_a_valid_trace() {
     let lines: Vec<Value> = std::fs::read_to_string(&prof)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1]["epoch"], 1);
@@ -377,9 +377,43 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
     };
     assert_eq!(value("test accuracy: "), value("ema test accuracy: "));
     // Without an EMA there is one model: the headline is its accuracy and no EMA line claims one.
-    let out = train(&["--epochs", "1", "--ema-decay", "0", "--name", "single"]).success();
+    let profile = tmp.path().join("profile.jsonl");
+    let profile_arg = profile.to_str().unwrap();
+    let out = train(&[
+        "--epochs",
+        "1",
+        "--ema-decay",
+        "0",
+        "--name",
+        "single",
+        "--limit-train-batches",
+        "1",
+        "--profile-json",
+        profile_arg,
+    ])
+    .success();
     let no_ema = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(!no_ema.contains("ema"), "{no_ema}");
+    // --profile-json: one line per epoch, with the trainer's stages; the limit cut it to a step.
+    let lines: Vec<Value> = std::fs::read_to_string(&profile)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["images"], 20);
+    let stages: Vec<&str> = lines[0]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert!(
+        ["h2d", "forward", "backward", "optimizer"]
+            .iter()
+            .all(|s| stages.contains(s)),
+        "{stages:?}"
+    );
     // The epoch line's "test loss L acc A%" is the headline's A.
     let epoch_line = no_ema
         .lines()

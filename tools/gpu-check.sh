@@ -43,17 +43,57 @@ mkdir -p "$OUT"
 W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
 declare -A R   # results for the final table
+# The whole check stays inside BUDGET seconds (the device tool allows 600 per command): each stage
+# gets the smaller of its own limit and what is left, and stages run most valuable first.
+START=$(date +%s)
+BUDGET=${GPU_CHECK_BUDGET:-480}
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/check.log"; }
 # run NAME SECONDS CMD...: stdout+stderr to $OUT/NAME.log; status kept, never aborts the check.
 run() {
   local name=$1 secs=$2; shift 2
-  log "$name: $*"
+  local left=$((START + BUDGET - $(date +%s)))
+  if [ "$left" -lt 20 ]; then log "$name: skipped, $left s of the budget left"; return 124; fi
+  [ "$secs" -le "$left" ] || secs=$left
+  log "$name (limit ${secs}s): $*"
+  local t0=$(date +%s.%N)
   timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
+  R[$name.s]=$(echo "$(date +%s.%N) - $t0" | bc -l | xargs printf '%.0f')
   [ $rc -eq 0 ] || log "$name: exit $rc (see $OUT/$name.log)"
   return $rc
 }
-last() { sed -n "s/.*$2 *\([0-9.]*\).*/\1/p" "$OUT/$1.log" 2>/dev/null | tail -1; }
+last() { sed -n "s|.*$2 *\([0-9.]*\).*|\1|p" "$OUT/$1.log" 2>/dev/null | tail -1; }
+# final NAME: the run's headline accuracy, or the last finished epoch's when the limit cut it.
+final() {
+  local acc; acc=$(sed -n 's/^test accuracy: //p' "$OUT/$1.log" 2>/dev/null | tail -1)
+  if [ -n "$acc" ]; then echo "$acc"; return; fi
+  grep -E '^epoch +[0-9]+/' "$OUT/$1.log" 2>/dev/null | tail -1 | sed -n 's|^epoch *\([0-9/]*\):.*test loss [0-9.]* acc \([0-9.]*%\).*|\2 after epoch \1 (cut short)|p'
+}
+ratio() { if [ -n "${1:-}" ] && [ -n "${2:-}" ]; then echo "$1 / $2" | bc -l | xargs printf '%.2f'; else echo n/a; fi; }
+row() { printf '%-46s %s\n' "$1" "$2"; }
+# The table, rewritten after every stage: a check cut short still leaves what it measured.
+table() {
+  {
+    echo "gpu-check $(date -u +%F) on ${R[card]:-?}, $(nproc) cores, $(($(date +%s) - START)) s"
+    row "CPU/GPU parity f32 (seed, 16 images)" "${R[parity]:-n/a}"
+    row "candle step-bench seed b128 f32 (images/s)" "${R[step]:-n/a}"
+    row "candle step-bench seed b128 bf16 (images/s)" "${R[step-bf16]:-n/a}"
+    for v in torch-f32 torch-f32-cl torch-bf16 torch-bf16-cl; do
+      local mine=${R[step]:-}
+      case $v in torch-bf16*) mine=${R[step-bf16]:-} ;; esac
+      row "PyTorch eager $v (images/s)" "${R[$v]:-n/a} (candle/torch $(ratio "$mine" "${R[$v]:-}"))"
+    done
+    row "seed 200 real steps f32 (epoch line)" "${R[loop]:-n/a}"
+    row "  peak GPU memory (nvidia-smi, MiB)" "${R[mem]:-n/a}"
+    row "  step breakdown, launch-blocking (ms/step)" "${R[spans]:-n/a}"
+    row "candle ops per step (op-bench, ms)" "${R[ops]:-n/a}"
+    row "bf16 vs f32 step (seed, 16 images)" "${R[parity-bf16]:-n/a}"
+    row "tiny preset f32: final test accuracy" "${R[tiny-f32]:-n/a} in ${R[tiny-f32.s]:-?} s"
+    row "tiny preset bf16: final test accuracy" "${R[tiny-bf16]:-n/a} in ${R[tiny-bf16.s]:-?} s"
+    row "--pipeline-only, seed augmentation (images/s)" "${R[pipeline]:-n/a}"
+    echo "logs: $OUT/*.log; per-stage profile of the real steps: $OUT/loop.log, $OUT/profile.jsonl, $OUT/trace.json"
+  } > "$OUT/summary.txt"
+}
 
 for f in stream-train-cuda.gz prep-dataset.gz cifar10-jpeg.tar.gz; do
   [ -f "$CARRY/$f" ] || { echo "error: $CARRY/$f missing: run tools/gpu-check.sh --prepare here first" >&2; exit 1; }
@@ -68,58 +108,59 @@ if ldd "$W/stream-train" | grep -q 'not found'; then
   log "missing libraries:"; ldd "$W/stream-train" | grep 'not found' | tee -a "$OUT/check.log"
 fi
 R[card]=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+ST="$W/stream-train"
+table
 
-run prep 120 "$W/prep-dataset" --source "$CARRY/cifar10-jpeg.tar.gz" --out "$W/data" -q
+run prep 90 "$W/prep-dataset" --source "$CARRY/cifar10-jpeg.tar.gz" --out "$W/data" -q
 
 # 1. Correctness: the same weights and batch on the GPU and the CPU (with an f64 yardstick).
-run parity 180 "$W/stream-train" device-check --preset seed --device cuda --images 16
-R[parity]=$(sed -n 's/^parity: //p' "$OUT/parity.log" | tail -1)
+run parity 120 "$ST" device-check --preset seed --device cuda --images 16
+R[parity]=$(sed -n 's/^parity: //p' "$OUT/parity.log" 2>/dev/null | tail -1); table
 
-# 2. Throughput with no data path, then the real loop for one epoch (profile, stall, memory,
-#    and the accuracy one epoch reaches).
-run step 150 "$W/stream-train" step-bench --preset seed --device cuda --batch-size 128 --steps 200
-R[step]=$(last step 'images/s:')
-nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/gpu-memory.csv" 2>/dev/null &
-MEM=$!
-run epoch 300 "$W/stream-train" --preset seed --device cuda --data "$W/data" --runs "$W/runs" \
-  --epochs 1 --profile-json "$OUT/profile.jsonl" --trace "$OUT/trace.json" -q
-kill $MEM 2>/dev/null
-R[mem]=$(sort -n "$OUT/gpu-memory.csv" 2>/dev/null | tail -1)
-R[epoch_acc]=$(sed -n 's/^test accuracy: //p' "$OUT/epoch.log" | tail -1)
-R[epoch_line]=$(grep -E '^epoch +1/' "$OUT/epoch.log" | tail -1)
-cp "$W/runs/seed/metrics.csv" "$OUT/epoch-metrics.csv" 2>/dev/null
-
-# Per op, candle's convolution (forward, input gradient, weight gradient) and BatchNorm at every
-# layer shape of the seed model: where the step's time goes, for the next step to target.
-run ops 150 "$W/stream-train" op-bench --preset seed --device cuda --reps 5
-R[ops]=$(sed -n 's/^total ms per step: //p' "$OUT/ops.log" | tail -1)
-
-# 3. The same model in PyTorch eager on the same GPU.
-for v in "f32" "f32 --channels-last" "bf16" "bf16 --channels-last"; do
+# 2. Throughput with no data path, and the PyTorch yardstick on the same GPU.
+run step 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100
+R[step]=$(last step 'images/s:'); table
+for v in "f32 --channels-last" "bf16 --channels-last" "f32" "bf16"; do
   set -- $v
   name="torch-$1${2:+-cl}"
-  run "$name" 120 $PY tools/torch_reference.py speed --preset seed --device cuda --batch-size 128 --steps 100 --amp "$@" --binary "$W/stream-train"
-  R[$name]=$(last "$name" 'images/s:')
+  run "$name" 90 $PY tools/torch_reference.py speed --preset seed --device cuda --batch-size 128 --steps 100 --amp "$@" --binary "$ST"
+  R[$name]=$(last "$name" 'images/s:'); table
 done
 
-# 4. The loader alone on this machine's cores.
-run pipeline 120 "$W/stream-train" --preset seed --data "$W/data" --runs "$W/runs" --name pipe --pipeline-only --epochs 1 -q
-R[pipeline]=$(last pipeline 'images/s:')
+# 3. The real loop on real images for 200 steps: throughput, stall, per-stage profile, memory.
+nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/gpu-memory.csv" 2>/dev/null &
+MEM=$!
+run loop 150 "$ST" --preset seed --device cuda --data "$W/data" --runs "$W/runs" --name loop \
+  --epochs 1 --limit-train-batches 200 --profile-json "$OUT/profile.jsonl" --trace "$OUT/trace.json" -q
+kill $MEM 2>/dev/null
+R[mem]=$(sort -n "$OUT/gpu-memory.csv" 2>/dev/null | tail -1)
+R[loop]=$(grep -E '^epoch +1/' "$OUT/loop.log" 2>/dev/null | tail -1 | sed 's/.*train loss/train loss/'); table
 
-{
-  echo
-  echo "gpu-check $(date -u +%F) on ${R[card]:-?}, $(nproc) cores"
-  printf '%-44s %s\n' "CPU/GPU parity (seed, 16 images)" "${R[parity]:-n/a}"
-  printf '%-44s %s\n' "candle step-bench seed b128 (images/s)" "${R[step]:-n/a}"
-  for v in torch-f32 torch-f32-cl torch-bf16 torch-bf16-cl; do
-    ratio=n/a
-    if [ -n "${R[step]:-}" ] && [ -n "${R[$v]:-}" ]; then ratio=$(echo "${R[step]} / ${R[$v]}" | bc -l | xargs printf '%.2f'); fi
-    printf '%-44s %s (candle/torch %s)\n' "PyTorch $v (images/s)" "${R[$v]:-n/a}" "$ratio"
-  done
-  printf '%-44s %s\n' "candle ops per step (op-bench, ms)" "${R[ops]:-n/a}"
-  printf '%-44s %s\n' "one seed epoch (train line)" "${R[epoch_line]:-n/a}"
-  printf '%-44s %s\n' "one seed epoch: test accuracy" "${R[epoch_acc]:-n/a}"
-  printf '%-44s %s MiB\n' "peak GPU memory (nvidia-smi)" "${R[mem]:-n/a}"
-  printf '%-44s %s\n' "--pipeline-only on the CPU cores (images/s)" "${R[pipeline]:-n/a}"
-  echo "per-stage times: $OUT/epoch.log (profile table), $OUT/profile.jsonl, $OUT/trace.json"
-} | tee "$OUT/summary.txt"
+# 4. Where the step's time goes. With launches queued asynchronously the host's spans measure
+#    launch time; CUDA_LAUNCH_BLOCKING=1 makes each span the GPU's time (and the run slower).
+CUDA_LAUNCH_BLOCKING=1 run spans 90 "$ST" --preset seed --device cuda --data "$W/data" --runs "$W/runs" \
+  --name spans --epochs 1 --limit-train-batches 40 --profile-json "$OUT/spans.jsonl" -q
+R[spans]=$($PY - "$OUT/spans.jsonl" <<'PY' 2>/dev/null
+import json, sys
+p = [json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]
+ms = {s["stage"]: s["mean_ms"] for s in p["stages"]}
+print(" ".join(f"{k} {ms[k]:.1f}" for k in ("h2d", "forward", "backward", "optimizer", "wait") if k in ms))
+PY
+); table
+run ops 90 "$ST" op-bench --preset seed --device cuda --reps 5
+R[ops]=$(sed -n 's/^total ms per step: //p' "$OUT/ops.log" | tail -1); table
+
+# 5. bf16: speed, how far one step lands from f32, and accuracy against f32 on a short run.
+run step-bf16 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --precision bf16
+R[step-bf16]=$(last step-bf16 'images/s:'); table
+run parity-bf16 90 "$ST" device-check --preset seed --device cuda --images 16 --precision bf16 --tolerance 1
+R[parity-bf16]=$(sed -n 's/^parity: \(logits [^,]*, worst tensor [^ ]*\).*/\1/p' "$OUT/parity-bf16.log" 2>/dev/null | tail -1); table
+for p in f32 bf16; do
+  run "tiny-$p" 120 "$ST" --preset tiny --device cuda --data "$W/data" --runs "$W/runs" --name "tiny-$p" --precision $p -q
+  R[tiny-$p]=$(final "tiny-$p"); table
+done
+
+# 6. The loader alone on this machine's cores.
+run pipeline 60 "$ST" --preset seed --data "$W/data" --runs "$W/runs" --name pipe --pipeline-only --epochs 1 -q
+R[pipeline]=$(last pipeline 'images/s:'); table
+echo; cat "$OUT/summary.txt"

@@ -605,7 +605,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         dir.display()
     );
     let ema = config.ema_decay > 0.0;
-    let mut observer = Bars::new(args.quiet, config.epochs, ema, profiler);
+    let profile_json = open_profile_json(args.profile_json.as_deref())?;
+    let mut observer = Bars::new(args.quiet, config.epochs, ema, profiler, profile_json);
     let outcome = train::train(
         &config,
         &device,
@@ -658,6 +659,18 @@ fn print_summary(config: &TrainConfig) {
     println!("flops: {}", 2 * config.model.macs(32, 32));
 }
 
+/// `--profile-json`: the file each epoch's profile is appended to as one JSON line.
+fn open_profile_json(path: Option<&Path>) -> Result<Option<std::fs::File>> {
+    path.map(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("opening {}", p.display()))
+    })
+    .transpose()
+}
+
 /// Progress bars and per-epoch lines for a training run.
 struct Bars {
     quiet: bool,
@@ -666,16 +679,24 @@ struct Bars {
     ema: bool,
     bar: ProgressBar,
     profiler: Profiler,
+    profile_json: Option<std::fs::File>,
 }
 
 impl Bars {
-    fn new(quiet: bool, epochs: usize, ema: bool, profiler: Profiler) -> Self {
+    fn new(
+        quiet: bool,
+        epochs: usize,
+        ema: bool,
+        profiler: Profiler,
+        profile_json: Option<std::fs::File>,
+    ) -> Self {
         Bars {
             quiet,
             epochs,
             ema,
             bar: ProgressBar::hidden(),
             profiler,
+            profile_json,
         }
     }
 }
@@ -725,6 +746,13 @@ impl train::Observer for Bars {
             self.profiler.take(),
         );
         tracing::info!("{profile}");
+        if let Some(f) = self.profile_json.as_mut() {
+            // The observer cannot fail the run; a profile that cannot be written is reported.
+            let written = serde_json::to_writer(&mut *f, &profile).map_err(std::io::Error::from);
+            if let Err(e) = written.and_then(|()| writeln!(f)) {
+                eprintln!("warning: --profile-json: {e}");
+            }
+        }
     }
 }
 
@@ -755,12 +783,7 @@ fn pipeline_only(
         loader_config,
         cancel,
     );
-    let mut profile_json = match &args.profile_json {
-        Some(p) => {
-            Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
-        }
-        None => None,
-    };
+    let mut profile_json = open_profile_json(args.profile_json.as_deref())?;
     eprintln!(
         "pipeline only: {} epochs of {} batches of {}, augment {:?}, {} threads, prefetch {}",
         config.epochs,
