@@ -77,6 +77,7 @@ table() {
     echo "gpu-check $(date -u +%F) on ${R[card]:-?}, $(nproc) cores, $(($(date +%s) - START)) s"
     row "CPU/GPU parity f32 (seed, 16 images)" "${R[parity]:-n/a}"
     row "candle step-bench seed b128 f32 (images/s)" "${R[step]:-n/a}"
+    row "  the same with --kernels stock (images/s)" "${R[step-stock]:-n/a} (fast/stock $(ratio "${R[step]:-}" "${R[step-stock]:-}"))"
     row "candle step-bench seed b128 bf16 (images/s)" "${R[step-bf16]:-n/a}"
     for v in torch-f32 torch-f32-cl torch-bf16 torch-bf16-cl; do
       local mine=${R[step]:-}
@@ -87,6 +88,7 @@ table() {
     row "  peak GPU memory (nvidia-smi, MiB)" "${R[mem]:-n/a}"
     row "  step breakdown, launch-blocking (ms/step)" "${R[spans]:-n/a}"
     row "candle ops per step (op-bench, ms)" "${R[ops]:-n/a}"
+    row "  lowered conv backward (op-bench)" "${R[ops-lo]:-n/a}"
     row "bf16 vs f32 step (seed, 16 images)" "${R[parity-bf16]:-n/a}"
     row "tiny preset f32: final test accuracy" "${R[tiny-f32]:-n/a} in ${R[tiny-f32.s]:-?} s"
     row "tiny preset bf16: final test accuracy" "${R[tiny-bf16]:-n/a} in ${R[tiny-bf16.s]:-?} s"
@@ -120,6 +122,9 @@ R[parity]=$(sed -n 's/^parity: //p' "$OUT/parity.log" 2>/dev/null | tail -1); ta
 # 2. Throughput with no data path, and the PyTorch yardstick on the same GPU.
 run step 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100
 R[step]=$(last step 'images/s:'); table
+# The A/B of the convolution backward: fast (the default: ops::lowered) against candle's own.
+run step-stock 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --kernels stock
+R[step-stock]=$(last step-stock 'images/s:'); table
 for v in "f32 --channels-last" "bf16 --channels-last" "f32" "bf16"; do
   set -- $v
   name="torch-$1${2:+-cl}"
@@ -148,7 +153,8 @@ print(" ".join(f"{k} {ms[k]:.1f}" for k in ("h2d", "forward", "backward", "optim
 PY
 ); table
 run ops 90 "$ST" op-bench --preset seed --device cuda --reps 5
-R[ops]=$(sed -n 's/^total ms per step: //p' "$OUT/ops.log" | tail -1); table
+R[ops]=$(sed -n 's/^total ms per step: //p' "$OUT/ops.log" 2>/dev/null | tail -1)
+R[ops-lo]=$(sed -n 's/^lowered backward[^:]*: //p' "$OUT/ops.log" 2>/dev/null | tail -1); table
 
 # 5. bf16: speed, how far one step lands from f32, and accuracy against f32 on a short run.
 run step-bf16 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --precision bf16

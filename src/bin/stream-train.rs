@@ -22,7 +22,7 @@ use cifar_stream::augment::{collate, preview, AugmentConfig, Augmenter, Batch, P
 use cifar_stream::config::TrainConfig;
 use cifar_stream::device;
 use cifar_stream::model::Precision;
-use cifar_stream::ops::Kernels;
+use cifar_stream::ops::{lowered, Kernels};
 use cifar_stream::render;
 use cifar_stream::store::{Reader, Split};
 use cifar_stream::stream::{EpochStats, Loader, LoaderConfig, StreamError};
@@ -1061,10 +1061,10 @@ fn op_bench(args: Box<OpBenchArgs>) -> Result<()> {
         args.reps
     );
     println!(
-        "{:<28} {:>3} {:>9} {:>9} {:>9} {:>9}",
-        "conv (k cin>cout @out s)", "n", "fwd", "dgrad", "wgrad", "bn f+b"
+        "{:<28} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "conv (k cin>cout @out s)", "n", "fwd", "dgrad", "wgrad", "dgrad-lo", "wgrad-lo", "bn f+b"
     );
-    let mut totals = [0.0f64; 4];
+    let mut totals = [0.0f64; 6];
     for ((k, cin, cout, out, stride), n) in shapes {
         let (hin, pad) = (out * stride, k / 2);
         let x = random(&[b, cin, hin, hin])?;
@@ -1079,6 +1079,9 @@ fn op_bench(args: Box<OpBenchArgs>) -> Result<()> {
                 .conv2d(&dy.transpose(0, 1)?, pad, 1, stride, 1)?
                 .transpose(0, 1)?)
         })?;
+        // The same two gradients as `--kernels fast` computes them off the CPU (ops::lowered).
+        let dgrad_lo = time(&mut || Ok(lowered::input_grad(&dy, &w, stride, pad, (hin, hin))?))?;
+        let wgrad_lo = time(&mut || Ok(lowered::weight_grad(&x, &dy, (k, k), stride, pad)?))?;
         let vars = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &device);
         let bn = cifar_stream::ops::BatchNorm::new(cout, 1e-5, vb)?;
@@ -1088,20 +1091,26 @@ fn op_bench(args: Box<OpBenchArgs>) -> Result<()> {
             o.sum_all()?.backward()?;
             Ok(o)
         })?;
-        let row = [fwd, dgrad, wgrad, bnt];
+        let row = [fwd, dgrad, wgrad, dgrad_lo, wgrad_lo, bnt];
         for (t, r) in totals.iter_mut().zip(row) {
             *t += r * n as f64;
         }
         println!(
-            "{:<28} {n:>3} {fwd:>9.3} {dgrad:>9.3} {wgrad:>9.3} {bnt:>9.3}",
+            "{:<28} {n:>3} {fwd:>9.3} {dgrad:>9.3} {wgrad:>9.3} {dgrad_lo:>9.3} {wgrad_lo:>9.3} {bnt:>9.3}",
             format!("{k}x{k} {cin}>{cout} @{out} s{stride}")
         );
     }
-    let sum: f64 = totals.iter().sum();
+    // Shares of a step as candle computes it (stock backward).
+    let sum = totals[0] + totals[1] + totals[2] + totals[5];
+    let pct = |t: f64| 100.0 * t / sum;
     println!(
         "total ms per step: conv fwd {:.1} ({:.0}%), conv dgrad {:.1} ({:.0}%), conv wgrad {:.1} ({:.0}%), bn {:.1} ({:.0}%)",
-        totals[0], 100.0 * totals[0] / sum, totals[1], 100.0 * totals[1] / sum,
-        totals[2], 100.0 * totals[2] / sum, totals[3], 100.0 * totals[3] / sum
+        totals[0], pct(totals[0]), totals[1], pct(totals[1]),
+        totals[2], pct(totals[2]), totals[5], pct(totals[5])
+    );
+    println!(
+        "lowered backward (ops::lowered, --kernels fast off the CPU): dgrad {:.1} ms, wgrad {:.1} ms (stock: {:.1}, {:.1})",
+        totals[3], totals[4], totals[1], totals[2]
     );
     Ok(())
 }

@@ -2,14 +2,18 @@
 //!
 //! [`Kernels::Fast`] runs convolution as im2col + GEMM per image, BatchNorm (+ ReLU) as one fused
 //! pass and a bottleneck's tail (SE scale + residual add + ReLU) as another, each with a
-//! hand-written backward pass, on f32 CPU tensors. Elsewhere (CUDA, other dtypes) and with
-//! [`Kernels::Stock`] the same calls go to candle's own ops, so a GPU implementation can slot in
-//! behind [`conv2d`], [`BatchNorm::forward`] and [`scale_add_relu`] without touching the model.
+//! hand-written backward pass, on f32 CPU tensors. On other devices (CUDA) it runs candle's
+//! forward convolution with the backward pass of [`lowered`] (a forward convolution and one GEMM
+//! instead of candle's direct kernels), and candle's BatchNorm and tail. With
+//! [`Kernels::Stock`], and for other dtypes on the CPU, every call goes to candle's own ops, so a
+//! GPU implementation can slot in behind [`conv2d`], [`BatchNorm::forward`] and
+//! [`scale_add_relu`] without touching the model.
 
 mod batch_norm;
 pub mod conv;
 mod gemm;
 mod host;
+pub mod lowered;
 mod residual;
 
 use std::sync::{Arc, Mutex};
@@ -36,7 +40,8 @@ pub use conv::Geometry;
 pub enum Kernels {
     /// candle-nn's convolution and BatchNorm (autograd through candle's generic ops).
     Stock,
-    /// This module's ops with explicit backward passes (CPU f32; candle's ops elsewhere).
+    /// This module's ops with explicit backward passes (CPU f32); elsewhere candle's ops with
+    /// the convolution backward of [`lowered`].
     #[default]
     Fast,
 }
@@ -64,6 +69,9 @@ pub fn conv2d(
     pad: usize,
     kernels: Kernels,
 ) -> Result<Tensor> {
+    if kernels == Kernels::Fast && !x.device().is_cpu() {
+        return lowered::conv2d(x, w, stride, pad);
+    }
     if !kernels.fast_for(x) {
         return x.conv2d(w, pad, stride, 1, 1);
     }
