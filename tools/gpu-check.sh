@@ -7,7 +7,8 @@
 #   tools/gpu-check.sh              # THERE (GPU machine, repository root): run the checks; full
 #                                   # logs go to $OUT (default gpu-check-logs/), a table prints last
 #
-# gpu-carry/ (ignored by git) holds: stream-train-cuda.gz (tools/build-cuda.sh), prep-dataset.gz
+# gpu-carry/ (ignored by git) holds: stream-train-cuda.gz and stream-train-cudnn.gz
+# (tools/build-cuda.sh; the second adds candle's cuDNN convolutions), prep-dataset.gz
 # (the CPU build: prepping needs no GPU) and cifar10-jpeg.tar.gz (the shared JPEG CIFAR-10, 19 MB,
 # prepped there in seconds). The GPU machine needs python3 with torch (cu130) and its nvidia-*
 # wheels, whose libraries the binary loads. Record what it prints in docs/gpu-results.md.
@@ -19,9 +20,12 @@ LIMIT_MIB=64
 if [ "${1:-}" = "--prepare" ]; then
   set -e
   SHARED=${CIFAR_STREAM_SHARED:-../shared}
-  if [ ! -f "$CARRY/stream-train-cuda.gz" ] || [ -n "$(find src Cargo.toml Cargo.lock -newer "$CARRY/stream-train-cuda.gz" -print -quit)" ]; then
-    tools/build-cuda.sh cuda
-  fi
+  for feature in cuda cudnn; do
+    bin="$CARRY/stream-train-$feature.gz"
+    if [ ! -f "$bin" ] || [ -n "$(find src vendor Cargo.toml Cargo.lock -newer "$bin" -print -quit)" ]; then
+      tools/build-cuda.sh $feature
+    fi
+  done
   cargo build --release --bin prep-dataset
   mkdir -p "$CARRY"
   strip -o "$CARRY/prep-dataset" target/release/prep-dataset
@@ -78,6 +82,7 @@ table() {
     row "CPU/GPU parity f32 (seed, 16 images)" "${R[parity]:-n/a}"
     row "candle step-bench seed b128 f32 (images/s)" "${R[step]:-n/a}"
     row "  the same with --kernels stock (images/s)" "${R[step-stock]:-n/a} (fast/stock $(ratio "${R[step]:-}" "${R[step-stock]:-}"))"
+    row "  the same built with cudnn (images/s)" "${R[step-cudnn]:-n/a} (cudnn/cuda $(ratio "${R[step-cudnn]:-}" "${R[step]:-}"))"
     row "candle step-bench seed b128 bf16 (images/s)" "${R[step-bf16]:-n/a}"
     for v in torch-f32 torch-f32-cl torch-bf16 torch-bf16-cl; do
       local mine=${R[step]:-}
@@ -97,15 +102,18 @@ table() {
   } > "$OUT/summary.txt"
 }
 
-for f in stream-train-cuda.gz prep-dataset.gz cifar10-jpeg.tar.gz; do
+for f in stream-train-cuda.gz prep-dataset.gz cifar10-jpeg.tar.gz; do  # (the cudnn build is optional)
   [ -f "$CARRY/$f" ] || { echo "error: $CARRY/$f missing: run tools/gpu-check.sh --prepare here first" >&2; exit 1; }
 done
 gunzip -c "$CARRY/stream-train-cuda.gz" > "$W/stream-train" && gunzip -c "$CARRY/prep-dataset.gz" > "$W/prep-dataset"
 chmod +x "$W/stream-train" "$W/prep-dataset"
+if [ -f "$CARRY/stream-train-cudnn.gz" ]; then
+  gunzip -c "$CARRY/stream-train-cudnn.gz" > "$W/stream-train-cudnn" && chmod +x "$W/stream-train-cudnn"
+fi
 PY=${PYTHON:-python3}
 NV=$($PY -c 'import nvidia,os,glob;print(":".join(sorted(d for p in nvidia.__path__ for d in glob.glob(os.path.join(p,"*","lib")))))' 2>/dev/null)
 export LD_LIBRARY_PATH="$NV${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-{ nvidia-smi; ldd "$W/stream-train"; $PY -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'; nproc; } > "$OUT/machine.log" 2>&1
+{ nvidia-smi; ldd "$W/stream-train"; [ -x "$W/stream-train-cudnn" ] && ldd "$W/stream-train-cudnn"; $PY -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'; nproc; } > "$OUT/machine.log" 2>&1
 if ldd "$W/stream-train" | grep -q 'not found'; then
   log "missing libraries:"; ldd "$W/stream-train" | grep 'not found' | tee -a "$OUT/check.log"
 fi
@@ -125,6 +133,12 @@ R[step]=$(last step 'images/s:'); table
 # The A/B of the convolution backward: fast (the default: ops::lowered) against candle's own.
 run step-stock 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --kernels stock
 R[step-stock]=$(last step-stock 'images/s:'); table
+# With cuDNN, the forward convolutions and the lowered input gradient (a forward convolution)
+# go to cuDNN, the weight gradient stays one cuBLAS GEMM.
+if [ -x "$W/stream-train-cudnn" ]; then
+  run step-cudnn 90 "$W/stream-train-cudnn" step-bench --preset seed --device cuda --batch-size 128 --steps 100
+  R[step-cudnn]=$(last step-cudnn 'images/s:'); table
+fi
 for v in "f32 --channels-last" "bf16 --channels-last" "f32" "bf16"; do
   set -- $v
   name="torch-$1${2:+-cl}"
@@ -154,7 +168,7 @@ PY
 ); table
 run ops 90 "$ST" op-bench --preset seed --device cuda --reps 5
 R[ops]=$(sed -n 's/^total ms per step: //p' "$OUT/ops.log" 2>/dev/null | tail -1)
-R[ops-lo]=$(sed -n 's/^lowered backward[^:]*: //p' "$OUT/ops.log" 2>/dev/null | tail -1); table
+R[ops-lo]=$(sed -n 's/^lowered backward[^)]*): //p' "$OUT/ops.log" 2>/dev/null | tail -1); table
 
 # 5. bf16: speed, how far one step lands from f32, and accuracy against f32 on a short run.
 run step-bf16 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --precision bf16
