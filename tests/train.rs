@@ -35,6 +35,12 @@ fn micro(data: &Path, runs: &Path, name: &str, epochs: usize) -> TrainConfig {
     c
 }
 
+/// Trains (or resumes) `config` on the CPU with a cancel flag nobody sets.
+fn run(config: &TrainConfig, resume: bool, observer: &mut dyn Observer) -> train::Outcome {
+    let cancel = Arc::new(AtomicBool::new(false));
+    train::train(config, &Device::Cpu, resume, pool(), cancel, observer).unwrap()
+}
+
 fn pool() -> Arc<rayon::ThreadPool> {
     Arc::new(
         rayon::ThreadPoolBuilder::new()
@@ -56,15 +62,7 @@ fn tiny_model_learns_the_synthetic_classes_and_writes_its_outputs() {
     config.batch_size = 16;
     config.schedule.lr = 0.05;
     config.schedule.warmup_epochs = 0.0;
-    let outcome = train::train(
-        &config,
-        &Device::Cpu,
-        false,
-        pool(),
-        Arc::new(AtomicBool::new(false)),
-        &mut Silent,
-    )
-    .unwrap();
+    let outcome = run(&config, false, &mut Silent);
     assert_eq!(outcome.history.len(), 6);
     let last = outcome.history.last().unwrap();
     let best = last.test_acc.max(last.ema_test_acc);
@@ -109,15 +107,7 @@ fn a_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one() {
     let data = tmp.path().join("data");
     store(&data, 8);
     let whole = micro(&data, tmp.path(), "whole", 3);
-    let full = train::train(
-        &whole,
-        &Device::Cpu,
-        false,
-        pool(),
-        Arc::new(AtomicBool::new(false)),
-        &mut Silent,
-    )
-    .unwrap();
+    let full = run(&whole, false, &mut Silent);
 
     let split = micro(&data, tmp.path(), "split", 3);
     let cancel = Arc::new(AtomicBool::new(false));
@@ -128,15 +118,7 @@ fn a_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one() {
     let first = train::train(&split, &Device::Cpu, false, pool(), cancel, &mut stop).unwrap();
     assert!(first.interrupted);
     assert_eq!(first.history.len(), 1);
-    let resumed = train::train(
-        &split,
-        &Device::Cpu,
-        true,
-        pool(),
-        Arc::new(AtomicBool::new(false)),
-        &mut Silent,
-    )
-    .unwrap();
+    let resumed = run(&split, true, &mut Silent);
     assert_eq!(resumed.history.len(), 3);
     let key = |m: &EpochMetrics| {
         (
@@ -200,15 +182,7 @@ fn ctrl_c_in_the_middle_of_an_epoch_saves_and_the_run_can_resume() {
         state["step"].as_u64().unwrap() >= 5,
         "the partial epoch's steps are kept"
     );
-    let resumed = train::train(
-        &config,
-        &Device::Cpu,
-        true,
-        pool(),
-        Arc::new(AtomicBool::new(false)),
-        &mut Silent,
-    )
-    .unwrap();
+    let resumed = run(&config, true, &mut Silent);
     assert!(!resumed.interrupted);
     assert_eq!(resumed.history.len(), 2);
 }
@@ -241,15 +215,7 @@ fn a_batch_limit_shortens_every_epoch_and_loss_is_read_every_few_steps() {
     config.batch_size = 4;
     config.limit_train_batches = Some(per_epoch);
     let mut counter = Counter::default();
-    let outcome = train::train(
-        &config,
-        &Device::Cpu,
-        false,
-        pool(),
-        Arc::new(AtomicBool::new(false)),
-        &mut counter,
-    )
-    .unwrap();
+    let outcome = run(&config, false, &mut counter);
     assert_eq!(counter.steps, 2 * per_epoch);
     assert_eq!(counter.images, vec![4 * per_epoch; 2]);
     // One progress read per LOSS_READ_EVERY steps of each epoch, each a running mean loss.
