@@ -51,6 +51,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Save a checkpoint every this many epochs (and at the end, and on Ctrl-C).
     pub save_every: usize,
+    /// Evaluate on the test split every this many epochs (and after the last).
+    #[serde(default = "one")]
+    pub eval_every: usize,
     /// EMA decay per step (0 disables the EMA).
     pub ema_decay: f64,
     /// Label smoothing of the training loss (0 = plain cross-entropy).
@@ -97,6 +100,7 @@ impl TrainConfig {
             threads: 0,
             seed: 0,
             save_every: 10,
+            eval_every: 1,
             ema_decay: 0.999,
             label_smoothing: 0.0,
             kernels: Kernels::Fast,
@@ -187,6 +191,9 @@ impl TrainConfig {
     /// Checks the configuration is trainable (the model is buildable, values are in range).
     pub fn validate(&self) -> Result<(), String> {
         self.model.validate()?;
+        if self.eval_every == 0 {
+            return Err("eval_every must be at least 1".into());
+        }
         if self.limit_train_batches == Some(0) {
             return Err("limit_train_batches must be at least 1".into());
         }
@@ -208,6 +215,10 @@ impl TrainConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the config serialises")
     }
+}
+
+fn one() -> usize {
+    1
 }
 
 fn merge(base: &mut toml::Table, patch: toml::Table) {

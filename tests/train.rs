@@ -65,7 +65,7 @@ fn tiny_model_learns_the_synthetic_classes_and_writes_its_outputs() {
     let outcome = run(&config, false, &mut Silent);
     assert_eq!(outcome.history.len(), 6);
     let last = outcome.history.last().unwrap();
-    let best = last.test_acc.max(last.ema_test_acc);
+    let best = last.test_acc.unwrap().max(last.ema_test_acc.unwrap());
     assert!(
         best > 0.3,
         "test accuracy {best} (chance is 0.10): {:?}",
@@ -206,7 +206,7 @@ impl Observer for Counter {
 }
 
 #[test]
-fn a_batch_limit_shortens_every_epoch_and_loss_is_read_every_few_steps() {
+fn a_batch_limit_shortens_every_epoch_loss_is_read_every_few_steps_and_eval_every_skips() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     store(&data, 24);
@@ -214,12 +214,25 @@ fn a_batch_limit_shortens_every_epoch_and_loss_is_read_every_few_steps() {
     let per_epoch = train::LOSS_READ_EVERY + 2;
     config.batch_size = 4;
     config.limit_train_batches = Some(per_epoch);
+    config.epochs = 3;
+    config.eval_every = 2;
     let mut counter = Counter::default();
     let outcome = run(&config, false, &mut counter);
-    assert_eq!(counter.steps, 2 * per_epoch);
-    assert_eq!(counter.images, vec![4 * per_epoch; 2]);
+    assert_eq!(counter.steps, 3 * per_epoch);
+    assert_eq!(counter.images, vec![4 * per_epoch; 3]);
     // One progress read per LOSS_READ_EVERY steps of each epoch, each a running mean loss.
-    assert_eq!(counter.reads.len(), 2);
+    assert_eq!(counter.reads.len(), 3);
+    // eval_every 2: epoch 2 and the last (3) are evaluated, epoch 1 is not.
+    let evaluated: Vec<bool> = outcome
+        .history
+        .iter()
+        .map(|m| m.test_acc.is_some())
+        .collect();
+    assert_eq!(evaluated, [false, true, true]);
+    assert!(outcome.history[0].ema_test_acc.is_none());
+    let csv = std::fs::read_to_string(config.run_dir().join("metrics.csv")).unwrap();
+    let first: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!(&first[4..8], ["", "", "", ""], "{csv}");
     assert!(counter.reads.iter().all(|l| l.is_finite() && *l > 0.0));
     assert!(outcome
         .history

@@ -69,6 +69,9 @@ struct RunArgs {
     /// passes, CPU f32) or stock (candle-nn's) [default: fast; GPUs use candle's either way].
     #[arg(long, value_enum)]
     kernels: Option<Kernels>,
+    /// Evaluate on the test split every N epochs (and after the last) [default: 1].
+    #[arg(long, value_name = "N")]
+    eval_every: Option<usize>,
     /// Stop each training epoch after N batches (a quick run, or a profile of N steps); the
     /// learning-rate schedule counts the shorter epoch [default: every batch].
     #[arg(long, value_name = "N")]
@@ -218,7 +221,7 @@ impl RunArgs {
             stem_width => model.stem_width, se_ratio => model.se_ratio, dropout => model.dropout,
             blocks => model.blocks, widths => model.widths, save_every => save_every,
             prefetch => prefetch, threads => threads, seed => seed, kernels => kernels,
-            tta => tta, precision => precision);
+            tta => tta, precision => precision, eval_every => eval_every);
         if let Some(n) = self.limit_train_batches {
             c.limit_train_batches = Some(n);
         }
@@ -615,17 +618,23 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         cancel,
         &mut observer,
     )?;
-    if let Some(last) = outcome.history.last() {
+    // The final epoch is always evaluated; a run stopped early reports its last evaluation.
+    let evaluated = outcome.history.iter().rev().find(|m| m.test_acc.is_some());
+    if let Some(m) = evaluated {
+        if Some(m) != outcome.history.last() {
+            println!("last evaluated: epoch {}", m.epoch + 1);
+        }
+        let pct = |v: Option<f64>| v.unwrap_or(f64::NAN) * 100.0;
         // The model the run says it delivers, chosen before looking: picking the better of the
         // two would select on the test set.
         let delivered = if ema {
-            println!("ema test accuracy: {:.2}%", last.ema_test_acc * 100.0);
-            println!("raw test accuracy: {:.2}%", last.test_acc * 100.0);
-            last.ema_test_acc
+            println!("ema test accuracy: {:.2}%", pct(m.ema_test_acc));
+            println!("raw test accuracy: {:.2}%", pct(m.test_acc));
+            m.ema_test_acc
         } else {
-            last.test_acc
+            m.test_acc
         };
-        println!("test accuracy: {:.2}%", delivered * 100.0);
+        println!("test accuracy: {:.2}%", pct(delivered));
     }
     if outcome.interrupted {
         eprintln!(
@@ -715,24 +724,23 @@ impl train::Observer for Bars {
     }
     fn epoch_end(&mut self, m: &train::EpochMetrics, stats: &EpochStats) {
         self.bar.finish_and_clear();
-        let ema = if self.ema {
-            format!(
-                "  ema loss {:.4} acc {:.2}%",
-                m.ema_test_loss,
-                m.ema_test_acc * 100.0
-            )
-        } else {
-            String::new()
+        let test = match (m.test_loss, m.test_acc) {
+            (Some(loss), Some(acc)) => format!("test loss {loss:.4} acc {:.2}%", acc * 100.0),
+            _ => "test (not evaluated)".to_string(),
+        };
+        let ema = match (self.ema, m.ema_test_loss, m.ema_test_acc) {
+            (true, Some(loss), Some(acc)) => {
+                format!("  ema loss {loss:.4} acc {:.2}%", acc * 100.0)
+            }
+            _ => String::new(),
         };
         println!(
-            "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:.2}%  test loss {:.4} acc {:.2}%{ema}  {:.0} img/s  stall {:.1}%  {:.1} s",
+            "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:.2}%  {test}{ema}  {:.0} img/s  stall {:.1}%  {:.1} s",
             m.epoch + 1,
             self.epochs,
             m.lr,
             m.train_loss,
             m.train_acc * 100.0,
-            m.test_loss,
-            m.test_acc * 100.0,
             m.images_per_second,
             m.trainer_stall * 100.0,
             m.seconds

@@ -18,14 +18,14 @@ pub struct EpochMetrics {
     pub train_loss: f64,
     /// Training accuracy (on augmented images, dropout on).
     pub train_acc: f64,
-    /// Test loss, raw weights.
-    pub test_loss: f64,
+    /// Test loss, raw weights (`None`: not evaluated this epoch, see `eval_every`).
+    pub test_loss: Option<f64>,
     /// Test accuracy, raw weights.
-    pub test_acc: f64,
+    pub test_acc: Option<f64>,
     /// Test loss, EMA weights (equal to raw when the EMA is off).
-    pub ema_test_loss: f64,
+    pub ema_test_loss: Option<f64>,
     /// Test accuracy, EMA weights.
-    pub ema_test_acc: f64,
+    pub ema_test_acc: Option<f64>,
     /// Training images per second.
     pub images_per_second: f64,
     /// Fraction of the training time spent waiting for data.
@@ -45,16 +45,18 @@ pub fn write_all(dir: &Path, history: &[EpochMetrics]) -> std::io::Result<()> {
     for m in history {
         jsonl.push_str(&serde_json::to_string(m).map_err(std::io::Error::other)?);
         jsonl.push('\n');
+        // An epoch without evaluation leaves its test cells empty.
+        let cell = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
         csv.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{},{}\n",
             m.epoch,
             m.lr,
             m.train_loss,
             m.train_acc,
-            m.test_loss,
-            m.test_acc,
-            m.ema_test_loss,
-            m.ema_test_acc,
+            cell(m.test_loss),
+            cell(m.test_acc),
+            cell(m.ema_test_loss),
+            cell(m.ema_test_acc),
             m.images_per_second,
             m.trainer_stall,
             m.seconds
@@ -74,13 +76,16 @@ pub fn curve(history: &[EpochMetrics]) -> RgbImage {
     let (w, h) = (640u32, 520u32);
     let mut img = RgbImage::from_pixel(w, h, Rgb([24, 24, 24]));
     let epochs: Vec<f64> = history.iter().map(|m| m.epoch as f64 + 1.0).collect();
-    let series = |f: fn(&EpochMetrics) -> f64| -> Vec<f64> { history.iter().map(f).collect() };
+    // Epochs without evaluation are NaN: no point, and the line joins the evaluated ones.
+    let series = |f: fn(&EpochMetrics) -> Option<f64>| -> Vec<f64> {
+        history.iter().map(|m| f(m).unwrap_or(f64::NAN)).collect()
+    };
     let loss = [
-        ("train loss", RED, series(|m| m.train_loss)),
+        ("train loss", RED, series(|m| Some(m.train_loss))),
         ("test loss", BLUE, series(|m| m.test_loss)),
     ];
     let acc = [
-        ("train acc", RED, series(|m| m.train_acc)),
+        ("train acc", RED, series(|m| Some(m.train_acc))),
         ("test acc", BLUE, series(|m| m.test_acc)),
         ("ema test acc", GREEN, series(|m| m.ema_test_acc)),
     ];
@@ -147,7 +152,12 @@ fn panel(
         for dx in 0..6 {
             img.put_pixel(left + 80 + k as u32 * 120 + dx, y0 + 10, *colour);
         }
-        let points: Vec<(f64, f64)> = xs.iter().zip(ys).map(|(&x, &y)| px(x, y)).collect();
+        let points: Vec<(f64, f64)> = xs
+            .iter()
+            .zip(ys)
+            .filter(|(_, y)| y.is_finite())
+            .map(|(&x, &y)| px(x, y))
+            .collect();
         for p in &points {
             for (dx, dy) in [(0, 0), (1, 0), (0, 1), (-1, 0), (0, -1)] {
                 let (x, y) = (p.0 as i64 + dx, p.1 as i64 + dy);

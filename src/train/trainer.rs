@@ -392,20 +392,26 @@ pub fn train(
                 device,
             )
         };
-        let raw = eval(&net.model)?;
-        let ema_eval = match &ema {
-            Some(_) => eval(&ema_net.model)?,
-            None => raw.clone(),
+        let last = e + 1 == config.epochs;
+        let (raw, ema_eval) = if last || (e + 1) % config.eval_every == 0 {
+            let raw = eval(&net.model)?;
+            let ema_eval = match &ema {
+                Some(_) => eval(&ema_net.model)?,
+                None => raw.clone(),
+            };
+            (Some(raw), Some(ema_eval))
+        } else {
+            (None, None)
         };
         let m = EpochMetrics {
             epoch: e,
             lr,
             train_loss,
             train_acc,
-            test_loss: raw.loss,
-            test_acc: raw.accuracy,
-            ema_test_loss: ema_eval.loss,
-            ema_test_acc: ema_eval.accuracy,
+            test_loss: raw.as_ref().map(|r| r.loss),
+            test_acc: raw.as_ref().map(|r| r.accuracy),
+            ema_test_loss: ema_eval.as_ref().map(|r| r.loss),
+            ema_test_acc: ema_eval.as_ref().map(|r| r.accuracy),
             images_per_second: seen as f64 / train_seconds.max(1e-9),
             trainer_stall: stats.wait_seconds / train_seconds.max(1e-9),
             seconds: started.elapsed().as_secs_f64(),
@@ -415,7 +421,6 @@ pub fn train(
             path: dir.clone(),
             source,
         })?;
-        let last = e + 1 == config.epochs;
         if last || (config.save_every > 0 && (e + 1) % config.save_every == 0) {
             save(e + 1, false, step, &history, &sgd)?;
         }
