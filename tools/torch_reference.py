@@ -198,6 +198,11 @@ def cmd_train(args, cfg):
 
     opt = optimizer(model, cfg)
     bs, per_epoch = cfg["batch_size"], len(ty) // cfg["batch_size"]
+    # As stream-train: limit_train_batches shortens every epoch (and the schedule with it).
+    if cfg.get("limit_train_batches"):
+        per_epoch = min(per_epoch, cfg["limit_train_batches"])
+    if cfg.get("precision", "f32") != "f32":
+        sys.exit("the mirror trains in f32 only (bf16 is CUDA-only in stream-train too)")
     norm = lambda x: ((torch.from_numpy(x).float().permute(0, 3, 1, 2) / 255) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     vx_t, vy_t = norm(vx), torch.from_numpy(vy.astype(np.int64))
     it, start = 0, time.perf_counter()
@@ -218,6 +223,10 @@ def cmd_train(args, cfg):
                 ema_update(it)
             it, seen = it + 1, seen + len(idx)
         rate = seen / (time.perf_counter() - t0)
+        # As stream-train: evaluate every eval_every epochs and after the last.
+        if (epoch + 1) % cfg.get("eval_every", 1) and epoch + 1 != args.epochs:
+            print(f"epoch {epoch + 1}/{args.epochs}: test (not evaluated)  {rate:.0f} img/s", flush=True)
+            continue
         accs = []
         for m in (model, ema) if use_ema else (model,):
             m.eval()
