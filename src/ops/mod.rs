@@ -213,8 +213,9 @@ impl BatchNorm {
     }
 
     /// Normalises `x: [n, c, …]` with batch statistics (updating the running ones) when `train`,
-    /// else with the running statistics; then ReLU when `relu`. An `x` of another dtype than the parameters (bf16 compute) is normalised in theirs, so
-    /// statistics are never summed in bf16, and the result cast back.
+    /// else with the running statistics; then ReLU when `relu`. An `x` of another dtype than the
+    /// parameters (bf16 compute) is normalised in theirs, so statistics are never summed in bf16,
+    /// and the result cast back.
     pub fn forward(&self, x: &Tensor, train: bool, relu: bool, kernels: Kernels) -> Result<Tensor> {
         if x.dtype() != self.weight.dtype() {
             let y = self.forward(&x.to_dtype(self.weight.dtype())?, train, relu, kernels)?;
