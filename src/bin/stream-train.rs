@@ -956,10 +956,6 @@ fn step_bench(args: Box<StepBenchArgs>) -> Result<()> {
 fn device_check(args: Box<DeviceCheckArgs>) -> Result<ExitCode> {
     let config = args.run.resolve()?;
     let device = device::select(args.run.device.as_deref())?;
-    config
-        .precision
-        .check(&device)
-        .map_err(anyhow::Error::msg)?;
     let side = train::parity::Side {
         device: &device,
         kernels: config.kernels,

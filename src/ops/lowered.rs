@@ -37,6 +37,15 @@ pub fn input_grad(
         .transpose(0, 1)?
         .contiguous()?;
     let d = dilate(dy, stride)?;
+    let (h, wd) = hw;
+    let (left_h, left_w) = (kh - 1 - pad, kw - 1 - pad);
+    let symmetric = left_h == left_w
+        && stride * oh + 2 * left_h == h + kh - 1
+        && stride * ow + 2 * left_w == wd + kw - 1;
+    if symmetric {
+        // The common case (every layer of the CIFAR models): the convolution pads by itself.
+        return d.conv2d(&wt, left_h, 1, 1, 1);
+    }
     // Padding that makes the stride-1 correlation exactly as large as the input.
     let fit = |d: Tensor, dim: usize, k: usize, len: usize, out: usize| -> Result<Tensor> {
         let left = k - 1 - pad;
@@ -49,15 +58,6 @@ pub fn input_grad(
             Ok(d)
         }
     };
-    let (h, wd) = hw;
-    let (left_h, left_w) = (kh - 1 - pad, kw - 1 - pad);
-    let symmetric = left_h == left_w
-        && stride * oh + 2 * left_h == h + kh - 1
-        && stride * ow + 2 * left_w == wd + kw - 1;
-    if symmetric {
-        // The common case (every layer of the CIFAR models): the convolution pads by itself.
-        return d.conv2d(&wt, left_h, 1, 1, 1);
-    }
     let d = fit(d, 2, kh, h, oh)?;
     let d = fit(d, 3, kw, wd, ow)?;
     d.conv2d(&wt, 0, 1, 1, 1)

@@ -44,6 +44,9 @@ pub struct Side<'a> {
 
 /// Logits and every parameter gradient of one training step (no update).
 fn step(config: &TrainConfig, side: Side, batch: usize) -> Result<Vec<(String, Tensor)>> {
+    side.precision
+        .check(side.device)
+        .map_err(super::trainer::Error::Config)?;
     let (mut model, vars) =
         crate::model::build_as(&config.model, config.seed, side.device, side.dtype)?;
     model.set_kernels(side.kernels);
