@@ -17,16 +17,37 @@
 //!    ── bounded tokio mpsc (depth = prefetch), buffers recycled ──► Epoch (blocking / async)
 //!                                                                           │ host batches
 //!                                                                           ▼
-//!  train::train (own thread): h2d → model::SeResNetD forward/backward (candle)
-//!    └─ ops::conv2d, ops::BatchNorm: im2col + GEMM convolution and fused BatchNorm(+ReLU) with
-//!       hand-written backward passes on CPU; candle's own ops elsewhere (ops::Kernels)
-//!    ├─ train::Sgd (Nesterov, L2)  ├─ train::Schedule (cosine restarts / multi-step)
-//!    ├─ train::Ema                 └─ train::checkpoint (safetensors, atomic) + train::metrics
+//!  train::Trainer (own thread, one run folder): h2d → train::Learner::step
+//!    ├─ model::SeResNetD forward/backward (candle) through ops::conv2d, ops::BatchNorm,
+//!    │  ops::scale_add_relu: im2col + GEMM conv and fused BatchNorm(+ReLU) with hand-written
+//!    │  backward passes on CPU, a GEMM-based conv backward on CUDA (ops::Kernels)
+//!    ├─ train::Sgd (Nesterov, L2)   ├─ Schedule::lr_at (cosine restarts / multi-step)
+//!    ├─ train::Ema                  └─ train::evaluate (raw + EMA, TTA) every eval_every epochs
+//!    └─ train::Snapshot (checkpoint: safetensors + state, atomic) + train::metrics
+//!  train::SavedRun: eval / predict on a finished run
 //!  telemetry: tracing spans (read, augment, send, wait, …) → per-epoch profile, Chrome trace
 //! ```
 //!
-//! Data flows one way: `source` → `store` → augmentation → streaming → training. Lower modules
-//! never import higher ones. Every random draw derives from an explicit seed ([`seed`]).
+//! Data flows one way: `source` → `store` → augmentation → streaming → training. Every random
+//! draw derives from an explicit seed ([`seed`]).
+//!
+//! ## Layers
+//!
+//! A module imports only modules on rows below its own (never one on its row or above), so the
+//! crate reads bottom-up and each stage can be tested without the ones above it. `config` holds
+//! every stage's settings and no behaviour, which is why it sits just under `train`.
+//! `tests/layers.rs` reads this table and every `crate::` path in `src/` and fails on an upward
+//! import or a module missing from the table.
+//!
+//! ```text
+//!  7  train
+//!  6  config
+//!  5  stream · model · prep
+//!  4  augment · ops · source
+//!  3  render
+//!  2  store · telemetry · device · alloc
+//!  1  seed
+//! ```
 
 pub mod alloc;
 pub mod augment;

@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -174,6 +175,38 @@ impl EpochProfile {
             trainer_stall,
             stages,
         }
+    }
+}
+
+/// A JSON-lines file that each epoch's profile is appended to (`--profile-json`).
+pub struct ProfileLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl ProfileLog {
+    /// Opens `path` for appending, creating it if needed.
+    pub fn open(path: &Path) -> std::io::Result<ProfileLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(ProfileLog {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `profile` as one line of JSON.
+    pub fn append(&mut self, profile: &EpochProfile) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(profile).map_err(std::io::Error::from)?;
+        line.push(b'\n');
+        self.file.write_all(&line)
     }
 }
 

@@ -252,3 +252,39 @@ fn half_precision_compute_keeps_f32_masters_and_tracks_the_f32_step() {
         assert_eq!(var.dtype(), DType::F32, "{name}");
     }
 }
+
+#[test]
+fn the_layer_table_carries_strides_and_the_conv_shapes_come_from_it() {
+    let c = ModelConfig::resnet50();
+    let layers = c.layers(32, 32);
+    // ResNet-D: the 3×3 of each later stage's first block has stride 2; nothing else does.
+    let strided: Vec<&str> = layers
+        .iter()
+        .filter(|l| l.stride == 2)
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(
+        strided,
+        ["stage1.0.conv2", "stage2.0.conv2", "stage3.0.conv2"]
+    );
+    let s = layers.iter().find(|l| l.name == "stage1.0.conv2").unwrap();
+    assert_eq!((s.in_hw, s.out_hw, s.kernel), ((32, 32), (16, 16), 3));
+    // The shortcut pools 2×2 first: a stride-1 1×1 conv on the small map.
+    let sc = layers
+        .iter()
+        .find(|l| l.name == "stage1.0.shortcut")
+        .unwrap();
+    assert_eq!((sc.in_hw, sc.out_hw, sc.stride), ((16, 16), (16, 16), 1));
+
+    let shapes = c.conv_shapes(32, 32);
+    let convs = layers
+        .iter()
+        .filter(|l| l.kind != "linear" && !l.name.contains(".se."))
+        .count();
+    assert_eq!(shapes.iter().map(|(_, n)| n).sum::<usize>(), convs);
+    assert!(shapes
+        .iter()
+        .all(|(s, _)| s.in_hw == (s.out_hw.0 * s.stride, s.out_hw.1 * s.stride)));
+    let stride2: Vec<_> = shapes.iter().filter(|(s, _)| s.stride == 2).collect();
+    assert_eq!(stride2.len(), 3, "{stride2:?}");
+}

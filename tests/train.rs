@@ -10,7 +10,7 @@ use cifar_stream::config::TrainConfig;
 use cifar_stream::prep;
 use cifar_stream::source::synthetic;
 use cifar_stream::stream::EpochStats;
-use cifar_stream::train::{self, EpochMetrics, Observer, Silent};
+use cifar_stream::train::{self, EpochMetrics, Observer, Silent, Trainer};
 use indicatif::ProgressBar;
 
 fn store(dir: &Path, per_class: usize) {
@@ -35,10 +35,19 @@ fn micro(data: &Path, runs: &Path, name: &str, epochs: usize) -> TrainConfig {
     c
 }
 
-/// Trains (or resumes) `config` on the CPU with a cancel flag nobody sets.
+/// A new (or resumed) run of `config` on the CPU, augmenting on two threads.
+fn trainer(config: &TrainConfig, resume: bool) -> Trainer {
+    let t = if resume {
+        Trainer::resume(config.clone(), Device::Cpu)
+    } else {
+        Trainer::new(config.clone(), Device::Cpu)
+    };
+    t.unwrap().with_pool(pool())
+}
+
+/// Trains (or resumes) `config` to the end, with a cancel flag nobody sets.
 fn run(config: &TrainConfig, resume: bool, observer: &mut dyn Observer) -> train::Outcome {
-    let cancel = Arc::new(AtomicBool::new(false));
-    train::train(config, &Device::Cpu, resume, pool(), cancel, observer).unwrap()
+    trainer(config, resume).fit(observer).unwrap()
 }
 
 fn pool() -> Arc<rayon::ThreadPool> {
@@ -110,31 +119,97 @@ fn a_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one() {
     let full = run(&whole, false, &mut Silent);
 
     let split = micro(&data, tmp.path(), "split", 3);
-    let cancel = Arc::new(AtomicBool::new(false));
+    let mut first = trainer(&split, false);
     let mut stop = StopAfter {
         after: 1,
-        cancel: cancel.clone(),
+        cancel: first.cancel_flag(),
     };
-    let first = train::train(&split, &Device::Cpu, false, pool(), cancel, &mut stop).unwrap();
+    let first = first.fit(&mut stop).unwrap();
     assert!(first.interrupted);
     assert_eq!(first.history.len(), 1);
     let resumed = run(&split, true, &mut Silent);
     assert_eq!(resumed.history.len(), 3);
-    let key = |m: &EpochMetrics| {
-        (
-            m.epoch,
-            m.lr,
-            m.train_loss,
-            m.train_acc,
-            m.test_loss,
-            m.test_acc,
-            m.ema_test_loss,
-            m.ema_test_acc,
-        )
+    assert_eq!(keys(&full.history), keys(&resumed.history));
+}
+
+type Key = (
+    usize,
+    f64,
+    f64,
+    f64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+);
+
+/// What must repeat exactly between two runs of the same configuration (not the timings).
+fn keys(history: &[EpochMetrics]) -> Vec<Key> {
+    history
+        .iter()
+        .map(|m| {
+            (
+                m.epoch,
+                m.lr,
+                m.train_loss,
+                m.train_acc,
+                m.test_loss,
+                m.test_acc,
+                m.ema_test_loss,
+                m.ema_test_acc,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_library_caller_drives_a_run_epoch_by_epoch_saves_and_resumes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    store(&data, 8); // 80 images: 4 steps of 20 per epoch
+    let cadence = |name: &str| {
+        let mut c = micro(&data, tmp.path(), name, 3);
+        c.eval_every = 2;
+        c.save_every = 2;
+        c
     };
-    let a: Vec<_> = full.history.iter().map(key).collect();
-    let b: Vec<_> = resumed.history.iter().map(key).collect();
-    assert_eq!(a, b);
+    let config = cadence("by-hand");
+    let mut t = trainer(&config, false);
+    // The library writes the resolved configuration; it reads back as the same.
+    let written = TrainConfig::read(&config.run_dir().join("config.toml")).unwrap();
+    assert_eq!(written, config);
+
+    let trained = t.train_epoch(&mut Silent).unwrap().unwrap();
+    assert!(trained.complete);
+    assert_eq!((trained.epoch, trained.images), (0, 80));
+    assert_eq!(t.learner().steps(), t.iters_per_epoch());
+    assert!(!t.evaluation_due(0) && t.evaluation_due(1) && t.evaluation_due(2));
+    assert!(!t.save_due(0) && t.save_due(1) && t.save_due(2));
+    let m = t.record(&trained, None).unwrap();
+    assert_eq!((m.epoch, m.test_acc), (0, None));
+    assert_eq!(t.next_epoch(), 1);
+    t.save().unwrap();
+    drop(t);
+
+    // A second new run in the same folder is refused; resuming continues at epoch 1.
+    assert!(matches!(
+        Trainer::new(config.clone(), Device::Cpu),
+        Err(train::Error::RunExists { .. })
+    ));
+    let mut resumed = trainer(&config, true);
+    assert_eq!(resumed.next_epoch(), 1);
+    assert_eq!(resumed.learner().steps(), 4);
+    let outcome = resumed.fit(&mut Silent).unwrap();
+    assert!(!outcome.interrupted);
+
+    let whole = run(&cadence("whole"), false, &mut Silent);
+    assert_eq!(keys(&outcome.history), keys(&whole.history));
+    // The headline is the EMA model's accuracy at the last (evaluated) epoch.
+    let h = outcome.headline().unwrap();
+    let last = outcome.history.last().unwrap();
+    assert_eq!((h.epoch, h.stale), (2, false));
+    assert_eq!(Some(h.accuracy), last.ema_test_acc);
+    assert_eq!(h.raw_and_ema, Some((last.test_acc.unwrap(), h.accuracy)));
 }
 
 /// Sets the cancel flag (as Ctrl-C does) after `after` optimizer steps.
@@ -159,14 +234,13 @@ fn ctrl_c_in_the_middle_of_an_epoch_saves_and_the_run_can_resume() {
     let data = tmp.path().join("data");
     store(&data, 8); // 80 images: 4 steps of 20 per epoch
     let config = micro(&data, tmp.path(), "ctrlc", 2);
-    let cancel = Arc::new(AtomicBool::new(false));
+    let mut stopped = trainer(&config, false);
     let mut observer = InterruptAt {
         after: 6,
         steps: 0,
-        cancel: cancel.clone(),
+        cancel: stopped.cancel_flag(),
     };
-    let stopped =
-        train::train(&config, &Device::Cpu, false, pool(), cancel, &mut observer).unwrap();
+    let stopped = stopped.fit(&mut observer).unwrap();
     assert!(stopped.interrupted);
     assert_eq!(
         stopped.history.len(),

@@ -181,6 +181,6 @@ for p in f32 bf16; do
 done
 
 # 6. The loader alone on this machine's cores.
-run pipeline 60 "$ST" --preset seed --data "$W/data" --runs "$W/runs" --name pipe --pipeline-only --epochs 1 -q
+run pipeline 60 "$ST" --preset seed --data "$W/data" --pipeline-only --epochs 1 -q
 R[pipeline]=$(last pipeline 'images/s:'); table
 echo; cat "$OUT/summary.txt"

@@ -12,3 +12,13 @@ pub mod preview;
 
 pub use collate::{collate, Batch};
 pub use pipeline::{AugmentConfig, Augmenter, PolicyName};
+
+/// The augmentation stage's thread pool: `threads` workers (0: one per core), named `augment-N`
+/// so they stand apart in a profiler or a trace.
+pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    let mut pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("augment-{i}"));
+    if threads > 0 {
+        pool = pool.num_threads(threads);
+    }
+    pool.build()
+}

@@ -80,6 +80,18 @@ impl AugmentConfig {
         }
         c
     }
+
+    /// This configuration moved to `policy`: a new policy starts from its own defaults (so
+    /// `basic` drops cutout) but keeps the cutout length; the same policy keeps everything.
+    pub fn switched_to(&self, policy: PolicyName) -> Self {
+        if policy == self.policy {
+            return self.clone();
+        }
+        AugmentConfig {
+            cutout_length: self.cutout_length,
+            ..AugmentConfig::with_policy(policy)
+        }
+    }
 }
 
 /// Per-thread working buffers, so the hot path allocates nothing per image.

@@ -100,100 +100,90 @@ impl ModelConfig {
         let mut t = Vec::new();
         let (mut h, mut w) = (height, width);
         let half = self.stem_width / 2;
-        let conv = |t: &mut Vec<Layer>,
-                    name: String,
-                    cin,
-                    cout,
-                    k,
-                    hw: (usize, usize),
-                    bn: bool,
-                    bias: bool| {
+        // (name, cin, cout, kernel, stride, input size, batch-normed, biased)
+        type Conv = (
+            String,
+            usize,
+            usize,
+            usize,
+            usize,
+            (usize, usize),
+            bool,
+            bool,
+        );
+        let conv = |t: &mut Vec<Layer>, (name, cin, cout, k, stride, hw, bn, bias): Conv| {
+            let out_hw = (hw.0.div_ceil(stride), hw.1.div_ceil(stride));
             t.push(Layer {
                 name,
                 kind: if k == 1 { "conv1x1" } else { "conv3x3" },
                 cin,
                 cout,
-                out_hw: hw,
+                kernel: k,
+                stride,
+                in_hw: hw,
+                out_hw,
                 params: cin * cout * k * k
                     + if bias { cout } else { 0 }
                     + if bn { 2 * cout } else { 0 },
-                macs: cin * cout * k * k * hw.0 * hw.1,
+                macs: cin * cout * k * k * out_hw.0 * out_hw.1,
             })
         };
+        let stem = |i: usize| format!("stem.{i}");
         conv(
             &mut t,
-            "stem.0".into(),
-            self.in_channels,
-            half,
-            3,
-            (h, w),
-            true,
-            false,
+            (stem(0), self.in_channels, half, 3, 1, (h, w), true, false),
         );
-        conv(&mut t, "stem.1".into(), half, half, 3, (h, w), true, false);
+        conv(&mut t, (stem(1), half, half, 3, 1, (h, w), true, false));
         conv(
             &mut t,
-            "stem.2".into(),
-            half,
-            self.stem_width,
-            3,
-            (h, w),
-            true,
-            false,
+            (stem(2), half, self.stem_width, 3, 1, (h, w), true, false),
         );
         let mut cin = self.stem_width;
         for (s, (&n, &width_s)) in self.blocks.iter().zip(&self.widths).enumerate() {
             for b in 0..n {
+                // ResNet-D: the stride sits on the 3×3 conv; the shortcut average-pools 2×2
+                // and then runs a stride-1 1×1 conv on the smaller map.
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
                 let out = width_s * self.expansion;
                 let name = |part: &str| format!("stage{s}.{b}.{part}");
-                conv(&mut t, name("conv1"), cin, width_s, 1, (h, w), true, false);
                 let (h2, w2) = (h.div_ceil(stride), w.div_ceil(stride));
                 conv(
                     &mut t,
-                    name("conv2"),
-                    width_s,
-                    width_s,
-                    3,
-                    (h2, w2),
-                    true,
-                    false,
+                    (name("conv1"), cin, width_s, 1, 1, (h, w), true, false),
                 );
                 conv(
                     &mut t,
-                    name("conv3"),
-                    width_s,
-                    out,
-                    1,
-                    (h2, w2),
-                    true,
-                    false,
+                    (
+                        name("conv2"),
+                        width_s,
+                        width_s,
+                        3,
+                        stride,
+                        (h, w),
+                        true,
+                        false,
+                    ),
+                );
+                conv(
+                    &mut t,
+                    (name("conv3"), width_s, out, 1, 1, (h2, w2), true, false),
                 );
                 let hidden = self.se_hidden(out);
                 if hidden > 0 {
                     conv(
                         &mut t,
-                        name("se.reduce"),
-                        out,
-                        hidden,
-                        1,
-                        (1, 1),
-                        false,
-                        true,
+                        (name("se.reduce"), out, hidden, 1, 1, (1, 1), false, true),
                     );
                     conv(
                         &mut t,
-                        name("se.expand"),
-                        hidden,
-                        out,
-                        1,
-                        (1, 1),
-                        false,
-                        true,
+                        (name("se.expand"), hidden, out, 1, 1, (1, 1), false, true),
                     );
                 }
                 if stride != 1 || cin != out {
-                    conv(&mut t, name("shortcut"), cin, out, 1, (h2, w2), true, false);
+                    conv(
+                        &mut t,
+                        (name("shortcut"), cin, out, 1, 1, (h2, w2), true, false),
+                    );
                 }
                 (h, w, cin) = (h2, w2, out);
             }
@@ -203,11 +193,64 @@ impl ModelConfig {
             kind: "linear",
             cin,
             cout: self.num_classes,
+            kernel: 1,
+            stride: 1,
+            in_hw: (1, 1),
             out_hw: (1, 1),
             params: cin * self.num_classes + self.num_classes,
             macs: cin * self.num_classes,
         });
         t
+    }
+
+    /// The distinct convolution geometries over spatial maps (the SE gate's 1×1 maps and the
+    /// classifier left out) for an input of `height × width`, each with how many layers have it,
+    /// in a stable order: what a per-op benchmark needs to time.
+    pub fn conv_shapes(&self, height: usize, width: usize) -> Vec<(ConvShape, usize)> {
+        let mut shapes = std::collections::BTreeMap::new();
+        for l in self.layers(height, width) {
+            if l.kind == "linear" || (l.kernel == 1 && l.out_hw == (1, 1)) {
+                continue;
+            }
+            let shape = ConvShape {
+                kernel: l.kernel,
+                cin: l.cin,
+                cout: l.cout,
+                out_hw: l.out_hw,
+                stride: l.stride,
+                in_hw: l.in_hw,
+            };
+            *shapes.entry(shape).or_insert(0usize) += 1;
+        }
+        shapes.into_iter().collect()
+    }
+
+    /// The layer table as text, then `parameters: N`, `macs: N` and `flops: N` (per image).
+    pub fn summary(&self, height: usize, width: usize) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let row = |out: &mut String, cells: [&dyn std::fmt::Display; 7]| {
+            let [a, b, c, d, e, f, g] = cells;
+            let _ = writeln!(out, "{a:<24} {b:>8} {c:>6} {d:>6} {e:>9} {f:>12} {g:>14}");
+        };
+        row(
+            &mut out,
+            [
+                &"layer", &"kind", &"in", &"out", &"output", &"params", &"macs",
+            ],
+        );
+        for l in self.layers(height, width) {
+            let hw = format!("{}x{}", l.out_hw.0, l.out_hw.1);
+            row(
+                &mut out,
+                [&l.name, &l.kind, &l.cin, &l.cout, &hw, &l.params, &l.macs],
+            );
+        }
+        let macs = self.macs(height, width);
+        let _ = writeln!(out, "parameters: {}", self.parameter_count());
+        let _ = writeln!(out, "macs: {macs}");
+        let _ = writeln!(out, "flops: {}", 2 * macs);
+        out
     }
 
     /// Trainable parameters (conv/linear weights and biases, BatchNorm scales and shifts).
@@ -232,10 +275,33 @@ pub struct Layer {
     pub cin: usize,
     /// Output channels.
     pub cout: usize,
+    /// Kernel side (1 for the linear layer).
+    pub kernel: usize,
+    /// Stride (1 for the linear layer).
+    pub stride: usize,
+    /// Input height and width (after the shortcut's pooling, for a shortcut conv).
+    pub in_hw: (usize, usize),
     /// Output height and width.
     pub out_hw: (usize, usize),
     /// Parameters (with the BatchNorm that follows, if any).
     pub params: usize,
     /// Multiply-accumulates per image.
     pub macs: usize,
+}
+
+/// A convolution's geometry (square kernel and stride, padding `kernel / 2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConvShape {
+    /// Kernel side.
+    pub kernel: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Output height and width.
+    pub out_hw: (usize, usize),
+    /// Stride.
+    pub stride: usize,
+    /// Input height and width.
+    pub in_hw: (usize, usize),
 }

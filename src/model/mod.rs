@@ -4,6 +4,6 @@ mod config;
 mod precision;
 mod resnet_d;
 
-pub use config::{Layer, ModelConfig};
+pub use config::{ConvShape, Layer, ModelConfig};
 pub use precision::Precision;
 pub use resnet_d::{build, build_as, is_buffer, sorted_vars, Mode, SeResNetD};

@@ -190,6 +190,11 @@ impl SeResNetD {
         &self.config
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.fc.weight().device()
+    }
+
     /// Logits `[batch, classes]` for images `[batch, C, H, W]`, in the variables' dtype whatever
     /// the compute precision.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {

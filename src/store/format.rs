@@ -16,7 +16,7 @@ const HEADER_CHECKSUM_AT: usize = HEADER_LEN - 8;
 const VARIABLE_AT: usize = 88;
 
 /// Height, width and channel count of every image in a store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Shape {
     /// Rows per image.
     pub height: u32,
@@ -37,6 +37,16 @@ impl Shape {
     /// Bytes per image (`height × width × channels`).
     pub fn image_len(&self) -> usize {
         self.height as usize * self.width as usize * self.channels as usize
+    }
+
+    /// The NCHW dimensions of `n` images of this shape (what the model takes).
+    pub fn nchw(&self, n: usize) -> (usize, usize, usize, usize) {
+        (
+            n,
+            self.channels as usize,
+            self.height as usize,
+            self.width as usize,
+        )
     }
 }
 

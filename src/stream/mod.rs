@@ -8,9 +8,11 @@
 //! setting the cancel flag (Ctrl-C) ends the stream with [`StreamError::Interrupted`].
 
 mod batch;
+mod drain;
 mod loader;
 mod sampler;
 
 pub use batch::{BatchGuard, Recycler};
+pub use drain::{drain, DrainObserver, Drained};
 pub use loader::{Epoch, EpochStats, Loader, LoaderConfig, StreamError};
 pub use sampler::Sampler;

@@ -23,6 +23,14 @@ impl Ema {
         })
     }
 
+    /// Starts the average again from the live weights.
+    pub fn restart(&self) -> Result<()> {
+        for (e, l) in &self.pairs {
+            e.set(l.as_tensor())?;
+        }
+        Ok(())
+    }
+
     /// The decay used at update `t` (0-based).
     pub fn decay_at(&self, t: usize) -> f64 {
         self.decay.min((1.0 + t as f64) / (10.0 + t as f64))

@@ -1,23 +1,34 @@
-//! The training stage: SGD with Nesterov momentum, learning-rate schedules, EMA, checkpoints,
-//! metrics, and the loop that consumes the stream.
+//! The training stage: a [`Trainer`] runs a [`Learner`] (weights, EMA, Nesterov SGD) over the
+//! stream with the learning-rate schedule, evaluates, writes metrics and checkpoints; a
+//! [`SavedRun`] serves a finished one; `bench` and `parity` time and check the step.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod ema;
+mod error;
+mod evaluate;
+mod learner;
 pub mod loss;
 pub mod metrics;
+mod net;
 pub mod parity;
 pub mod running;
+mod saved;
 pub mod schedule;
 pub mod sgd;
-pub mod trainer;
+mod trainer;
 pub mod tta;
 
+pub use checkpoint::{Part, Snapshot};
 pub use ema::Ema;
+pub use error::{Error, Result};
+pub use evaluate::{evaluate, Evaluation};
+pub use learner::Learner;
 pub use metrics::EpochMetrics;
+pub use net::Net;
 pub use running::Running;
-pub use schedule::{Schedule, ScheduleKind};
+pub use saved::{read_image, Prediction, SavedRun};
 pub use sgd::Sgd;
 pub use trainer::{
-    evaluate, step_sgd, train, Evaluation, Net, Observer, Outcome, Silent, LOSS_READ_EVERY,
+    Headline, Observer, Outcome, Silent, TestEvaluation, TrainedEpoch, Trainer, LOSS_READ_EVERY,
 };
-pub use tta::Tta;

@@ -3,7 +3,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::trainer::{Net, Result};
+use super::error::{Error, Result};
+use super::net::Net;
 use crate::config::TrainConfig;
 use crate::model::{Mode, Precision};
 use crate::ops::Kernels;
@@ -46,7 +47,7 @@ pub struct Side<'a> {
 fn step(config: &TrainConfig, side: Side, batch: usize) -> Result<Vec<(String, Tensor)>> {
     side.precision
         .check(side.device)
-        .map_err(super::trainer::Error::Config)?;
+        .map_err(Error::Unsupported)?;
     let (mut model, vars) =
         crate::model::build_as(&config.model, config.seed, side.device, side.dtype)?;
     model.set_kernels(side.kernels);
@@ -129,4 +130,57 @@ pub fn compare(
     }
     rows.sort_by(|p, q| q.vs_cpu.total_cmp(&p.vs_cpu));
     Ok(rows)
+}
+
+/// When a device tensor counts as matching: within `relative` of the CPU's, or no further from
+/// the f64 reference than `f64_factor` times the CPU's own f32 rounding (deep f32 gradients are
+/// ill-conditioned on any device, so the CPU's distance from f64 is the yardstick).
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerance {
+    /// Largest accepted ‖device − cpu‖ / ‖cpu‖.
+    pub relative: f64,
+    /// Accepted distance from f64, as a multiple of the CPU's.
+    pub f64_factor: f64,
+}
+
+impl Tolerance {
+    /// Whether `row` passes (a non-finite error never does).
+    pub fn passes(&self, row: &Row) -> bool {
+        row.vs_cpu.is_finite()
+            && (row.vs_cpu <= self.relative
+                || row.device_vs_exact <= (self.f64_factor * row.cpu_vs_exact).max(self.relative))
+    }
+}
+
+/// The outcome of a comparison under a tolerance.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    /// The logits' error against the CPU.
+    pub logits: f64,
+    /// The worst tensor's error against the CPU.
+    pub worst: f64,
+    /// Tensors that fail.
+    pub failed: usize,
+    /// Tensors compared.
+    pub total: usize,
+}
+
+impl Verdict {
+    /// Judges `rows` (as [`compare`] returns them, worst first).
+    pub fn of(rows: &[Row], tolerance: Tolerance) -> Verdict {
+        Verdict {
+            logits: rows
+                .iter()
+                .find(|r| r.name == "logits")
+                .map_or(f64::NAN, |r| r.vs_cpu),
+            worst: rows.first().map_or(0.0, |r| r.vs_cpu),
+            failed: rows.iter().filter(|r| !tolerance.passes(r)).count(),
+            total: rows.len(),
+        }
+    }
+
+    /// True when every tensor passes.
+    pub fn ok(&self) -> bool {
+        self.failed == 0
+    }
 }

@@ -1,27 +1,27 @@
-//! The training loop: consumes the stream, steps SGD with the schedule, keeps the EMA,
-//! evaluates raw and EMA weights each epoch, writes metrics and checkpoints.
+//! A training run: the [`Learner`] fed by the stream, the schedule position, evaluation cadence,
+//! metrics and checkpoints in the run folder. [`Trainer::fit`] is the whole loop; its parts are
+//! methods, so another front end (a distributed runner, a test) can drive a run step by step.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarMap;
+use candle_core::{Device, Tensor};
+use rayon::ThreadPool;
 
-use super::checkpoint::{self, State};
-use super::ema::Ema;
+use super::checkpoint::{self, Snapshot, State};
+use super::error::{io, Error, Result};
+use super::evaluate::{evaluate, Evaluation};
+use super::learner::Learner;
 use super::metrics::{self, EpochMetrics};
 use super::running::Running;
-use super::sgd::Sgd;
-use super::tta::Tta;
-use crate::augment::Augmenter;
-use crate::config::TrainConfig;
-use crate::model::{self, is_buffer, sorted_vars, Mode, SeResNetD};
+use crate::augment::{self, Augmenter};
+use crate::config::{TrainConfig, CONFIG_FILE};
+use crate::model::SeResNetD;
 use crate::seed;
-use crate::store::{Images, Reader, Split};
-use crate::stream::{EpochStats, Loader, LoaderConfig, StreamError};
+use crate::store::{Header, Reader, Split};
+use crate::stream::{EpochStats, Loader, LoaderConfig, Sampler, StreamError};
 
 /// Seed-derivation tag of dropout masks.
 const DROPOUT_STREAM: u64 = u64::MAX - 1;
@@ -29,108 +29,7 @@ const DROPOUT_STREAM: u64 = u64::MAX - 1;
 /// Steps between reads of the running loss for progress: each read drains the GPU's queue.
 pub const LOSS_READ_EVERY: usize = 25;
 
-/// Everything that can stop a run.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The store could not be opened.
-    #[error(transparent)]
-    Store(#[from] crate::store::Error),
-    /// candle failed.
-    #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
-    /// The data stream failed.
-    #[error(transparent)]
-    Stream(#[from] StreamError),
-    /// A checkpoint could not be written or read.
-    #[error(transparent)]
-    Checkpoint(#[from] checkpoint::Error),
-    /// A metrics file could not be written.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The configuration cannot be used.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-}
-
-/// Result alias for training.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Accuracy and loss of one evaluation, with its confusion matrix (`[true][predicted]`).
-#[derive(Clone, Debug)]
-pub struct Evaluation {
-    /// Mean cross-entropy.
-    pub loss: f64,
-    /// Fraction correct.
-    pub accuracy: f64,
-    /// Counts by true class (rows) and predicted class (columns).
-    pub confusion: Vec<Vec<u64>>,
-}
-
-/// A model plus its variables.
-pub struct Net {
-    /// The layers.
-    pub model: SeResNetD,
-    /// The variables (parameters and BatchNorm statistics).
-    pub vars: VarMap,
-}
-
-impl Net {
-    /// A freshly initialised network.
-    pub fn new(config: &TrainConfig, device: &Device) -> Result<Net> {
-        config.precision.check(device).map_err(Error::Config)?;
-        let (mut model, vars) = model::build(&config.model, config.seed, device)?;
-        model.set_kernels(config.kernels);
-        model.set_precision(config.precision);
-        Ok(Net { model, vars })
-    }
-
-    /// `(name, var)` in name order.
-    pub fn named(&self) -> Vec<(String, Var)> {
-        sorted_vars(&self.vars)
-    }
-
-    /// SGD over the trainable variables (not the BatchNorm statistics), as `config` says.
-    pub fn optimizer(&self, config: &TrainConfig) -> Sgd {
-        let params: Vec<(String, Var)> = self
-            .named()
-            .into_iter()
-            .filter(|(n, _)| !is_buffer(n))
-            .collect();
-        Sgd::new(
-            params,
-            config.optim.momentum,
-            config.optim.nesterov,
-            config.optim.weight_decay,
-            config.optim.no_decay_bn_bias,
-        )
-    }
-
-    /// Copies tensors `prefix + name` from a checkpoint into the variables.
-    pub fn load(
-        &self,
-        tensors: &std::collections::HashMap<String, Tensor>,
-        prefix: &str,
-        dir: &std::path::Path,
-    ) -> Result<()> {
-        for (name, var) in self.named() {
-            let key = format!("{prefix}{name}");
-            let t = tensors
-                .get(&key)
-                .ok_or_else(|| checkpoint::Error::Missing {
-                    path: checkpoint::tensors_path(dir),
-                    name: key.clone(),
-                })?;
-            var.set(t)?;
-        }
-        Ok(())
-    }
-}
-
-/// Progress callbacks, so the binary can draw bars without the library knowing about them.
+/// Progress callbacks, so a front end can draw bars without the library knowing about them.
 pub trait Observer {
     /// A training epoch starts with `batches` batches.
     fn epoch_start(&mut self, _epoch: usize, _batches: usize) {}
@@ -146,196 +45,328 @@ pub struct Silent;
 impl Observer for Silent {}
 
 /// How a run ended.
+#[derive(Clone, Debug)]
 pub struct Outcome {
     /// Metrics of every epoch (including those before a resume).
     pub history: Vec<EpochMetrics>,
-    /// True when Ctrl-C stopped it.
+    /// True when Ctrl-C (the cancel flag) stopped it.
     pub interrupted: bool,
+    /// True when the run keeps an EMA model (the one it delivers).
+    pub ema: bool,
 }
 
-/// One training step: forward with dropout drawn from `dropout_seed`, cross-entropy, backward,
-/// SGD update at rate `lr` on the loss with `label_smoothing`, then EMA update number `step`
-/// when given one. Returns `(logits, loss)`; each phase is one tracing span (the EMA belongs to
-/// `optimizer`).
-#[allow(clippy::too_many_arguments)]
-pub fn step_sgd(
-    model: &SeResNetD,
-    sgd: &mut Sgd,
-    ema: Option<&Ema>,
+/// The accuracy a run reports as its result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Headline {
+    /// The last evaluated epoch (0-based).
+    pub epoch: usize,
+    /// Whether that is not the last epoch trained (a run stopped early).
+    pub stale: bool,
+    /// The delivered model's test accuracy: the EMA model's when the run keeps one, else the
+    /// raw model's. Chosen before looking: picking the better of the two would select on the
+    /// test set.
+    pub accuracy: f64,
+    /// Raw and EMA accuracies, when the run keeps an EMA.
+    pub raw_and_ema: Option<(f64, f64)>,
+}
+
+impl Outcome {
+    /// The result to report: the delivered model at the last evaluated epoch, if any was.
+    pub fn headline(&self) -> Option<Headline> {
+        let (i, m) = self
+            .history
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, m)| m.test_acc.is_some())?;
+        let raw = m.test_acc?;
+        let ema = m.ema_test_acc.unwrap_or(raw);
+        Some(Headline {
+            epoch: m.epoch,
+            stale: i + 1 != self.history.len(),
+            accuracy: if self.ema { ema } else { raw },
+            raw_and_ema: self.ema.then_some((raw, ema)),
+        })
+    }
+}
+
+/// One epoch's training steps, before evaluation.
+#[derive(Clone, Debug)]
+pub struct TrainedEpoch {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Learning rate of the last step.
+    pub lr: f64,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Training accuracy.
+    pub accuracy: f64,
+    /// Images trained on.
+    pub images: usize,
+    /// False when the cancel flag stopped the epoch part-way.
+    pub complete: bool,
+    /// The stream's counters.
+    pub stats: EpochStats,
+    /// Seconds of training (the device drained).
+    pub seconds: f64,
+    started: Instant,
+}
+
+/// The test split evaluated with the raw weights and, when the run keeps one, the EMA.
+#[derive(Clone, Debug)]
+pub struct TestEvaluation {
+    /// Raw weights.
+    pub raw: Evaluation,
+    /// EMA weights (the raw evaluation again when the run keeps no EMA).
+    pub ema: Evaluation,
+}
+
+/// One step of `learner` at (epoch, batch index, steps per epoch): the schedule's rate at the
+/// learner's global step, dropout drawn from (seed, epoch, batch). Returns the rate too.
+fn step_at(
+    learner: &mut Learner,
+    config: &TrainConfig,
+    (epoch, batch, iters_per_epoch): (usize, usize, usize),
     x: &Tensor,
     y: &Tensor,
-    label_smoothing: f64,
-    lr: f64,
-    dropout_seed: u64,
-    step: usize,
-) -> Result<(Tensor, Tensor)> {
-    let (logits, loss) = {
-        let _f = tracing::info_span!("forward").entered();
-        let logits = model.forward(x, Mode::Train { dropout_seed })?;
-        let loss = super::loss::cross_entropy(&logits, y, label_smoothing)?;
-        (logits, loss)
-    };
-    let grads = {
-        let _b = tracing::info_span!("backward").entered();
-        loss.backward()?
-    };
-    let _o = tracing::info_span!("optimizer").entered();
-    sgd.step(&grads, lr)?;
-    if let Some(ema) = ema {
-        ema.update(step)?;
-    }
-    Ok((logits, loss))
+) -> Result<(Tensor, Tensor, f64)> {
+    let lr = config.schedule.lr_at(learner.steps(), iters_per_epoch);
+    let dropout_seed = seed::derive(config.seed, &[DROPOUT_STREAM, epoch as u64, batch as u64]);
+    let (logits, loss) = learner.step(x, y, lr, dropout_seed)?;
+    Ok((logits, loss, lr))
 }
 
-/// Runs (or resumes) training as `config` says, writing into `config.run_dir()`.
-pub fn train(
-    config: &TrainConfig,
-    device: &Device,
-    resume: bool,
-    pool: Arc<rayon::ThreadPool>,
+/// A training run in its folder.
+pub struct Trainer {
+    config: TrainConfig,
+    device: Device,
+    dir: PathBuf,
+    learner: Learner,
+    train_store: Arc<Reader>,
+    test_store: Arc<Reader>,
+    header: Header,
+    eval_augmenter: Arc<Augmenter>,
+    pool: Arc<ThreadPool>,
     cancel: Arc<AtomicBool>,
-    observer: &mut dyn Observer,
-) -> Result<Outcome> {
-    config.validate().map_err(Error::Config)?;
-    let dir = config.run_dir();
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    let train_store = Arc::new(Reader::open(Split::Train.path_in(&config.data))?);
-    let test_store = Arc::new(Reader::open(Split::Test.path_in(&config.data))?);
-    let header = train_store.header().clone();
-    if header.classes.len() != config.model.num_classes {
-        return Err(Error::Config(format!(
-            "the store has {} classes, the model {}",
-            header.classes.len(),
-            config.model.num_classes
-        )));
+    loader: Option<Loader>,
+    iters_per_epoch: usize,
+    /// The epoch to train next (the one in progress while `train_epoch` runs).
+    next_epoch: usize,
+    /// The current epoch was stopped part-way (its steps are in the weights).
+    partial: bool,
+    /// Batch index of the next step within its epoch.
+    batch: usize,
+    history: Vec<EpochMetrics>,
+}
+
+impl Trainer {
+    /// Starts a new run in `config.run_dir()`: refuses a folder that already holds one, writes
+    /// the resolved `config.toml` there, opens the store and builds fresh weights.
+    pub fn new(config: TrainConfig, device: Device) -> Result<Trainer> {
+        let dir = config.run_dir();
+        if checkpoint::state_path(&dir).exists() {
+            return Err(Error::RunExists { dir });
+        }
+        let trainer = Trainer::open(config, device)?;
+        trainer.write_config()?;
+        Ok(trainer)
     }
 
-    let net = Net::new(config, device)?;
-    let ema_net = Net::new(config, device)?;
-    let mut sgd = net.optimizer(config);
-    let (mut start_epoch, mut step, mut history) = (0, 0, Vec::new());
-    let saved = if resume {
-        Some(checkpoint::load(&dir, device)?)
-    } else {
-        None
-    };
-    if let Some((state, tensors)) = &saved {
-        net.load(tensors, "model.", &dir)?;
-        let buffers: BTreeMap<String, Tensor> = tensors
-            .iter()
-            .filter_map(|(k, t)| {
-                k.strip_prefix("momentum.")
-                    .map(|n| (n.to_string(), t.clone()))
-            })
-            .collect();
-        sgd.set_buffers(buffers);
-        (start_epoch, step, history) = (state.next_epoch, state.step, state.history.clone());
-        history.truncate(start_epoch);
+    /// Continues the run saved in `config.run_dir()` where its checkpoint left it (`config` may
+    /// change what the flags change: more epochs, another cadence).
+    pub fn resume(config: TrainConfig, device: Device) -> Result<Trainer> {
+        let mut trainer = Trainer::open(config, device)?;
+        let snapshot = Snapshot::load(&trainer.dir, &trainer.device)?;
+        snapshot.restore(&mut trainer.learner)?;
+        trainer.next_epoch = snapshot.state.next_epoch;
+        trainer.history = snapshot.state.history;
+        trainer.history.truncate(trainer.next_epoch);
+        trainer.write_config()?;
+        Ok(trainer)
     }
-    let vars = |n: &Net| n.named().into_iter().map(|(_, v)| v).collect::<Vec<_>>();
-    // Ema::new starts the average from the live weights; a resumed run then restores its own.
-    let ema = if config.ema_decay > 0.0 {
-        Some(Ema::new(config.ema_decay, vars(&ema_net), vars(&net))?)
-    } else {
-        None
-    };
-    if let Some((_, tensors)) = &saved {
-        ema_net.load(tensors, "ema.", &dir)?;
-    }
-    drop(saved);
 
-    let augmenter = Augmenter::for_store(&config.augment, config.epochs, config.seed, &header);
-    let loader_config = LoaderConfig {
-        batch_size: config.batch_size,
-        drop_last: true,
-        shuffle: true,
-        prefetch: config.prefetch,
-        seed: config.seed,
-        epochs: start_epoch..config.epochs,
-        max_batches: config.limit_train_batches,
-    };
-    let mut loader = Loader::start(
-        train_store.clone(),
-        Arc::new(augmenter),
-        pool.clone(),
-        loader_config,
-        cancel.clone(),
-    );
-    let iters_per_epoch = loader.batches_per_epoch();
-    if iters_per_epoch == 0 {
-        return Err(Error::Config(format!(
-            "fewer training images than one batch of {}",
-            config.batch_size
-        )));
+    fn open(config: TrainConfig, device: Device) -> Result<Trainer> {
+        config.validate()?;
+        let dir = config.run_dir();
+        let train_store = Arc::new(Reader::open(Split::Train.path_in(&config.data))?);
+        let test_store = Arc::new(Reader::open(Split::Test.path_in(&config.data))?);
+        let header = train_store.header().clone();
+        if header.classes.len() != config.model.num_classes {
+            return Err(Error::Unsupported(format!(
+                "the store has {} classes, the model {}",
+                header.classes.len(),
+                config.model.num_classes
+            )));
+        }
+        let sampler = Sampler::new(
+            train_store.len(),
+            config.batch_size,
+            true,
+            true,
+            config.seed,
+        )
+        .limit(config.limit_train_batches);
+        let iters_per_epoch = sampler.batches_per_epoch();
+        if iters_per_epoch == 0 {
+            return Err(Error::Unsupported(format!(
+                "fewer training images than one batch of {}",
+                config.batch_size
+            )));
+        }
+        let pool = Arc::new(
+            augment::thread_pool(config.threads)
+                .map_err(|e| Error::Unsupported(format!("starting the augmentation pool: {e}")))?,
+        );
+        let learner = Learner::new(&config, &device)?;
+        let eval_augmenter = Arc::new(Augmenter::normalise_only(
+            header.shape,
+            &header.mean,
+            &header.std,
+        ));
+        Ok(Trainer {
+            config,
+            device,
+            dir,
+            learner,
+            train_store,
+            test_store,
+            header,
+            eval_augmenter,
+            pool,
+            cancel: Arc::new(AtomicBool::new(false)),
+            loader: None,
+            iters_per_epoch,
+            next_epoch: 0,
+            partial: false,
+            batch: 0,
+            history: Vec::new(),
+        })
     }
-    let eval_aug = Arc::new(Augmenter::normalise_only(
-        header.shape,
-        &header.mean,
-        &header.std,
-    ));
-    let state_of =
-        |next_epoch: usize, partial: bool, step: usize, history: &[EpochMetrics]| State {
-            next_epoch,
-            partial_epoch: partial,
-            step,
-            config: config.clone(),
-            mean: header.mean.clone(),
-            std: header.std.clone(),
-            classes: header.classes.clone(),
-            history: history.to_vec(),
+
+    fn write_config(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let path = self.dir.join(CONFIG_FILE);
+        crate::render::write_atomic(&path, self.config.to_toml().as_bytes()).map_err(io(path))
+    }
+
+    /// Runs the augmentation on `pool` instead of the one built from `config.threads`.
+    pub fn with_pool(mut self, pool: Arc<ThreadPool>) -> Trainer {
+        self.pool = pool;
+        self
+    }
+
+    /// The flag that stops the run (Ctrl-C): the current step finishes, a checkpoint is saved.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The run folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The weights, EMA and optimizer.
+    pub fn learner(&self) -> &Learner {
+        &self.learner
+    }
+
+    /// Metrics of every finished epoch.
+    pub fn history(&self) -> &[EpochMetrics] {
+        &self.history
+    }
+
+    /// The epoch trained next.
+    pub fn next_epoch(&self) -> usize {
+        self.next_epoch
+    }
+
+    /// Training steps per epoch.
+    pub fn iters_per_epoch(&self) -> usize {
+        self.iters_per_epoch
+    }
+
+    /// True once every epoch of the configuration is trained.
+    pub fn finished(&self) -> bool {
+        self.next_epoch >= self.config.epochs
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// The whole run: every remaining epoch, each trained, evaluated when due, recorded and
+    /// saved when due; a cancel saves and stops.
+    pub fn fit(&mut self, observer: &mut dyn Observer) -> Result<Outcome> {
+        while let Some(trained) = self.train_epoch(observer)? {
+            if !trained.complete {
+                self.save()?;
+                return Ok(self.outcome(true));
+            }
+            let e = trained.epoch;
+            let evaluation = if self.evaluation_due(e) {
+                Some(self.evaluate()?)
+            } else {
+                None
+            };
+            let metrics = self.record(&trained, evaluation.as_ref())?;
+            let saved = self.save_due(e);
+            if saved {
+                self.save()?;
+            }
+            observer.epoch_end(&metrics, &trained.stats);
+            if self.cancelled() {
+                if !saved {
+                    self.save()?;
+                }
+                return Ok(self.outcome(true));
+            }
+        }
+        Ok(self.outcome(false))
+    }
+
+    fn outcome(&self, interrupted: bool) -> Outcome {
+        Outcome {
+            history: self.history.clone(),
+            interrupted,
+            ema: self.learner.ema.is_some(),
+        }
+    }
+
+    /// Trains the next epoch's steps (`None` when every epoch is trained). A cancel stops it
+    /// after the current step, with `complete: false`.
+    pub fn train_epoch(&mut self, observer: &mut dyn Observer) -> Result<Option<TrainedEpoch>> {
+        if self.finished() {
+            return Ok(None);
+        }
+        if self.loader.is_none() {
+            self.loader = Some(self.start_loader());
+        }
+        let loader = self.loader.as_mut().expect("started above");
+        let Some(mut epoch) = loader.epoch() else {
+            return Ok(None);
         };
-    let save = |next_epoch: usize,
-                partial: bool,
-                step: usize,
-                history: &[EpochMetrics],
-                sgd: &Sgd|
-     -> Result<()> {
-        let _span = tracing::info_span!("checkpoint").entered();
-        let mut tensors = BTreeMap::new();
-        for (n, v) in net.named() {
-            tensors.insert(format!("model.{n}"), v.as_tensor().clone());
-        }
-        for (n, v) in ema_net.named() {
-            tensors.insert(format!("ema.{n}"), v.as_tensor().clone());
-        }
-        for (n, t) in sgd.buffers() {
-            tensors.insert(format!("momentum.{n}"), t.clone());
-        }
-        checkpoint::save(
-            &dir,
-            &tensors,
-            &state_of(next_epoch, partial, step, history),
-        )?;
-        Ok(())
-    };
-
-    let shape = header.shape;
-    let dims = (
-        shape.channels as usize,
-        shape.height as usize,
-        shape.width as usize,
-    );
-    let mut interrupted = false;
-    while let Some(mut epoch) = loader.epoch() {
         let e = epoch.stats().epoch;
+        debug_assert_eq!(e, self.next_epoch);
         let started = Instant::now();
-        observer.epoch_start(e, iters_per_epoch);
+        observer.epoch_start(e, self.iters_per_epoch);
         let mut running = Running::new();
-        let mut lr = 0f64;
-        let mut k = 0;
+        let (mut lr, mut complete) = (0f64, true);
+        self.batch = 0;
         while let Some(batch) = epoch.next_blocking() {
             // Ctrl-C: stop now rather than after the batches already queued.
-            if cancel.load(Ordering::Relaxed) {
-                interrupted = true;
+            if self.cancel.load(Ordering::Relaxed) {
+                complete = false;
                 break;
             }
             let batch = match batch {
                 Ok(b) => b,
                 Err(StreamError::Interrupted) => {
-                    interrupted = true;
+                    complete = false;
                     break;
                 }
                 Err(other) => return Err(other.into()),
@@ -343,28 +374,17 @@ pub fn train(
             let n = batch.len();
             let (x, y) = {
                 let _h2d = tracing::info_span!("h2d").entered();
-                let x = Tensor::from_slice(&batch.images, (n, dims.0, dims.1, dims.2), device)?;
-                let y = Tensor::from_slice(&batch.labels, n, device)?;
+                let x = Tensor::from_slice(&batch.images, self.header.shape.nchw(n), &self.device)?;
+                let y = Tensor::from_slice(&batch.labels, n, &self.device)?;
                 (x, y)
             };
             drop(batch);
-            lr = config.schedule.lr_at(step, iters_per_epoch);
-            let dropout_seed = seed::derive(config.seed, &[DROPOUT_STREAM, e as u64, k as u64]);
-            let (logits, loss) = step_sgd(
-                &net.model,
-                &mut sgd,
-                ema.as_ref(),
-                &x,
-                &y,
-                config.label_smoothing,
-                lr,
-                dropout_seed,
-                step,
-            )?;
+            let at = (e, self.batch, self.iters_per_epoch);
+            let (logits, loss, step_lr) = step_at(&mut self.learner, &self.config, at, &x, &y)?;
+            lr = step_lr;
             running.add(&logits, &loss, &y)?;
-            step += 1;
-            k += 1;
-            let progress = if k % LOSS_READ_EVERY == 0 {
+            self.batch += 1;
+            let progress = if self.batch % LOSS_READ_EVERY == 0 {
                 Some(running.read()?.0)
             } else {
                 None
@@ -372,136 +392,136 @@ pub fn train(
             observer.step(progress);
         }
         let stats = epoch.stats().clone();
-        if interrupted {
-            save(e, true, step, &history, &sgd)?;
-            break;
-        }
+        self.partial = !complete;
         // The epoch's one wait for the device: its time belongs to training, not evaluation.
-        let (train_loss, train_acc) = running.read()?;
-        let seen = running.images();
-        let train_seconds = started.elapsed().as_secs_f64();
+        let (loss, accuracy) = if complete {
+            running.read()?
+        } else {
+            (0.0, 0.0)
+        };
+        Ok(Some(TrainedEpoch {
+            epoch: e,
+            lr,
+            loss,
+            accuracy,
+            images: running.images(),
+            complete,
+            stats,
+            seconds: started.elapsed().as_secs_f64(),
+            started,
+        }))
+    }
+
+    /// One training step at the run's position: the schedule's rate at the global step, dropout
+    /// drawn from (seed, epoch, batch index). Returns `(logits, loss)`.
+    pub fn step(&mut self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        let at = (self.next_epoch, self.batch, self.iters_per_epoch);
+        let (logits, loss, _) = step_at(&mut self.learner, &self.config, at, x, y)?;
+        self.batch += 1;
+        Ok((logits, loss))
+    }
+
+    fn start_loader(&self) -> Loader {
+        let augmenter = Augmenter::for_store(
+            &self.config.augment,
+            self.config.epochs,
+            self.config.seed,
+            &self.header,
+        );
+        let loader_config = LoaderConfig {
+            batch_size: self.config.batch_size,
+            drop_last: true,
+            shuffle: true,
+            prefetch: self.config.prefetch,
+            seed: self.config.seed,
+            epochs: self.next_epoch..self.config.epochs,
+            max_batches: self.config.limit_train_batches,
+        };
+        Loader::start(
+            self.train_store.clone(),
+            Arc::new(augmenter),
+            self.pool.clone(),
+            loader_config,
+            self.cancel.clone(),
+        )
+    }
+
+    /// Whether the test split is evaluated after `epoch`: every `eval_every` epochs and after
+    /// the last.
+    pub fn evaluation_due(&self, epoch: usize) -> bool {
+        epoch + 1 == self.config.epochs || (epoch + 1) % self.config.eval_every == 0
+    }
+
+    /// Whether a checkpoint is saved after `epoch`: every `save_every` epochs and after the last.
+    pub fn save_due(&self, epoch: usize) -> bool {
+        epoch + 1 == self.config.epochs
+            || (self.config.save_every > 0 && (epoch + 1) % self.config.save_every == 0)
+    }
+
+    /// Evaluates the raw weights and the EMA on the test split (with the run's TTA).
+    pub fn evaluate(&self) -> Result<TestEvaluation> {
         let eval = |model: &SeResNetD| {
             let _s = tracing::info_span!("eval").entered();
             evaluate(
                 model,
-                test_store.clone(),
-                eval_aug.clone(),
-                pool.clone(),
-                config.eval_batch_size,
-                config.tta,
-                device,
+                self.test_store.clone(),
+                self.eval_augmenter.clone(),
+                self.pool.clone(),
+                self.config.eval_batch_size,
+                self.config.tta,
             )
         };
-        let last = e + 1 == config.epochs;
-        let (raw, ema_eval) = if last || (e + 1) % config.eval_every == 0 {
-            let raw = eval(&net.model)?;
-            let ema_eval = match &ema {
-                Some(_) => eval(&ema_net.model)?,
-                None => raw.clone(),
-            };
-            (Some(raw), Some(ema_eval))
-        } else {
-            (None, None)
+        let raw = eval(self.learner.model())?;
+        let ema = match self.learner.ema_model() {
+            Some(model) => eval(model)?,
+            None => raw.clone(),
         };
-        let m = EpochMetrics {
-            epoch: e,
-            lr,
-            train_loss,
-            train_acc,
-            test_loss: raw.as_ref().map(|r| r.loss),
-            test_acc: raw.as_ref().map(|r| r.accuracy),
-            ema_test_loss: ema_eval.as_ref().map(|r| r.loss),
-            ema_test_acc: ema_eval.as_ref().map(|r| r.accuracy),
-            images_per_second: seen as f64 / train_seconds.max(1e-9),
-            trainer_stall: stats.wait_seconds / train_seconds.max(1e-9),
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        history.push(m.clone());
-        metrics::write_all(&dir, &history).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        if last || (config.save_every > 0 && (e + 1) % config.save_every == 0) {
-            save(e + 1, false, step, &history, &sgd)?;
-        }
-        observer.epoch_end(&m, &stats);
-        if cancel.load(Ordering::Relaxed) {
-            interrupted = true;
-            if !last {
-                save(e + 1, false, step, &history, &sgd)?;
-            }
-            break;
-        }
+        Ok(TestEvaluation { raw, ema })
     }
-    Ok(Outcome {
-        history,
-        interrupted,
-    })
-}
 
-/// Evaluates `model` on every image of `images` (running BN statistics; no augmentation but
-/// `tta`'s views).
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate(
-    model: &SeResNetD,
-    images: Arc<dyn Images + Send + Sync>,
-    augmenter: Arc<Augmenter>,
-    pool: Arc<rayon::ThreadPool>,
-    batch_size: usize,
-    tta: Tta,
-    device: &Device,
-) -> Result<Evaluation> {
-    let classes = model.config().num_classes;
-    let shape = images.shape();
-    let config = LoaderConfig {
-        batch_size,
-        drop_last: false,
-        shuffle: false,
-        prefetch: 2,
-        seed: 0,
-        epochs: 0..1,
-        max_batches: None,
-    };
-    let mut loader = Loader::start(
-        images,
-        augmenter,
-        pool,
-        config,
-        Arc::new(AtomicBool::new(false)),
-    );
-    let mut confusion = vec![vec![0u64; classes]; classes];
-    let (mut loss_sum, mut n_total) = (0f64, 0usize);
-    if let Some(epoch) = loader.epoch() {
-        for batch in epoch {
-            let batch = batch?;
-            let n = batch.len();
-            let x = Tensor::from_slice(
-                &batch.images,
-                (
-                    n,
-                    shape.channels as usize,
-                    shape.height as usize,
-                    shape.width as usize,
-                ),
-                device,
-            )?;
-            let y = Tensor::from_slice(&batch.labels, n, device)?;
-            let logits = tta.logits(model, &x)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &y)?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-            let predicted: Vec<u32> = logits.argmax(1)?.to_vec1()?;
-            for (&t, &p) in batch.labels.iter().zip(&predicted) {
-                confusion[t as usize][p as usize] += 1;
-            }
-            loss_sum += loss * n as f64;
-            n_total += n;
-        }
+    /// Finishes a trained epoch: its metrics join the history, the metric files are rewritten,
+    /// and the run moves to the next epoch.
+    pub fn record(
+        &mut self,
+        trained: &TrainedEpoch,
+        evaluation: Option<&TestEvaluation>,
+    ) -> Result<EpochMetrics> {
+        let train_seconds = trained.seconds.max(1e-9);
+        let m = EpochMetrics {
+            epoch: trained.epoch,
+            lr: trained.lr,
+            train_loss: trained.loss,
+            train_acc: trained.accuracy,
+            test_loss: evaluation.map(|e| e.raw.loss),
+            test_acc: evaluation.map(|e| e.raw.accuracy),
+            ema_test_loss: evaluation.map(|e| e.ema.loss),
+            ema_test_acc: evaluation.map(|e| e.ema.accuracy),
+            images_per_second: trained.images as f64 / train_seconds,
+            trainer_stall: trained.stats.wait_seconds / train_seconds,
+            seconds: trained.started.elapsed().as_secs_f64(),
+        };
+        self.history.push(m.clone());
+        metrics::write_all(&self.dir, &self.history).map_err(io(&self.dir))?;
+        self.next_epoch = trained.epoch + 1;
+        self.partial = false;
+        Ok(m)
     }
-    let correct: u64 = (0..classes).map(|k| confusion[k][k]).sum();
-    Ok(Evaluation {
-        loss: loss_sum / n_total.max(1) as f64,
-        accuracy: correct as f64 / n_total.max(1) as f64,
-        confusion,
-    })
+
+    /// Writes a checkpoint of where the run stands.
+    pub fn save(&self) -> Result<()> {
+        let _span = tracing::info_span!("checkpoint").entered();
+        let state = State {
+            next_epoch: self.next_epoch,
+            partial_epoch: self.partial,
+            step: self.learner.steps(),
+            config: self.config.clone(),
+            mean: self.header.mean.clone(),
+            std: self.header.std.clone(),
+            classes: self.header.classes.clone(),
+            shape: self.header.shape,
+            history: self.history.clone(),
+        };
+        Snapshot::capture(&self.learner, state).save(&self.dir)?;
+        Ok(())
+    }
 }

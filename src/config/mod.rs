@@ -1,5 +1,19 @@
-//! The run's configuration: a preset, overridden by a TOML file, overridden by flags; the
-//! resolved result is written next to the run's outputs.
+//! The run's configuration: a preset (or a saved run's `config.toml`), overridden by a TOML
+//! file, overridden by flags ([`TrainConfig::layered`]); the resolved result is written next to
+//! the run's outputs.
+//!
+//! This module gathers the settings of every stage (augmentation, model, ops, schedule, TTA) and
+//! sits below `train` in the crate's layers: it holds settings, never behaviour.
+//!
+//! The enums that are both TOML values and command-line values (`Kernels`, `Precision`, `Tta`,
+//! `ScheduleKind`, `PolicyName`, `PadFill`) derive `clap::ValueEnum` beside serde: one type names
+//! its choices for both, so `--kernels stock` and `kernels = "stock"` cannot drift apart, and a
+//! second front end gets `--help` listings for free. Mapping them in the binary instead would
+//! duplicate six enums and their spellings; `tests/cli_flags.rs` checks that clap's and serde's
+//! names agree.
+
+mod schedule;
+mod tta;
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +22,54 @@ use serde::{Deserialize, Serialize};
 use crate::augment::{AugmentConfig, PolicyName};
 use crate::model::{ModelConfig, Precision};
 use crate::ops::Kernels;
-use crate::train::schedule::{Schedule, ScheduleKind};
-use crate::train::Tta;
+
+pub use schedule::{Schedule, ScheduleKind};
+pub use tta::Tta;
+
+/// Why a configuration could not be built or used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--preset` names no preset.
+    #[error("unknown preset {name:?} (choose one of {})", PRESETS.join(", "))]
+    UnknownPreset {
+        /// The name given.
+        name: String,
+    },
+    /// A configuration file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TOML document is malformed, has an unknown key, or a value of the wrong type.
+    #[error("{origin}: {message}")]
+    Toml {
+        /// The file, or `TOML` for text given directly.
+        origin: String,
+        /// The parser's message (it names the key and the line).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid {
+        /// The key (dotted for nested tables, as in `config.toml`).
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// Where a configuration starts before a TOML file and flags are laid over it.
+#[derive(Clone, Copy, Debug)]
+pub enum Origin<'a> {
+    /// A preset by name (see [`PRESETS`]).
+    Preset(&'a str),
+    /// A saved run's folder: its `config.toml`.
+    Run(&'a Path),
+}
 
 /// Optimizer settings (SGD).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,12 +142,46 @@ pub struct TrainConfig {
     pub augment: AugmentConfig,
 }
 
+/// The file a run folder keeps its resolved configuration in.
+pub const CONFIG_FILE: &str = "config.toml";
+
 /// The presets `--preset` accepts.
 pub const PRESETS: [&str; 4] = ["seed", "seed-a", "seed-b", "tiny"];
 
 impl TrainConfig {
+    /// Resolves a configuration: `origin`, then the keys of the TOML file `file` over it, then
+    /// `flags` over both; the result is validated.
+    pub fn layered(
+        origin: Origin,
+        file: Option<&Path>,
+        flags: impl FnOnce(&mut TrainConfig),
+    ) -> Result<TrainConfig, Error> {
+        let mut c = match origin {
+            Origin::Preset(name) => TrainConfig::preset(name)?,
+            Origin::Run(dir) => TrainConfig::read(&dir.join(CONFIG_FILE))?,
+        };
+        if let Some(path) = file {
+            c = c.merge_file(path)?;
+        }
+        flags(&mut c);
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Reads a whole configuration (a run's `config.toml`).
+    pub fn read(path: &Path) -> Result<TrainConfig, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| Error::Toml {
+            origin: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
     /// A preset by name: `seed` (the report's best row), `seed-a`, `seed-b`, `tiny`.
-    pub fn preset(name: &str) -> Result<TrainConfig, String> {
+    pub fn preset(name: &str) -> Result<TrainConfig, Error> {
         let recipe = TrainConfig {
             preset: name.to_string(),
             data: PathBuf::from("datasets/cifar10"),
@@ -164,44 +258,57 @@ impl TrainConfig {
                 c.optim.weight_decay = 5e-4;
             }
             other => {
-                return Err(format!(
-                    "unknown preset {other:?} (choose one of {})",
-                    PRESETS.join(", ")
-                ))
+                return Err(Error::UnknownPreset {
+                    name: other.to_string(),
+                })
             }
         }
         Ok(c)
     }
 
     /// Applies the keys of a TOML document over this configuration (unknown keys are errors).
-    pub fn merge_toml(&self, text: &str) -> Result<TrainConfig, String> {
-        let patch: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut base = toml::Table::try_from(self).map_err(|e| e.to_string())?;
-        merge(&mut base, patch);
-        base.try_into().map_err(|e: toml::de::Error| e.to_string())
+    pub fn merge_toml(&self, text: &str) -> Result<TrainConfig, Error> {
+        self.merge_toml_from(text, "TOML")
     }
 
     /// Reads `path` and merges it (see [`TrainConfig::merge_toml`]).
-    pub fn merge_file(&self, path: &Path) -> Result<TrainConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        self.merge_toml(&text)
-            .map_err(|e| format!("{}: {e}", path.display()))
+    pub fn merge_file(&self, path: &Path) -> Result<TrainConfig, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.merge_toml_from(&text, &path.display().to_string())
+    }
+
+    fn merge_toml_from(&self, text: &str, origin: &str) -> Result<TrainConfig, Error> {
+        let toml_error = |message: String| Error::Toml {
+            origin: origin.to_string(),
+            message,
+        };
+        let patch: toml::Table = toml::from_str(text).map_err(|e| toml_error(e.to_string()))?;
+        let mut base = toml::Table::try_from(self).map_err(|e| toml_error(e.to_string()))?;
+        merge(&mut base, patch);
+        base.try_into()
+            .map_err(|e: toml::de::Error| toml_error(e.to_string()))
     }
 
     /// Checks the configuration is trainable (the model is buildable, values are in range).
-    pub fn validate(&self) -> Result<(), String> {
-        self.model.validate()?;
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |key, message: String| Err(Error::Invalid { key, message });
+        if let Err(message) = self.model.validate() {
+            return invalid("model", message);
+        }
         if self.eval_every == 0 {
-            return Err("eval_every must be at least 1".into());
+            return invalid("eval_every", "must be at least 1".into());
         }
         if self.limit_train_batches == Some(0) {
-            return Err("limit_train_batches must be at least 1".into());
+            return invalid("limit_train_batches", "must be at least 1".into());
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            return Err(format!(
-                "label smoothing {} is outside [0, 1)",
-                self.label_smoothing
-            ));
+            return invalid(
+                "label_smoothing",
+                format!("label smoothing {} is outside [0, 1)", self.label_smoothing),
+            );
         }
         Ok(())
     }
@@ -315,5 +422,33 @@ mod tests {
             .unwrap()
             .validate()
             .is_ok());
+    }
+
+    #[test]
+    fn layers_apply_in_order_preset_or_run_then_file_then_flags() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("over.toml");
+        std::fs::write(&file, "epochs = 7\nbatch_size = 32\n").unwrap();
+        let c =
+            TrainConfig::layered(Origin::Preset("tiny"), Some(&file), |c| c.epochs = 9).unwrap();
+        assert_eq!((c.epochs, c.batch_size, c.preset.as_str()), (9, 32, "tiny"));
+        // A saved run's config.toml is a starting point like a preset.
+        std::fs::write(tmp.path().join(CONFIG_FILE), c.to_toml()).unwrap();
+        let again = TrainConfig::layered(Origin::Run(tmp.path()), None, |_| {}).unwrap();
+        assert_eq!(again, c);
+        // Errors name what is wrong: the preset, the file and key, the key out of range.
+        let e = TrainConfig::layered(Origin::Preset("tiney"), None, |_| {}).unwrap_err();
+        assert!(matches!(e, Error::UnknownPreset { .. }), "{e}");
+        std::fs::write(&file, "epochz = 3\n").unwrap();
+        let e = TrainConfig::layered(Origin::Preset("tiny"), Some(&file), |_| {}).unwrap_err();
+        assert!(
+            e.to_string().contains("over.toml") && e.to_string().contains("epochz"),
+            "{e}"
+        );
+        let e =
+            TrainConfig::layered(Origin::Preset("tiny"), None, |c| c.eval_every = 0).unwrap_err();
+        assert!(e.to_string().contains("eval_every"), "{e}");
+        let e = TrainConfig::layered(Origin::Run(&tmp.path().join("nowhere")), None, |_| {});
+        assert!(matches!(e, Err(Error::Read { .. })));
     }
 }

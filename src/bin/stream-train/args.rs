@@ -1,0 +1,196 @@
+//! Flag groups of the model and the step. Each group maps onto part of `TrainConfig` and each
+//! command flattens only the groups whose settings it reads, so no command accepts a flag it
+//! would ignore; the main command's modes (`--summary`, `--pipeline-only`, …) refuse the groups
+//! they do not read. The stream's and the run's groups are in `stream_args`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+
+use cifar_stream::config::{Origin, ScheduleKind, TrainConfig};
+use cifar_stream::model::Precision;
+use cifar_stream::ops::Kernels;
+
+/// A flag group that sets part of the configuration.
+pub trait Apply {
+    /// Writes the flags that were given into `c`.
+    fn apply(&self, c: &mut TrainConfig);
+}
+
+/// Where the configuration starts: a preset, then a TOML file over it.
+#[derive(Args)]
+#[group(id = "config_source", multiple = true)]
+pub struct ConfigSource {
+    /// Starting point: seed (the report's best row), seed-a, seed-b, tiny (small CPU model).
+    #[arg(long, default_value = "seed")]
+    pub preset: String,
+    /// TOML file whose keys override the preset (same names as the run's config.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    /// The preset (or the saved run in `resume`), the TOML file, then `groups`, validated.
+    pub fn resolve(&self, resume: Option<&Path>, groups: &[&dyn Apply]) -> Result<TrainConfig> {
+        let origin = match resume {
+            Some(dir) => Origin::Run(dir),
+            None => Origin::Preset(&self.preset),
+        };
+        Ok(TrainConfig::layered(origin, self.config.as_deref(), |c| {
+            for g in groups {
+                g.apply(c);
+            }
+        })?)
+    }
+}
+
+/// `--device`.
+#[derive(Args)]
+#[group(id = "device_flag")]
+pub struct DeviceFlag {
+    /// cpu, cuda or cuda:N [default: cuda when built with it and a GPU is present, else cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+impl DeviceFlag {
+    /// The chosen candle device.
+    pub fn select(&self) -> Result<candle_core::Device> {
+        Ok(cifar_stream::device::select(self.device.as_deref())?)
+    }
+}
+
+/// The architecture.
+#[derive(Args)]
+#[group(id = "model_flags", multiple = true)]
+pub struct ModelFlags {
+    /// Stem width [seed: 128].
+    #[arg(long)]
+    stem_width: Option<usize>,
+    /// SE hidden size / block output, 0 disables [seed: 0.25].
+    #[arg(long)]
+    se_ratio: Option<f64>,
+    /// Dropout before the classifier [seed: 0.25].
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Blocks per stage, comma-separated [seed: 3,4,6,3].
+    #[arg(long, value_delimiter = ',')]
+    blocks: Option<Vec<usize>>,
+    /// Bottleneck width per stage, comma-separated [seed: 64,128,256,512].
+    #[arg(long, value_delimiter = ',')]
+    widths: Option<Vec<usize>>,
+    /// Zero-initialise each block's last BatchNorm scale.
+    #[arg(long)]
+    zero_init_last_bn: bool,
+}
+
+impl Apply for ModelFlags {
+    fn apply(&self, c: &mut TrainConfig) {
+        set!(self, c: stem_width => model.stem_width, se_ratio => model.se_ratio,
+            dropout => model.dropout, blocks => model.blocks, widths => model.widths);
+        c.model.zero_init_last_bn |= self.zero_init_last_bn;
+    }
+}
+
+/// `--kernels`.
+#[derive(Args)]
+#[group(id = "kernel_flag")]
+pub struct KernelFlag {
+    /// Convolution/BatchNorm implementation: fast (this crate's ops with explicit backward
+    /// passes on the CPU; candle's forward with a GEMM-based backward elsewhere) or stock
+    /// (candle-nn's) [default: fast].
+    #[arg(long, value_enum)]
+    kernels: Option<Kernels>,
+}
+
+impl Apply for KernelFlag {
+    fn apply(&self, c: &mut TrainConfig) {
+        set!(self, c: kernels => kernels);
+    }
+}
+
+/// `--precision`.
+#[derive(Args)]
+#[group(id = "precision_flag")]
+pub struct PrecisionFlag {
+    /// Compute precision: f32, or bf16 (bf16 convolutions and activations; f32 master weights,
+    /// BatchNorm, loss and optimizer; CUDA only) [default: f32].
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+}
+
+impl Apply for PrecisionFlag {
+    fn apply(&self, c: &mut TrainConfig) {
+        set!(self, c: precision => precision);
+    }
+}
+
+/// The optimizer and the loss.
+#[derive(Args)]
+#[group(id = "optim_flags", multiple = true)]
+pub struct OptimFlags {
+    /// Peak learning rate [seed: 0.01].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// L2 weight decay [seed: 5e-5].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// SGD momentum [seed: 0.9].
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// Plain (not Nesterov) momentum.
+    #[arg(long)]
+    no_nesterov: bool,
+    /// No weight decay on BatchNorm parameters and biases.
+    #[arg(long)]
+    no_decay_bn_bias: bool,
+    /// Label smoothing of the training loss (0 = plain cross-entropy) [default: 0].
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+}
+
+impl Apply for OptimFlags {
+    fn apply(&self, c: &mut TrainConfig) {
+        set!(self, c: lr => schedule.lr, weight_decay => optim.weight_decay,
+            momentum => optim.momentum, label_smoothing => label_smoothing);
+        c.optim.nesterov &= !self.no_nesterov;
+        c.optim.no_decay_bn_bias |= self.no_decay_bn_bias;
+    }
+}
+
+/// The learning-rate schedule's shape.
+#[derive(Args)]
+#[group(id = "schedule_flags", multiple = true)]
+pub struct ScheduleFlags {
+    /// Learning-rate schedule [seed: cosine with warm restarts].
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
+    /// Cosine: epochs of the first cycle [seed: 50].
+    #[arg(long)]
+    restart_every: Option<f64>,
+    /// Cosine: cycle length multiplier [seed: 1].
+    #[arg(long)]
+    restart_mult: Option<f64>,
+    /// Cosine: learning-rate floor [seed: 0].
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Multi-step: epochs at which the rate drops, comma-separated [seed: 115,172].
+    #[arg(long, value_delimiter = ',')]
+    milestones: Option<Vec<f64>>,
+    /// Multi-step: factor at each milestone [seed: 0.1].
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// Linear warm-up epochs [seed: 0].
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+}
+
+impl Apply for ScheduleFlags {
+    fn apply(&self, c: &mut TrainConfig) {
+        set!(self, c: schedule => schedule.kind, restart_every => schedule.restart_every,
+            restart_mult => schedule.restart_mult, min_lr => schedule.min_lr,
+            milestones => schedule.milestones, gamma => schedule.gamma,
+            warmup_epochs => schedule.warmup_epochs);
+    }
+}

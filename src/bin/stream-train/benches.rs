@@ -1,0 +1,231 @@
+//! Benchmarks a person runs by hand: augmentation alone, the training step alone, and the
+//! step's ops one by one.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use clap::Args;
+
+use cifar_stream::augment::{self, collate, Augmenter, Batch};
+use cifar_stream::config::TrainConfig;
+use cifar_stream::device::describe;
+use cifar_stream::train::bench;
+
+use crate::args::{ConfigSource, DeviceFlag, KernelFlag, ModelFlags, OptimFlags, PrecisionFlag};
+use crate::pipeline::open_train;
+use crate::stream_args::{AugmentFlags, BatchFlag, SeedFlag, ThreadsFlag};
+use crate::Finish;
+
+/// `augment-bench`.
+#[derive(Args)]
+pub struct AugmentBenchArgs {
+    /// Store folder (holds train.store).
+    #[arg(long, default_value = "datasets/cifar10")]
+    data: PathBuf,
+    /// Images per batch.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Batches to time (after one untimed warm-up batch).
+    #[arg(long, default_value_t = 200)]
+    batches: usize,
+    /// Rayon threads [default: all cores].
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Epoch to augment as (matters for PBA's schedule).
+    #[arg(long, default_value_t = 200)]
+    epoch: usize,
+    /// Seed of the augmentation draws and the shuffle.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Epoch count of the run (PBA stretches its schedule to it).
+    #[arg(long, default_value_t = 230)]
+    epochs: usize,
+    #[command(flatten)]
+    augment: AugmentFlags,
+}
+
+/// `augment-bench`: augmentation + collation in a loop, no channel.
+pub fn augment(args: AugmentBenchArgs) -> Result<Finish> {
+    let reader = open_train(&args.data)?;
+    ensure!(
+        reader.len() >= args.batch_size,
+        "the store holds fewer than {} images",
+        args.batch_size
+    );
+    let config = args.augment.config();
+    let aug = Augmenter::for_store(&config, args.epochs, args.seed, reader.header());
+    let mut order: Vec<usize> = (0..reader.len()).collect();
+    fastrand::Rng::with_seed(args.seed).shuffle(&mut order);
+    let pool = augment::thread_pool(args.threads)?;
+    let per_epoch = reader.len() / args.batch_size;
+    let mut batch = Batch::with_capacity(args.batch_size, aug.output_len());
+    let mut run = |step: usize| {
+        let k = step % per_epoch;
+        let indices = &order[k * args.batch_size..(k + 1) * args.batch_size];
+        pool.install(|| collate(&aug, &reader, indices, args.epoch, &mut batch));
+    };
+    run(0);
+    let start = Instant::now();
+    for step in 1..=args.batches {
+        run(step);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let images = (args.batches * args.batch_size) as f64;
+    println!(
+        "augment {:?}, {} threads, batch {}: {} images in {:.3} s",
+        config.policy,
+        pool.current_num_threads(),
+        args.batch_size,
+        images,
+        seconds
+    );
+    println!("images/s: {:.0}", images / seconds);
+    Ok(Finish::Done)
+}
+
+/// `step-bench`: the flags of the model, the step and the optimizer.
+#[derive(Args)]
+pub struct StepBenchArgs {
+    /// Timed steps (after two untimed warm-up steps).
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    #[command(flatten)]
+    source: ConfigSource,
+    #[command(flatten)]
+    device: DeviceFlag,
+    #[command(flatten)]
+    model: ModelFlags,
+    #[command(flatten)]
+    kernels: KernelFlag,
+    #[command(flatten)]
+    precision: PrecisionFlag,
+    #[command(flatten)]
+    optim: OptimFlags,
+    #[command(flatten)]
+    batch: BatchFlag,
+    #[command(flatten)]
+    seed: SeedFlag,
+    #[command(flatten)]
+    threads: ThreadsFlag,
+}
+
+/// Sizes rayon's global pool, which candle's CPU ops run on (0 keeps one thread per core).
+fn global_threads(config: &TrainConfig) -> Result<()> {
+    if config.threads > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(config.threads)
+            .build_global()?;
+    }
+    Ok(())
+}
+
+/// `step-bench`: training steps on one random batch.
+pub fn step(args: StepBenchArgs) -> Result<Finish> {
+    let groups = [
+        &args.model as &dyn crate::args::Apply,
+        &args.kernels,
+        &args.precision,
+        &args.optim,
+        &args.batch,
+        &args.seed,
+        &args.threads,
+    ];
+    let config = args.source.resolve(None, &groups)?;
+    global_threads(&config)?;
+    let device = args.device.select()?;
+    let rate = bench::step_rate(&config, &device, args.steps)?;
+    println!(
+        "candle {} kernels, {} on {}, {} threads, batch {}: images/s: {:.0}",
+        rate.kernels,
+        rate.precision,
+        describe(&device),
+        rayon::current_num_threads(),
+        config.batch_size,
+        rate.images_per_second
+    );
+    Ok(Finish::Done)
+}
+
+/// `op-bench`: the model's convolution shapes and the ops' settings.
+#[derive(Args)]
+pub struct OpBenchArgs {
+    /// Timed repetitions per op (median reported), after two warm-ups.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    #[command(flatten)]
+    source: ConfigSource,
+    #[command(flatten)]
+    device: DeviceFlag,
+    #[command(flatten)]
+    model: ModelFlags,
+    #[command(flatten)]
+    kernels: KernelFlag,
+    #[command(flatten)]
+    batch: BatchFlag,
+    #[command(flatten)]
+    seed: SeedFlag,
+}
+
+/// `op-bench`: candle's conv forward / dgrad / wgrad, the lowered backward and BatchNorm per
+/// layer shape, and their shares of a step.
+pub fn ops(args: OpBenchArgs) -> Result<Finish> {
+    let groups = [
+        &args.model as &dyn crate::args::Apply,
+        &args.kernels,
+        &args.batch,
+        &args.seed,
+    ];
+    let config = args.source.resolve(None, &groups)?;
+    let device = args.device.select()?;
+    let rows = bench::op_times(&config, &device, args.reps)?;
+    println!(
+        "candle's ops on {}, batch {}, median of {} (ms); total = ms x layers of that shape",
+        describe(&device),
+        config.batch_size,
+        args.reps
+    );
+    println!(
+        "{:<28} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "conv (k cin>cout @out s)", "n", "fwd", "dgrad", "wgrad", "dgrad-lo", "wgrad-lo", "bn f+b"
+    );
+    let mut totals = [0.0f64; 6];
+    for r in &rows {
+        let times = [
+            r.forward,
+            r.dgrad,
+            r.wgrad,
+            r.dgrad_lowered,
+            r.wgrad_lowered,
+            r.batch_norm,
+        ];
+        for (t, v) in totals.iter_mut().zip(times) {
+            *t += v * r.layers as f64;
+        }
+        let s = r.shape;
+        let name = format!(
+            "{k}x{k} {}>{} @{} s{}",
+            s.cin,
+            s.cout,
+            s.out_hw.0,
+            s.stride,
+            k = s.kernel
+        );
+        print!("{name:<28} {:>3}", r.layers);
+        for v in times {
+            print!(" {v:>9.3}");
+        }
+        println!();
+    }
+    // Shares of a step as candle computes it (stock backward).
+    let [fwd, dgrad, wgrad, dgrad_lo, wgrad_lo, bn] = totals;
+    let pct = |t: f64| 100.0 * t / (fwd + dgrad + wgrad + bn);
+    println!(
+        "total ms per step: conv fwd {fwd:.1} ({:.0}%), conv dgrad {dgrad:.1} ({:.0}%), conv wgrad {wgrad:.1} ({:.0}%), bn {bn:.1} ({:.0}%)",
+        pct(fwd), pct(dgrad), pct(wgrad), pct(bn)
+    );
+    println!(
+        "lowered backward (ops::lowered, --kernels fast off the CPU): dgrad {dgrad_lo:.1} ms, wgrad {wgrad_lo:.1} ms (stock: {dgrad:.1}, {wgrad:.1})"
+    );
+    Ok(Finish::Done)
+}

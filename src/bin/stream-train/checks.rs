@@ -1,0 +1,98 @@
+//! `device-check`: one training step on --device against the CPU and an f64 reference.
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use cifar_stream::device::describe;
+use cifar_stream::ops::Kernels;
+use cifar_stream::train::parity::{self, Side, Tolerance, Verdict};
+
+use crate::args::{Apply, ConfigSource, DeviceFlag, KernelFlag, ModelFlags, PrecisionFlag};
+use crate::stream_args::SeedFlag;
+use crate::Finish;
+
+/// `device-check`: the model, its kernels and precision on the device, and the tolerance.
+#[derive(Args)]
+pub struct DeviceCheckArgs {
+    /// Images in the batch.
+    #[arg(long, default_value_t = 8)]
+    images: usize,
+    /// Largest accepted ‖device − cpu‖ / ‖cpu‖ for any tensor.
+    #[arg(long, default_value_t = 1e-3)]
+    tolerance: f64,
+    /// A tensor also passes when the device is at most this many times further from the f64
+    /// reference than the CPU's f32 is (deep f32 gradients are ill-conditioned on any device).
+    #[arg(long, default_value_t = 4.0)]
+    f64_factor: f64,
+    /// Kernels on the CPU side (the reference).
+    #[arg(long, value_enum, default_value = "fast")]
+    cpu_kernels: Kernels,
+    #[command(flatten)]
+    source: ConfigSource,
+    #[command(flatten)]
+    device: DeviceFlag,
+    #[command(flatten)]
+    model: ModelFlags,
+    #[command(flatten)]
+    kernels: KernelFlag,
+    #[command(flatten)]
+    precision: PrecisionFlag,
+    #[command(flatten)]
+    seed: SeedFlag,
+}
+
+/// `device-check`: prints the worst tensors and a verdict line; fails when any tensor fails.
+pub fn device(args: DeviceCheckArgs) -> Result<Finish> {
+    let groups: [&dyn Apply; 4] = [&args.model, &args.kernels, &args.precision, &args.seed];
+    let config = args.source.resolve(None, &groups)?;
+    let device = args.device.select()?;
+    let side = Side {
+        device: &device,
+        kernels: config.kernels,
+        dtype: candle_core::DType::F32,
+        precision: config.precision,
+    };
+    let rows = parity::compare(&config, args.images, side, args.cpu_kernels)?;
+    println!(
+        "{} ({} kernels, {}) vs cpu ({} kernels, f32), preset {}, {} images, {} tensors",
+        describe(&device),
+        config.kernels.name(),
+        config.precision.name(),
+        args.cpu_kernels.name(),
+        config.preset,
+        args.images,
+        rows.len()
+    );
+    let tolerance = Tolerance {
+        relative: args.tolerance,
+        f64_factor: args.f64_factor,
+    };
+    println!(
+        "  {:>10} {:>10} {:>10}  tensor",
+        "vs cpu", "dev vs f64", "cpu vs f64"
+    );
+    for r in rows.iter().take(5) {
+        println!(
+            "  {:>10.3e} {:>10.3e} {:>10.3e}  {}{}",
+            r.vs_cpu,
+            r.device_vs_exact,
+            r.cpu_vs_exact,
+            r.name,
+            if tolerance.passes(r) { "" } else { "  <- FAIL" }
+        );
+    }
+    let v = Verdict::of(&rows, tolerance);
+    println!(
+        "parity: logits {:.3e}, worst tensor {:.3e} vs cpu (tolerance {:.0e}); {} of {} tensors fail: {}",
+        v.logits,
+        v.worst,
+        args.tolerance,
+        v.failed,
+        v.total,
+        if v.ok() { "ok" } else { "FAIL" }
+    );
+    if !v.ok() {
+        bail!("{} of {} tensors outside the tolerance", v.failed, v.total);
+    }
+    Ok(Finish::Done)
+}

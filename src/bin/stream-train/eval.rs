@@ -1,0 +1,103 @@
+//! Using a saved run: `eval` (accuracy, loss, confusion matrix on a split) and `predict`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use cifar_stream::augment;
+use cifar_stream::config::Tta;
+use cifar_stream::store::{Reader, Split};
+use cifar_stream::train::{read_image, SavedRun};
+
+use crate::args::DeviceFlag;
+use crate::Finish;
+
+/// `eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Run folder holding checkpoint.json and checkpoint.safetensors.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+    /// Store folder [default: the run's].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Evaluate the training split instead of the test split.
+    #[arg(long)]
+    train_split: bool,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    raw: bool,
+    /// Test-time augmentation: none or flip [default: the run's].
+    #[arg(long, value_enum)]
+    tta: Option<Tta>,
+    #[command(flatten)]
+    device: DeviceFlag,
+}
+
+/// `predict`.
+#[derive(Args)]
+pub struct PredictArgs {
+    /// Run folder holding checkpoint.json and checkpoint.safetensors.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    raw: bool,
+    /// Test-time augmentation: none or flip [default: the run's].
+    #[arg(long, value_enum)]
+    tta: Option<Tta>,
+    #[command(flatten)]
+    device: DeviceFlag,
+    /// Images to classify.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+fn open(dir: &std::path::Path, raw: bool, device: &DeviceFlag) -> Result<SavedRun> {
+    let run = SavedRun::load(dir, raw, &device.select()?)?;
+    if run.precision_fallback {
+        eprintln!("note: this run trained in bf16; the CPU evaluates it in f32 (no bf16 matmul)");
+    }
+    eprintln!("{}", run.describe());
+    Ok(run)
+}
+
+/// `eval`: the confusion matrix, loss and accuracy of a saved run on a split.
+pub fn eval(args: EvalArgs) -> Result<Finish> {
+    let run = open(&args.checkpoint, args.raw, &args.device)?;
+    let data = args.data.unwrap_or_else(|| run.state.config.data.clone());
+    let split = if args.train_split {
+        Split::Train
+    } else {
+        Split::Test
+    };
+    let path = split.path_in(&data);
+    let reader = Reader::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let pool = Arc::new(augment::thread_pool(0)?);
+    let e = run.evaluate(Arc::new(reader), pool, run.tta(args.tta))?;
+    print!("{}", e.confusion_table(&run.state.classes));
+    println!("loss: {:.4}", e.loss);
+    println!("{} accuracy: {:.2}%", split.name(), e.accuracy * 100.0);
+    Ok(Finish::Done)
+}
+
+/// `predict`: the most likely class of each image, with its probability.
+pub fn predict(args: PredictArgs) -> Result<Finish> {
+    let run = open(&args.checkpoint, args.raw, &args.device)?;
+    let mut pixels = Vec::new();
+    for path in &args.images {
+        pixels.extend(read_image(path, run.state.shape)?);
+    }
+    let predictions = run.predict(&pixels, run.tta(args.tta))?;
+    for (path, p) in args.images.iter().zip(predictions) {
+        println!(
+            "{}: {} ({:.1}%)",
+            path.display(),
+            p.name,
+            p.probability * 100.0
+        );
+    }
+    Ok(Finish::Done)
+}

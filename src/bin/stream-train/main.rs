@@ -1,0 +1,96 @@
+//! `stream-train`: trains SE-ResNet-D on a prepped store through the streaming pipeline, and
+//! offers `eval`, `predict`, augmentation views, benchmarks and a device check beside it.
+//!
+//! This file is dispatch and exit codes; each command lives in its own module, and every rule
+//! a second front end would need lives in the library.
+
+/// mimalloc: glibc's allocator churns pages under candle's per-op tensor allocations (see
+/// `cifar_stream::alloc`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Copies each `Some` flag into its config field (flag groups in `args` and `stream_args`).
+macro_rules! set {
+    ($self:ident, $c:ident: $($flag:ident => $($field:ident).+),* $(,)?) => {
+        $(if let Some(v) = $self.$flag.clone() { $c.$($field).+ = v; })*
+    };
+}
+
+mod args;
+mod benches;
+mod checks;
+mod eval;
+mod pipeline;
+mod reports;
+mod stream_args;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "stream-train",
+    version,
+    about = "Streaming CIFAR-10 trainer: mmap store -> rayon augmentation -> bounded channels -> candle."
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: train::TrainArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a PNG grid of N training images × K augmented versions: what the model sees.
+    AugmentPreview(pipeline::PreviewArgs),
+    /// Time augmentation + collation called directly in a loop (no channel): prints `images/s: X`.
+    AugmentBench(benches::AugmentBenchArgs),
+    /// Time training steps (forward, backward, SGD) on random images, with no data pipeline:
+    /// prints `images/s`, comparable with `tools/torch_reference.py speed`.
+    StepBench(Box<benches::StepBenchArgs>),
+    /// One training step's logits and gradients on --device against the CPU (same weights and
+    /// batch): prints the worst relative errors and fails above --tolerance.
+    DeviceCheck(Box<checks::DeviceCheckArgs>),
+    /// Time candle's own convolution (forward, input gradient, weight gradient) and BatchNorm at
+    /// every layer shape of the model on --device: where a GPU step's time goes, per op.
+    OpBench(Box<benches::OpBenchArgs>),
+    /// Accuracy, loss and confusion matrix of a saved run on a store split.
+    Eval(eval::EvalArgs),
+    /// Classify image files (of the run's image size, PNG/JPEG) with a saved run.
+    Predict(eval::PredictArgs),
+}
+
+/// What a command reports back to `main`: success, or stopped by Ctrl-C (exit 130).
+pub enum Finish {
+    /// Done.
+    Done,
+    /// Interrupted; what was saved can be resumed.
+    Interrupted,
+}
+
+fn main() -> ExitCode {
+    cifar_stream::alloc::keep_freed_memory();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::AugmentPreview(args)) => pipeline::preview(args),
+        Some(Command::AugmentBench(args)) => benches::augment(args),
+        Some(Command::StepBench(args)) => benches::step(*args),
+        Some(Command::DeviceCheck(args)) => checks::device(*args),
+        Some(Command::OpBench(args)) => benches::ops(*args),
+        Some(Command::Eval(args)) => eval::eval(args),
+        Some(Command::Predict(args)) => eval::predict(args),
+        None => train::run(cli.run),
+    };
+    match result {
+        Ok(Finish::Done) => ExitCode::SUCCESS,
+        Ok(Finish::Interrupted) => ExitCode::from(130),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! What a person sees while a run or a drain goes on: progress bars, per-epoch lines, the
+//! profile table and its JSON lines, and the Ctrl-C handler.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use cifar_stream::stream::{DrainObserver, EpochStats};
+use cifar_stream::telemetry::{EpochProfile, ProfileLog, Profiler};
+use cifar_stream::train::{self, EpochMetrics};
+
+/// The first Ctrl-C sets `cancel` (the run saves and stops); a second one kills the process.
+pub fn on_ctrl_c(cancel: Arc<AtomicBool>) -> Result<()> {
+    ctrlc::set_handler(move || {
+        if cancel.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: stopping after saving (Ctrl-C again to kill)");
+    })
+    .context("installing the Ctrl-C handler")
+}
+
+/// `--profile-json FILE`, opened for appending.
+pub fn profile_log(path: Option<&Path>) -> Result<Option<ProfileLog>> {
+    path.map(|p| ProfileLog::open(p).with_context(|| format!("opening {}", p.display())))
+        .transpose()
+}
+
+/// The epoch's profile: the stage spans recorded since the last call, with the stream's figures.
+fn profile(stats: &EpochStats, profiler: &Profiler) -> EpochProfile {
+    EpochProfile::new(
+        stats.epoch,
+        stats.images,
+        stats.wall_seconds,
+        stats.mean_depth(),
+        stats.stall(),
+        profiler.take(),
+    )
+}
+
+/// A bar over one epoch, hidden when `quiet`.
+pub fn progress_bar(quiet: bool, epoch: usize, epochs: usize, length: usize) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(length as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "epoch {prefix} [{bar:40}] {human_pos}/{human_len} {msg} ({per_sec}, {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
+    bar
+}
+
+/// Progress bars and per-epoch lines for a training run.
+pub struct Bars {
+    pub quiet: bool,
+    pub epochs: usize,
+    /// Whether the run keeps an EMA model (its evaluation is printed beside the raw one's).
+    pub ema: bool,
+    pub bar: ProgressBar,
+    pub profiler: Profiler,
+    pub profile_log: Option<ProfileLog>,
+}
+
+impl train::Observer for Bars {
+    fn epoch_start(&mut self, epoch: usize, batches: usize) {
+        self.profiler.take();
+        self.bar = progress_bar(self.quiet, epoch, self.epochs, batches);
+    }
+    fn step(&mut self, loss: Option<f64>) {
+        self.bar.inc(1);
+        if let Some(loss) = loss {
+            self.bar.set_message(format!("loss {loss:.3}"));
+        }
+    }
+    fn epoch_end(&mut self, m: &EpochMetrics, stats: &EpochStats) {
+        self.bar.finish_and_clear();
+        let test = match (m.test_loss, m.test_acc) {
+            (Some(loss), Some(acc)) => format!("test loss {loss:.4} acc {:.2}%", acc * 100.0),
+            _ => "test (not evaluated)".to_string(),
+        };
+        let ema = match (self.ema, m.ema_test_loss, m.ema_test_acc) {
+            (true, Some(loss), Some(acc)) => {
+                format!("  ema loss {loss:.4} acc {:.2}%", acc * 100.0)
+            }
+            _ => String::new(),
+        };
+        println!(
+            "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:.2}%  {test}{ema}  {:.0} img/s  stall {:.1}%  {:.1} s",
+            m.epoch + 1,
+            self.epochs,
+            m.lr,
+            m.train_loss,
+            m.train_acc * 100.0,
+            m.images_per_second,
+            m.trainer_stall * 100.0,
+            m.seconds
+        );
+        let profile = profile(stats, &self.profiler);
+        tracing::info!("{profile}");
+        if let Some(log) = self.profile_log.as_mut() {
+            // The observer cannot fail the run; a profile that cannot be written is reported.
+            if let Err(e) = log.append(&profile) {
+                eprintln!("warning: --profile-json {}: {e}", log.path().display());
+            }
+        }
+    }
+}
+
+/// Progress and the profile table per epoch for `--pipeline-only`.
+pub struct DrainReport<'a> {
+    pub quiet: bool,
+    pub epochs: usize,
+    pub bar: ProgressBar,
+    pub profiler: &'a Profiler,
+    pub profile_log: Option<ProfileLog>,
+    /// The first error writing the profile log (the drain goes on; the command fails after).
+    pub error: Option<std::io::Error>,
+}
+
+impl DrainObserver for DrainReport<'_> {
+    fn epoch_start(&mut self, epoch: usize, images: usize) {
+        self.bar = progress_bar(self.quiet, epoch, self.epochs, images);
+    }
+    fn batch(&mut self, images: usize) {
+        self.bar.inc(images as u64);
+    }
+    fn epoch_end(&mut self, stats: &EpochStats) {
+        self.bar.finish_and_clear();
+        let profile = profile(stats, self.profiler);
+        print!("{profile}");
+        if let Some(log) = self.profile_log.as_mut() {
+            if let Err(e) = log.append(&profile) {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The main job: resolve the configuration, then train (or show the network, print the
+//! configuration, or run only the data path).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use cifar_stream::config::TrainConfig;
+use cifar_stream::telemetry::{self, Profiler};
+use cifar_stream::train::{self, Trainer};
+
+use crate::args::{
+    ConfigSource, DeviceFlag, KernelFlag, ModelFlags, OptimFlags, PrecisionFlag, ScheduleFlags,
+};
+use crate::reports::{self, Bars};
+use crate::stream_args::{AugmentFlags, BatchFlag, DataFlags, RunFlags, SeedFlag, ThreadsFlag};
+use crate::{pipeline, Finish};
+
+/// The main job's flags: a preset, a TOML file over it, these flags over both.
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub source: ConfigSource,
+    /// Print the layer table, `parameters: N` and `flops: N`, and exit without touching data.
+    #[arg(long, conflicts_with_all = ["print_config", "pipeline_only", "device_flag",
+        "kernel_flag", "precision_flag", "optim_flags", "schedule_flags", "data_flags",
+        "batch_flag", "seed_flag", "threads_flag", "run_flags", "augment_flags", "trace",
+        "profile_json", "quiet"])]
+    pub summary: bool,
+    /// Print the fully resolved configuration as TOML and exit.
+    #[arg(long, conflicts_with_all = ["pipeline_only", "device_flag", "trace", "profile_json",
+        "quiet"])]
+    pub print_config: bool,
+    /// Continue the run saved in DIR (its config.toml is used; flags still override).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Run only the data path (sampler → store → augmentation → channel) into a null consumer,
+    /// print the profile table per epoch and a final `images/s: X` line.
+    #[arg(long, conflicts_with_all = ["device_flag", "model_flags", "kernel_flag",
+        "precision_flag", "optim_flags", "schedule_flags", "run_flags"])]
+    pub pipeline_only: bool,
+    /// Drop each epoch's last short batch (--pipeline-only; training always drops it).
+    #[arg(long, requires = "pipeline_only")]
+    pub drop_last: bool,
+    /// Write a Chrome trace-event JSON file (open in Perfetto or chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Append each epoch's profile as one JSON line to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub profile_json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub device: DeviceFlag,
+    #[command(flatten)]
+    pub model: ModelFlags,
+    #[command(flatten)]
+    pub kernels: KernelFlag,
+    #[command(flatten)]
+    pub precision: PrecisionFlag,
+    #[command(flatten)]
+    pub optim: OptimFlags,
+    #[command(flatten)]
+    pub schedule: ScheduleFlags,
+    #[command(flatten)]
+    pub data: DataFlags,
+    #[command(flatten)]
+    pub batch: BatchFlag,
+    #[command(flatten)]
+    pub seed: SeedFlag,
+    #[command(flatten)]
+    pub threads: ThreadsFlag,
+    #[command(flatten)]
+    pub run: RunFlags,
+    #[command(flatten)]
+    pub augment: AugmentFlags,
+}
+
+impl TrainArgs {
+    /// Preset (or the resumed run's config.toml) → TOML → flags.
+    fn resolve(&self) -> Result<TrainConfig> {
+        self.source.resolve(
+            self.resume.as_deref(),
+            &[
+                &self.model,
+                &self.kernels,
+                &self.precision,
+                &self.optim,
+                &self.schedule,
+                &self.data,
+                &self.batch,
+                &self.seed,
+                &self.threads,
+                &self.run,
+                &self.augment,
+            ],
+        )
+    }
+}
+
+/// The main command.
+pub fn run(args: TrainArgs) -> Result<Finish> {
+    let config = args.resolve()?;
+    if args.summary {
+        print!("{}", config.model.summary(32, 32));
+        return Ok(Finish::Done);
+    }
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(Finish::Done);
+    }
+    let profiler = Profiler::default();
+    let _trace = telemetry::init(&profiler, args.trace.as_deref());
+    if args.pipeline_only {
+        return pipeline::drain(&args, &config, &profiler);
+    }
+    let device = args.device.select()?;
+    eprintln!("device: {}", cifar_stream::device::describe(&device));
+    let started = match &args.resume {
+        Some(_) => Trainer::resume(config, device),
+        None => Trainer::new(config, device),
+    };
+    let mut trainer = match started {
+        Err(train::Error::RunExists { dir }) => bail!(
+            "{} already holds a run: pass --resume {} to continue it, or --name to start another",
+            dir.display(),
+            dir.display()
+        ),
+        other => other?,
+    };
+    reports::on_ctrl_c(trainer.cancel_flag())?;
+    let config = trainer.config();
+    eprintln!(
+        "run {}: preset {}, {} parameters, {} flops/image, {} epochs, outputs in {}",
+        config.name,
+        config.preset,
+        config.model.parameter_count(),
+        2 * config.model.macs(32, 32),
+        config.epochs,
+        trainer.dir().display()
+    );
+    let mut observer = Bars {
+        quiet: args.quiet,
+        epochs: config.epochs,
+        ema: trainer.learner().ema_model().is_some(),
+        bar: indicatif::ProgressBar::hidden(),
+        profiler,
+        profile_log: reports::profile_log(args.profile_json.as_deref())?,
+    };
+    let outcome = trainer.fit(&mut observer)?;
+    if let Some(h) = outcome.headline() {
+        if h.stale {
+            println!("last evaluated: epoch {}", h.epoch + 1);
+        }
+        if let Some((raw, ema)) = h.raw_and_ema {
+            println!("ema test accuracy: {:.2}%", ema * 100.0);
+            println!("raw test accuracy: {:.2}%", raw * 100.0);
+        }
+        println!("test accuracy: {:.2}%", h.accuracy * 100.0);
+    }
+    if outcome.interrupted {
+        eprintln!(
+            "interrupted: checkpoint saved; continue with --resume {}",
+            trainer.dir().display()
+        );
+        return Ok(Finish::Interrupted);
+    }
+    Ok(Finish::Done)
+}

@@ -1,0 +1,156 @@
+//! Timing the training step and its ops on random data, with no data pipeline: what the device
+//! alone can do, comparable with `tools/torch_reference.py speed`.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::error::Result;
+use super::learner::Learner;
+use crate::config::TrainConfig;
+use crate::model::ConvShape;
+use crate::ops::{lowered, BatchNorm};
+use crate::seed;
+use crate::store::Shape;
+
+/// Untimed steps or repetitions before timing starts (allocator and caches settle).
+pub const WARMUP: usize = 2;
+
+/// Training-step throughput.
+#[derive(Clone, Debug)]
+pub struct StepRate {
+    /// Images per second over the timed steps.
+    pub images_per_second: f64,
+    /// The learner's kernels and precision, for the report.
+    pub kernels: &'static str,
+    /// See `kernels`.
+    pub precision: &'static str,
+}
+
+/// Times `steps` training steps (forward, backward, SGD; no EMA, as PyTorch's reference step
+/// has none) at `config.batch_size` on one random batch, after [`WARMUP`] untimed steps.
+pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<StepRate> {
+    let mut config = config.clone();
+    config.ema_decay = 0.0;
+    let mut learner = Learner::new(&config, device)?;
+    let (b, shape) = (config.batch_size, Shape::CIFAR);
+    let mut rng = seed::rng(config.seed, &[]);
+    let pixels: Vec<f32> = (0..b * shape.image_len())
+        .map(|_| rng.f32() * 2.0 - 1.0)
+        .collect();
+    let x = Tensor::from_vec(pixels, shape.nchw(b), device)?;
+    let labels: Vec<u32> = (0..b)
+        .map(|_| rng.u32(0..config.model.num_classes as u32))
+        .collect();
+    let y = Tensor::from_vec(labels, b, device)?;
+    let mut start = Instant::now();
+    for step in 0..steps + WARMUP {
+        if step == WARMUP {
+            device.synchronize()?;
+            start = Instant::now();
+        }
+        learner.step(&x, &y, config.schedule.lr, step as u64)?;
+    }
+    device.synchronize()?;
+    Ok(StepRate {
+        images_per_second: (steps * b) as f64 / start.elapsed().as_secs_f64(),
+        kernels: learner.model().kernels().name(),
+        precision: learner.model().precision().name(),
+    })
+}
+
+/// Median milliseconds of each op at one convolution shape of the model.
+#[derive(Clone, Debug)]
+pub struct OpTimes {
+    /// The geometry.
+    pub shape: ConvShape,
+    /// Layers of the model with it.
+    pub layers: usize,
+    /// candle's forward convolution.
+    pub forward: f64,
+    /// candle's input gradient (`conv_transpose2d`), as its backprop computes it.
+    pub dgrad: f64,
+    /// candle's weight gradient (a convolution over transposed views), as its backprop does.
+    pub wgrad: f64,
+    /// The input gradient of [`lowered`] (what `--kernels fast` runs off the CPU).
+    pub dgrad_lowered: f64,
+    /// The weight gradient of [`lowered`].
+    pub wgrad_lowered: f64,
+    /// BatchNorm forward + backward on the output (with `config.kernels`).
+    pub batch_norm: f64,
+}
+
+/// Times candle's convolution (forward, input and weight gradients), the lowered backward and
+/// BatchNorm at every convolution shape of `config.model`, batch `config.batch_size`: medians of
+/// `reps` runs after [`WARMUP`], each synchronised.
+pub fn op_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Vec<OpTimes>> {
+    let b = config.batch_size;
+    let mut rng = seed::rng(config.seed, &[0x6f70]);
+    let mut random = |dims: &[usize]| -> Result<Tensor> {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        Ok(Tensor::from_vec(v, dims, device)?)
+    };
+    let time = |f: &mut dyn FnMut() -> Result<Tensor>| -> Result<f64> {
+        let mut times = Vec::with_capacity(reps);
+        for i in 0..reps.max(1) + WARMUP {
+            device.synchronize()?;
+            let t = Instant::now();
+            let out = f()?;
+            device.synchronize()?;
+            drop(out);
+            if i >= WARMUP {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    };
+    let mut rows = Vec::new();
+    for (shape, layers) in config.model.conv_shapes(32, 32) {
+        let ConvShape {
+            kernel: k,
+            cin,
+            cout,
+            stride,
+            ..
+        } = shape;
+        let ((hin, win), (hout, wout), pad) = (shape.in_hw, shape.out_hw, k / 2);
+        let x = random(&[b, cin, hin, win])?;
+        let w = random(&[cout, cin, k, k])?;
+        let dy = random(&[b, cout, hout, wout])?;
+        let forward = time(&mut || Ok(x.conv2d(&w, pad, stride, 1, 1)?))?;
+        // As candle's backprop computes them (candle-core 0.11 backprop.rs, Op::Conv2D).
+        let out_pad = hin - ((hout - 1) * stride + k - 2 * pad);
+        let dgrad = time(&mut || Ok(dy.conv_transpose2d(&w, pad, out_pad, stride, 1)?))?;
+        let wgrad = time(&mut || {
+            Ok(x.transpose(0, 1)?
+                .conv2d(&dy.transpose(0, 1)?, pad, 1, stride, 1)?
+                .transpose(0, 1)?)
+        })?;
+        let dgrad_lowered =
+            time(&mut || Ok(lowered::input_grad(&dy, &w, stride, pad, (hin, win))?))?;
+        let wgrad_lowered = time(&mut || Ok(lowered::weight_grad(&x, &dy, (k, k), stride, pad)?))?;
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
+        let bn = BatchNorm::new(cout, 1e-5, vb)?;
+        let y = Var::from_tensor(&dy)?;
+        let batch_norm = time(&mut || {
+            let o = bn.forward(y.as_tensor(), true, false, config.kernels)?;
+            o.sum_all()?.backward()?;
+            Ok(o)
+        })?;
+        rows.push(OpTimes {
+            shape,
+            layers,
+            forward,
+            dgrad,
+            wgrad,
+            dgrad_lowered,
+            wgrad_lowered,
+            batch_norm,
+        });
+    }
+    Ok(rows)
+}

@@ -1,0 +1,61 @@
+//! Everything that can stop a run, with the file or setting it concerns.
+
+use std::path::PathBuf;
+
+use super::checkpoint;
+use crate::stream::StreamError;
+
+/// Everything that can stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// candle failed.
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// The data stream failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::Error),
+    /// The configuration is malformed or out of range.
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    /// A file (metrics, config, image) could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration is valid, but not with this data or device.
+    #[error("cannot run: {0}")]
+    Unsupported(String),
+    /// A new run would overwrite a saved one.
+    #[error("{} already holds a run", dir.display())]
+    RunExists {
+        /// The run folder.
+        dir: PathBuf,
+    },
+    /// An image to classify could not be used.
+    #[error("{}: {message}", path.display())]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Result alias for training.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `Error::Io` for `path`, as a `map_err` argument.
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { path, source }
+}

@@ -1,0 +1,194 @@
+//! A saved run opened for use: its weights (EMA or raw) in a network, evaluation on a store, and
+//! classification of images.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use super::checkpoint::{Part, Snapshot, State};
+use super::error::{Error, Result};
+use super::evaluate::{evaluate, Evaluation};
+use super::net::Net;
+use crate::augment::Augmenter;
+use crate::config::Tta;
+use crate::model::Precision;
+use crate::store::{Images, Reader, Shape};
+
+/// A saved run's network, ready to evaluate or predict.
+pub struct SavedRun {
+    /// Where the run stood when saved (its configuration, classes, normalisation).
+    pub state: State,
+    /// The network holding the chosen weights.
+    pub net: Net,
+    /// Which weights: [`Part::Ema`] or [`Part::Model`] (raw).
+    pub weights: Part,
+    /// True when the run trained in bf16 and this device computes it in f32 instead.
+    pub precision_fallback: bool,
+    dir: PathBuf,
+}
+
+/// One image's predicted class.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    /// Class index.
+    pub class: usize,
+    /// Class name.
+    pub name: String,
+    /// Softmax probability of that class.
+    pub probability: f32,
+}
+
+impl SavedRun {
+    /// Opens the run in `dir` on `device` with its EMA weights, or the raw ones when `raw` is set
+    /// or the run kept no EMA. A bf16 run on the CPU computes in f32 (the CPU has no bf16 matmul).
+    pub fn load(dir: &Path, raw: bool, device: &Device) -> Result<SavedRun> {
+        let snapshot = Snapshot::load(dir, device)?;
+        let mut config = snapshot.state.config.clone();
+        let precision_fallback = config.precision == Precision::Bf16 && device.is_cpu();
+        if precision_fallback {
+            config.precision = Precision::F32;
+        }
+        let net = Net::new(&config, device)?;
+        let weights = if raw || config.ema_decay <= 0.0 {
+            Part::Model
+        } else {
+            Part::Ema
+        };
+        snapshot.load_into(&net, weights)?;
+        Ok(SavedRun {
+            state: snapshot.state,
+            net,
+            weights,
+            precision_fallback,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// One line on what was loaded: the folder, which weights, after how many epochs.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: {} weights after {} epochs{}",
+            self.dir.display(),
+            if self.weights == Part::Ema {
+                "EMA"
+            } else {
+                "raw"
+            },
+            self.state.next_epoch,
+            if self.state.partial_epoch {
+                " (+ a partial epoch)"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// The run's test-time augmentation, unless `choice` overrides it.
+    pub fn tta(&self, choice: Option<Tta>) -> Tta {
+        choice.unwrap_or(self.state.config.tta)
+    }
+
+    /// Evaluates on every image of `store`, normalised as the run's training store was.
+    pub fn evaluate(
+        &self,
+        store: Arc<Reader>,
+        pool: Arc<rayon::ThreadPool>,
+        tta: Tta,
+    ) -> Result<Evaluation> {
+        let classes = self.state.classes.len();
+        if store.classes().len() != classes {
+            return Err(Error::Unsupported(format!(
+                "{} has {} classes, the run {classes}",
+                store.path().display(),
+                store.classes().len()
+            )));
+        }
+        let images: Arc<dyn Images + Send + Sync> = store;
+        if images.shape() != self.state.shape {
+            return Err(Error::Unsupported(format!(
+                "the store's images are {}, the run trained on {}",
+                images.shape(),
+                self.state.shape
+            )));
+        }
+        let augmenter =
+            Augmenter::normalise_only(images.shape(), &self.state.mean, &self.state.std);
+        evaluate(
+            &self.net.model,
+            images,
+            Arc::new(augmenter),
+            pool,
+            self.state.config.eval_batch_size,
+            tta,
+        )
+    }
+
+    /// Classifies `pixels`: whole images of the run's shape, interleaved HWC bytes, back to back.
+    pub fn predict(&self, pixels: &[u8], tta: Tta) -> Result<Vec<Prediction>> {
+        let shape = self.state.shape;
+        let len = shape.image_len();
+        if pixels.is_empty() || pixels.len() % len != 0 {
+            return Err(Error::Unsupported(format!(
+                "{} bytes are not whole {shape} images",
+                pixels.len()
+            )));
+        }
+        let augmenter = Augmenter::normalise_only(shape, &self.state.mean, &self.state.std);
+        let mut x = vec![0f32; pixels.len()];
+        for (src, out) in pixels.chunks(len).zip(x.chunks_mut(len)) {
+            augmenter.augment_into(src, 0, 0, out);
+        }
+        let n = pixels.len() / len;
+        let x = Tensor::from_vec(x, shape.nchw(n), self.net.model.device())?;
+        let probs = candle_nn::ops::softmax(&tta.logits(&self.net.model, &x)?, 1)?;
+        let probs: Vec<Vec<f32>> = probs.to_vec2()?;
+        Ok(probs
+            .into_iter()
+            .map(|p| {
+                let (class, probability) = p
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .fold((0, f32::MIN), |a, (i, v)| if v > a.1 { (i, v) } else { a });
+                let name = self.state.classes.get(class).cloned().unwrap_or_default();
+                Prediction {
+                    class,
+                    name,
+                    probability,
+                }
+            })
+            .collect())
+    }
+}
+
+/// Reads an image file as interleaved RGB bytes, refusing one that is not `shape` (the model
+/// takes the size it trained on; resizing is the caller's choice, not a silent default).
+pub fn read_image(path: &Path, shape: Shape) -> Result<Vec<u8>> {
+    let img = image::open(path).map_err(|e| Error::Image {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if img.width() != shape.width || img.height() != shape.height {
+        return Err(Error::Image {
+            path: path.to_path_buf(),
+            message: format!(
+                "image is {}x{}, the model takes {}x{} (resize it first)",
+                img.width(),
+                img.height(),
+                shape.width,
+                shape.height
+            ),
+        });
+    }
+    if shape.channels != 3 {
+        return Err(Error::Image {
+            path: path.to_path_buf(),
+            message: format!(
+                "the model takes {} channels; files are read as RGB",
+                shape.channels
+            ),
+        });
+    }
+    Ok(img.to_rgb8().into_raw())
+}
