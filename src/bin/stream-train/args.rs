@@ -194,3 +194,31 @@ impl Apply for ScheduleFlags {
             warmup_epochs => schedule.warmup_epochs);
     }
 }
+
+/// What every command that builds the network reads: where the configuration starts, the
+/// device, the architecture and its kernels.
+#[derive(Args)]
+pub struct NetArgs {
+    #[command(flatten)]
+    pub source: ConfigSource,
+    #[command(flatten)]
+    pub device: DeviceFlag,
+    #[command(flatten)]
+    pub model: ModelFlags,
+    #[command(flatten)]
+    pub kernels: KernelFlag,
+}
+
+impl NetArgs {
+    /// The configuration with the model and kernel flags, then `more`.
+    pub fn resolve(&self, more: &[&dyn Apply]) -> Result<TrainConfig> {
+        self.resolve_from(None, more)
+    }
+
+    /// [`NetArgs::resolve`] starting from the saved run in `resume` instead of the preset.
+    pub fn resolve_from(&self, resume: Option<&Path>, more: &[&dyn Apply]) -> Result<TrainConfig> {
+        let mut groups: Vec<&dyn Apply> = vec![&self.model, &self.kernels];
+        groups.extend_from_slice(more);
+        self.source.resolve(resume, &groups)
+    }
+}

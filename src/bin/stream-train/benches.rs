@@ -12,7 +12,7 @@ use cifar_stream::config::TrainConfig;
 use cifar_stream::device::describe;
 use cifar_stream::train::bench;
 
-use crate::args::{ConfigSource, DeviceFlag, KernelFlag, ModelFlags, OptimFlags, PrecisionFlag};
+use crate::args::{NetArgs, OptimFlags, PrecisionFlag};
 use crate::pipeline::open_train;
 use crate::stream_args::{AugmentFlags, BatchFlag, SeedFlag, ThreadsFlag};
 use crate::Finish;
@@ -91,13 +91,7 @@ pub struct StepBenchArgs {
     #[arg(long, default_value_t = 20)]
     steps: usize,
     #[command(flatten)]
-    source: ConfigSource,
-    #[command(flatten)]
-    device: DeviceFlag,
-    #[command(flatten)]
-    model: ModelFlags,
-    #[command(flatten)]
-    kernels: KernelFlag,
+    net: NetArgs,
     #[command(flatten)]
     precision: PrecisionFlag,
     #[command(flatten)]
@@ -122,18 +116,15 @@ fn global_threads(config: &TrainConfig) -> Result<()> {
 
 /// `step-bench`: training steps on one random batch.
 pub fn step(args: StepBenchArgs) -> Result<Finish> {
-    let groups = [
-        &args.model as &dyn crate::args::Apply,
-        &args.kernels,
+    let config = args.net.resolve(&[
         &args.precision,
         &args.optim,
         &args.batch,
         &args.seed,
         &args.threads,
-    ];
-    let config = args.source.resolve(None, &groups)?;
+    ])?;
     global_threads(&config)?;
-    let device = args.device.select()?;
+    let device = args.net.device.select()?;
     let rate = bench::step_rate(&config, &device, args.steps)?;
     println!(
         "candle {} kernels, {} on {}, {} threads, batch {}: images/s: {:.0}",
@@ -154,13 +145,7 @@ pub struct OpBenchArgs {
     #[arg(long, default_value_t = 5)]
     reps: usize,
     #[command(flatten)]
-    source: ConfigSource,
-    #[command(flatten)]
-    device: DeviceFlag,
-    #[command(flatten)]
-    model: ModelFlags,
-    #[command(flatten)]
-    kernels: KernelFlag,
+    net: NetArgs,
     #[command(flatten)]
     batch: BatchFlag,
     #[command(flatten)]
@@ -170,14 +155,8 @@ pub struct OpBenchArgs {
 /// `op-bench`: candle's conv forward / dgrad / wgrad, the lowered backward and BatchNorm per
 /// layer shape, and their shares of a step.
 pub fn ops(args: OpBenchArgs) -> Result<Finish> {
-    let groups = [
-        &args.model as &dyn crate::args::Apply,
-        &args.kernels,
-        &args.batch,
-        &args.seed,
-    ];
-    let config = args.source.resolve(None, &groups)?;
-    let device = args.device.select()?;
+    let config = args.net.resolve(&[&args.batch, &args.seed])?;
+    let device = args.net.device.select()?;
     let rows = bench::op_times(&config, &device, args.reps)?;
     println!(
         "candle's ops on {}, batch {}, median of {} (ms); total = ms x layers of that shape",

@@ -7,7 +7,7 @@ use cifar_stream::device::describe;
 use cifar_stream::ops::Kernels;
 use cifar_stream::train::parity::{self, Side, Tolerance, Verdict};
 
-use crate::args::{Apply, ConfigSource, DeviceFlag, KernelFlag, ModelFlags, PrecisionFlag};
+use crate::args::{NetArgs, PrecisionFlag};
 use crate::stream_args::SeedFlag;
 use crate::Finish;
 
@@ -28,13 +28,7 @@ pub struct DeviceCheckArgs {
     #[arg(long, value_enum, default_value = "fast")]
     cpu_kernels: Kernels,
     #[command(flatten)]
-    source: ConfigSource,
-    #[command(flatten)]
-    device: DeviceFlag,
-    #[command(flatten)]
-    model: ModelFlags,
-    #[command(flatten)]
-    kernels: KernelFlag,
+    net: NetArgs,
     #[command(flatten)]
     precision: PrecisionFlag,
     #[command(flatten)]
@@ -43,9 +37,8 @@ pub struct DeviceCheckArgs {
 
 /// `device-check`: prints the worst tensors and a verdict line; fails when any tensor fails.
 pub fn device(args: DeviceCheckArgs) -> Result<Finish> {
-    let groups: [&dyn Apply; 4] = [&args.model, &args.kernels, &args.precision, &args.seed];
-    let config = args.source.resolve(None, &groups)?;
-    let device = args.device.select()?;
+    let config = args.net.resolve(&[&args.precision, &args.seed])?;
+    let device = args.net.device.select()?;
     let side = Side {
         device: &device,
         kernels: config.kernels,

@@ -14,59 +14,62 @@ use cifar_stream::train::{read_image, SavedRun};
 use crate::args::DeviceFlag;
 use crate::Finish;
 
-/// `eval`.
+/// Which saved run, which of its weights, on which device, with which TTA.
 #[derive(Args)]
-pub struct EvalArgs {
+pub struct SavedRunArgs {
     /// Run folder holding checkpoint.json and checkpoint.safetensors.
     #[arg(long, value_name = "DIR")]
     checkpoint: PathBuf,
+    /// Use the raw weights instead of the EMA.
+    #[arg(long)]
+    raw: bool,
+    /// Test-time augmentation: none or flip [default: the run's].
+    #[arg(long, value_enum)]
+    tta: Option<Tta>,
+    #[command(flatten)]
+    device: DeviceFlag,
+}
+
+impl SavedRunArgs {
+    /// Loads the run, saying what was loaded.
+    fn open(&self) -> Result<SavedRun> {
+        let run = SavedRun::load(&self.checkpoint, self.raw, &self.device.select()?)?;
+        if run.precision_fallback {
+            eprintln!(
+                "note: this run trained in bf16; the CPU evaluates it in f32 (no bf16 matmul)"
+            );
+        }
+        eprintln!("{}", run.describe());
+        Ok(run)
+    }
+}
+
+/// `eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    run: SavedRunArgs,
     /// Store folder [default: the run's].
     #[arg(long)]
     data: Option<PathBuf>,
     /// Evaluate the training split instead of the test split.
     #[arg(long)]
     train_split: bool,
-    /// Use the raw weights instead of the EMA.
-    #[arg(long)]
-    raw: bool,
-    /// Test-time augmentation: none or flip [default: the run's].
-    #[arg(long, value_enum)]
-    tta: Option<Tta>,
-    #[command(flatten)]
-    device: DeviceFlag,
 }
 
 /// `predict`.
 #[derive(Args)]
 pub struct PredictArgs {
-    /// Run folder holding checkpoint.json and checkpoint.safetensors.
-    #[arg(long, value_name = "DIR")]
-    checkpoint: PathBuf,
-    /// Use the raw weights instead of the EMA.
-    #[arg(long)]
-    raw: bool,
-    /// Test-time augmentation: none or flip [default: the run's].
-    #[arg(long, value_enum)]
-    tta: Option<Tta>,
     #[command(flatten)]
-    device: DeviceFlag,
+    run: SavedRunArgs,
     /// Images to classify.
     #[arg(required = true)]
     images: Vec<PathBuf>,
 }
 
-fn open(dir: &std::path::Path, raw: bool, device: &DeviceFlag) -> Result<SavedRun> {
-    let run = SavedRun::load(dir, raw, &device.select()?)?;
-    if run.precision_fallback {
-        eprintln!("note: this run trained in bf16; the CPU evaluates it in f32 (no bf16 matmul)");
-    }
-    eprintln!("{}", run.describe());
-    Ok(run)
-}
-
 /// `eval`: the confusion matrix, loss and accuracy of a saved run on a split.
 pub fn eval(args: EvalArgs) -> Result<Finish> {
-    let run = open(&args.checkpoint, args.raw, &args.device)?;
+    let run = args.run.open()?;
     let data = args.data.unwrap_or_else(|| run.state.config.data.clone());
     let split = if args.train_split {
         Split::Train
@@ -76,7 +79,7 @@ pub fn eval(args: EvalArgs) -> Result<Finish> {
     let path = split.path_in(&data);
     let reader = Reader::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let pool = Arc::new(augment::thread_pool(0)?);
-    let e = run.evaluate(Arc::new(reader), pool, run.tta(args.tta))?;
+    let e = run.evaluate(Arc::new(reader), pool, run.tta(args.run.tta))?;
     print!("{}", e.confusion_table(&run.state.classes));
     println!("loss: {:.4}", e.loss);
     println!("{} accuracy: {:.2}%", split.name(), e.accuracy * 100.0);
@@ -85,12 +88,12 @@ pub fn eval(args: EvalArgs) -> Result<Finish> {
 
 /// `predict`: the most likely class of each image, with its probability.
 pub fn predict(args: PredictArgs) -> Result<Finish> {
-    let run = open(&args.checkpoint, args.raw, &args.device)?;
+    let run = args.run.open()?;
     let mut pixels = Vec::new();
     for path in &args.images {
         pixels.extend(read_image(path, run.state.shape)?);
     }
-    let predictions = run.predict(&pixels, run.tta(args.tta))?;
+    let predictions = run.predict(&pixels, run.tta(args.run.tta))?;
     for (path, p) in args.images.iter().zip(predictions) {
         println!(
             "{}: {} ({:.1}%)",

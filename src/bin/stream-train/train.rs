@@ -10,9 +10,7 @@ use cifar_stream::config::TrainConfig;
 use cifar_stream::telemetry::{self, Profiler};
 use cifar_stream::train::{self, Trainer};
 
-use crate::args::{
-    ConfigSource, DeviceFlag, KernelFlag, ModelFlags, OptimFlags, PrecisionFlag, ScheduleFlags,
-};
+use crate::args::{NetArgs, OptimFlags, PrecisionFlag, ScheduleFlags};
 use crate::reports::{self, Bars};
 use crate::stream_args::{AugmentFlags, BatchFlag, DataFlags, RunFlags, SeedFlag, ThreadsFlag};
 use crate::{pipeline, Finish};
@@ -21,7 +19,7 @@ use crate::{pipeline, Finish};
 #[derive(Args)]
 pub struct TrainArgs {
     #[command(flatten)]
-    pub source: ConfigSource,
+    pub net: NetArgs,
     /// Print the layer table, `parameters: N` and `flops: N`, and exit without touching data.
     #[arg(long, conflicts_with_all = ["print_config", "pipeline_only", "device_flag",
         "kernel_flag", "precision_flag", "optim_flags", "schedule_flags", "data_flags",
@@ -53,12 +51,6 @@ pub struct TrainArgs {
     #[arg(long, short)]
     pub quiet: bool,
     #[command(flatten)]
-    pub device: DeviceFlag,
-    #[command(flatten)]
-    pub model: ModelFlags,
-    #[command(flatten)]
-    pub kernels: KernelFlag,
-    #[command(flatten)]
     pub precision: PrecisionFlag,
     #[command(flatten)]
     pub optim: OptimFlags,
@@ -81,11 +73,9 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// Preset (or the resumed run's config.toml) → TOML → flags.
     fn resolve(&self) -> Result<TrainConfig> {
-        self.source.resolve(
+        self.net.resolve_from(
             self.resume.as_deref(),
             &[
-                &self.model,
-                &self.kernels,
                 &self.precision,
                 &self.optim,
                 &self.schedule,
@@ -116,7 +106,7 @@ pub fn run(args: TrainArgs) -> Result<Finish> {
     if args.pipeline_only {
         return pipeline::drain(&args, &config, &profiler);
     }
-    let device = args.device.select()?;
+    let device = args.net.device.select()?;
     eprintln!("device: {}", cifar_stream::device::describe(&device));
     let started = match &args.resume {
         Some(_) => Trainer::resume(config, device),
