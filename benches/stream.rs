@@ -65,6 +65,7 @@ fn bench_stream(c: &mut Criterion) {
                     seed: 0,
                     epochs: 200..201,
                     max_batches: None,
+                    ..LoaderConfig::default()
                 };
                 let mut loader = Loader::start(
                     images.clone(),

@@ -2,8 +2,9 @@
 //! table (and JSON), plus subscriber set-up with an optional Chrome/Perfetto trace file.
 //!
 //! Stage spans (`read`, `augment`, `send`, `wait`, and the trainer's `h2d`, `forward`,
-//! `backward`, `optimizer`, `eval`) are timed whatever `RUST_LOG` says; `RUST_LOG` only filters
-//! the log lines printed to stderr.
+//! `backward`, `optimizer`) are timed whatever `RUST_LOG` says; `RUST_LOG` only filters the log
+//! lines printed to stderr. Spans whose `phase` field is `eval` (an evaluation's own stream) are
+//! left out, so the profile counts training alone.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,7 +22,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 /// Span names that make up the profile table, in pipeline order.
-pub const STAGES: [&str; 9] = [
+pub const STAGES: [&str; 8] = [
     "read",
     "augment",
     "send",
@@ -30,8 +31,10 @@ pub const STAGES: [&str; 9] = [
     "forward",
     "backward",
     "optimizer",
-    "eval",
 ];
+
+/// The `phase` value of spans the profile leaves out.
+const EXCLUDED_PHASE: &str = "eval";
 
 /// Collects the durations of stage spans until the next [`Profiler::take`].
 #[derive(Clone, Default)]
@@ -41,13 +44,42 @@ pub struct Profiler {
 
 struct Started(Instant);
 
+/// Marks a span of an excluded phase.
+struct Excluded;
+
+/// Finds whether a span's `phase` field is the excluded one.
+struct PhaseVisitor(bool);
+
+impl tracing::field::Visit for PhaseVisitor {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "phase" && value == EXCLUDED_PHASE {
+            self.0 = true;
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if field.name() == "phase" && format!("{value:?}").trim_matches('"') == EXCLUDED_PHASE {
+            self.0 = true;
+        }
+    }
+}
+
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Profiler {
-    fn on_new_span(&self, _attrs: &Attributes<'_>, _id: &Id, _ctx: Context<'_, S>) {}
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if !STAGES.contains(&attrs.metadata().name()) {
+            return;
+        }
+        let mut phase = PhaseVisitor(false);
+        attrs.record(&mut phase);
+        if let (true, Some(span)) = (phase.0, ctx.span(id)) {
+            span.extensions_mut().insert(Excluded);
+        }
+    }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id) {
-            if STAGES.contains(&span.name()) {
-                span.extensions_mut().insert(Started(Instant::now()));
+            let mut ext = span.extensions_mut();
+            if STAGES.contains(&span.name()) && ext.get_mut::<Excluded>().is_none() {
+                ext.insert(Started(Instant::now()));
             }
         }
     }

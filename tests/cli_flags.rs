@@ -39,6 +39,7 @@ const RUN: &[&str] = &[
     "--ema-decay",
     "--eval-every",
     "--save-every",
+    "--save-every-steps",
     "--tta",
 ];
 const AUGMENT: &[&str] = &[

@@ -32,6 +32,7 @@ fn config(batch_size: usize, prefetch: usize, drop_last: bool, epochs: usize) ->
         seed: 9,
         epochs: 0..epochs,
         max_batches: None,
+        ..LoaderConfig::default()
     }
 }
 

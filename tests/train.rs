@@ -5,12 +5,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use cifar_stream::config::TrainConfig;
 use cifar_stream::prep;
 use cifar_stream::source::synthetic;
 use cifar_stream::stream::EpochStats;
-use cifar_stream::train::{self, EpochMetrics, Observer, Silent, Trainer};
+use cifar_stream::train::{self, EpochMetrics, Observer, Silent, Snapshot, Trainer};
 use indicatif::ProgressBar;
 
 fn store(dir: &Path, per_class: usize) {
@@ -38,7 +38,7 @@ fn micro(data: &Path, runs: &Path, name: &str, epochs: usize) -> TrainConfig {
 /// A new (or resumed) run of `config` on the CPU, augmenting on two threads.
 fn trainer(config: &TrainConfig, resume: bool) -> Trainer {
     let t = if resume {
-        Trainer::resume(config.clone(), Device::Cpu)
+        Trainer::resume(&config.run_dir(), config.clone(), Device::Cpu)
     } else {
         Trainer::new(config.clone(), Device::Cpu)
     };
@@ -87,7 +87,6 @@ fn tiny_model_learns_the_synthetic_classes_and_writes_its_outputs() {
         "metrics.csv",
         "curve.png",
         "checkpoint.safetensors",
-        "checkpoint.json",
     ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
@@ -228,11 +227,50 @@ impl Observer for InterruptAt {
     }
 }
 
+/// Every tensor of the checkpoint in `dir` (weights, EMA, momentum) as raw f32/f64/u32 bits.
+fn checkpoint_bits(dir: &Path) -> Vec<(String, Vec<u64>)> {
+    let snapshot = Snapshot::load(dir, &Device::Cpu).unwrap();
+    let mut out: Vec<(String, Vec<u64>)> = snapshot
+        .tensors()
+        .iter()
+        .map(|(name, t)| {
+            let t = t.flatten_all().unwrap();
+            let bits = match t.dtype() {
+                DType::F32 => t
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits() as u64)
+                    .collect(),
+                DType::F64 => t
+                    .to_vec1::<f64>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+                DType::U32 => t
+                    .to_vec1::<u32>()
+                    .unwrap()
+                    .iter()
+                    .map(|&v| v as u64)
+                    .collect(),
+                other => panic!("{name}: {other:?}"),
+            };
+            (name.clone(), bits)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 #[test]
-fn ctrl_c_in_the_middle_of_an_epoch_saves_and_the_run_can_resume() {
+fn ctrl_c_in_the_middle_of_an_epoch_saves_the_exact_step_and_resuming_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     store(&data, 8); // 80 images: 4 steps of 20 per epoch
+    let whole = micro(&data, tmp.path(), "whole", 2);
+    let full = run(&whole, false, &mut Silent);
+    // Stopped after step 6 (two batches into epoch 1), then after step 7 of the resumed run.
     let config = micro(&data, tmp.path(), "ctrlc", 2);
     let mut stopped = trainer(&config, false);
     let mut observer = InterruptAt {
@@ -247,18 +285,30 @@ fn ctrl_c_in_the_middle_of_an_epoch_saves_and_the_run_can_resume() {
         1,
         "epoch 0 completed, epoch 1 interrupted"
     );
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(config.run_dir().join("checkpoint.json")).unwrap())
-            .unwrap();
-    assert_eq!(state["next_epoch"], 1);
-    assert_eq!(state["partial_epoch"], true);
-    assert!(
-        state["step"].as_u64().unwrap() >= 5,
-        "the partial epoch's steps are kept"
+    let state = Snapshot::load(&config.run_dir(), &Device::Cpu)
+        .unwrap()
+        .state;
+    assert_eq!((state.next_epoch, state.batch, state.step), (1, 2, 6));
+    assert_eq!(
+        state.epoch_images, 40,
+        "the partial epoch's running sums are kept"
     );
+    let mut again = trainer(&config, true);
+    let mut observer = InterruptAt {
+        after: 1,
+        steps: 0,
+        cancel: again.cancel_flag(),
+    };
+    assert!(again.fit(&mut observer).unwrap().interrupted);
     let resumed = run(&config, true, &mut Silent);
     assert!(!resumed.interrupted);
     assert_eq!(resumed.history.len(), 2);
+    // Bit for bit: the metrics (timings aside) and every tensor of the final checkpoint.
+    assert_eq!(keys(&full.history), keys(&resumed.history));
+    assert_eq!(
+        checkpoint_bits(&whole.run_dir()),
+        checkpoint_bits(&config.run_dir())
+    );
 }
 
 /// Counts steps, loss reads and epoch sizes.

@@ -28,6 +28,7 @@ pub enum PolicyName {
 
 /// Everything that defines the training augmentation; serialisable into a run's config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AugmentConfig {
     /// Policy ops.
     pub policy: PolicyName,

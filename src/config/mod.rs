@@ -14,6 +14,7 @@
 
 mod schedule;
 mod tta;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
@@ -111,6 +112,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Save a checkpoint every this many epochs (and at the end, and on Ctrl-C).
     pub save_every: usize,
+    /// Also save every this many optimizer steps, in the middle of epochs (absent: only at the
+    /// epoch ends `save_every` picks); a resume continues from the exact step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_every_steps: Option<usize>,
     /// Evaluate on the test split every this many epochs (and after the last).
     #[serde(default = "one")]
     pub eval_every: usize,
@@ -194,6 +199,7 @@ impl TrainConfig {
             threads: 0,
             seed: 0,
             save_every: 10,
+            save_every_steps: None,
             eval_every: 1,
             ema_decay: 0.999,
             label_smoothing: 0.0,
@@ -290,27 +296,6 @@ impl TrainConfig {
         merge(&mut base, patch);
         base.try_into()
             .map_err(|e: toml::de::Error| toml_error(e.to_string()))
-    }
-
-    /// Checks the configuration is trainable (the model is buildable, values are in range).
-    pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |key, message: String| Err(Error::Invalid { key, message });
-        if let Err(message) = self.model.validate() {
-            return invalid("model", message);
-        }
-        if self.eval_every == 0 {
-            return invalid("eval_every", "must be at least 1".into());
-        }
-        if self.limit_train_batches == Some(0) {
-            return invalid("limit_train_batches", "must be at least 1".into());
-        }
-        if !(0.0..1.0).contains(&self.label_smoothing) {
-            return invalid(
-                "label_smoothing",
-                format!("label smoothing {} is outside [0, 1)", self.label_smoothing),
-            );
-        }
-        Ok(())
     }
 
     /// The run's output folder.

@@ -16,6 +16,7 @@ pub enum ScheduleKind {
 /// A learning-rate schedule over iterations: cosine annealing with warm restarts (SGDR) or
 /// multi-step decay, with an optional linear warm-up.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Schedule {
     /// Which schedule.
     pub kind: ScheduleKind,

@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Largest accepted channel width (stem or stage): far above any useful CIFAR network, low
+/// enough that a typo cannot ask for terabytes of weights.
+pub const MAX_WIDTH: usize = 16_384;
+
 /// What defines an SE-ResNet-D bottleneck network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,28 +73,66 @@ impl ModelConfig {
         }
     }
 
-    /// Checks the description is buildable.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.blocks.is_empty() || self.blocks.len() != self.widths.len() {
-            return Err(format!(
-                "blocks {:?} and widths {:?} must be non-empty and equally long",
-                self.blocks, self.widths
-            ));
+    /// Checks the description is buildable, naming the offending key (`model.<field>`).
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let bad = |key, message: String| Err((key, message));
+        if self.blocks.is_empty() || self.blocks.len() != self.widths.len() || self.blocks.len() > 8
+        {
+            return bad(
+                "model.blocks",
+                format!(
+                    "blocks {:?} and widths {:?} must be equally long, with 1 to 8 stages",
+                    self.blocks, self.widths
+                ),
+            );
         }
-        if self.blocks.contains(&0) || self.widths.contains(&0) || self.expansion == 0 {
-            return Err("blocks, widths and expansion must be positive".into());
+        if self.blocks.iter().any(|&b| !(1..=64).contains(&b)) {
+            return bad(
+                "model.blocks",
+                format!("{:?}: each must be 1 to 64", self.blocks),
+            );
         }
-        if self.stem_width < 2 || self.stem_width % 2 != 0 {
-            return Err(format!(
-                "stem width {} must be even and at least 2",
-                self.stem_width
-            ));
+        if self.widths.iter().any(|&w| !(1..=MAX_WIDTH).contains(&w)) {
+            return bad(
+                "model.widths",
+                format!("{:?}: each must be 1 to {MAX_WIDTH}", self.widths),
+            );
+        }
+        if !(1..=8).contains(&self.expansion) {
+            return bad(
+                "model.expansion",
+                format!("{} must be 1 to 8", self.expansion),
+            );
+        }
+        if self.stem_width < 2 || self.stem_width % 2 != 0 || self.stem_width > MAX_WIDTH {
+            return bad(
+                "model.stem_width",
+                format!("{} must be even, 2 to {MAX_WIDTH}", self.stem_width),
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("dropout {} must be in [0, 1)", self.dropout));
+            return bad(
+                "model.dropout",
+                format!("{} must be in [0, 1)", self.dropout),
+            );
         }
-        if self.se_ratio < 0.0 {
-            return Err(format!("se ratio {} must be ≥ 0", self.se_ratio));
+        if !(0.0..=1.0).contains(&self.se_ratio) {
+            return bad(
+                "model.se_ratio",
+                format!("{} must be in [0, 1]", self.se_ratio),
+            );
+        }
+        if !(2..=100_000).contains(&self.num_classes) {
+            return bad(
+                "model.num_classes",
+                format!("{} must be 2 to 100000", self.num_classes),
+            );
+        }
+        if !(1..=4).contains(&self.in_channels) {
+            return bad(
+                "model.in_channels",
+                format!("{} must be 1 to 4", self.in_channels),
+            );
         }
         Ok(())
     }

@@ -103,7 +103,9 @@ pub struct SeResNetD {
 impl SeResNetD {
     /// Builds the network's layers, creating their variables in `vb`.
     pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
-        config.validate().map_err(candle_core::Error::msg)?;
+        config
+            .validate()
+            .map_err(|(key, message)| candle_core::Error::Msg(format!("{key}: {message}")))?;
         let half = config.stem_width / 2;
         let stem = vec![
             ConvBn::new(config.in_channels, half, 3, 1, vb.pp("stem.0"))?,

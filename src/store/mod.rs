@@ -87,6 +87,11 @@ pub trait Images: Sync {
     fn image(&self, index: usize) -> &[u8];
     /// Label of image `index`.
     fn label(&self, index: usize) -> u8;
+    /// Whether the images can still be read (a mapped file can be truncated under its reader;
+    /// reading past the new end would fault).
+    fn check_intact(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl Images for Reader {
@@ -95,6 +100,9 @@ impl Images for Reader {
     }
     fn len(&self) -> usize {
         Reader::len(self)
+    }
+    fn check_intact(&self) -> Result<()> {
+        Reader::check_intact(self)
     }
     fn image(&self, index: usize) -> &[u8] {
         Reader::image(self, index)

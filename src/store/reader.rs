@@ -14,6 +14,8 @@ use super::format::{Header, Shape, HEADER_LEN};
 /// and every label; [`Reader::verify`] additionally rehashes the whole payload.
 pub struct Reader {
     path: PathBuf,
+    /// Kept open to look at the file's length while it is mapped ([`Reader::check_intact`]).
+    file: File,
     map: Mmap,
     header: Header,
     image_len: usize,
@@ -25,8 +27,10 @@ impl Reader {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only and stores are immutable once renamed into place (the
-        // writer never modifies a committed file); another process truncating it is outside
-        // what any mmap-based reader can defend against.
+        // writer never modifies a committed file, so replacing a store leaves this mapping on
+        // the old inode). Another program truncating the file would make reads past the new
+        // end fault (SIGBUS), as with any mmap reader (LMDB, numpy.memmap); the stream calls
+        // `check_intact` before each batch so that this surfaces as an error naming the file.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let header = Header::decode(path, &map[..map.len().min(HEADER_LEN)])?;
         if map.len() as u64 != header.file_len() {
@@ -39,6 +43,7 @@ impl Reader {
         }
         let reader = Reader {
             path: path.to_path_buf(),
+            file,
             image_len: header.shape.image_len(),
             map,
             header,
@@ -133,6 +138,25 @@ impl Reader {
     /// Size of the file in bytes.
     pub fn file_len(&self) -> u64 {
         self.map.len() as u64
+    }
+
+    /// Whether the file still has the length it was mapped with (one `fstat`): a file cut
+    /// short under the map is an error here rather than a fault on the next read.
+    pub fn check_intact(&self) -> Result<()> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, e))?
+            .len();
+        if len != self.map.len() as u64 {
+            return Err(Error::SizeMismatch {
+                path: self.path.clone(),
+                what: "file length while mapped (changed under the reader)",
+                expected: self.map.len() as u64,
+                found: len,
+            });
+        }
+        Ok(())
     }
 
     /// Rehashes pixels and labels and compares with the header's checksum.

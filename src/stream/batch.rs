@@ -2,7 +2,7 @@
 //! the buffer, so steady state allocates nothing and at most `capacity` buffers ever exist.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,16 @@ use crate::augment::Batch;
 pub struct BatchGuard {
     batch: Option<Batch>,
     home: Sender<Batch>,
+    /// The consumer's count of guards it holds, once the batch is handed over.
+    held: Option<Arc<AtomicUsize>>,
+}
+
+impl BatchGuard {
+    /// Counts this guard among the consumer's until it is dropped.
+    pub(crate) fn hand_over(&mut self, held: &Arc<AtomicUsize>) {
+        held.fetch_add(1, Ordering::Relaxed);
+        self.held = Some(held.clone());
+    }
 }
 
 impl Deref for BatchGuard {
@@ -30,6 +40,9 @@ impl DerefMut for BatchGuard {
 
 impl Drop for BatchGuard {
     fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            held.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some(b) = self.batch.take() {
             // The producer may be gone; then the buffer is simply freed.
             let _ = self.home.send(b);
@@ -67,11 +80,12 @@ impl Recycler {
     }
 
     /// A free buffer: a returned one, a new one while under capacity, or the next one returned.
-    /// Gives up (`None`) once `cancel` is set.
-    pub fn take(&self, cancel: &AtomicBool) -> Option<BatchGuard> {
+    /// Gives up (`None`) once `halt` says so (checked every 20 ms while waiting).
+    pub fn take(&self, halt: &dyn Fn() -> bool) -> Option<BatchGuard> {
         let guard = |batch| BatchGuard {
             batch: Some(batch),
             home: self.home.clone(),
+            held: None,
         };
         if let Ok(b) = self.free.try_recv() {
             return Some(guard(b));
@@ -83,7 +97,7 @@ impl Recycler {
         loop {
             match self.free.recv_timeout(Duration::from_millis(20)) {
                 Ok(b) => return Some(guard(b)),
-                Err(RecvTimeoutError::Timeout) if !cancel.load(Ordering::Relaxed) => continue,
+                Err(RecvTimeoutError::Timeout) if !halt() => continue,
                 Err(_) => return None,
             }
         }

@@ -18,8 +18,29 @@ use super::sampler::Sampler;
 use crate::augment::{collate, Augmenter};
 use crate::store::Images;
 
+/// What a stream feeds: its spans carry this as `phase`, so a profile of training can leave
+/// evaluation's reads and augmentation out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Phase {
+    /// Training batches.
+    #[default]
+    Train,
+    /// Evaluation batches.
+    Eval,
+}
+
+impl Phase {
+    /// The `phase` field of the stream's spans.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Train => "train",
+            Phase::Eval => "eval",
+        }
+    }
+}
+
 /// How a run's batches are drawn and buffered.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct LoaderConfig {
     /// Images per batch.
     pub batch_size: usize,
@@ -35,6 +56,11 @@ pub struct LoaderConfig {
     pub epochs: Range<usize>,
     /// Batches per epoch at most (`None`: the whole dataset).
     pub max_batches: Option<usize>,
+    /// The first epoch starts at this batch (a run resumed in the middle of an epoch); the
+    /// permutation is the same, so the rest of the epoch is what it would have been.
+    pub start_batch: usize,
+    /// What the batches are for (the `phase` field of the spans).
+    pub phase: Phase,
 }
 
 /// Why the stream could not deliver a batch.
@@ -53,6 +79,15 @@ pub enum StreamError {
     /// The run was cancelled (Ctrl-C).
     #[error("interrupted")]
     Interrupted,
+    /// The images went bad under the stream (a store file truncated while mapped).
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// The consumer holds every batch buffer and asks for another: none can ever come.
+    #[error(
+        "the consumer holds all {held} batch buffers and asks for another; drop a batch \
+         before taking the next (at most prefetch + 1 can be held)"
+    )]
+    BuffersExhausted { held: usize },
 }
 
 type Item = Result<BatchGuard, StreamError>;
@@ -98,12 +133,19 @@ pub struct Loader {
     sampler: Sampler,
     epochs: Range<usize>,
     next_epoch: usize,
+    start_batch: usize,
+    phase: Phase,
     cancel: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     producer: Option<JoinHandle<()>>,
     buffers: Arc<AtomicUsize>,
     blocked_ns: Arc<AtomicU64>,
     capacity: usize,
+    /// Guards the consumer holds now.
+    held: Arc<AtomicUsize>,
+    /// Epochs below this were dropped before their end: the producer skips their remaining
+    /// batches and the consumer discards any already queued.
+    abandoned: Arc<AtomicUsize>,
 }
 
 impl Loader {
@@ -131,54 +173,82 @@ impl Loader {
         let (tx, rx) = mpsc::channel::<Item>(prefetch);
         let stop = Arc::new(AtomicBool::new(false));
         let blocked_ns = Arc::new(AtomicU64::new(0));
+        let abandoned = Arc::new(AtomicUsize::new(0));
         let producer = {
-            let (sampler, stop, cancel, blocked_ns) = (
+            let (sampler, stop, cancel, blocked_ns, abandoned) = (
                 sampler.clone(),
                 stop.clone(),
                 cancel.clone(),
                 blocked_ns.clone(),
+                abandoned.clone(),
             );
-            let epochs = config.epochs.clone();
+            let (epochs, start_batch, phase) = (
+                config.epochs.clone(),
+                config.start_batch,
+                config.phase.name(),
+            );
             std::thread::Builder::new()
                 .name("producer".into())
                 .spawn(move || {
                     let halt = || stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed);
-                    for epoch in epochs {
+                    for epoch in epochs.clone() {
                         let order = sampler.order(epoch);
-                        for step in 0..sampler.batches_per_epoch() {
+                        let first = if epoch == epochs.start {
+                            start_batch
+                        } else {
+                            0
+                        };
+                        for step in first..sampler.batches_per_epoch() {
                             if halt() {
                                 return;
                             }
-                            let Some(mut guard) = recycler.take(&stop) else {
+                            if abandoned.load(Ordering::Relaxed) > epoch {
+                                break;
+                            }
+                            let Some(mut guard) = recycler.take(&halt) else {
                                 return;
                             };
                             let indices = sampler.batch(&order, step);
-                            let produced = catch_unwind(AssertUnwindSafe(|| {
-                                let _span = tracing::trace_span!("produce", epoch, step).entered();
-                                {
-                                    let _read = tracing::info_span!("read", images = indices.len())
+                            // A store cut short under the map would fault on the next read:
+                            // look at its length first and say so instead.
+                            let produced = match images.check_intact() {
+                                Err(e) => Err(StreamError::Store(e)),
+                                Ok(()) => catch_unwind(AssertUnwindSafe(|| {
+                                    let _span =
+                                        tracing::trace_span!("produce", epoch, step).entered();
+                                    {
+                                        let _read = tracing::info_span!(
+                                            "read",
+                                            phase,
+                                            images = indices.len()
+                                        )
                                         .entered();
-                                    touch(&*images, indices);
-                                }
-                                let _aug = tracing::info_span!("augment", images = indices.len())
+                                        touch(&*images, indices);
+                                    }
+                                    let _aug = tracing::info_span!(
+                                        "augment",
+                                        phase,
+                                        images = indices.len()
+                                    )
                                     .entered();
-                                pool.install(|| {
-                                    collate(&augmenter, &*images, indices, epoch, &mut guard)
-                                });
-                                guard.step = step;
-                            }));
-                            let item = match produced {
-                                Ok(()) => Ok(guard),
-                                Err(panic) => Err(StreamError::ProducerFailed {
-                                    epoch,
-                                    step,
-                                    message: panic_message(&*panic),
+                                    pool.install(|| {
+                                        collate(&augmenter, &*images, indices, epoch, &mut guard)
+                                    });
+                                    guard.step = step;
+                                }))
+                                .map_err(|panic| {
+                                    StreamError::ProducerFailed {
+                                        epoch,
+                                        step,
+                                        message: panic_message(&*panic),
+                                    }
                                 }),
                             };
+                            let item = produced.map(|()| guard);
                             let failed = item.is_err();
                             let t = Instant::now();
                             let sent = {
-                                let _send = tracing::info_span!("send").entered();
+                                let _send = tracing::info_span!("send", phase).entered();
                                 tx.blocking_send(item)
                             };
                             blocked_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -194,6 +264,8 @@ impl Loader {
             rx,
             sampler,
             next_epoch: config.epochs.start,
+            start_batch: config.start_batch,
+            phase: config.phase,
             epochs: config.epochs,
             cancel,
             stop,
@@ -201,6 +273,8 @@ impl Loader {
             buffers,
             blocked_ns,
             capacity,
+            held: Arc::new(AtomicUsize::new(0)),
+            abandoned,
         }
     }
 
@@ -219,13 +293,19 @@ impl Loader {
         self.capacity
     }
 
-    /// The next epoch's batches, or `None` once every epoch has been handed out.
+    /// The next epoch's batches, or `None` once every epoch has been handed out. The first
+    /// epoch of a loader started at `start_batch` holds only the batches from there on.
     pub fn epoch(&mut self) -> Option<Epoch<'_>> {
         if self.next_epoch >= self.epochs.end {
             return None;
         }
         let epoch = self.next_epoch;
         self.next_epoch += 1;
+        let first_batch = if epoch == self.epochs.start {
+            self.start_batch.min(self.sampler.batches_per_epoch())
+        } else {
+            0
+        };
         let blocked_at_start = self.blocked_ns.load(Ordering::Relaxed);
         Some(Epoch {
             stats: EpochStats {
@@ -236,6 +316,7 @@ impl Loader {
             start: Instant::now(),
             blocked_at_start,
             failed: false,
+            first_batch,
         })
     }
 }
@@ -253,12 +334,24 @@ impl Drop for Loader {
 }
 
 /// One epoch of batches, in order; yields `Err` once and then ends if the producer fails.
+/// Dropped before its end, it takes its remaining batches with it: the next epoch starts clean.
 pub struct Epoch<'a> {
     loader: &'a mut Loader,
     stats: EpochStats,
     start: Instant,
     blocked_at_start: u64,
     failed: bool,
+    first_batch: usize,
+}
+
+impl Drop for Epoch<'_> {
+    fn drop(&mut self) {
+        if self.remaining() {
+            self.loader
+                .abandoned
+                .fetch_max(self.stats.epoch + 1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Epoch<'_> {
@@ -268,7 +361,20 @@ impl Epoch<'_> {
     }
 
     fn remaining(&self) -> bool {
-        !self.failed && self.stats.batches < self.loader.sampler.batches_per_epoch()
+        !self.failed
+            && self.first_batch + self.stats.batches < self.loader.sampler.batches_per_epoch()
+    }
+
+    /// A batch of an earlier, abandoned epoch (queued before its epoch was dropped).
+    fn stale(&self, item: &Item) -> bool {
+        matches!(item, Ok(b) if b.epoch < self.stats.epoch)
+    }
+
+    /// The consumer holds every buffer and the queue is empty: no batch can ever arrive.
+    fn exhausted(&self) -> Option<Item> {
+        let held = self.loader.held.load(Ordering::Relaxed);
+        (held >= self.loader.capacity && self.loader.rx.is_empty())
+            .then_some(Err(StreamError::BuffersExhausted { held }))
     }
 
     fn account(
@@ -290,13 +396,18 @@ impl Epoch<'_> {
         self.stats.wait_seconds += waited;
         self.stats.empty_waits += empty as usize;
         self.stats.depth_sum += depth;
-        match &item {
-            Ok(batch) => {
+        let item = match item {
+            Ok(mut batch) => {
                 self.stats.batches += 1;
                 self.stats.images += batch.len();
+                batch.hand_over(&self.loader.held);
+                Ok(batch)
             }
-            Err(_) => self.failed = true,
-        }
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
+        };
         self.stats.wall_seconds = self.start.elapsed().as_secs_f64();
         let blocked = self.loader.blocked_ns.load(Ordering::Relaxed) - self.blocked_at_start;
         self.stats.producer_blocked_seconds = blocked as f64 * 1e-9;
@@ -306,38 +417,57 @@ impl Epoch<'_> {
 
     /// The next batch, waiting on the calling thread (for the trainer's own thread).
     pub fn next_blocking(&mut self) -> Option<Item> {
-        if !self.remaining() {
-            return None;
-        }
-        let depth = self.loader.rx.len();
-        let (item, waited, empty) = match self.loader.rx.try_recv() {
-            Ok(item) => (Some(item), 0.0, false),
-            Err(TryRecvError::Disconnected) => (None, 0.0, false),
-            Err(TryRecvError::Empty) => {
-                let _wait = tracing::info_span!("wait").entered();
-                let t = Instant::now();
-                let item = self.loader.rx.blocking_recv();
-                (item, t.elapsed().as_secs_f64(), true)
+        loop {
+            if !self.remaining() {
+                return None;
             }
-        };
-        self.account(item, waited, empty, depth)
+            if let Some(error) = self.exhausted() {
+                self.failed = true;
+                return Some(error);
+            }
+            let depth = self.loader.rx.len();
+            let (item, waited, empty) = match self.loader.rx.try_recv() {
+                Ok(item) => (Some(item), 0.0, false),
+                Err(TryRecvError::Disconnected) => (None, 0.0, false),
+                Err(TryRecvError::Empty) => {
+                    let _wait =
+                        tracing::info_span!("wait", phase = self.loader.phase.name()).entered();
+                    let t = Instant::now();
+                    let item = self.loader.rx.blocking_recv();
+                    (item, t.elapsed().as_secs_f64(), true)
+                }
+            };
+            if item.as_ref().is_some_and(|i| self.stale(i)) {
+                continue;
+            }
+            return self.account(item, waited, empty, depth);
+        }
     }
 
     /// The next batch, awaited (for consumers living on a tokio runtime).
     pub async fn next_async(&mut self) -> Option<Item> {
-        if !self.remaining() {
-            return None;
+        loop {
+            if !self.remaining() {
+                return None;
+            }
+            if let Some(error) = self.exhausted() {
+                self.failed = true;
+                return Some(error);
+            }
+            let depth = self.loader.rx.len();
+            let empty = depth == 0;
+            let t = Instant::now();
+            let item = self.loader.rx.recv().await;
+            let waited = if empty {
+                t.elapsed().as_secs_f64()
+            } else {
+                0.0
+            };
+            if item.as_ref().is_some_and(|i| self.stale(i)) {
+                continue;
+            }
+            return self.account(item, waited, empty, depth);
         }
-        let depth = self.loader.rx.len();
-        let empty = depth == 0;
-        let t = Instant::now();
-        let item = self.loader.rx.recv().await;
-        let waited = if empty {
-            t.elapsed().as_secs_f64()
-        } else {
-            0.0
-        };
-        self.account(item, waited, empty, depth)
     }
 }
 

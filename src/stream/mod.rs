@@ -14,5 +14,5 @@ mod sampler;
 
 pub use batch::{BatchGuard, Recycler};
 pub use drain::{drain, DrainObserver, Drained};
-pub use loader::{Epoch, EpochStats, Loader, LoaderConfig, StreamError};
+pub use loader::{Epoch, EpochStats, Loader, LoaderConfig, Phase, StreamError};
 pub use sampler::Sampler;

@@ -1,21 +1,35 @@
-//! Checkpoints: every variable of the model, its EMA and the optimizer's momentum buffers in one
-//! safetensors file, plus a JSON file with the position in the run and the metrics so far; both
-//! written atomically (temporary file, fsync, rename).
+//! Checkpoints: every variable of the model, its EMA, the optimizer's momentum buffers and the
+//! epoch's running loss and accuracy in one safetensors file whose metadata holds where the run
+//! stands (epoch, batch, step, history) and a checksum of every tensor.
+//!
+//! One file is one commit point: it is written to a temporary file, synced, and renamed over the
+//! previous checkpoint, which stays whole and loadable until the rename. A damaged file (a flipped
+//! byte, a truncation, a stray file) is refused on load with an error naming it.
 //!
 //! [`Snapshot`] is the one place that knows the layout: tensor names are the variable names
 //! behind a prefix per part ([`Part`]).
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use safetensors::tensor::{SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
 use super::learner::Learner;
 use super::metrics::EpochMetrics;
 use super::net::Net;
+use super::running::Running;
 use crate::config::TrainConfig;
 use crate::store::Shape;
+
+/// The `format` metadata value of this layout.
+const FORMAT: &str = "cifar-stream checkpoint 2";
+
+/// Test hook: milliseconds to pause half-way through writing a checkpoint and again before the
+/// rename, so a crash test can kill the process inside the write.
+pub const DELAY_ENV: &str = "CIFAR_STREAM_TEST_CHECKPOINT_DELAY_MS";
 
 /// Errors reading or writing a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -27,34 +41,33 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// candle could not (de)serialise the tensors.
+    /// candle could not convert the tensors.
     #[error("{path}: {source}")]
     Tensors {
         path: PathBuf,
         #[source]
         source: candle_core::Error,
     },
-    /// The JSON state is malformed.
-    #[error("{path}: {source}")]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    /// The file is not a whole checkpoint of this format.
+    #[error("{path}: damaged or not a checkpoint: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
     /// A tensor the model needs is not in the file.
     #[error("{path}: no tensor {name}")]
     Missing { path: PathBuf, name: String },
 }
 
-/// Where the run stands, saved beside the tensors.
+/// Where the run stands, saved with the tensors.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct State {
-    /// Epochs fully completed; a resumed run starts at this epoch.
+    /// Epochs fully completed; a resumed run continues in this epoch.
     pub next_epoch: usize,
-    /// True when saved by Ctrl-C in the middle of `next_epoch` (its partial updates are kept).
-    pub partial_epoch: bool,
+    /// Batches of `next_epoch` already trained (0: saved at an epoch boundary); a resumed run
+    /// continues with the next batch of the same permutation.
+    pub batch: usize,
     /// Optimizer steps taken.
     pub step: usize,
+    /// Images trained on in `next_epoch` so far (the running sums' count).
+    pub epoch_images: usize,
     /// The resolved configuration.
     pub config: TrainConfig,
     /// Training store mean/std (0–1), for `predict`.
@@ -83,6 +96,8 @@ pub enum Part {
     Ema,
     /// SGD's momentum buffers.
     Momentum,
+    /// The unfinished epoch's summed training loss and correct count.
+    Running,
 }
 
 impl Part {
@@ -92,6 +107,7 @@ impl Part {
             Part::Model => "model.",
             Part::Ema => "ema.",
             Part::Momentum => "momentum.",
+            Part::Running => "running.",
         }
     }
 
@@ -100,14 +116,49 @@ impl Part {
     }
 }
 
-/// Tensor file inside a run folder.
-pub fn tensors_path(dir: &Path) -> PathBuf {
+/// The checkpoint file inside a run folder.
+pub fn path(dir: &Path) -> PathBuf {
     dir.join("checkpoint.safetensors")
 }
 
-/// State file inside a run folder.
-pub fn state_path(dir: &Path) -> PathBuf {
-    dir.join("checkpoint.json")
+/// Removes what a killed writer left behind in `dir` (its temporary files), before a run starts
+/// writing there again.
+pub fn remove_stale_temporaries(dir: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.starts_with(".checkpoint.") || name.starts_with(".write.");
+        if ours && name.ends_with(".tmp") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The checksum the metadata carries: every tensor, by name, with its dtype, shape and bytes.
+fn checksum<'a, V: View + 'a>(tensors: impl IntoIterator<Item = (&'a str, V)>) -> String {
+    let mut sorted: Vec<(&str, V)> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (name, t) in sorted {
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(format!("{:?}", t.dtype()).as_bytes());
+        for d in t.shape() {
+            h.update(&(*d as u64).to_le_bytes());
+        }
+        h.update(&t.data());
+    }
+    format!("{:016x}", h.digest())
+}
+
+fn delay() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var(DELAY_ENV).ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
 }
 
 /// A checkpoint in memory: the learner's tensors by checkpoint name, and the run's state.
@@ -115,13 +166,14 @@ pub struct Snapshot {
     /// Where the run stands.
     pub state: State,
     tensors: HashMap<String, Tensor>,
-    /// The tensor file these came from (for error messages).
+    /// The file these came from (for error messages).
     path: PathBuf,
 }
 
 impl Snapshot {
-    /// The learner's tensors (shared handles, not copies) with `state`.
-    pub fn capture(learner: &Learner, state: State) -> Snapshot {
+    /// The learner's tensors (shared handles, not copies) and the unfinished epoch's running
+    /// sums, with `state`.
+    pub fn capture(learner: &Learner, running: &Running, state: State) -> Snapshot {
         let mut tensors = HashMap::new();
         for (n, v) in learner.net.named() {
             tensors.insert(Part::Model.key(&n), v.as_tensor().clone());
@@ -134,6 +186,10 @@ impl Snapshot {
         for (n, t) in learner.sgd.buffers() {
             tensors.insert(Part::Momentum.key(n), t.clone());
         }
+        if let Some((loss, hits)) = running.sums() {
+            tensors.insert(Part::Running.key("loss"), loss.clone());
+            tensors.insert(Part::Running.key("hits"), hits.clone());
+        }
         Snapshot {
             state,
             tensors,
@@ -141,57 +197,98 @@ impl Snapshot {
         }
     }
 
-    /// Writes the tensors, then the state, into `dir`.
+    /// Writes the checkpoint into `dir`: a temporary file, synced, renamed over the previous one.
     pub fn save(&self, dir: &Path) -> Result<(), Error> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
+        let target = path(dir);
+        let io = |source| Error::Io {
+            path: target.clone(),
+            source,
         };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let final_tensors = tensors_path(dir);
-        let tmp = tempfile::Builder::new()
+        let corrupt = |reason: String| Error::Corrupt {
+            path: target.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let state = serde_json::to_string(&self.state).map_err(|e| corrupt(e.to_string()))?;
+        let sum = checksum(self.tensors.iter().map(|(k, t)| (k.as_str(), t)));
+        let metadata = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("state".to_string(), state),
+            ("checksum".to_string(), sum),
+        ]);
+        let bytes = safetensors::serialize(&self.tensors, Some(metadata))
+            .map_err(|e| corrupt(e.to_string()))?;
+        let mut tmp = tempfile::Builder::new()
             .prefix(".checkpoint.")
             .suffix(".tmp")
             .tempfile_in(dir)
-            .map_err(io(dir))?;
-        candle_core::safetensors::save(&self.tensors, tmp.path()).map_err(|source| {
+            .map_err(io)?;
+        let (first, second) = bytes.split_at(bytes.len() / 2);
+        tmp.write_all(first).map_err(io)?;
+        if let Some(d) = delay() {
+            std::thread::sleep(d);
+        }
+        tmp.write_all(second).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        if let Some(d) = delay() {
+            std::thread::sleep(d);
+        }
+        tmp.persist(&target).map_err(|e| io(e.error))?;
+        // The rename is durable once the folder's entry is.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
+    }
+
+    /// Reads and checks the checkpoint in run folder `dir`, onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Snapshot, Error> {
+        let path = path(dir);
+        let corrupt = |reason: String| Error::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let field = |key: &str| {
+            meta.get(key)
+                .ok_or_else(|| corrupt(format!("no {key:?} in the metadata")))
+        };
+        let format = field("format")?;
+        if format != FORMAT {
+            return Err(corrupt(format!(
+                "format {format:?}, this build reads {FORMAT:?}"
+            )));
+        }
+        let state: State =
+            serde_json::from_str(field("state")?).map_err(|e| corrupt(format!("state: {e}")))?;
+        let views = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let found = checksum(views.tensors().iter().map(|(k, v)| (k.as_str(), v)));
+        let expected = field("checksum")?;
+        if &found != expected {
+            return Err(corrupt(format!(
+                "checksum mismatch: metadata says {expected}, the tensors hash to {found}"
+            )));
+        }
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|source| {
             Error::Tensors {
-                path: final_tensors.clone(),
+                path: path.clone(),
                 source,
             }
         })?;
-        tmp.as_file().sync_all().map_err(io(&final_tensors))?;
-        tmp.persist(&final_tensors).map_err(|e| Error::Io {
-            path: final_tensors.clone(),
-            source: e.error,
-        })?;
-        let json = serde_json::to_vec_pretty(&self.state).map_err(|source| Error::Json {
-            path: state_path(dir),
-            source,
-        })?;
-        crate::render::write_atomic(&state_path(dir), &json).map_err(io(&state_path(dir)))
-    }
-
-    /// Reads a run folder's state and tensors onto `device`.
-    pub fn load(dir: &Path, device: &Device) -> Result<Snapshot, Error> {
-        let sp = state_path(dir);
-        let text = std::fs::read(&sp).map_err(|source| Error::Io {
-            path: sp.clone(),
-            source,
-        })?;
-        let state: State =
-            serde_json::from_slice(&text).map_err(|source| Error::Json { path: sp, source })?;
-        let path = tensors_path(dir);
-        let tensors =
-            candle_core::safetensors::load(&path, device).map_err(|source| Error::Tensors {
-                path: path.clone(),
-                source,
-            })?;
         Ok(Snapshot {
             state,
             tensors,
             path,
         })
+    }
+
+    /// Every tensor by checkpoint name (`model.…`, `ema.…`, `momentum.…`, `running.…`).
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
     }
 
     /// Whether the checkpoint holds an EMA copy of the weights.
@@ -239,5 +336,14 @@ impl Snapshot {
         learner.sgd.set_buffers(buffers);
         learner.set_steps(self.state.step);
         Ok(())
+    }
+
+    /// The unfinished epoch's running sums (empty at an epoch boundary).
+    pub fn running(&self) -> Running {
+        let get = |n: &str| self.tensors.get(&Part::Running.key(n)).cloned();
+        match (get("loss"), get("hits")) {
+            (Some(loss), Some(hits)) => Running::resume(loss, hits, self.state.epoch_images),
+            _ => Running::new(),
+        }
     }
 }

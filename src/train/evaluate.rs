@@ -12,7 +12,7 @@ use crate::augment::Augmenter;
 use crate::config::Tta;
 use crate::model::SeResNetD;
 use crate::store::Images;
-use crate::stream::{Loader, LoaderConfig};
+use crate::stream::{Loader, LoaderConfig, Phase};
 
 /// Accuracy and loss of one evaluation, with its confusion matrix (`[true][predicted]`).
 #[derive(Clone, Debug)]
@@ -76,6 +76,8 @@ pub fn evaluate(
         seed: 0,
         epochs: 0..1,
         max_batches: None,
+        start_batch: 0,
+        phase: Phase::Eval,
     };
     let mut loader = Loader::start(
         images,

@@ -50,6 +50,20 @@ impl Running {
         self.images
     }
 
+    /// The device-side sums `(loss × batch, correct)`, once a batch was added (for a checkpoint).
+    pub fn sums(&self) -> Option<(&Tensor, &Tensor)> {
+        self.loss.as_ref().zip(self.hits.as_ref())
+    }
+
+    /// Totals restored from a checkpoint: `loss` (f64) and `hits` (u32) over `images` images.
+    pub fn resume(loss: Tensor, hits: Tensor, images: usize) -> Self {
+        Running {
+            loss: Some(loss),
+            hits: Some(hits),
+            images,
+        }
+    }
+
     /// `(mean loss, accuracy)` so far (zeros before the first batch); waits for the device.
     pub fn read(&self) -> Result<(f64, f64)> {
         let (Some(loss), Some(hits)) = (&self.loss, &self.hits) else {

@@ -76,10 +76,10 @@ impl SavedRun {
                 "raw"
             },
             self.state.next_epoch,
-            if self.state.partial_epoch {
-                " (+ a partial epoch)"
+            if self.state.batch > 0 {
+                format!(" (+ {} batches of the next)", self.state.batch)
             } else {
-                ""
+                String::new()
             }
         )
     }

@@ -21,7 +21,7 @@ use crate::config::{TrainConfig, CONFIG_FILE};
 use crate::model::SeResNetD;
 use crate::seed;
 use crate::store::{Header, Reader, Split};
-use crate::stream::{EpochStats, Loader, LoaderConfig, Sampler, StreamError};
+use crate::stream::{EpochStats, Loader, LoaderConfig, Phase, Sampler, StreamError};
 
 /// Seed-derivation tag of dropout masks.
 const DROPOUT_STREAM: u64 = u64::MAX - 1;
@@ -121,21 +121,6 @@ pub struct TestEvaluation {
     pub ema: Evaluation,
 }
 
-/// One step of `learner` at (epoch, batch index, steps per epoch): the schedule's rate at the
-/// learner's global step, dropout drawn from (seed, epoch, batch). Returns the rate too.
-fn step_at(
-    learner: &mut Learner,
-    config: &TrainConfig,
-    (epoch, batch, iters_per_epoch): (usize, usize, usize),
-    x: &Tensor,
-    y: &Tensor,
-) -> Result<(Tensor, Tensor, f64)> {
-    let lr = config.schedule.lr_at(learner.steps(), iters_per_epoch);
-    let dropout_seed = seed::derive(config.seed, &[DROPOUT_STREAM, epoch as u64, batch as u64]);
-    let (logits, loss) = learner.step(x, y, lr, dropout_seed)?;
-    Ok((logits, loss, lr))
-}
-
 /// A training run in its folder.
 pub struct Trainer {
     config: TrainConfig,
@@ -152,10 +137,10 @@ pub struct Trainer {
     iters_per_epoch: usize,
     /// The epoch to train next (the one in progress while `train_epoch` runs).
     next_epoch: usize,
-    /// The current epoch was stopped part-way (its steps are in the weights).
-    partial: bool,
-    /// Batch index of the next step within its epoch.
+    /// Batches of `next_epoch` already trained: the index of the next step within its epoch.
     batch: usize,
+    /// Training loss and accuracy of `next_epoch`'s steps so far.
+    running: Running,
     history: Vec<EpochMetrics>,
 }
 
@@ -164,7 +149,7 @@ impl Trainer {
     /// the resolved `config.toml` there, opens the store and builds fresh weights.
     pub fn new(config: TrainConfig, device: Device) -> Result<Trainer> {
         let dir = config.run_dir();
-        if checkpoint::state_path(&dir).exists() {
+        if checkpoint::path(&dir).exists() {
             return Err(Error::RunExists { dir });
         }
         let trainer = Trainer::open(config, device)?;
@@ -172,14 +157,38 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// Continues the run saved in `config.run_dir()` where its checkpoint left it (`config` may
-    /// change what the flags change: more epochs, another cadence).
-    pub fn resume(config: TrainConfig, device: Device) -> Result<Trainer> {
+    /// Continues the run saved in `dir` exactly where its checkpoint left it: at the next batch
+    /// of the same epoch, with the same weights, optimizer, EMA and running sums. `config` may
+    /// change what does not move that position (more epochs, another cadence); its `runs` and
+    /// `name` become `dir`'s, wherever the run was first started.
+    pub fn resume(dir: &Path, mut config: TrainConfig, device: Device) -> Result<Trainer> {
+        let (runs, name) = split_run_dir(dir)?;
+        (config.runs, config.name) = (runs, name);
         let mut trainer = Trainer::open(config, device)?;
         let snapshot = Snapshot::load(&trainer.dir, &trainer.device)?;
+        let state = &snapshot.state;
+        if state.batch > 0 {
+            // The position is a batch of a permutation: the permutation must be the same one.
+            let (was, now) = (&state.config, &trainer.config);
+            let same = was.batch_size == now.batch_size
+                && was.seed == now.seed
+                && was.limit_train_batches == now.limit_train_batches
+                && was.data == now.data;
+            if !same {
+                return Err(Error::Unsupported(format!(
+                    "{} stopped in the middle of epoch {}: resuming it needs the same batch_size, \
+                     seed, limit_train_batches and data",
+                    trainer.dir.display(),
+                    state.next_epoch + 1
+                )));
+            }
+        }
         snapshot.restore(&mut trainer.learner)?;
-        trainer.next_epoch = snapshot.state.next_epoch;
-        trainer.history = snapshot.state.history;
+        trainer.running = snapshot.running();
+        let state = snapshot.state;
+        trainer.next_epoch = state.next_epoch;
+        trainer.batch = state.batch;
+        trainer.history = state.history;
         trainer.history.truncate(trainer.next_epoch);
         trainer.write_config()?;
         Ok(trainer)
@@ -188,6 +197,7 @@ impl Trainer {
     fn open(config: TrainConfig, device: Device) -> Result<Trainer> {
         config.validate()?;
         let dir = config.run_dir();
+        checkpoint::remove_stale_temporaries(&dir).map_err(io(&dir))?;
         let train_store = Arc::new(Reader::open(Split::Train.path_in(&config.data))?);
         let test_store = Arc::new(Reader::open(Split::Test.path_in(&config.data))?);
         let header = train_store.header().clone();
@@ -196,6 +206,19 @@ impl Trainer {
                 "the store has {} classes, the model {}",
                 header.classes.len(),
                 config.model.num_classes
+            )));
+        }
+        if header.shape.channels as usize != config.model.in_channels {
+            return Err(Error::Unsupported(format!(
+                "the store's images have {} channels, the model takes {}",
+                header.shape.channels, config.model.in_channels
+            )));
+        }
+        if test_store.shape() != header.shape || test_store.classes() != header.classes {
+            return Err(Error::Unsupported(format!(
+                "{} and {} hold different image shapes or classes",
+                train_store.path().display(),
+                test_store.path().display()
             )));
         }
         let sampler = Sampler::new(
@@ -237,8 +260,8 @@ impl Trainer {
             loader: None,
             iters_per_epoch,
             next_epoch: 0,
-            partial: false,
             batch: 0,
+            running: Running::new(),
             history: Vec::new(),
         })
     }
@@ -337,29 +360,30 @@ impl Trainer {
         }
     }
 
-    /// Trains the next epoch's steps (`None` when every epoch is trained). A cancel stops it
-    /// after the current step, with `complete: false`.
+    /// Trains the next epoch's steps (`None` when every epoch is trained), from where the run
+    /// stands in it. A cancel stops it after the current step, with `complete: false`; every
+    /// `save_every_steps` steps it saves a checkpoint of the exact position.
     pub fn train_epoch(&mut self, observer: &mut dyn Observer) -> Result<Option<TrainedEpoch>> {
         if self.finished() {
             return Ok(None);
         }
-        if self.loader.is_none() {
-            self.loader = Some(self.start_loader());
-        }
-        let loader = self.loader.as_mut().expect("started above");
+        // Out of `self` while the epoch borrows it, so the steps can use `self`; an error drops
+        // it, and the next call starts a new one at the position reached.
+        let mut loader = match self.loader.take() {
+            Some(loader) => loader,
+            None => self.start_loader(),
+        };
         let Some(mut epoch) = loader.epoch() else {
             return Ok(None);
         };
         let e = epoch.stats().epoch;
         debug_assert_eq!(e, self.next_epoch);
         let started = Instant::now();
-        observer.epoch_start(e, self.iters_per_epoch);
-        let mut running = Running::new();
-        let (mut lr, mut complete) = (0f64, true);
-        self.batch = 0;
+        observer.epoch_start(e, self.iters_per_epoch - self.batch);
+        let mut complete = true;
         while let Some(batch) = epoch.next_blocking() {
             // Ctrl-C: stop now rather than after the batches already queued.
-            if self.cancel.load(Ordering::Relaxed) {
+            if self.cancelled() {
                 complete = false;
                 break;
             }
@@ -379,32 +403,36 @@ impl Trainer {
                 (x, y)
             };
             drop(batch);
-            let at = (e, self.batch, self.iters_per_epoch);
-            let (logits, loss, step_lr) = step_at(&mut self.learner, &self.config, at, &x, &y)?;
-            lr = step_lr;
-            running.add(&logits, &loss, &y)?;
-            self.batch += 1;
+            self.step(&x, &y)?;
             let progress = if self.batch % LOSS_READ_EVERY == 0 {
-                Some(running.read()?.0)
+                Some(self.running.read()?.0)
             } else {
                 None
             };
             observer.step(progress);
+            let save_now = self
+                .config
+                .save_every_steps
+                .is_some_and(|n| self.learner.steps() % n == 0);
+            if save_now && self.batch < self.iters_per_epoch {
+                self.save()?;
+            }
         }
         let stats = epoch.stats().clone();
-        self.partial = !complete;
+        drop(epoch);
+        self.loader = Some(loader);
         // The epoch's one wait for the device: its time belongs to training, not evaluation.
         let (loss, accuracy) = if complete {
-            running.read()?
+            self.running.read()?
         } else {
             (0.0, 0.0)
         };
         Ok(Some(TrainedEpoch {
             epoch: e,
-            lr,
+            lr: self.last_lr(),
             loss,
             accuracy,
-            images: running.images(),
+            images: self.running.images(),
             complete,
             stats,
             seconds: started.elapsed().as_secs_f64(),
@@ -412,11 +440,28 @@ impl Trainer {
         }))
     }
 
-    /// One training step at the run's position: the schedule's rate at the global step, dropout
-    /// drawn from (seed, epoch, batch index). Returns `(logits, loss)`.
+    /// The rate of the last step taken (0 before any).
+    fn last_lr(&self) -> f64 {
+        match self.learner.steps() {
+            0 => 0.0,
+            steps => self.config.schedule.lr_at(steps - 1, self.iters_per_epoch),
+        }
+    }
+
+    /// One training step at the run's position, which it advances: the schedule's rate at the
+    /// global step, dropout drawn from (seed, epoch, batch index), the loss and accuracy added
+    /// to the epoch's running sums. Returns `(logits, loss)`.
     pub fn step(&mut self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
-        let at = (self.next_epoch, self.batch, self.iters_per_epoch);
-        let (logits, loss, _) = step_at(&mut self.learner, &self.config, at, x, y)?;
+        let lr = self
+            .config
+            .schedule
+            .lr_at(self.learner.steps(), self.iters_per_epoch);
+        let dropout_seed = seed::derive(
+            self.config.seed,
+            &[DROPOUT_STREAM, self.next_epoch as u64, self.batch as u64],
+        );
+        let (logits, loss) = self.learner.step(x, y, lr, dropout_seed)?;
+        self.running.add(&logits, &loss, y)?;
         self.batch += 1;
         Ok((logits, loss))
     }
@@ -436,6 +481,8 @@ impl Trainer {
             seed: self.config.seed,
             epochs: self.next_epoch..self.config.epochs,
             max_batches: self.config.limit_train_batches,
+            start_batch: self.batch,
+            phase: Phase::Train,
         };
         Loader::start(
             self.train_store.clone(),
@@ -503,17 +550,19 @@ impl Trainer {
         self.history.push(m.clone());
         metrics::write_all(&self.dir, &self.history).map_err(io(&self.dir))?;
         self.next_epoch = trained.epoch + 1;
-        self.partial = false;
+        self.batch = 0;
+        self.running = Running::new();
         Ok(m)
     }
 
-    /// Writes a checkpoint of where the run stands.
+    /// Writes a checkpoint of where the run stands, to the batch.
     pub fn save(&self) -> Result<()> {
         let _span = tracing::info_span!("checkpoint").entered();
         let state = State {
             next_epoch: self.next_epoch,
-            partial_epoch: self.partial,
+            batch: self.batch,
             step: self.learner.steps(),
+            epoch_images: self.running.images(),
             config: self.config.clone(),
             mean: self.header.mean.clone(),
             std: self.header.std.clone(),
@@ -521,7 +570,23 @@ impl Trainer {
             shape: self.header.shape,
             history: self.history.clone(),
         };
-        Snapshot::capture(&self.learner, state).save(&self.dir)?;
+        Snapshot::capture(&self.learner, &self.running, state).save(&self.dir)?;
         Ok(())
     }
+}
+
+/// `dir` as (folder of runs, run name), so that `runs/name` is `dir` again.
+fn split_run_dir(dir: &Path) -> Result<(PathBuf, String)> {
+    let named = |d: &Path| {
+        let name = d.file_name()?.to_str()?.to_string();
+        let parent = d.parent().filter(|p| !p.as_os_str().is_empty());
+        Some((parent.unwrap_or(Path::new(".")).to_path_buf(), name))
+    };
+    if let Some(split) = named(dir) {
+        return Ok(split);
+    }
+    // `.`, `..` and the like: the absolute path names the folder.
+    let absolute = dir.canonicalize().map_err(io(dir))?;
+    named(&absolute)
+        .ok_or_else(|| Error::Unsupported(format!("{} is not a run folder", dir.display())))
 }

@@ -110,6 +110,8 @@ type GeometricOp = fn(&[u8], &mut [u8], Shape, f64, &[u8]);
 
 /// Applies `op` at `level` to `img` in place, drawing signs and positions from `rng`.
 pub fn apply(op: Op, level: u8, rng: &mut fastrand::Rng, img: &mut [u8], canvas: &mut Canvas) {
+    // Levels above the scale would underflow Posterize's and Solarize's thresholds.
+    let level = level.min(MAX_LEVEL as u8);
     let shape = canvas.shape;
     let mut signed = |v: f64| if rng.f64() > 0.5 { -v } else { v };
     let geometric: Option<(GeometricOp, f64)> = match op {

@@ -36,6 +36,7 @@ pub fn drain(args: &TrainArgs, config: &TrainConfig, profiler: &Profiler) -> Res
         seed: config.seed,
         epochs: 0..config.epochs,
         max_batches: config.limit_train_batches,
+        ..LoaderConfig::default()
     };
     let mut loader = Loader::start(
         Arc::new(reader),

@@ -104,6 +104,10 @@ pub struct RunFlags {
     /// Save a checkpoint every N epochs [seed: 10].
     #[arg(long)]
     save_every: Option<usize>,
+    /// Also save every N optimizer steps, mid-epoch (a resume continues from that exact step)
+    /// [default: off].
+    #[arg(long, value_name = "N")]
+    save_every_steps: Option<usize>,
     /// Test-time augmentation of every evaluation: none, or flip (average the logits of each test
     /// image and its mirror; twice the evaluation time) [default: none].
     #[arg(long, value_enum)]
@@ -114,6 +118,9 @@ impl Apply for RunFlags {
     fn apply(&self, c: &mut TrainConfig) {
         set!(self, c: name => name, runs => runs, ema_decay => ema_decay,
             eval_every => eval_every, save_every => save_every, tta => tta);
+        if let Some(n) = self.save_every_steps {
+            c.save_every_steps = Some(n);
+        }
     }
 }
 

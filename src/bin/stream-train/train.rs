@@ -30,8 +30,9 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with_all = ["pipeline_only", "device_flag", "trace", "profile_json",
         "quiet"])]
     pub print_config: bool,
-    /// Continue the run saved in DIR (its config.toml is used; flags still override).
-    #[arg(long, value_name = "DIR")]
+    /// Continue the run saved in DIR from the exact step its checkpoint holds (its config.toml is
+    /// used; flags still override; its outputs stay in DIR).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["name", "runs"])]
     pub resume: Option<PathBuf>,
     /// Run only the data path (sampler → store → augmentation → channel) into a null consumer,
     /// print the profile table per epoch and a final `images/s: X` line.
@@ -109,7 +110,7 @@ pub fn run(args: TrainArgs) -> Result<Finish> {
     let device = args.net.device.select()?;
     eprintln!("device: {}", cifar_stream::device::describe(&device));
     let started = match &args.resume {
-        Some(_) => Trainer::resume(config, device),
+        Some(dir) => Trainer::resume(dir, config, device),
         None => Trainer::new(config, device),
     };
     let mut trainer = match started {
