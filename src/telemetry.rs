@@ -107,16 +107,20 @@ impl Profiler {
 pub struct TraceGuard(#[allow(dead_code)] Option<tracing_chrome::FlushGuard>);
 
 /// Installs the global subscriber: log lines filtered by `RUST_LOG` (default `warn`), the
-/// profiler, and a Chrome trace-event JSON file when `trace` is given.
-pub fn init(profiler: &Profiler, trace: Option<&Path>) -> TraceGuard {
+/// profiler, and a Chrome trace-event JSON file when `trace` is given (created first, so a path
+/// that cannot be written is an error here rather than a panic inside the trace writer).
+pub fn init(profiler: &Profiler, trace: Option<&Path>) -> std::io::Result<TraceGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(filter);
     let (chrome, guard) = match trace {
         Some(path) => {
+            let file = std::fs::File::create(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("--trace {}: {e}", path.display()))
+            })?;
             let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new()
-                .file(path)
+                .writer(std::io::BufWriter::new(file))
                 .include_args(true)
                 .build();
             (Some(layer), Some(guard))
@@ -128,7 +132,7 @@ pub fn init(profiler: &Profiler, trace: Option<&Path>) -> TraceGuard {
         .with(profiler.clone())
         .with(chrome)
         .try_init();
-    TraceGuard(guard)
+    Ok(TraceGuard(guard))
 }
 
 /// Timing of one stage over an epoch.

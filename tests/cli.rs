@@ -414,6 +414,21 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
             .all(|s| stages.contains(s)),
         "{stages:?}"
     );
+    // Training only: the evaluation's own stream (its reads, its waits) and its time stay out,
+    // so one training batch is one read and no stage is busier than the epoch is long.
+    let stage = |name: &str| {
+        lines[0]["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == name)
+            .unwrap_or_else(|| panic!("no {name} stage"))
+            .clone()
+    };
+    assert!(!stages.contains(&"eval"), "{stages:?}");
+    assert_eq!(stage("read")["count"], 1);
+    assert_eq!(stage("augment")["count"], 1);
+    assert_eq!(stage("forward")["count"], 1);
     // The epoch line's "test loss L acc A%" is the headline's A.
     let epoch_line = no_ema
         .lines()
@@ -590,5 +605,79 @@ fn device_check_step_bench_and_op_bench_run_on_the_cpu() {
     assert!(
         stdout.contains("3x3 3>4 @32 s1") && stdout.contains("total ms per step: conv fwd"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn eval_refuses_a_store_with_other_classes_and_predict_an_image_of_another_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("syn");
+    prep_dataset()
+        .args(["--synthetic", "--per-class", "4", "-q", "--out"])
+        .arg(&data)
+        .assert()
+        .success();
+    Command::cargo_bin("stream-train")
+        .unwrap()
+        .current_dir(tmp.path())
+        .args([
+            "--preset",
+            "tiny",
+            "--widths",
+            "4,8,16",
+            "--stem-width",
+            "8",
+        ])
+        .args([
+            "--batch-size",
+            "20",
+            "--epochs",
+            "1",
+            "--limit-train-batches",
+            "1",
+            "-q",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .assert()
+        .success();
+    let run = tmp.path().join("runs/tiny");
+    // A three-class store (non-ASCII class names too): the ten-class run cannot evaluate it.
+    let folder = tmp.path().join("three");
+    write_png_folder(&folder, &["chat", "chèvre", "貓"], 2, 2);
+    let other = tmp.path().join("three-store");
+    prep_dataset()
+        .args(["-q", "--source"])
+        .arg(&folder)
+        .arg("--out")
+        .arg(&other)
+        .assert()
+        .success();
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .args(["eval", "--checkpoint"])
+        .arg(&run)
+        .arg("--data")
+        .arg(&other)
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("3 classes, the run 10") && stderr.contains("test.store"),
+        "{stderr}"
+    );
+    let big = tmp.path().join("big.png");
+    image::RgbImage::new(40, 30).save(&big).unwrap();
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .args(["predict", "--checkpoint"])
+        .arg(&run)
+        .arg(&big)
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("big.png") && stderr.contains("40x30"),
+        "{stderr}"
     );
 }

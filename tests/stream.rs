@@ -301,3 +301,92 @@ fn async_consumer_sees_the_same_batches() {
     });
     assert_eq!(seen, blocking);
 }
+
+#[test]
+fn an_epoch_dropped_early_takes_its_batches_with_it() {
+    let seen = within_30s(|| {
+        let mut loader = start(images(10), config(8, 4, false, 3), 2, no_cancel());
+        let mut seen = Vec::new();
+        // Epoch 0: one batch, then the consumer walks away (a `break` out of the loop).
+        {
+            let mut epoch = loader.epoch().unwrap();
+            let b = epoch.next_blocking().unwrap().unwrap();
+            seen.push((b.epoch, b.step));
+        }
+        while let Some(epoch) = loader.epoch() {
+            for b in epoch {
+                let b = b.unwrap();
+                seen.push((b.epoch, b.step));
+            }
+        }
+        seen
+    });
+    // Nothing of epoch 0 leaks into epoch 1, and epochs 1 and 2 are whole and in order.
+    let want: Vec<(usize, usize)> = std::iter::once((0, 0))
+        .chain((1..3).flat_map(|e| (0..13).map(move |k| (e, k))))
+        .collect();
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn holding_every_buffer_and_asking_for_more_is_an_error_not_a_deadlock() {
+    let err = within_30s(|| {
+        let prefetch = 2;
+        let mut loader = start(images(10), config(4, prefetch, false, 1), 1, no_cancel());
+        let mut epoch = loader.epoch().unwrap();
+        let mut held = Vec::new();
+        loop {
+            match epoch.next_blocking().unwrap() {
+                Ok(b) => held.push(b),
+                Err(e) => return (e, held.len()),
+            }
+        }
+    });
+    match err {
+        (StreamError::BuffersExhausted { held }, n) => assert_eq!((held, n), (4, 4)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_loader_started_mid_epoch_continues_the_same_permutation() {
+    let imgs = images(10);
+    let full = collect(start(imgs.clone(), config(8, 2, false, 2), 2, no_cancel()));
+    let resumed = collect(start(
+        imgs,
+        LoaderConfig {
+            start_batch: 5,
+            ..config(8, 2, false, 2)
+        },
+        2,
+        no_cancel(),
+    ));
+    // Batches 5.. of epoch 0, then all of epoch 1: exactly the tail of the full stream.
+    assert_eq!(resumed.len(), full.len() - 5);
+    assert_eq!(&full[5..], &resumed[..]);
+}
+
+#[test]
+fn a_store_truncated_under_the_stream_is_an_error_naming_it_not_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bar = ProgressBar::hidden();
+    cifar_stream::prep::write_store(&synthetic::generate(10, 1, &bar), tmp.path(), false, &bar)
+        .unwrap();
+    let path = cifar_stream::store::Split::Train.path_in(tmp.path());
+    let reader = cifar_stream::store::Reader::open(&path).unwrap();
+    // Another program cuts the file short while it is mapped.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(reader.file_len() / 2).unwrap();
+    let err = within_30s(move || {
+        let mut loader = start(Arc::new(reader), config(8, 2, false, 1), 2, no_cancel());
+        let mut epoch = loader.epoch().unwrap();
+        match epoch.next_blocking().unwrap() {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a batch came from a truncated store"),
+        }
+    });
+    assert!(
+        err.contains("train.store") && err.contains("changed under the reader"),
+        "{err}"
+    );
+}

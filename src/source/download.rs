@@ -49,11 +49,8 @@ pub fn fetch(
     progress.set_position(0);
     progress.set_message(format!("downloading {url}"));
     let mut body = response.into_body().into_reader();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".download.")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir.display(), e))?;
+    let mut tmp =
+        crate::store::temp_file_in(dir, ".download.").map_err(|e| Error::io(dir.display(), e))?;
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {

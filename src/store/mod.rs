@@ -42,7 +42,7 @@ pub use error::{Error, Result};
 pub use format::{Header, PixelLayout, Shape, HEADER_LEN, MAGIC, VERSION};
 pub use reader::Reader;
 pub use summary::{SplitSummary, Summary};
-pub use writer::{Staged, Writer};
+pub use writer::{temp_file_in, Staged, Writer};
 
 use std::path::{Path, PathBuf};
 

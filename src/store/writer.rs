@@ -48,11 +48,7 @@ impl Writer {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(dir, e))?;
+        let tmp = temp_file_in(dir, &format!(".{name}.")).map_err(|e| Error::io(dir, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, tmp);
         // Placeholder header; the real one is written once counts and checksums are known.
         out.write_all(&[0u8; HEADER_LEN])
@@ -228,4 +224,18 @@ impl Staged {
         }
         Ok(self.header)
     }
+}
+
+/// A temporary file in `dir` (named `<prefix>XXXXXX.tmp`) for a write that is renamed into place when
+/// complete. It gets the permissions any new file gets under the umask (tempfile alone makes it
+/// owner-only, which the renamed store, checkpoint or metrics file would keep).
+pub fn temp_file_in(dir: &Path, prefix: &str) -> std::io::Result<NamedTempFile> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(dir)
 }

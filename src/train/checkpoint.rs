@@ -218,11 +218,7 @@ impl Snapshot {
         ]);
         let bytes = safetensors::serialize(&self.tensors, Some(metadata))
             .map_err(|e| corrupt(e.to_string()))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".checkpoint.")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(io)?;
+        let mut tmp = crate::store::temp_file_in(dir, ".checkpoint.").map_err(io)?;
         let (first, second) = bytes.split_at(bytes.len() / 2);
         tmp.write_all(first).map_err(io)?;
         if let Some(d) = delay() {

@@ -36,6 +36,9 @@ pub trait Observer {
     /// One training step was queued; every [`LOSS_READ_EVERY`] steps it carries the epoch's
     /// mean training loss so far (reading it waits for the device, so not every step does).
     fn step(&mut self, _loss: Option<f64>) {}
+    /// The epoch's training steps are done (evaluation comes next): the moment to close a
+    /// profile of training alone.
+    fn train_end(&mut self, _trained: &TrainedEpoch) {}
     /// An epoch finished (metrics computed, files written).
     fn epoch_end(&mut self, _metrics: &EpochMetrics, _stats: &EpochStats) {}
 }
@@ -326,6 +329,7 @@ impl Trainer {
     /// saved when due; a cancel saves and stops.
     pub fn fit(&mut self, observer: &mut dyn Observer) -> Result<Outcome> {
         while let Some(trained) = self.train_epoch(observer)? {
+            observer.train_end(&trained);
             if !trained.complete {
                 self.save()?;
                 return Ok(self.outcome(true));

@@ -12,6 +12,15 @@ use cifar_stream::config::{Origin, ScheduleKind, TrainConfig};
 use cifar_stream::model::Precision;
 use cifar_stream::ops::Kernels;
 
+/// A count that must be at least 1 (clap value parser).
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A flag group that sets part of the configuration.
 pub trait Apply {
     /// Writes the flags that were given into `c`.

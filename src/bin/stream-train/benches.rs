@@ -12,7 +12,7 @@ use cifar_stream::config::TrainConfig;
 use cifar_stream::device::describe;
 use cifar_stream::train::bench;
 
-use crate::args::{NetArgs, OptimFlags, PrecisionFlag};
+use crate::args::{positive, NetArgs, OptimFlags, PrecisionFlag};
 use crate::pipeline::open_train;
 use crate::stream_args::{AugmentFlags, BatchFlag, SeedFlag, ThreadsFlag};
 use crate::Finish;
@@ -24,10 +24,10 @@ pub struct AugmentBenchArgs {
     #[arg(long, default_value = "datasets/cifar10")]
     data: PathBuf,
     /// Images per batch.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = positive)]
     batch_size: usize,
     /// Batches to time (after one untimed warm-up batch).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = positive)]
     batches: usize,
     /// Rayon threads [default: all cores].
     #[arg(long, default_value_t = 0)]
@@ -88,7 +88,7 @@ pub fn augment(args: AugmentBenchArgs) -> Result<Finish> {
 #[derive(Args)]
 pub struct StepBenchArgs {
     /// Timed steps (after two untimed warm-up steps).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = positive)]
     steps: usize,
     #[command(flatten)]
     net: NetArgs,
@@ -142,7 +142,7 @@ pub fn step(args: StepBenchArgs) -> Result<Finish> {
 #[derive(Args)]
 pub struct OpBenchArgs {
     /// Timed repetitions per op (median reported), after two warm-ups.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = positive)]
     reps: usize,
     #[command(flatten)]
     net: NetArgs,

@@ -7,7 +7,7 @@ use cifar_stream::device::describe;
 use cifar_stream::ops::Kernels;
 use cifar_stream::train::parity::{self, Side, Tolerance, Verdict};
 
-use crate::args::{NetArgs, PrecisionFlag};
+use crate::args::{positive, NetArgs, PrecisionFlag};
 use crate::stream_args::SeedFlag;
 use crate::Finish;
 
@@ -15,7 +15,7 @@ use crate::Finish;
 #[derive(Args)]
 pub struct DeviceCheckArgs {
     /// Images in the batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = positive)]
     images: usize,
     /// Largest accepted ‖device − cpu‖ / ‖cpu‖ for any tensor.
     #[arg(long, default_value_t = 1e-3)]

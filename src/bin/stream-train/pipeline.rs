@@ -14,6 +14,7 @@ use cifar_stream::store::{Reader, Split};
 use cifar_stream::stream::{self, Loader, LoaderConfig};
 use cifar_stream::telemetry::Profiler;
 
+use crate::args::positive;
 use crate::reports::{self, DrainReport};
 use crate::stream_args::AugmentFlags;
 use crate::train::TrainArgs;
@@ -93,7 +94,7 @@ pub struct PreviewArgs {
     #[arg(long, default_value_t = 0)]
     epoch: usize,
     /// Images (rows), spread evenly over the split.
-    #[arg(long, short = 'n', default_value_t = 8)]
+    #[arg(long, short = 'n', default_value_t = 8, value_parser = positive)]
     images: usize,
     /// Augmented versions per image (columns after the original).
     #[arg(long, short = 'k', default_value_t = 8)]

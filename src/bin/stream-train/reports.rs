@@ -67,12 +67,18 @@ pub struct Bars {
     pub bar: ProgressBar,
     pub profiler: Profiler,
     pub profile_log: Option<ProfileLog>,
+    /// The epoch's training profile, closed before evaluation, printed with the epoch's line.
+    pub profile: Option<EpochProfile>,
 }
 
 impl train::Observer for Bars {
     fn epoch_start(&mut self, epoch: usize, batches: usize) {
-        self.profiler.take();
         self.bar = progress_bar(self.quiet, epoch, self.epochs, batches);
+    }
+    fn train_end(&mut self, trained: &train::TrainedEpoch) {
+        // Evaluation's time and its own stream stay out of the training profile; what the
+        // producer prefetches for the next epoch meanwhile belongs to the next one.
+        self.profile = Some(profile(&trained.stats, &self.profiler));
     }
     fn step(&mut self, loss: Option<f64>) {
         self.bar.inc(1);
@@ -103,7 +109,10 @@ impl train::Observer for Bars {
             m.trainer_stall * 100.0,
             m.seconds
         );
-        let profile = profile(stats, &self.profiler);
+        let profile = self
+            .profile
+            .take()
+            .unwrap_or_else(|| profile(stats, &self.profiler));
         tracing::info!("{profile}");
         if let Some(log) = self.profile_log.as_mut() {
             // The observer cannot fail the run; a profile that cannot be written is reported.

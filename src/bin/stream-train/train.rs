@@ -103,7 +103,7 @@ pub fn run(args: TrainArgs) -> Result<Finish> {
         return Ok(Finish::Done);
     }
     let profiler = Profiler::default();
-    let _trace = telemetry::init(&profiler, args.trace.as_deref());
+    let _trace = telemetry::init(&profiler, args.trace.as_deref())?;
     if args.pipeline_only {
         return pipeline::drain(&args, &config, &profiler);
     }
@@ -139,6 +139,7 @@ pub fn run(args: TrainArgs) -> Result<Finish> {
         bar: indicatif::ProgressBar::hidden(),
         profiler,
         profile_log: reports::profile_log(args.profile_json.as_deref())?,
+        profile: None,
     };
     let outcome = trainer.fit(&mut observer)?;
     if let Some(h) = outcome.headline() {

@@ -1,0 +1,211 @@
+//! Crash-proof runs, with real signals: the `stream-train` binary is killed (SIGKILL) at random
+//! moments — during start-up, steps, evaluation and checkpoint writes, which a test hook slows
+//! down — and stopped with SIGINT and SIGTERM, then resumed, over and over; the run that ends
+//! has the same weights, EMA, momentum and metrics, bit for bit, as one never interrupted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use cifar_stream::train::checkpoint::{self, DELAY_ENV};
+use cifar_stream::train::Snapshot;
+
+/// A small run: 16 steps per epoch, 6 epochs, an EMA, evaluation and a checkpoint every step.
+fn train_args(data: &Path, runs: &Path, name: &str) -> Vec<String> {
+    let args = [
+        "--preset",
+        "tiny",
+        "--widths",
+        "4,8,16",
+        "--stem-width",
+        "8",
+        "--batch-size",
+        "10",
+        "--epochs",
+        "6",
+        "--ema-decay",
+        "0.9",
+        "--save-every-steps",
+        "1",
+        "-q",
+    ];
+    let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    v.extend(["--data".into(), data.display().to_string()]);
+    v.extend(["--runs".into(), runs.display().to_string()]);
+    v.extend(["--name".into(), name.into()]);
+    v
+}
+
+fn stream_train() -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("stream-train"));
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+/// Starts the run in `dir`: new while it has no checkpoint, else resumed from it.
+fn spawn(data: &Path, runs: &Path, dir: &Path, delay_ms: u64) -> Child {
+    let mut c = stream_train();
+    if checkpoint::path(dir).exists() {
+        c.arg("--resume").arg(dir).arg("-q");
+    } else {
+        c.args(train_args(data, runs, "killed"));
+    }
+    c.env(DELAY_ENV, delay_ms.to_string()).spawn().unwrap()
+}
+
+fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    // The process may have ended on its own in between.
+    let _ = ok;
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "stream-train did not stop within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Every tensor of the checkpoint in `dir`, as raw bits, by name.
+fn bits(dir: &Path) -> Vec<(String, Vec<u64>)> {
+    let snapshot = Snapshot::load(dir, &Device::Cpu).unwrap();
+    let mut out: Vec<(String, Vec<u64>)> = snapshot
+        .tensors()
+        .iter()
+        .map(|(name, t)| {
+            let t = t.flatten_all().unwrap();
+            let v: Vec<u64> = match t.dtype() {
+                DType::F32 => t
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits() as u64)
+                    .collect(),
+                DType::F64 => t
+                    .to_vec1::<f64>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect(),
+                DType::U32 => t
+                    .to_vec1::<u32>()
+                    .unwrap()
+                    .iter()
+                    .map(|&x| x as u64)
+                    .collect(),
+                other => panic!("{name}: {other:?}"),
+            };
+            (name.clone(), v)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// metrics.jsonl without the fields that measure time.
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let m = v.as_object_mut().unwrap();
+            for timing in ["images_per_second", "trainer_stall", "seconds"] {
+                m.remove(timing);
+            }
+            v
+        })
+        .collect()
+}
+
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
+        .collect()
+}
+
+#[test]
+fn killed_at_random_moments_and_resumed_it_ends_bit_identical_to_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, runs) = (tmp.path().join("data"), tmp.path().join("runs"));
+    let prep = Command::new(assert_cmd::cargo::cargo_bin("prep-dataset"))
+        .args(["--synthetic", "--per-class", "16", "-q", "--out"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(prep.status.success());
+
+    let whole = stream_train()
+        .args(train_args(&data, &runs, "whole"))
+        .status()
+        .unwrap();
+    assert!(whole.success());
+
+    let dir = runs.join("killed");
+    let mut rng = fastrand::Rng::with_seed(20261129);
+    let (mut kills, mut in_write, mut graceful, mut lives) = (0, 0, 0, 0);
+    // Each save pauses 2 × 20 ms, so a good share of the kills lands inside a checkpoint write.
+    let delay_ms = 20;
+    let finished = loop {
+        lives += 1;
+        assert!(lives < 400, "no end after {lives} starts ({kills} kills)");
+        let mut child = spawn(&data, &runs, &dir, delay_ms);
+        // Enough kills first; then let the run finish.
+        if kills >= 24 {
+            break wait_with_timeout(&mut child, Duration::from_secs(120));
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(30..300)));
+        if child.try_wait().unwrap().is_some() {
+            // It finished on its own before the signal.
+            break child.wait().unwrap();
+        }
+        let graceful_stop = lives % 6 == 0;
+        if graceful_stop {
+            // Ctrl-C or SIGTERM: the run saves where it stands and exits 130 (or, still starting
+            // up before its handler exists, dies of the signal).
+            signal(&child, if lives % 12 == 0 { "INT" } else { "TERM" });
+            let status = wait_with_timeout(&mut child, Duration::from_secs(60));
+            assert!(
+                status.code() == Some(130) || status.code().is_none(),
+                "stopped by a signal: {status:?}"
+            );
+            graceful += 1;
+        } else {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+            // A temporary checkpoint left behind: the kill landed inside a write.
+            if dir.is_dir() && !temporaries(&dir).is_empty() {
+                in_write += 1;
+            }
+        }
+        // Whatever was interrupted, the last committed checkpoint is whole.
+        if checkpoint::path(&dir).exists() {
+            Snapshot::load(&dir, &Device::Cpu).unwrap();
+        }
+    };
+    assert!(finished.success(), "the last life failed: {finished:?}");
+    eprintln!(
+        "{kills} SIGKILLs ({in_write} inside a checkpoint write) and {graceful} SIGINT/SIGTERM \
+         stops survived over {lives} starts"
+    );
+    assert!(kills >= 20, "only {kills} kills landed");
+    assert!(in_write >= 1, "no kill landed inside a checkpoint write");
+    assert_eq!(metrics(&runs.join("whole")), metrics(&dir));
+    assert_eq!(bits(&runs.join("whole")), bits(&dir));
+    assert!(temporaries(&dir).is_empty(), "{:?}", temporaries(&dir));
+}
