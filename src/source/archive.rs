@@ -9,6 +9,15 @@ use std::path::Path;
 
 use super::error::{Error, Result};
 
+/// Largest file an archive entry may hold. CIFAR-10's biggest is a 30 MB batch file; an entry
+/// that declares more is refused before anything is allocated for it.
+pub const MAX_ENTRY_BYTES: u64 = 1 << 30;
+/// Largest total an archive may unpack to (a gzip bomb stops here rather than at the OOM killer).
+pub const MAX_TOTAL_BYTES: u64 = 8 << 30;
+/// Most bytes reserved up front for one entry: the rest grows as data really arrives, so a
+/// header's claim never turns into an allocation by itself.
+const RESERVE_BYTES: u64 = 64 << 20;
+
 /// One regular file or directory from an archive.
 pub struct Entry {
     /// Path inside the archive, `/`-separated, without a leading `./`.
@@ -49,6 +58,7 @@ pub fn read_entries(path: &Path, mut on_bytes: impl FnMut(u64)) -> Result<Vec<En
     };
     let mut archive = tar::Archive::new(reader);
     let mut out = Vec::new();
+    let mut total = 0u64;
     for entry in archive.entries().map_err(archive_err)? {
         let mut entry = entry.map_err(archive_err)?;
         let kind = entry.header().entry_type();
@@ -64,9 +74,25 @@ pub fn read_entries(path: &Path, mut on_bytes: impl FnMut(u64)) -> Result<Vec<En
             .trim_start_matches("./")
             .trim_end_matches('/')
             .to_owned();
-        let mut data = Vec::with_capacity(entry.size() as usize);
+        let mut data = Vec::new();
         if kind.is_file() {
-            entry.read_to_end(&mut data).map_err(archive_err)?;
+            let size = entry.size();
+            total = total.saturating_add(size);
+            if size > MAX_ENTRY_BYTES || total > MAX_TOTAL_BYTES {
+                return Err(Error::Unrecognised {
+                    path: shown,
+                    reason: format!(
+                        "entry {path} declares {size} bytes ({total} so far); entries of at most \
+                         {MAX_ENTRY_BYTES} and archives of at most {MAX_TOTAL_BYTES} bytes are read"
+                    ),
+                });
+            }
+            data.reserve(size.min(RESERVE_BYTES) as usize);
+            // The entry reader stops at the declared size; `take` makes that bound ours too.
+            (&mut entry)
+                .take(size)
+                .read_to_end(&mut data)
+                .map_err(archive_err)?;
         }
         out.push(Entry {
             path,

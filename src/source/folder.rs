@@ -225,10 +225,32 @@ fn decode_one(item: &Item, shape: Shape, out: &mut [u8]) -> Result<()> {
             &owned
         }
     };
-    let img = image::load_from_memory(bytes).map_err(|source| Error::Decode {
+    let decode_error = |source| Error::Decode {
         path: item.shown.clone(),
         source,
-    })?;
+    };
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| decode_error(image::ImageError::IoError(e)))
+    };
+    // The size from the file's header first: a file claiming a huge image is refused before
+    // anything is allocated for its pixels, and decoding is capped at what `shape` needs.
+    let (w, h) = reader()?.into_dimensions().map_err(decode_error)?;
+    if (w, h) != (shape.width, shape.height) {
+        return Err(Error::ImageShape {
+            path: item.shown.clone(),
+            expected: format!("{}x{} Rgb8", shape.width, shape.height),
+            found: format!("{w}x{h}"),
+        });
+    }
+    let mut limited = reader()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(shape.width);
+    limits.max_image_height = Some(shape.height);
+    limits.max_alloc = Some(64 * shape.image_len() as u64 + (1 << 20));
+    limited.limits(limits);
+    let img = limited.decode().map_err(decode_error)?;
     let color_ok = shape.channels == 3 && img.color() == image::ColorType::Rgb8;
     if img.width() != shape.width || img.height() != shape.height || !color_ok {
         return Err(Error::ImageShape {

@@ -15,6 +15,14 @@ const HEADER_CHECKSUM_AT: usize = HEADER_LEN - 8;
 /// Byte offset where the variable part (mean, std, class names) starts.
 const VARIABLE_AT: usize = 88;
 
+/// Largest image side a store may declare (far above CIFAR's 32, and small enough that no
+/// product of header fields can overflow).
+pub const MAX_SIDE: u32 = 1 << 15;
+/// Most channels per pixel a store may declare (gray, gray + alpha, RGB, RGBA).
+pub const MAX_CHANNELS: u32 = 4;
+/// Most images a store may declare.
+pub const MAX_COUNT: u64 = 1 << 40;
+
 /// Height, width and channel count of every image in a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Shape {
@@ -89,14 +97,15 @@ impl Header {
         HEADER_LEN as u64
     }
 
-    /// Length of the pixel block in bytes.
+    /// Length of the pixel block in bytes (the bounds [`Header::decode`] and
+    /// [`Header::encode`] enforce keep this below 2^80; it saturates rather than wraps).
     pub fn pixel_len(&self) -> u64 {
-        self.count * self.shape.image_len() as u64
+        self.count.saturating_mul(self.shape.image_len() as u64)
     }
 
     /// Offset of the label block (right after the pixels).
     pub fn label_offset(&self) -> u64 {
-        self.pixel_offset() + self.pixel_len()
+        self.pixel_offset().saturating_add(self.pixel_len())
     }
 
     /// Length of the label block: one byte per image.
@@ -104,9 +113,27 @@ impl Header {
         self.count
     }
 
-    /// Total size of a valid file with this header.
+    /// Total size of a valid file with this header (saturating: a header that would need more
+    /// than `u64::MAX` bytes never matches a real file's length).
     pub fn file_len(&self) -> u64 {
-        self.label_offset() + self.label_len()
+        self.label_offset().saturating_add(self.label_len())
+    }
+
+    /// Checks the header's sizes are ones the format can hold, naming what is out of range.
+    fn check_bounds(shape: Shape, count: u64) -> std::result::Result<(), String> {
+        let sides = 1..=MAX_SIDE;
+        if !sides.contains(&shape.height) || !sides.contains(&shape.width) {
+            return Err(format!(
+                "image shape {shape}: sides must be 1 to {MAX_SIDE}"
+            ));
+        }
+        if !(1..=MAX_CHANNELS).contains(&shape.channels) {
+            return Err(format!("image shape {shape}: 1 to {MAX_CHANNELS} channels"));
+        }
+        if count > MAX_COUNT {
+            return Err(format!("{count} images: at most {MAX_COUNT}"));
+        }
+        Ok(())
     }
 
     /// Serialises the header into exactly [`HEADER_LEN`] bytes.
@@ -116,9 +143,7 @@ impl Header {
             reason,
         };
         let channels = self.shape.channels as usize;
-        if self.shape.image_len() == 0 {
-            return Err(invalid(format!("empty image shape {}", self.shape)));
-        }
+        Header::check_bounds(self.shape, self.count).map_err(invalid)?;
         if self.mean.len() != channels || self.std.len() != channels {
             return Err(invalid(format!(
                 "{} channels but {} means and {} stds",
@@ -246,9 +271,8 @@ impl Header {
         let checksum = r.u64().unwrap();
         let num_classes = r.u32().unwrap() as usize;
         let _reserved = r.u32().unwrap();
-        if shape.image_len() == 0 || shape.channels > 16 {
-            return Err(corrupt(24, format!("impossible image shape {shape}")));
-        }
+        // Bounded before any size is computed from them: no product below can overflow.
+        Header::check_bounds(shape, count).map_err(|reason| corrupt(16, reason))?;
         if num_classes == 0 || num_classes > 256 {
             return Err(corrupt(
                 80,

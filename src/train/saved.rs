@@ -165,22 +165,26 @@ impl SavedRun {
 /// Reads an image file as interleaved RGB bytes, refusing one that is not `shape` (the model
 /// takes the size it trained on; resizing is the caller's choice, not a silent default).
 pub fn read_image(path: &Path, shape: Shape) -> Result<Vec<u8>> {
-    let img = image::open(path).map_err(|e| Error::Image {
+    let error = |message: String| Error::Image {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    if img.width() != shape.width || img.height() != shape.height {
-        return Err(Error::Image {
-            path: path.to_path_buf(),
-            message: format!(
-                "image is {}x{}, the model takes {}x{} (resize it first)",
-                img.width(),
-                img.height(),
-                shape.width,
-                shape.height
-            ),
-        });
+        message,
+    };
+    let reader = || {
+        image::ImageReader::open(path)
+            .and_then(|r| r.with_guessed_format())
+            .map_err(|e| error(e.to_string()))
+    };
+    // The size from the header first, so a file claiming a huge image allocates nothing.
+    let (w, h) = reader()?
+        .into_dimensions()
+        .map_err(|e| error(e.to_string()))?;
+    if (w, h) != (shape.width, shape.height) {
+        return Err(error(format!(
+            "image is {w}x{h}, the model takes {}x{} (resize it first)",
+            shape.width, shape.height
+        )));
     }
+    let img = reader()?.decode().map_err(|e| error(e.to_string()))?;
     if shape.channels != 3 {
         return Err(Error::Image {
             path: path.to_path_buf(),
