@@ -118,12 +118,13 @@ fn a_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one() {
     let full = run(&whole, false, &mut Silent);
 
     let split = micro(&data, tmp.path(), "split", 3);
-    let mut first = trainer(&split, false);
+    let mut stopping = trainer(&split, false);
     let mut stop = StopAfter {
         after: 1,
-        cancel: first.cancel_flag(),
+        cancel: stopping.cancel_flag(),
     };
-    let first = first.fit(&mut stop).unwrap();
+    let first = stopping.fit(&mut stop).unwrap();
+    drop(stopping); // as the process would end: the run folder is free again
     assert!(first.interrupted);
     assert_eq!(first.history.len(), 1);
     let resumed = run(&split, true, &mut Silent);
@@ -272,13 +273,14 @@ fn ctrl_c_in_the_middle_of_an_epoch_saves_the_exact_step_and_resuming_changes_no
     let full = run(&whole, false, &mut Silent);
     // Stopped after step 6 (two batches into epoch 1), then after step 7 of the resumed run.
     let config = micro(&data, tmp.path(), "ctrlc", 2);
-    let mut stopped = trainer(&config, false);
+    let mut stopping = trainer(&config, false);
     let mut observer = InterruptAt {
         after: 6,
         steps: 0,
-        cancel: stopped.cancel_flag(),
+        cancel: stopping.cancel_flag(),
     };
-    let stopped = stopped.fit(&mut observer).unwrap();
+    let stopped = stopping.fit(&mut observer).unwrap();
+    drop(stopping);
     assert!(stopped.interrupted);
     assert_eq!(
         stopped.history.len(),
@@ -300,6 +302,7 @@ fn ctrl_c_in_the_middle_of_an_epoch_saves_the_exact_step_and_resuming_changes_no
         cancel: again.cancel_flag(),
     };
     assert!(again.fit(&mut observer).unwrap().interrupted);
+    drop(again);
     let resumed = run(&config, true, &mut Silent);
     assert!(!resumed.interrupted);
     assert_eq!(resumed.history.len(), 2);
@@ -362,4 +365,24 @@ fn a_batch_limit_shortens_every_epoch_loss_is_read_every_few_steps_and_eval_ever
         .history
         .iter()
         .all(|m| m.train_loss.is_finite() && (0.0..=1.0).contains(&m.train_acc)));
+}
+
+#[test]
+fn a_second_trainer_cannot_take_a_run_folder_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    store(&data, 8);
+    let config = micro(&data, tmp.path(), "locked", 1);
+    let mut first = trainer(&config, false);
+    let trained = first.train_epoch(&mut Silent).unwrap().unwrap();
+    first.record(&trained, None).unwrap();
+    first.save().unwrap();
+    // While the first lives, neither a resume nor a new run of the same folder may write there.
+    let busy = Trainer::resume(&config.run_dir(), config.clone(), Device::Cpu);
+    assert!(
+        matches!(busy, Err(train::Error::Busy { .. })),
+        "resume was let in"
+    );
+    drop(first);
+    assert!(Trainer::resume(&config.run_dir(), config.clone(), Device::Cpu).is_ok());
 }

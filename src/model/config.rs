@@ -104,7 +104,8 @@ impl ModelConfig {
                 format!("{} must be 1 to 8", self.expansion),
             );
         }
-        if self.stem_width < 2 || self.stem_width % 2 != 0 || self.stem_width > MAX_WIDTH {
+        if self.stem_width < 2 || !self.stem_width.is_multiple_of(2) || self.stem_width > MAX_WIDTH
+        {
             return bad(
                 "model.stem_width",
                 format!("{} must be even, 2 to {MAX_WIDTH}", self.stem_width),

@@ -35,6 +35,12 @@ pub enum Error {
     /// The configuration is valid, but not with this data or device.
     #[error("cannot run: {0}")]
     Unsupported(String),
+    /// Another process is training in the run folder.
+    #[error("{} is in use by another training process", dir.display())]
+    Busy {
+        /// The run folder.
+        dir: PathBuf,
+    },
     /// A new run would overwrite a saved one.
     #[error("{} already holds a run", dir.display())]
     RunExists {

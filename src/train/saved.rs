@@ -128,7 +128,7 @@ impl SavedRun {
     pub fn predict(&self, pixels: &[u8], tta: Tta) -> Result<Vec<Prediction>> {
         let shape = self.state.shape;
         let len = shape.image_len();
-        if pixels.is_empty() || pixels.len() % len != 0 {
+        if pixels.is_empty() || !pixels.len().is_multiple_of(len) {
             return Err(Error::Unsupported(format!(
                 "{} bytes are not whole {shape} images",
                 pixels.len()

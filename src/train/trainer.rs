@@ -145,6 +145,8 @@ pub struct Trainer {
     /// Training loss and accuracy of `next_epoch`'s steps so far.
     running: Running,
     history: Vec<EpochMetrics>,
+    /// Held while the trainer lives: a second process cannot write the same run folder.
+    _lock: std::fs::File,
 }
 
 impl Trainer {
@@ -200,7 +202,6 @@ impl Trainer {
     fn open(config: TrainConfig, device: Device) -> Result<Trainer> {
         config.validate()?;
         let dir = config.run_dir();
-        checkpoint::remove_stale_temporaries(&dir).map_err(io(&dir))?;
         let train_store = Arc::new(Reader::open(Split::Train.path_in(&config.data))?);
         let test_store = Arc::new(Reader::open(Split::Test.path_in(&config.data))?);
         let header = train_store.header().clone();
@@ -244,6 +245,9 @@ impl Trainer {
                 .map_err(|e| Error::Unsupported(format!("starting the augmentation pool: {e}")))?,
         );
         let learner = Learner::new(&config, &device)?;
+        // Only now, with the data and the model in hand, does the run folder get touched.
+        let lock = lock_run_dir(&dir)?;
+        checkpoint::remove_stale_temporaries(&dir).map_err(io(&dir))?;
         let eval_augmenter = Arc::new(Augmenter::normalise_only(
             header.shape,
             &header.mean,
@@ -266,6 +270,7 @@ impl Trainer {
             batch: 0,
             running: Running::new(),
             history: Vec::new(),
+            _lock: lock,
         })
     }
 
@@ -408,7 +413,7 @@ impl Trainer {
             };
             drop(batch);
             self.step(&x, &y)?;
-            let progress = if self.batch % LOSS_READ_EVERY == 0 {
+            let progress = if self.batch.is_multiple_of(LOSS_READ_EVERY) {
                 Some(self.running.read()?.0)
             } else {
                 None
@@ -417,7 +422,7 @@ impl Trainer {
             let save_now = self
                 .config
                 .save_every_steps
-                .is_some_and(|n| self.learner.steps() % n == 0);
+                .is_some_and(|n| self.learner.steps().is_multiple_of(n));
             if save_now && self.batch < self.iters_per_epoch {
                 self.save()?;
             }
@@ -500,13 +505,13 @@ impl Trainer {
     /// Whether the test split is evaluated after `epoch`: every `eval_every` epochs and after
     /// the last.
     pub fn evaluation_due(&self, epoch: usize) -> bool {
-        epoch + 1 == self.config.epochs || (epoch + 1) % self.config.eval_every == 0
+        epoch + 1 == self.config.epochs || (epoch + 1).is_multiple_of(self.config.eval_every)
     }
 
     /// Whether a checkpoint is saved after `epoch`: every `save_every` epochs and after the last.
     pub fn save_due(&self, epoch: usize) -> bool {
         epoch + 1 == self.config.epochs
-            || (self.config.save_every > 0 && (epoch + 1) % self.config.save_every == 0)
+            || (self.config.save_every > 0 && (epoch + 1).is_multiple_of(self.config.save_every))
     }
 
     /// Evaluates the raw weights and the EMA on the test split (with the run's TTA).
@@ -593,4 +598,24 @@ fn split_run_dir(dir: &Path) -> Result<(PathBuf, String)> {
     let absolute = dir.canonicalize().map_err(io(dir))?;
     named(&absolute)
         .ok_or_else(|| Error::Unsupported(format!("{} is not a run folder", dir.display())))
+}
+
+/// Creates `dir` and takes an exclusive advisory lock on its `.lock` file (released when the
+/// process ends, however it ends), refusing a folder another trainer holds.
+fn lock_run_dir(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join(".lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(path)(e)),
+    }
 }
