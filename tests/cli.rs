@@ -681,3 +681,82 @@ fn eval_refuses_a_store_with_other_classes_and_predict_an_image_of_another_size(
         "{stderr}"
     );
 }
+
+#[test]
+fn resume_dir_means_that_folder_from_anywhere_and_a_damaged_checkpoint_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("syn");
+    prep_dataset()
+        .args(["--synthetic", "--per-class", "4", "-q", "--out"])
+        .arg(&data)
+        .assert()
+        .success();
+    let first = tmp.path().join("first");
+    std::fs::create_dir_all(&first).unwrap();
+    Command::cargo_bin("stream-train")
+        .unwrap()
+        .current_dir(&first)
+        .args([
+            "--preset",
+            "tiny",
+            "--widths",
+            "4,8,16",
+            "--stem-width",
+            "8",
+        ])
+        .args(["--batch-size", "20", "--epochs", "1", "-q", "--data"])
+        .arg(&data)
+        .assert()
+        .success();
+    // The run moves; it is resumed from another working directory by its new path.
+    let moved = tmp.path().join("elsewhere/run");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    std::fs::rename(first.join("runs/tiny"), &moved).unwrap();
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    Command::cargo_bin("stream-train")
+        .unwrap()
+        .current_dir(&other)
+        .args(["-q", "--epochs", "2", "--resume"])
+        .arg(&moved)
+        .assert()
+        .success();
+    let metrics = std::fs::read_to_string(moved.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "{metrics}");
+    assert!(
+        !other.join("runs").exists(),
+        "the resume wrote into the working directory"
+    );
+    // --name with --resume would be ignored: it is refused.
+    Command::cargo_bin("stream-train")
+        .unwrap()
+        .args(["--resume", "x", "--name", "y"])
+        .assert()
+        .code(2);
+
+    // A flipped byte or a truncation: refused, the file named, nothing trained.
+    let checkpoint = moved.join("checkpoint.safetensors");
+    let good = std::fs::read(&checkpoint).unwrap();
+    for damage in ["flip", "truncate"] {
+        let mut bytes = good.clone();
+        match damage {
+            "flip" => {
+                let at = bytes.len() - 100;
+                bytes[at] ^= 0x10;
+            }
+            _ => bytes.truncate(bytes.len() / 2),
+        }
+        std::fs::write(&checkpoint, &bytes).unwrap();
+        let out = Command::cargo_bin("stream-train")
+            .unwrap()
+            .args(["-q", "--epochs", "3", "--resume"])
+            .arg(&moved)
+            .assert()
+            .code(1);
+        let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+        assert!(
+            stderr.contains("checkpoint.safetensors") && stderr.contains("damaged"),
+            "{damage}: {stderr}"
+        );
+    }
+}
