@@ -105,6 +105,7 @@ fn each_command_lists_exactly_the_flags_it_reads() {
         "--device",
         "--kernels",
         "--precision",
+        "--no-tf32",
         "--batch-size",
         "--seed",
         "--threads",
@@ -121,7 +122,13 @@ fn each_command_lists_exactly_the_flags_it_reads() {
                 SOURCE,
                 MODEL,
                 OPTIM,
-                &["--steps", "--device", "--kernels", "--precision"],
+                &[
+                    "--steps",
+                    "--device",
+                    "--kernels",
+                    "--precision",
+                    "--no-tf32",
+                ],
                 &["--batch-size", "--seed", "--threads"],
             ]),
         ),
@@ -131,7 +138,13 @@ fn each_command_lists_exactly_the_flags_it_reads() {
                 SOURCE,
                 MODEL,
                 &["--images", "--tolerance", "--f64-factor", "--cpu-kernels"],
-                &["--device", "--kernels", "--precision", "--seed"],
+                &[
+                    "--device",
+                    "--kernels",
+                    "--precision",
+                    "--no-tf32",
+                    "--seed",
+                ],
             ]),
         ),
         (
@@ -142,6 +155,7 @@ fn each_command_lists_exactly_the_flags_it_reads() {
                 &["--reps", "--device", "--kernels", "--batch-size", "--seed"],
             ]),
         ),
+        (&["gpu-test"], set(&[&["--device", "--kernels", "--all"]])),
         (
             &["eval"],
             set(&[&[

@@ -3,17 +3,16 @@
 #
 #   tools/build-cuda.sh [cuda|cudnn]     ->  gpu-carry/stream-train-<feature>.gz
 #
-# The build itself is ../shared/tools/cuda-build.sh (CUDA 13.0 from PyPI wheels into
-# ~/.cache/cuda13-pip, a link stub for libcuda, sm_90 for H100/H200; ~9 minutes from scratch on
-# 2 cores, into target-cuda/ so the CPU build in target/ stays untouched). See docs/gpu.md of the
-# shared folder for what the GPU machine must provide at run time.
+# The build itself is tools/cuda-build.sh (CUDA 13.0 from PyPI wheels into ~/.cache/cuda13-pip,
+# a link stub for libcuda, sm_90 for H100/H200; ~9 minutes from scratch on 2 cores, into
+# target-cuda/ so the CPU build in target/ stays untouched). At run time the GPU machine needs
+# the driver's libcuda.so.1 and PyTorch cu130's pip libraries (cuBLAS 13, cuRAND 10, cudart 13,
+# cuDNN 9 for the cudnn build); tools/gpu-check.sh puts them on LD_LIBRARY_PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FEATURE=${1:-cuda}
 case "$FEATURE" in cuda|cudnn) ;; *) echo "usage: $0 [cuda|cudnn]" >&2; exit 2;; esac
-SHARED=${CIFAR_STREAM_SHARED:-../shared}
-[ -f "$SHARED/tools/cuda-build.sh" ] || { echo "error: $SHARED/tools/cuda-build.sh not found (set CIFAR_STREAM_SHARED)" >&2; exit 1; }
-FEATURES=$FEATURE bash "$SHARED/tools/cuda-build.sh" --bin stream-train
+tools/cuda-build.sh build "$FEATURE" --bin stream-train
 mkdir -p gpu-carry
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT

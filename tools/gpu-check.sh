@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The GPU check: correctness, throughput, where the step's time goes, the PyTorch yardstick, the
-# loader's rate and a short accuracy run, in one command of about 8 minutes on an H100/H200.
+# The GPU check: the CUDA ops against the CPU's (first: they cannot be tested anywhere else),
+# whole-step parity, throughput against PyTorch, where the step's time goes, the loader's rate and
+# a short accuracy run, in one command of about 8 minutes on an H100/H200.
 #
 #   tools/gpu-check.sh --prepare    # HERE (no GPU): build the CUDA binary, fill gpu-carry/, check
 #                                   # that the working tree plus gpu-carry/ fits in 64 MiB
 #   tools/gpu-check.sh              # THERE (GPU machine, repository root): run the checks; full
 #                                   # logs go to $OUT (default gpu-check-logs/), a table prints last
 #
-# gpu-carry/ (ignored by git) holds: stream-train-cuda.gz and stream-train-cudnn.gz
-# (tools/build-cuda.sh; the second adds candle's cuDNN convolutions), prep-dataset.gz
+# gpu-carry/ (ignored by git) holds: stream-train-cudnn.gz (the main build: this crate's CUDA
+# kernels and cuDNN convolutions with cached plans) and stream-train-cuda.gz (no cuDNN: the
+# lowered convolution backward, for the A/B), both from tools/build-cuda.sh, prep-dataset.gz
 # (the CPU build: prepping needs no GPU) and cifar10-jpeg.tar.gz (the shared JPEG CIFAR-10, 19 MB,
 # prepped there in seconds). The GPU machine needs python3 with torch (cu130) and its nvidia-*
 # wheels, whose libraries the binary loads. Record what it prints in docs/gpu-results.md.
@@ -20,9 +22,9 @@ LIMIT_MIB=64
 if [ "${1:-}" = "--prepare" ]; then
   set -e
   SHARED=${CIFAR_STREAM_SHARED:-../shared}
-  for feature in cuda cudnn; do
+  for feature in cudnn cuda; do
     bin="$CARRY/stream-train-$feature.gz"
-    if [ ! -f "$bin" ] || [ -n "$(find src vendor Cargo.toml Cargo.lock -newer "$bin" -print -quit)" ]; then
+    if [ ! -f "$bin" ] || [ -n "$(find src vendor build.rs Cargo.toml Cargo.lock -newer "$bin" -print -quit)" ]; then
       tools/build-cuda.sh $feature
     fi
   done
@@ -79,10 +81,13 @@ row() { printf '%-46s %s\n' "$1" "$2"; }
 table() {
   {
     echo "gpu-check $(date -u +%F) on ${R[card]:-?}, $(nproc) cores, $(($(date +%s) - START)) s"
+    row "CUDA ops vs CPU ops (gpu-test)" "${R[ops-test]:-n/a}"
     row "CPU/GPU parity f32 (seed, 16 images)" "${R[parity]:-n/a}"
     row "candle step-bench seed b128 f32 (images/s)" "${R[step]:-n/a}"
+    row "  peak memory of that step (pool, used/reserved)" "${R[step-mem]:-n/a}"
     row "  the same with --kernels stock (images/s)" "${R[step-stock]:-n/a} (fast/stock $(ratio "${R[step]:-}" "${R[step-stock]:-}"))"
-    row "  the same built with cudnn (images/s)" "${R[step-cudnn]:-n/a} (cudnn/cuda $(ratio "${R[step-cudnn]:-}" "${R[step]:-}"))"
+    row "  the same without cuDNN (lowered conv, images/s)" "${R[step-nodnn]:-n/a} (cudnn/lowered $(ratio "${R[step]:-}" "${R[step-nodnn]:-}"))"
+    row "  the same with --no-tf32 (images/s)" "${R[step-notf32]:-n/a}"
     row "candle step-bench seed b128 bf16 (images/s)" "${R[step-bf16]:-n/a}"
     for v in torch-f32 torch-f32-cl torch-bf16 torch-bf16-cl; do
       local mine=${R[step]:-}
@@ -92,8 +97,9 @@ table() {
     row "seed 200 real steps f32 (epoch line)" "${R[loop]:-n/a}"
     row "  peak GPU memory (nvidia-smi, MiB)" "${R[mem]:-n/a}"
     row "  step breakdown, launch-blocking (ms/step)" "${R[spans]:-n/a}"
-    row "candle ops per step (op-bench, ms)" "${R[ops]:-n/a}"
-    row "  lowered conv backward (op-bench)" "${R[ops-lo]:-n/a}"
+    row "ops per step, fast kernels (op-bench, ms)" "${R[ops]:-n/a}"
+    row "  the same, candle's ops (--kernels stock)" "${R[ops-stock]:-n/a}"
+    row "  cuDNN conv with cached plans (op-bench)" "${R[ops-dnn]:-n/a}"
     row "bf16 vs f32 step (seed, 16 images)" "${R[parity-bf16]:-n/a}"
     row "tiny preset f32: final test accuracy" "${R[tiny-f32]:-n/a} in ${R[tiny-f32.s]:-?} s"
     row "tiny preset bf16: final test accuracy" "${R[tiny-bf16]:-n/a} in ${R[tiny-bf16.s]:-?} s"
@@ -102,24 +108,29 @@ table() {
   } > "$OUT/summary.txt"
 }
 
-for f in stream-train-cuda.gz prep-dataset.gz cifar10-jpeg.tar.gz; do  # (the cudnn build is optional)
+for f in stream-train-cudnn.gz prep-dataset.gz cifar10-jpeg.tar.gz; do  # (the cuda build is optional)
   [ -f "$CARRY/$f" ] || { echo "error: $CARRY/$f missing: run tools/gpu-check.sh --prepare here first" >&2; exit 1; }
 done
-gunzip -c "$CARRY/stream-train-cuda.gz" > "$W/stream-train" && gunzip -c "$CARRY/prep-dataset.gz" > "$W/prep-dataset"
+gunzip -c "$CARRY/stream-train-cudnn.gz" > "$W/stream-train" && gunzip -c "$CARRY/prep-dataset.gz" > "$W/prep-dataset"
 chmod +x "$W/stream-train" "$W/prep-dataset"
-if [ -f "$CARRY/stream-train-cudnn.gz" ]; then
-  gunzip -c "$CARRY/stream-train-cudnn.gz" > "$W/stream-train-cudnn" && chmod +x "$W/stream-train-cudnn"
+if [ -f "$CARRY/stream-train-cuda.gz" ]; then
+  gunzip -c "$CARRY/stream-train-cuda.gz" > "$W/stream-train-nodnn" && chmod +x "$W/stream-train-nodnn"
 fi
 PY=${PYTHON:-python3}
 NV=$($PY -c 'import nvidia,os,glob;print(":".join(sorted(d for p in nvidia.__path__ for d in glob.glob(os.path.join(p,"*","lib")))))' 2>/dev/null)
 export LD_LIBRARY_PATH="$NV${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-{ nvidia-smi; ldd "$W/stream-train"; [ -x "$W/stream-train-cudnn" ] && ldd "$W/stream-train-cudnn"; $PY -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'; nproc; } > "$OUT/machine.log" 2>&1
+{ nvidia-smi; ldd "$W/stream-train"; [ -x "$W/stream-train-nodnn" ] && ldd "$W/stream-train-nodnn"; $PY -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'; nproc; } > "$OUT/machine.log" 2>&1
 if ldd "$W/stream-train" | grep -q 'not found'; then
   log "missing libraries:"; ldd "$W/stream-train" | grep 'not found' | tee -a "$OUT/check.log"
 fi
 R[card]=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
 ST="$W/stream-train"
 table
+
+# 0. The CUDA kernels against the CPU ops, op by op (forward and every gradient, f32 and bf16):
+#    nothing else can test them. On a failure the rest still runs (and says how far off it is).
+run ops-test 90 "$ST" gpu-test --device cuda
+R[ops-test]=$(sed -n 's/^gpu-test: //p' "$OUT/ops-test.log" 2>/dev/null | tail -1); table
 
 run prep 90 "$W/prep-dataset" --source "$CARRY/cifar10-jpeg.tar.gz" --out "$W/data" -q
 
@@ -129,16 +140,13 @@ R[parity]=$(sed -n 's/^parity: //p' "$OUT/parity.log" 2>/dev/null | tail -1); ta
 
 # 2. Throughput with no data path, and the PyTorch yardstick on the same GPU.
 run step 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100
-R[step]=$(last step 'images/s:'); table
-# The A/B of the convolution backward: fast (the default: ops::lowered) against candle's own.
+R[step]=$(last step 'images/s:')
+R[step-mem]=$(sed -n 's/^peak memory: //p' "$OUT/step.log" 2>/dev/null | tail -1); table
+run step-bf16 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --precision bf16
+R[step-bf16]=$(last step-bf16 'images/s:'); table
+# The A/B of the whole step: candle's own ops (its cuDNN forward, its backward, its BatchNorm).
 run step-stock 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --kernels stock
 R[step-stock]=$(last step-stock 'images/s:'); table
-# With cuDNN, the forward convolutions and the lowered input gradient (a forward convolution)
-# go to cuDNN, the weight gradient stays one cuBLAS GEMM.
-if [ -x "$W/stream-train-cudnn" ]; then
-  run step-cudnn 90 "$W/stream-train-cudnn" step-bench --preset seed --device cuda --batch-size 128 --steps 100
-  R[step-cudnn]=$(last step-cudnn 'images/s:'); table
-fi
 for v in "f32 --channels-last" "bf16 --channels-last" "f32" "bf16"; do
   set -- $v
   name="torch-$1${2:+-cl}"
@@ -167,12 +175,19 @@ print(" ".join(f"{k} {ms[k]:.1f}" for k in ("h2d", "forward", "backward", "optim
 PY
 ); table
 run ops 90 "$ST" op-bench --preset seed --device cuda --reps 5
-R[ops]=$(sed -n 's/^total ms per step: //p' "$OUT/ops.log" 2>/dev/null | tail -1)
-R[ops-lo]=$(sed -n 's/^lowered backward[^)]*): //p' "$OUT/ops.log" 2>/dev/null | tail -1); table
+R[ops]=$(sed -n 's/^fast-path ms per step: //p' "$OUT/ops.log" 2>/dev/null | tail -1)
+R[ops-dnn]=$(sed -n 's/^cudnn conv: //p' "$OUT/ops.log" 2>/dev/null | tail -1); table
+run ops-stock 90 "$ST" op-bench --preset seed --device cuda --reps 5 --kernels stock
+R[ops-stock]=$(sed -n 's/^fast-path ms per step: //p' "$OUT/ops-stock.log" 2>/dev/null | tail -1); table
+# The rest of the A/B: no cuDNN (the lowered backward), and f32 without TF32.
+if [ -x "$W/stream-train-nodnn" ]; then
+  run step-nodnn 90 "$W/stream-train-nodnn" step-bench --preset seed --device cuda --batch-size 128 --steps 100
+  R[step-nodnn]=$(last step-nodnn 'images/s:'); table
+fi
+run step-notf32 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --no-tf32
+R[step-notf32]=$(last step-notf32 'images/s:'); table
 
-# 5. bf16: speed, how far one step lands from f32, and accuracy against f32 on a short run.
-run step-bf16 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --precision bf16
-R[step-bf16]=$(last step-bf16 'images/s:'); table
+# 5. bf16: how far one step lands from f32, and accuracy against f32 on a short run.
 run parity-bf16 90 "$ST" device-check --preset seed --device cuda --images 16 --precision bf16 --tolerance 1
 R[parity-bf16]=$(sed -n 's/^parity: \(logits [^,]*, worst tensor [^ ]*\).*/\1/p' "$OUT/parity-bf16.log" 2>/dev/null | tail -1); table
 for p in f32 bf16; do

@@ -133,6 +133,10 @@ pub struct TrainConfig {
     /// Compute precision (f32, or bf16 with f32 master weights).
     #[serde(default)]
     pub precision: Precision,
+    /// On CUDA, whether f32 convolutions and matrix products may use TF32 tensor cores
+    /// (PyTorch's default for cuDNN convolutions); no effect on the CPU.
+    #[serde(default = "yes")]
+    pub tf32: bool,
     /// Training batches per epoch at most (absent: all), for quick runs and profiles; the
     /// schedule counts the epoch as this many steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,6 +210,7 @@ impl TrainConfig {
             kernels: Kernels::Fast,
             tta: Tta::None,
             precision: Precision::F32,
+            tf32: true,
             limit_train_batches: None,
             model: ModelConfig::resnet50(),
             optim: OptimConfig {
@@ -311,6 +316,10 @@ impl TrainConfig {
 
 fn one() -> usize {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn merge(base: &mut toml::Table, patch: toml::Table) {

@@ -56,7 +56,7 @@ impl SqueezeExcite {
     /// The per-channel gate `[n, c, 1, 1]` for `x`, in `x`'s dtype (the caller scales by it).
     /// Pooled and computed in f32: a tiny layer whose mean must not be summed in bf16.
     fn gate(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let s = x.to_dtype(DType::F32)?.mean_keepdim((2, 3))?;
+        let s = ops::squeeze(x, kernels)?;
         let s = self.reduce.forward(&s, kernels)?.relu()?;
         candle_nn::ops::sigmoid(&self.expand.forward(&s, kernels)?)?.to_dtype(x.dtype())
     }

@@ -212,12 +212,21 @@ fn affine_backward<const RELU: bool>(
     (sums, dx)
 }
 
-/// Training-mode op on `(x, gamma, beta)`: normalises with batch statistics, which it leaves in
-/// `stats` for the caller's running averages and for the backward pass.
+/// Training-mode op on `(x, gamma, beta)`: normalises with batch statistics. On the CPU it leaves
+/// them in `stats` for the caller's running averages and for the backward pass; on CUDA the
+/// kernels update `running` in place and keep what the backward needs on the device (`saved`).
 pub(super) struct TrainOp {
     pub eps: f64,
     pub relu: bool,
     pub stats: Arc<Mutex<Stats>>,
+    /// Running-statistics momentum (CUDA; the CPU caller blends them itself).
+    #[cfg(feature = "cuda")]
+    pub momentum: f64,
+    /// `(running_mean, running_var)` (CUDA).
+    #[cfg(feature = "cuda")]
+    pub running: (Tensor, Tensor),
+    #[cfg(feature = "cuda")]
+    pub saved: Mutex<Option<super::cuda::BnSaved>>,
 }
 
 impl CustomOp3 for TrainOp {
@@ -274,6 +283,27 @@ impl CustomOp3 for TrainOp {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let set = super::cuda::BnSettings {
+            eps: self.eps,
+            momentum: self.momentum,
+            relu: self.relu,
+        };
+        let running = (&self.running.0, &self.running.1);
+        let (y, saved) = super::cuda::bn_train_fwd(s1, l1, s2, l2, s3, l3, running, set)?;
+        *self.saved.lock().expect("batch-norm saved lock") = Some(saved);
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -282,6 +312,15 @@ impl CustomOp3 for TrainOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let saved = self.saved.lock().expect("batch-norm saved lock");
+            let Some(saved) = saved.as_ref() else {
+                candle_core::bail!("batch-norm backward before its CUDA forward");
+            };
+            let (dx, dgamma, dbeta) = super::cuda::bn_train_bwd(dy, x, gamma, saved, self.relu)?;
+            return Ok((Some(dx), Some(dgamma), Some(dbeta)));
+        }
         let (n, c, s) = split_nc(x.dims(), "batch-norm")?;
         let stats = self.stats.lock().expect("batch-norm stats lock").clone();
         let count = (n * s) as f64;
@@ -370,6 +409,20 @@ impl CustomOp3 for AffineOp {
         ))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = super::cuda::channel_affine(s1, l1, s2, l2, s3, l3, self.relu)?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -378,6 +431,9 @@ impl CustomOp3 for AffineOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if !x.device().is_cpu() {
+            return affine_backward_any(x, scale, y, dy, self.relu);
+        }
         let (n, c, s) = split_nc(x.dims(), "batch-norm")?;
         let (dx, dscale, dshift) = with_f32(x, |xs| {
             with_f32(scale, |sc| {
@@ -402,4 +458,30 @@ impl CustomOp3 for AffineOp {
             Some(Tensor::from_vec(dshift, c, dev)?),
         ))
     }
+}
+
+/// The eval-mode affine map's backward in candle's ops, for any device and dtype (gradients
+/// through running statistics are rare: evaluation does not train).
+fn affine_backward_any(
+    x: &Tensor,
+    scale: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    relu: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (n, c, s) = split_nc(x.dims(), "batch-norm")?;
+    let g = if relu {
+        (dy * y.gt(0.0)?.to_dtype(dy.dtype())?)?
+    } else {
+        dy.clone()
+    };
+    let g32 = g.to_dtype(candle_core::DType::F32)?.reshape((n, c, s))?;
+    let x32 = x.to_dtype(candle_core::DType::F32)?.reshape((n, c, s))?;
+    let dshift = g32.sum((0, 2))?;
+    let dscale = (&g32 * &x32)?.sum((0, 2))?;
+    let dx = g
+        .reshape((n, c, s))?
+        .broadcast_mul(&scale.to_dtype(g.dtype())?.reshape((1, c, 1))?)?
+        .reshape(x.shape())?;
+    Ok((Some(dx), Some(dscale), Some(dshift)))
 }

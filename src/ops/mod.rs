@@ -2,15 +2,18 @@
 //!
 //! [`Kernels::Fast`] runs convolution as im2col + GEMM per image, BatchNorm (+ ReLU) as one fused
 //! pass and a bottleneck's tail (SE scale + residual add + ReLU) as another, each with a
-//! hand-written backward pass, on f32 CPU tensors. On other devices (CUDA) it runs candle's
-//! forward convolution with the backward pass of [`lowered`] (a forward convolution and one GEMM
-//! instead of candle's direct kernels), and candle's BatchNorm and tail. With
-//! [`Kernels::Stock`], and for other dtypes on the CPU, every call goes to candle's own ops, so a
-//! GPU implementation can slot in behind [`conv2d`], [`BatchNorm::forward`] and
-//! [`scale_add_relu`] without touching the model.
+//! hand-written backward pass, on f32 CPU tensors. On CUDA (f32 or bf16 activations) BatchNorm,
+//! the tail and the SE squeeze are this crate's own kernels ([`cuda`]), and convolution goes
+//! through cuDNN for its forward pass and both gradients with cached plans (`cudnn` feature), or
+//! candle's forward with the backward of [`lowered`] (a forward convolution and one GEMM instead
+//! of candle's direct kernels). With [`Kernels::Stock`], and for other dtypes, every call goes to
+//! candle's own ops; the model only ever calls [`conv2d`], [`BatchNorm::forward`],
+//! [`scale_add_relu`] and [`squeeze`].
 
 mod batch_norm;
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod gemm;
 mod host;
 pub mod lowered;
@@ -18,7 +21,7 @@ mod residual;
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 pub use batch_norm::Stats;
@@ -55,10 +58,29 @@ impl Kernels {
         }
     }
 
-    /// True when the fast path applies to `x`.
+    /// True when the fast path applies to `x`: f32 on the CPU, f32 or bf16 on CUDA.
     fn fast_for(self, x: &Tensor) -> bool {
-        self == Kernels::Fast && x.device().is_cpu() && x.dtype() == DType::F32
+        if self != Kernels::Fast {
+            return false;
+        }
+        match x.device() {
+            Device::Cpu => x.dtype() == DType::F32,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => matches!(x.dtype(), DType::F32 | DType::BF16),
+            _ => false,
+        }
     }
+}
+
+/// Whether f32 convolutions (cuDNN) and matrix products (cuBLAS) on CUDA may round their inputs
+/// to TF32 on tensor cores (PyTorch allows it for cuDNN convolutions by default); the CPU is
+/// unaffected.
+pub fn set_tf32(on: bool) {
+    #[cfg(feature = "cudnn")]
+    cuda::conv::set_tf32(on);
+    #[cfg(all(feature = "cuda", not(feature = "cudnn")))]
+    candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
+    let _ = on;
 }
 
 /// `conv2d(x, w)` for `x: [n, c, h, w]`, `w: [k, c, kh, kw]`, square stride and zero padding.
@@ -69,18 +91,22 @@ pub fn conv2d(
     pad: usize,
     kernels: Kernels,
 ) -> Result<Tensor> {
-    if kernels == Kernels::Fast && !x.device().is_cpu() {
-        return lowered::conv2d(x, w, stride, pad);
-    }
-    if !kernels.fast_for(x) {
-        return x.conv2d(w, pad, stride, 1, 1);
-    }
     let (n, c, h, wd) = x.dims4()?;
     let (k, _, kh, kw) = w.dims4()?;
-    if h == 1 && wd == 1 && kh == 1 && kw == 1 && pad == 0 {
+    if kernels == Kernels::Fast && h == 1 && wd == 1 && kh == 1 && kw == 1 && pad == 0 {
         // A pointwise conv on a 1×1 map (Squeeze-and-Excitation) is a plain matrix product.
         let y = x.reshape((n, c))?.matmul(&w.reshape((k, c))?.t()?)?;
         return y.reshape((n, k, 1, 1));
+    }
+    if kernels == Kernels::Fast && !x.device().is_cpu() {
+        #[cfg(feature = "cudnn")]
+        let y = cuda::conv::conv2d(x, w, stride, pad);
+        #[cfg(not(feature = "cudnn"))]
+        let y = lowered::conv2d(x, w, stride, pad);
+        return y;
+    }
+    if !kernels.fast_for(x) {
+        return x.conv2d(w, pad, stride, 1, 1);
     }
     x.contiguous()?.apply_op2_arc(
         &w.contiguous()?,
@@ -108,13 +134,27 @@ pub fn scale_add_relu(
     let gate = match gate {
         Some(g) => g.contiguous()?,
         // An untracked constant: its gradient is computed (cheap) and dropped.
-        None => Tensor::ones((n, c, 1, 1), DType::F32, x.device())?,
+        None => Tensor::ones((n, c, 1, 1), x.dtype(), x.device())?,
     };
     x.contiguous()?.apply_op3_arc(
         &gate,
         &shortcut.contiguous()?,
         Arc::new(Box::new(residual::ScaleAddRelu)),
     )
+}
+
+/// The per-channel mean of `x: [n, c, h, w]` as f32 `[n, c, 1, 1]` (the Squeeze-and-Excitation
+/// squeeze), summed in f32 whatever `x`'s dtype: one kernel each way on CUDA with the fast ops,
+/// a cast and candle's mean elsewhere.
+pub fn squeeze(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if kernels.fast_for(x) && x.device().is_cuda() {
+        return x
+            .contiguous()?
+            .apply_op1_arc(Arc::new(Box::new(residual::Squeeze)));
+    }
+    let _ = kernels;
+    x.to_dtype(DType::F32)?.mean_keepdim((2, 3))
 }
 
 /// A convolution layer's weight and geometry.
@@ -217,7 +257,9 @@ impl BatchNorm {
     /// parameters (bf16 compute) is normalised in theirs, so statistics are never summed in bf16,
     /// and the result cast back.
     pub fn forward(&self, x: &Tensor, train: bool, relu: bool, kernels: Kernels) -> Result<Tensor> {
-        if x.dtype() != self.weight.dtype() {
+        // The CUDA kernels read bf16 activations themselves and keep their statistics in f32.
+        let reads_any = kernels.fast_for(x) && !x.device().is_cpu();
+        if x.dtype() != self.weight.dtype() && !reads_any {
             let y = self.forward(&x.to_dtype(self.weight.dtype())?, train, relu, kernels)?;
             return y.to_dtype(x.dtype());
         }
@@ -237,10 +279,22 @@ impl BatchNorm {
             eps: self.eps,
             relu,
             stats: stats.clone(),
+            #[cfg(feature = "cuda")]
+            momentum: self.momentum,
+            #[cfg(feature = "cuda")]
+            running: (
+                self.running_mean.as_tensor().clone(),
+                self.running_var.as_tensor().clone(),
+            ),
+            #[cfg(feature = "cuda")]
+            saved: Default::default(),
         };
         let y = x.apply_op3_arc(&self.weight, &self.bias, Arc::new(Box::new(op)))?;
-        let stats = stats.lock().expect("batch-norm stats lock").clone();
-        self.update_running(&stats)?;
+        if x.device().is_cpu() {
+            // The CUDA kernels update the running statistics themselves, in place.
+            let stats = stats.lock().expect("batch-norm stats lock").clone();
+            self.update_running(&stats)?;
+        }
         Ok(y)
     }
 

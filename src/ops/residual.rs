@@ -51,6 +51,20 @@ impl CustomOp3 for ScaleAddRelu {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = super::cuda::tail_fwd(s1, l1, s2, l2, s3, l3)?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -59,6 +73,11 @@ impl CustomOp3 for ScaleAddRelu {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let (dx, dgate, dshort) = super::cuda::tail_bwd(x, gate, y, dy)?;
+            return Ok((Some(dx), Some(dgate), Some(dshort.reshape(short.shape())?)));
+        }
         let (_, _, s) = split_nc(x.dims(), "scale-add-relu")?;
         let plane = s.max(1);
         let (dx, dgate, dshort) = with_f32(x, |xs| {
@@ -124,4 +143,38 @@ fn plane_backward(
         sum += m * x[i];
     }
     sum
+}
+
+/// The SE squeeze on CUDA: the per-plane mean of `x: [n, c, …]` as f32 `[n, c, 1, 1]`.
+#[cfg(feature = "cuda")]
+pub(super) struct Squeeze;
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp1 for Squeeze {
+    fn name(&self) -> &'static str {
+        "cifar-stream-squeeze"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, sp) = split_nc(l.dims(), "squeeze")?;
+        let x = contiguous_f32(s, l)?;
+        let out: Vec<f32> = x
+            .chunks(sp.max(1))
+            .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / sp.max(1) as f64) as f32)
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from((n, c, 1, 1))))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, _) = split_nc(l.dims(), "squeeze")?;
+        Ok((super::cuda::squeeze_fwd(s, l)?, Shape::from((n, c, 1, 1))))
+    }
+
+    fn bwd(&self, x: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(super::cuda::squeeze_bwd(x, dout)?))
+    }
 }

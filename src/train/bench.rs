@@ -22,6 +22,8 @@ pub const WARMUP: usize = 2;
 pub struct StepRate {
     /// Images per second over the timed steps.
     pub images_per_second: f64,
+    /// Peak device memory `(in use, reserved)` in bytes (CUDA only).
+    pub memory_peak: Option<(u64, u64)>,
     /// The learner's kernels and precision, for the report.
     pub kernels: &'static str,
     /// See `kernels`.
@@ -55,6 +57,7 @@ pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<
     device.synchronize()?;
     Ok(StepRate {
         images_per_second: (steps * b) as f64 / start.elapsed().as_secs_f64(),
+        memory_peak: crate::device::memory_peak(device)?,
         kernels: learner.model().kernels().name(),
         precision: learner.model().precision().name(),
     })
@@ -79,6 +82,22 @@ pub struct OpTimes {
     pub wgrad_lowered: f64,
     /// BatchNorm forward + backward on the output (with `config.kernels`).
     pub batch_norm: f64,
+    /// The convolution forward + backward as `config.kernels` runs it in training: cuDNN with
+    /// cached plans, or the lowered backward, or candle's own (`stock`).
+    pub conv: f64,
+}
+
+/// Median milliseconds of the block-tail ops at one block output shape.
+#[derive(Clone, Debug)]
+pub struct TailTimes {
+    /// `[batch, channels, side, side]`.
+    pub shape: [usize; 4],
+    /// Blocks with that output.
+    pub blocks: usize,
+    /// SE scale + residual add + ReLU, forward + backward.
+    pub tail: f64,
+    /// The SE squeeze (global average pool), forward + backward.
+    pub squeeze: f64,
 }
 
 /// Times candle's convolution (forward, input and weight gradients), the lowered backward and
@@ -92,21 +111,7 @@ pub fn op_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Ve
         let v: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
         Ok(Tensor::from_vec(v, dims, device)?)
     };
-    let time = |f: &mut dyn FnMut() -> Result<Tensor>| -> Result<f64> {
-        let mut times = Vec::with_capacity(reps);
-        for i in 0..reps.max(1) + WARMUP {
-            device.synchronize()?;
-            let t = Instant::now();
-            let out = f()?;
-            device.synchronize()?;
-            drop(out);
-            if i >= WARMUP {
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[times.len() / 2])
-    };
+    let time = |f: &mut dyn FnMut() -> Result<Tensor>| median_ms(device, reps, f);
     let mut rows = Vec::new();
     for (shape, layers) in config.model.conv_shapes(32, 32) {
         let ConvShape {
@@ -141,6 +146,12 @@ pub fn op_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Ve
             o.sum_all()?.backward()?;
             Ok(o)
         })?;
+        let xv = Var::from_tensor(&x)?;
+        let conv = time(&mut || {
+            let y = crate::ops::conv2d(xv.as_tensor(), &w, stride, pad, config.kernels)?;
+            (&y * &dy)?.sum_all()?.backward()?;
+            Ok(y)
+        })?;
         rows.push(OpTimes {
             shape,
             layers,
@@ -150,7 +161,76 @@ pub fn op_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Ve
             dgrad_lowered,
             wgrad_lowered,
             batch_norm,
+            conv,
         });
     }
     Ok(rows)
+}
+
+/// Times the block tail (`scale_add_relu` with a gate) and the SE squeeze, forward + backward
+/// with `config.kernels`, at every block output shape of `config.model`.
+pub fn tail_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Vec<TailTimes>> {
+    let b = config.batch_size;
+    let mut rng = seed::rng(config.seed, &[0x7461]);
+    let mut random = |dims: &[usize]| -> Result<Tensor> {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        Ok(Tensor::from_vec(v, dims, device)?)
+    };
+    let mut shapes: Vec<([usize; 4], usize)> = Vec::new();
+    for l in config.model.layers(32, 32) {
+        if l.name.ends_with(".conv3") {
+            let shape = [b, l.cout, l.out_hw.0, l.out_hw.1];
+            match shapes.iter_mut().find(|(s, _)| *s == shape) {
+                Some((_, n)) => *n += 1,
+                None => shapes.push((shape, 1)),
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (shape, blocks) in shapes {
+        let x = Var::from_tensor(&random(&shape)?)?;
+        let short = Var::from_tensor(&random(&shape)?)?;
+        let gate = Var::from_tensor(&random(&[shape[0], shape[1], 1, 1])?)?;
+        let probe = random(&shape)?;
+        let tail = median_ms(device, reps, &mut || {
+            let y = crate::ops::scale_add_relu(
+                x.as_tensor(),
+                Some(gate.as_tensor()),
+                short.as_tensor(),
+                config.kernels,
+            )?;
+            (&y * &probe)?.sum_all()?.backward()?;
+            Ok(y)
+        })?;
+        let squeeze = median_ms(device, reps, &mut || {
+            let y = crate::ops::squeeze(x.as_tensor(), config.kernels)?;
+            y.sum_all()?.backward()?;
+            Ok(y)
+        })?;
+        rows.push(TailTimes {
+            shape,
+            blocks,
+            tail,
+            squeeze,
+        });
+    }
+    Ok(rows)
+}
+
+/// The median over `reps` runs (after [`WARMUP`]) of `f`, synchronised, in milliseconds.
+fn median_ms(device: &Device, reps: usize, f: &mut dyn FnMut() -> Result<Tensor>) -> Result<f64> {
+    let mut times = Vec::with_capacity(reps);
+    for i in 0..reps.max(1) + WARMUP {
+        device.synchronize()?;
+        let t = Instant::now();
+        let out = f()?;
+        device.synchronize()?;
+        drop(out);
+        if i >= WARMUP {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }

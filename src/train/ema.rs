@@ -36,6 +36,11 @@ impl Ema {
         self.decay.min((1.0 + t as f64) / (10.0 + t as f64))
     }
 
+    /// `(EMA variable, live variable)` pairs in name order.
+    pub fn pairs(&self) -> &[(Var, Var)] {
+        &self.pairs
+    }
+
     /// Update number `t` (0-based: the global training step it follows).
     pub fn update(&self, t: usize) -> Result<()> {
         let d = self.decay_at(t);

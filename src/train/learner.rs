@@ -18,12 +18,15 @@ pub struct Learner {
     pub(super) sgd: Sgd,
     label_smoothing: f64,
     steps: usize,
+    /// The optimizer and EMA run as fused kernels (CUDA with the fast kernels).
+    fused: bool,
 }
 
 impl Learner {
     /// Fresh weights (seeded by `config.seed`), an EMA copy when `config.ema_decay > 0`, and an
     /// optimizer with empty momentum buffers.
     pub fn new(config: &TrainConfig, device: &Device) -> Result<Learner> {
+        crate::ops::set_tf32(config.tf32);
         let net = Net::new(config, device)?;
         let sgd = net.optimizer(config);
         let ema = if config.ema_decay > 0.0 {
@@ -39,6 +42,7 @@ impl Learner {
             sgd,
             label_smoothing: config.label_smoothing,
             steps: 0,
+            fused: config.kernels == crate::ops::Kernels::Fast,
         })
     }
 
@@ -64,10 +68,8 @@ impl Learner {
             loss.backward()?
         };
         let _o = tracing::info_span!("optimizer").entered();
-        self.sgd.step(&grads, lr)?;
-        if let Some((_, ema)) = &self.ema {
-            ema.update(self.steps)?;
-        }
+        let ema = self.ema.as_ref().map(|(_, ema)| (ema, self.steps));
+        self.sgd.step_with_ema(&grads, lr, ema, self.fused)?;
         self.steps += 1;
         Ok((logits, loss))
     }

@@ -11,6 +11,7 @@ mod learner;
 pub mod loss;
 pub mod metrics;
 mod net;
+pub mod opcheck;
 pub mod parity;
 pub mod running;
 mod saved;

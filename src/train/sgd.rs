@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
 
+use super::ema::Ema;
+
 /// The optimizer and its momentum buffers, keyed by parameter name.
 pub struct Sgd {
     params: Vec<(String, Var)>,
@@ -69,6 +71,77 @@ impl Sgd {
                 self.buffers.insert(name.clone(), buf);
             }
             var.set(&(var.as_tensor() - (g * lr)?)?)?;
+        }
+        Ok(())
+    }
+
+    /// One update, then EMA update number `t` when given `ema`. With `fused` on CUDA (the fast
+    /// kernels) each parameter is one launch that updates it, its momentum buffer and its EMA
+    /// twin in place, and each tensor without a gradient (BatchNorm statistics) one EMA launch;
+    /// elsewhere it is [`Sgd::step`] then [`Ema::update`], in candle's ops.
+    pub fn step_with_ema(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        ema: Option<(&Ema, usize)>,
+        fused: bool,
+    ) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if fused
+            && self
+                .params
+                .first()
+                .is_some_and(|(_, v)| v.device().is_cuda())
+        {
+            return self.step_fused(grads, lr, ema);
+        }
+        let _ = fused;
+        self.step(grads, lr)?;
+        match ema {
+            Some((ema, t)) => ema.update(t),
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn step_fused(&mut self, grads: &GradStore, lr: f64, ema: Option<(&Ema, usize)>) -> Result<()> {
+        use crate::ops::cuda::{ema_update, sgd_ema_step, SgdSettings};
+        use std::collections::HashMap;
+        // Each live variable's EMA twin, by tensor id.
+        let twins: HashMap<_, &Var> = ema
+            .map(|(e, _)| e.pairs().iter().map(|(e, l)| (l.id(), e)).collect())
+            .unwrap_or_default();
+        let decay = ema.map(|(e, t)| e.decay_at(t));
+        let mut done = std::collections::HashSet::new();
+        for (name, var) in &self.params {
+            let Some(grad) = grads.get(var) else { continue };
+            let first = self.momentum != 0.0 && !self.buffers.contains_key(name);
+            if first {
+                self.buffers
+                    .insert(name.clone(), var.as_tensor().zeros_like()?);
+            }
+            // With no momentum the kernel never touches the buffer; the weight stands in.
+            let buf = self.buffers.get(name).unwrap_or(var.as_tensor());
+            let twin = twins
+                .get(&var.id())
+                .zip(decay)
+                .map(|(e, d)| (e.as_tensor(), d));
+            let set = SgdSettings {
+                lr,
+                weight_decay: self.decay_for(var.rank()),
+                momentum: self.momentum,
+                nesterov: self.nesterov,
+                first,
+            };
+            sgd_ema_step(var.as_tensor(), grad, buf, twin, set)?;
+            done.insert(var.id());
+        }
+        if let (Some((ema, _)), Some(d)) = (ema, decay) {
+            for (e, l) in ema.pairs() {
+                if !done.contains(&l.id()) {
+                    ema_update(e.as_tensor(), l.as_tensor(), d)?;
+                }
+            }
         }
         Ok(())
     }

@@ -127,11 +127,16 @@ pub struct PrecisionFlag {
     /// BatchNorm, loss and optimizer; CUDA only) [default: f32].
     #[arg(long, value_enum)]
     precision: Option<Precision>,
+    /// No TF32 tensor cores for f32 convolutions and matrix products on CUDA (they are allowed
+    /// by default, as PyTorch allows them for cuDNN convolutions).
+    #[arg(long)]
+    no_tf32: bool,
 }
 
 impl Apply for PrecisionFlag {
     fn apply(&self, c: &mut TrainConfig) {
         set!(self, c: precision => precision);
+        c.tf32 &= !self.no_tf32;
     }
 }
 

@@ -135,6 +135,9 @@ pub fn step(args: StepBenchArgs) -> Result<Finish> {
         config.batch_size,
         rate.images_per_second
     );
+    if let Some((used, reserved)) = rate.memory_peak {
+        println!("peak memory: {} / {} MiB", used >> 20, reserved >> 20);
+    }
     Ok(Finish::Done)
 }
 
@@ -165,10 +168,18 @@ pub fn ops(args: OpBenchArgs) -> Result<Finish> {
         args.reps
     );
     println!(
-        "{:<28} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "conv (k cin>cout @out s)", "n", "fwd", "dgrad", "wgrad", "dgrad-lo", "wgrad-lo", "bn f+b"
+        "{:<28} {:>3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "conv (k cin>cout @out s)",
+        "n",
+        "fwd",
+        "dgrad",
+        "wgrad",
+        "dgrad-lo",
+        "wgrad-lo",
+        "bn f+b",
+        "conv f+b"
     );
-    let mut totals = [0.0f64; 6];
+    let mut totals = [0.0f64; 7];
     for r in &rows {
         let times = [
             r.forward,
@@ -177,6 +188,7 @@ pub fn ops(args: OpBenchArgs) -> Result<Finish> {
             r.dgrad_lowered,
             r.wgrad_lowered,
             r.batch_norm,
+            r.conv,
         ];
         for (t, v) in totals.iter_mut().zip(times) {
             *t += v * r.layers as f64;
@@ -197,14 +209,39 @@ pub fn ops(args: OpBenchArgs) -> Result<Finish> {
         println!();
     }
     // Shares of a step as candle computes it (stock backward).
-    let [fwd, dgrad, wgrad, dgrad_lo, wgrad_lo, bn] = totals;
+    let [fwd, dgrad, wgrad, dgrad_lo, wgrad_lo, bn, conv] = totals;
     let pct = |t: f64| 100.0 * t / (fwd + dgrad + wgrad + bn);
     println!(
         "total ms per step: conv fwd {fwd:.1} ({:.0}%), conv dgrad {dgrad:.1} ({:.0}%), conv wgrad {wgrad:.1} ({:.0}%), bn {bn:.1} ({:.0}%)",
         pct(fwd), pct(dgrad), pct(wgrad), pct(bn)
     );
     println!(
-        "lowered backward (ops::lowered, --kernels fast off the CPU): dgrad {dgrad_lo:.1} ms, wgrad {wgrad_lo:.1} ms (stock: {dgrad:.1}, {wgrad:.1})"
+        "lowered backward (ops::lowered): dgrad {dgrad_lo:.1} ms, wgrad {wgrad_lo:.1} ms (stock: {dgrad:.1}, {wgrad:.1})"
     );
+    let tails = bench::tail_times(&config, &device, args.reps)?;
+    println!(
+        "{:<28} {:>3} {:>9} {:>9}",
+        "block tail (n c h w)", "n", "tail f+b", "sq f+b"
+    );
+    let (mut tail, mut squeeze) = (0.0, 0.0);
+    for t in &tails {
+        let [n, c, h, w] = t.shape;
+        println!(
+            "{:<28} {:>3} {:>9.3} {:>9.3}",
+            format!("{n} {c} {h} {w}"),
+            t.blocks,
+            t.tail,
+            t.squeeze
+        );
+        tail += t.tail * t.blocks as f64;
+        squeeze += t.squeeze * t.blocks as f64;
+    }
+    println!(
+        "fast-path ms per step: conv f+b {conv:.1}, bn f+b {bn:.1}, tail f+b {tail:.1}, squeeze f+b {squeeze:.1} ({} kernels)",
+        config.kernels.name()
+    );
+    if cfg!(feature = "cudnn") && config.kernels == cifar_stream::ops::Kernels::Fast {
+        println!("cudnn conv: f+b {conv:.1} ms per step with cached plans (candle's: fwd {fwd:.1} + dgrad {dgrad:.1} + wgrad {wgrad:.1})");
+    }
     Ok(Finish::Done)
 }

@@ -7,7 +7,7 @@ use cifar_stream::device::describe;
 use cifar_stream::ops::Kernels;
 use cifar_stream::train::parity::{self, Side, Tolerance, Verdict};
 
-use crate::args::{positive, NetArgs, PrecisionFlag};
+use crate::args::{positive, DeviceFlag, NetArgs, PrecisionFlag};
 use crate::stream_args::SeedFlag;
 use crate::Finish;
 
@@ -86,6 +86,90 @@ pub fn device(args: DeviceCheckArgs) -> Result<Finish> {
     );
     if !v.ok() {
         bail!("{} of {} tensors outside the tolerance", v.failed, v.total);
+    }
+    Ok(Finish::Done)
+}
+
+/// `gpu-test`: the device's ops against the CPU's.
+#[derive(Args)]
+pub struct GpuTestArgs {
+    #[command(flatten)]
+    device: DeviceFlag,
+    /// Kernels on the device side (the CPU side is always the fast ops).
+    #[arg(long, value_enum, default_value = "fast")]
+    kernels: Kernels,
+    /// Print every comparison, not only the worst of each op and dtype and the failures.
+    #[arg(long)]
+    all: bool,
+}
+
+/// `gpu-test`: every op's forward and gradients on --device against the CPU, per op and dtype
+/// the worst error against its tolerance; fails when any comparison does.
+pub fn gpu_test(args: GpuTestArgs) -> Result<Finish> {
+    let device = args.device.select()?;
+    let rows = cifar_stream::train::opcheck::run(&device, args.kernels)?;
+    println!(
+        "{} ({} kernels) vs cpu (fast kernels, f32): {} comparisons",
+        describe(&device),
+        args.kernels.name(),
+        rows.len()
+    );
+    println!(
+        "  {:<16} {:<5} {:>6} {:>10} {:>10}  worst case",
+        "op", "dtype", "cases", "worst", "tolerance"
+    );
+    let mut groups: Vec<(&str, &str)> = Vec::new();
+    for r in &rows {
+        if !groups.contains(&(r.op, r.dtype)) {
+            groups.push((r.op, r.dtype));
+        }
+    }
+    for (op, dtype) in groups {
+        let of: Vec<_> = rows
+            .iter()
+            .filter(|r| r.op == op && r.dtype == dtype)
+            .collect();
+        let worst = of
+            .iter()
+            .max_by(|a, b| a.error.total_cmp(&b.error))
+            .expect("a group has rows");
+        println!(
+            "  {op:<16} {dtype:<5} {:>6} {:>10.3e} {:>10.0e}  {} {}{}",
+            of.len(),
+            worst.error,
+            worst.tolerance,
+            worst.case,
+            worst.tensor,
+            if of.iter().all(|r| r.passes()) {
+                ""
+            } else {
+                "  <- FAIL"
+            }
+        );
+    }
+    for r in rows.iter().filter(|r| args.all || !r.passes()) {
+        println!(
+            "  {} {} {} {}: {:.3e} (tolerance {:.0e}){}",
+            r.op,
+            r.dtype,
+            r.case,
+            r.tensor,
+            r.error,
+            r.tolerance,
+            if r.passes() { "" } else { "  FAIL" }
+        );
+    }
+    let failed = rows.iter().filter(|r| !r.passes()).count();
+    println!(
+        "gpu-test: {failed} of {} comparisons fail: {}",
+        rows.len(),
+        if failed == 0 { "ok" } else { "FAIL" }
+    );
+    if failed > 0 {
+        bail!(
+            "{failed} of {} comparisons outside their tolerance",
+            rows.len()
+        );
     }
     Ok(Finish::Done)
 }

@@ -55,6 +55,9 @@ enum Command {
     /// One training step's logits and gradients on --device against the CPU (same weights and
     /// batch): prints the worst relative errors and fails above --tolerance.
     DeviceCheck(Box<checks::DeviceCheckArgs>),
+    /// Every training op's forward pass and gradients on --device (the CUDA kernels) against the
+    /// CPU's, in f32 and bf16: what the GPU check runs first.
+    GpuTest(checks::GpuTestArgs),
     /// Time candle's own convolution (forward, input gradient, weight gradient) and BatchNorm at
     /// every layer shape of the model on --device: where a GPU step's time goes, per op.
     OpBench(Box<benches::OpBenchArgs>),
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Some(Command::StepBench(args)) => benches::step(*args),
         Some(Command::DeviceCheck(args)) => checks::device(*args),
         Some(Command::OpBench(args)) => benches::ops(*args),
+        Some(Command::GpuTest(args)) => checks::gpu_test(args),
         Some(Command::Eval(args)) => eval::eval(args),
         Some(Command::Predict(args)) => eval::predict(args),
         None => train::run(cli.run),

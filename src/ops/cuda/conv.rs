@@ -1,0 +1,409 @@
+//! Convolution through cuDNN, forward and both gradients (the `cudnn` feature).
+//!
+//! candle 0.11 runs only the forward pass through cuDNN, and rebuilds its descriptors, asks the
+//! heuristic for an algorithm and allocates a zeroed workspace on every call; its backward pass
+//! never reaches cuDNN (the input gradient is a direct `conv_transpose2d` kernel, the weight
+//! gradient a convolution of non-contiguous views). Here each geometry and dtype gets one
+//! [`Plan`] — descriptors and the heuristic's algorithm for forward, backward-data and
+//! backward-filter, chosen once — and every call shares one workspace that only grows.
+//!
+//! f32 convolutions may use TF32 tensor cores when [`set_tf32`] allows it (PyTorch's default
+//! for cuDNN convolutions); bf16 ones compute in f32 (cuDNN's pseudo-bf16 configuration).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::cudnn::safe::{
+    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, FilterDescriptor,
+    TensorDescriptor,
+};
+use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnDataType};
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, DeviceId};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+
+use super::{tensor_of, view, with_storage, Elem};
+
+static TF32: AtomicBool = AtomicBool::new(true);
+
+/// Whether f32 convolutions (cuDNN) and matrix products (cuBLAS, through candle) may round their
+/// inputs to TF32 on tensor cores: about 8× the f32 throughput on an H100, 10 mantissa bits in
+/// the products, sums in f32. On by default, as PyTorch's cuDNN convolutions are.
+pub fn set_tf32(on: bool) {
+    TF32.store(on, Ordering::Relaxed);
+    candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
+}
+
+/// One convolution geometry: batch, input channels, input size, output channels, kernel,
+/// stride, padding, TF32 allowed.
+type Key = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    bool,
+);
+
+/// Descriptors and algorithms of one geometry, in one dtype.
+struct Plan<T: CudnnDataType> {
+    conv: ConvDescriptor<f32>,
+    x: TensorDescriptor<T>,
+    w: FilterDescriptor<T>,
+    y: TensorDescriptor<T>,
+    fwd: sys::cudnnConvolutionFwdAlgo_t,
+    bwd_data: sys::cudnnConvolutionBwdDataAlgo_t,
+    bwd_filter: sys::cudnnConvolutionBwdFilterAlgo_t,
+    workspace: usize,
+}
+
+/// Plans by geometry, one table per dtype.
+#[derive(Default)]
+struct Plans {
+    f32: HashMap<Key, Plan<f32>>,
+    bf16: HashMap<Key, Plan<half::bf16>>,
+}
+
+/// The per-thread cuDNN state (cuDNN handles are neither `Send` nor `Sync`; a training run's
+/// steps all run on one thread).
+struct State {
+    device: DeviceId,
+    cudnn: Arc<Cudnn>,
+    plans: Plans,
+    workspace: Option<CudaSlice<u8>>,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+}
+
+/// An element type cuDNN convolves.
+trait ConvElem: Elem + CudnnDataType + WithDType {
+    /// This dtype's table of plans.
+    fn table(plans: &mut Plans) -> &mut HashMap<Key, Plan<Self>>;
+    /// The cuDNN math mode for this dtype.
+    fn math(tf32: bool) -> sys::cudnnMathType_t;
+}
+
+impl ConvElem for f32 {
+    fn table(plans: &mut Plans) -> &mut HashMap<Key, Plan<Self>> {
+        &mut plans.f32
+    }
+    fn math(tf32: bool) -> sys::cudnnMathType_t {
+        if tf32 {
+            sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
+        } else {
+            sys::cudnnMathType_t::CUDNN_FMA_MATH
+        }
+    }
+}
+
+impl ConvElem for half::bf16 {
+    fn table(plans: &mut Plans) -> &mut HashMap<Key, Plan<Self>> {
+        &mut plans.bf16
+    }
+    fn math(_: bool) -> sys::cudnnMathType_t {
+        sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+    }
+}
+
+fn cudnn_err(e: impl std::fmt::Debug) -> candle_core::Error {
+    candle_core::Error::Msg(format!("cuDNN: {e:?}"))
+}
+
+/// Runs `f` with the plan of `key` (made on first use) and the shared workspace, on this
+/// thread's cuDNN state for `dev`.
+fn with_plan<T: ConvElem, R>(
+    dev: &CudaDevice,
+    key: Key,
+    f: impl FnOnce(&Plan<T>, &mut CudaSlice<u8>) -> Result<R>,
+) -> Result<R> {
+    STATE.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        if guard.as_ref().is_none_or(|s| s.device != dev.id()) {
+            *guard = Some(State {
+                device: dev.id(),
+                cudnn: Cudnn::new(dev.cuda_stream()).map_err(cudnn_err)?,
+                plans: Plans::default(),
+                workspace: None,
+            });
+        }
+        let State {
+            cudnn,
+            plans,
+            workspace,
+            ..
+        } = guard.as_mut().expect("set above");
+        let table = T::table(plans);
+        if let std::collections::hash_map::Entry::Vacant(slot) = table.entry(key) {
+            slot.insert(make_plan::<T>(cudnn, key)?);
+        }
+        let plan = &table[&key];
+        let need = plan.workspace.max(1);
+        if workspace.as_ref().is_none_or(|w| w.len() < need) {
+            // Grown to the largest geometry seen: a handful of allocations for a whole run.
+            *workspace = Some(unsafe { dev.alloc::<u8>(need)? });
+        }
+        f(plan, workspace.as_mut().expect("allocated above"))
+    })
+}
+
+/// Descriptors for `key` and the cuDNN heuristic's first choice for each direction.
+fn make_plan<T: ConvElem>(cudnn: &Arc<Cudnn>, key: Key) -> Result<Plan<T>> {
+    let (n, cin, h, w, cout, kh, kw, stride, pad, tf32) = key;
+    let i = |v: usize| v as i32;
+    let mut conv = cudnn
+        .create_conv2d::<f32>(
+            [i(pad), i(pad)],
+            [i(stride), i(stride)],
+            [1, 1],
+            sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+        )
+        .map_err(cudnn_err)?;
+    conv.set_math_type(T::math(tf32)).map_err(cudnn_err)?;
+    let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    let (oh, ow) = (
+        (h + 2 * pad - kh) / stride + 1,
+        (w + 2 * pad - kw) / stride + 1,
+    );
+    let x = cudnn
+        .create_4d_tensor::<T>(nchw, [i(n), i(cin), i(h), i(w)])
+        .map_err(cudnn_err)?;
+    let wd = cudnn
+        .create_4d_filter::<T>(nchw, [i(cout), i(cin), i(kh), i(kw)])
+        .map_err(cudnn_err)?;
+    let y = cudnn
+        .create_4d_tensor::<T>(nchw, [i(n), i(cout), i(oh), i(ow)])
+        .map_err(cudnn_err)?;
+    let forward = ConvForward {
+        conv: &conv,
+        x: &x,
+        w: &wd,
+        y: &y,
+    };
+    let fwd = forward.pick_algorithm().map_err(cudnn_err)?;
+    let ws_fwd = forward.get_workspace_size(fwd).map_err(cudnn_err)?;
+    let data = ConvBackwardData {
+        conv: &conv,
+        dx: &x,
+        w: &wd,
+        dy: &y,
+    };
+    let bwd_data = data.pick_algorithm().map_err(cudnn_err)?;
+    let ws_data = data.get_workspace_size(bwd_data).map_err(cudnn_err)?;
+    let filter = ConvBackwardFilter {
+        conv: &conv,
+        x: &x,
+        dw: &wd,
+        dy: &y,
+    };
+    let bwd_filter = filter.pick_algorithm().map_err(cudnn_err)?;
+    let ws_filter = filter.get_workspace_size(bwd_filter).map_err(cudnn_err)?;
+    Ok(Plan {
+        conv,
+        x,
+        w: wd,
+        y,
+        fwd,
+        bwd_data,
+        bwd_filter,
+        workspace: ws_fwd.max(ws_data).max(ws_filter),
+    })
+}
+
+/// `conv2d(x, w)` for `x: [n, c, h, w]`, `w: [k, c, kh, kw]`, square stride, zero padding: a
+/// custom op whose forward pass and both gradients go through cuDNN with cached plans.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op2_arc(
+        &w.contiguous()?,
+        Arc::new(Box::new(CudnnConv { stride, pad })),
+    )
+}
+
+struct CudnnConv {
+    stride: usize,
+    pad: usize,
+}
+
+impl CudnnConv {
+    fn key(&self, x: &[usize], w: &[usize]) -> Result<Key> {
+        let (&[n, c, h, wd], &[k, c2, kh, kw]) = (x, w) else {
+            candle_core::bail!("cuDNN conv2d: x {x:?} and w {w:?} must be 4-d");
+        };
+        if c != c2 || h + 2 * self.pad < kh || wd + 2 * self.pad < kw {
+            candle_core::bail!("cuDNN conv2d: x {x:?} does not fit w {w:?}");
+        }
+        let tf32 = TF32.load(Ordering::Relaxed);
+        Ok((n, c, h, wd, k, kh, kw, self.stride, self.pad, tf32))
+    }
+
+    fn out_dims(&self, key: Key) -> (usize, usize, usize, usize) {
+        let (n, _, h, w, k, kh, kw, s, p, _) = key;
+        (n, k, (h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1)
+    }
+}
+
+fn one<T: WithDType>() -> T {
+    T::from_f64(1.0)
+}
+
+fn zero<T: WithDType>() -> T {
+    T::from_f64(0.0)
+}
+
+fn forward<T: ConvElem>(
+    dev: &CudaDevice,
+    key: Key,
+    len: usize,
+    x: &candle_core::cuda_backend::cudarc::driver::CudaView<T>,
+    w: &candle_core::cuda_backend::cudarc::driver::CudaView<T>,
+) -> Result<CudaSlice<T>> {
+    let mut y = unsafe { dev.alloc::<T>(len)? };
+    with_plan::<T, _>(dev, key, |plan, ws| {
+        let op = ConvForward {
+            conv: &plan.conv,
+            x: &plan.x,
+            w: &plan.w,
+            y: &plan.y,
+        };
+        unsafe { op.launch(plan.fwd, Some(ws), (one::<T>(), zero::<T>()), x, w, &mut y) }
+            .map_err(cudnn_err)
+    })?;
+    Ok(y)
+}
+
+impl CustomOp2 for CudnnConv {
+    fn name(&self) -> &'static str {
+        "cifar-stream-cudnn-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("the cuDNN convolution runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let key = self.key(xl.dims(), wl.dims())?;
+        let out = self.out_dims(key);
+        let len = out.0 * out.1 * out.2 * out.3;
+        let dev = &x.device;
+        let y = match (&x.slice, &w.slice) {
+            (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(ws)) => {
+                let y = forward::<f32>(dev, key, len, &view(xs, xl)?, &view(ws, wl)?)?;
+                CudaStorage::wrap_cuda_slice(y, dev.clone())
+            }
+            (CudaStorageSlice::BF16(xs), CudaStorageSlice::BF16(ws)) => {
+                let y = forward::<half::bf16>(dev, key, len, &view(xs, xl)?, &view(ws, wl)?)?;
+                CudaStorage::wrap_cuda_slice(y, dev.clone())
+            }
+            _ => candle_core::bail!(
+                "cuDNN conv2d: x {:?} and w {:?} must both be f32 or both bf16",
+                x.dtype(),
+                w.dtype()
+            ),
+        };
+        Ok((y, Shape::from(out)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let key = self.key(x.dims(), w.dims())?;
+        // The network's input image needs no gradient.
+        let want_dx = x.track_op();
+        with_storage(x, |xs, xl| {
+            with_storage(w, |ws, wl| {
+                with_storage(&dy, |ds, dl| match (&xs.slice, &ws.slice, &ds.slice) {
+                    (
+                        CudaStorageSlice::F32(xv),
+                        CudaStorageSlice::F32(wv),
+                        CudaStorageSlice::F32(dv),
+                    ) => backward::<f32>(
+                        &xs.device,
+                        key,
+                        (&view(xv, xl)?, &view(wv, wl)?, &view(dv, dl)?),
+                        (x, w),
+                        want_dx,
+                    ),
+                    (
+                        CudaStorageSlice::BF16(xv),
+                        CudaStorageSlice::BF16(wv),
+                        CudaStorageSlice::BF16(dv),
+                    ) => backward::<half::bf16>(
+                        &xs.device,
+                        key,
+                        (&view(xv, xl)?, &view(wv, wl)?, &view(dv, dl)?),
+                        (x, w),
+                        want_dx,
+                    ),
+                    _ => candle_core::bail!("cuDNN conv2d backward: mixed dtypes"),
+                })
+            })
+        })
+    }
+}
+
+type View<'a, T> = candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>;
+
+/// `(dx, dw)`: backward-data (when `want_dx`) and backward-filter with the plan's algorithms.
+fn backward<T: ConvElem>(
+    dev: &CudaDevice,
+    key: Key,
+    (x, w, dy): (&View<T>, &View<T>, &View<T>),
+    (xt, wt): (&Tensor, &Tensor),
+    want_dx: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let mut dw = unsafe { dev.alloc::<T>(w.len())? };
+    let mut dx = if want_dx {
+        Some(unsafe { dev.alloc::<T>(x.len())? })
+    } else {
+        None
+    };
+    with_plan::<T, _>(dev, key, |plan, ws| {
+        if let Some(dx) = dx.as_mut() {
+            let op = ConvBackwardData {
+                conv: &plan.conv,
+                dx: &plan.x,
+                w: &plan.w,
+                dy: &plan.y,
+            };
+            unsafe { op.launch(plan.bwd_data, Some(&mut *ws), (one(), zero()), dx, w, dy) }
+                .map_err(cudnn_err)?;
+        }
+        let op = ConvBackwardFilter {
+            conv: &plan.conv,
+            x: &plan.x,
+            dw: &plan.w,
+            dy: &plan.y,
+        };
+        unsafe { op.launch(plan.bwd_filter, Some(ws), (one(), zero()), x, &mut dw, dy) }
+            .map_err(cudnn_err)
+    })?;
+    Ok((
+        dx.map(|dx| tensor_of(dx, dev, xt.shape())),
+        Some(tensor_of(dw, dev, wt.shape())),
+    ))
+}

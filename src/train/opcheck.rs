@@ -1,0 +1,369 @@
+//! Each training op on a device against the CPU op it replaces: forward output and every
+//! gradient over the geometries `tests/ops.rs` uses, in f32 and (on CUDA) bf16, plus the fused
+//! optimizer + EMA step. `stream-train gpu-test` prints the table; on a GPU it is the first thing
+//! the check runs, since the CUDA kernels can only be tested there.
+//!
+//! The reference is always the CPU with [`Kernels::Fast`] (held to candle's own ops and to finite
+//! differences by `tests/ops.rs`), in f32. A bf16 case feeds both sides the same bf16-rounded
+//! values, so its error is the device's bf16 arithmetic alone.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::ema::Ema;
+use super::error::Result;
+use super::sgd::Sgd;
+use crate::ops::{self, BatchNorm, Kernels};
+
+/// Largest accepted error (max |device − cpu| / max |cpu|) in f32: reassociated sums only.
+pub const F32_TOLERANCE: f64 = 1e-4;
+/// Largest accepted error in bf16: inputs and outputs rounded to 8 bits of mantissa
+/// (2^-8 ≈ 4e-3 each), sums over up to 2,304 terms in f32.
+pub const BF16_TOLERANCE: f64 = 3e-2;
+
+/// One tensor of one case.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    /// `conv`, `batch-norm`, `batch-norm eval`, `tail`, `squeeze`, `sgd+ema`.
+    pub op: &'static str,
+    /// The geometry, e.g. `5x16x8x8 k3 s2 p1 -> 24`.
+    pub case: String,
+    /// `f32` or `bf16`.
+    pub dtype: &'static str,
+    /// `y`, `dx`, `dw`, …
+    pub tensor: &'static str,
+    /// max |device − cpu| / max |cpu|.
+    pub error: f64,
+    /// The bound it must stay under.
+    pub tolerance: f64,
+}
+
+impl Comparison {
+    /// Within tolerance (a non-finite error never is).
+    pub fn passes(&self) -> bool {
+        self.error.is_finite() && self.error <= self.tolerance
+    }
+}
+
+fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
+    let mut rng = crate::seed::rng(seed, &[0x6f70_6368]);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+/// max |a − b| / max |b| over all elements, in f64 on the CPU.
+fn error(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let f = |t: &Tensor| -> Result<Vec<f64>> {
+        Ok(t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1()?)
+    };
+    let (a, b) = (f(a)?, f(b)?);
+    if a.len() != b.len() {
+        return Ok(f64::INFINITY);
+    }
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+    Ok(worst / scale)
+}
+
+/// Where one side of a comparison runs.
+#[derive(Clone, Copy)]
+struct Side<'a> {
+    device: &'a Device,
+    kernels: Kernels,
+    dtype: DType,
+}
+
+/// `inputs` on `side` as variables (activations in the side's dtype).
+fn vars(inputs: &[&Tensor], side: Side) -> Result<Vec<Var>> {
+    inputs
+        .iter()
+        .map(|t| {
+            Ok(Var::from_tensor(
+                &t.to_device(side.device)?.to_dtype(side.dtype)?,
+            )?)
+        })
+        .collect()
+}
+
+/// `sum(y · probe)` backward: the gradients of `vars` (missing ones are an error).
+fn grads(y: &Tensor, probe: &Tensor, vars: &[&Var]) -> Result<Vec<Tensor>> {
+    let probe = probe.to_device(y.device())?.to_dtype(y.dtype())?;
+    let g = (y * probe)?.sum_all()?.backward()?;
+    vars.iter()
+        .map(|v| {
+            g.get(v.as_tensor())
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg("a gradient is missing".to_string()).into())
+        })
+        .collect()
+}
+
+type Named = Vec<(&'static str, Tensor)>;
+
+fn conv(x: &Tensor, w: &Tensor, (stride, pad): (usize, usize), side: Side) -> Result<Named> {
+    let v = vars(&[x, w], side)?;
+    let y = ops::conv2d(
+        v[0].as_tensor(),
+        v[1].as_tensor(),
+        stride,
+        pad,
+        side.kernels,
+    )?;
+    let probe = random(y.dims(), 99)?;
+    let g = grads(&y, &probe, &[&v[0], &v[1]])?;
+    Ok(vec![("y", y), ("dx", g[0].clone()), ("dw", g[1].clone())])
+}
+
+fn batch_norm(x: &Tensor, relu: bool, train: bool, side: Side) -> Result<Named> {
+    let c = x.dim(1)?;
+    let map = VarMap::new();
+    let bn = BatchNorm::new(
+        c,
+        1e-5,
+        VarBuilder::from_varmap(&map, DType::F32, side.device),
+    )?;
+    // Scales and shifts away from 1 and 0, statistics away from the defaults.
+    let named = crate::model::sorted_vars(&map);
+    for (k, (name, var)) in named.iter().enumerate() {
+        let r = random(&[c], 500 + k as u64)?;
+        let value = if name.ends_with("running_var") || name.ends_with("weight") {
+            ((r * 0.4)? + 1.0)?
+        } else {
+            (r * 0.5)?
+        };
+        var.set(&value.to_device(side.device)?)?;
+    }
+    let v = vars(&[x], side)?;
+    let y = bn.forward(v[0].as_tensor(), train, relu, side.kernels)?;
+    let probe = random(y.dims(), 98)?;
+    let mut out = vec![("y", y.clone())];
+    if train {
+        let params: Vec<&Var> = named
+            .iter()
+            .filter(|(n, _)| n.ends_with("weight") || n.ends_with("bias"))
+            .map(|(_, v)| v)
+            .collect();
+        let mut all = vec![&v[0]];
+        all.extend(params);
+        let g = grads(&y, &probe, &all)?;
+        // sorted names: bias, running_mean, running_var, weight
+        out.push(("dx", g[0].clone()));
+        out.push(("dbeta", g[1].clone()));
+        out.push(("dgamma", g[2].clone()));
+        for (name, var) in &named {
+            if name.ends_with("running_mean") {
+                out.push(("running_mean", var.as_tensor().clone()));
+            } else if name.ends_with("running_var") {
+                out.push(("running_var", var.as_tensor().clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn tail(x: &Tensor, gate: Option<&Tensor>, short: &Tensor, side: Side) -> Result<Named> {
+    let mut inputs = vec![x, short];
+    if let Some(g) = gate {
+        inputs.push(g);
+    }
+    let v = vars(&inputs, side)?;
+    let y = ops::scale_add_relu(
+        v[0].as_tensor(),
+        v.get(2).map(|g| g.as_tensor()),
+        v[1].as_tensor(),
+        side.kernels,
+    )?;
+    let probe = random(y.dims(), 97)?;
+    let all: Vec<&Var> = v.iter().collect();
+    let g = grads(&y, &probe, &all)?;
+    let mut out = vec![("y", y), ("dx", g[0].clone()), ("dshortcut", g[1].clone())];
+    if gate.is_some() {
+        out.push(("dgate", g[2].clone()));
+    }
+    Ok(out)
+}
+
+fn squeeze(x: &Tensor, side: Side) -> Result<Named> {
+    let v = vars(&[x], side)?;
+    let y = ops::squeeze(v[0].as_tensor(), side.kernels)?;
+    let probe = random(y.dims(), 96)?;
+    let g = grads(&y, &probe, &[&v[0]])?;
+    Ok(vec![("y", y), ("dx", g[0].clone())])
+}
+
+/// Three steps of SGD (momentum, Nesterov, weight decay) + EMA on a weight and a bias (and an
+/// EMA-only statistic), fused on `side` when it is CUDA with the fast kernels.
+fn sgd(side: Side) -> Result<Named> {
+    let dev = side.device;
+    let w = Var::from_tensor(&random(&[64, 3, 3, 3], 1)?.to_device(dev)?)?;
+    let b = Var::from_tensor(&random(&[64], 2)?.to_device(dev)?)?;
+    let stat = Var::from_tensor(&random(&[64], 3)?.to_device(dev)?)?;
+    let twins: Vec<Var> = [&w, &b, &stat]
+        .iter()
+        .map(|v| Var::from_tensor(&v.as_tensor().zeros_like()?))
+        .collect::<candle_core::Result<_>>()?;
+    let ema = Ema::new(0.9, twins.clone(), vec![w.clone(), b.clone(), stat.clone()])?;
+    let params = vec![("b".to_string(), b.clone()), ("w".to_string(), w.clone())];
+    let mut sgd = Sgd::new(params, 0.9, true, 5e-4, true);
+    let fused = side.kernels == Kernels::Fast;
+    for step in 0..3u64 {
+        let cw = random(&[64, 3, 3, 3], 10 + step)?.to_device(dev)?;
+        let cb = random(&[64], 20 + step)?.to_device(dev)?;
+        let loss = ((w.as_tensor() * &cw)?.sum_all()? + (b.as_tensor() * &cb)?.sum_all()?)?;
+        let g = loss.backward()?;
+        sgd.step_with_ema(&g, 0.1, Some((&ema, step as usize)), fused)?;
+        stat.set(&(stat.as_tensor() * 0.5)?)?;
+    }
+    let mut out = vec![("w", w.as_tensor().clone()), ("b", b.as_tensor().clone())];
+    for (name, t) in ["ema w", "ema b", "ema stat"].into_iter().zip(&twins) {
+        out.push((name, t.as_tensor().clone()));
+    }
+    for (name, t) in sgd.buffers() {
+        out.push((
+            if name == "w" {
+                "momentum w"
+            } else {
+                "momentum b"
+            },
+            t.clone(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Every comparison of `device` (with `kernels`) against the CPU fast ops; bf16 cases only on
+/// CUDA (the CPU has no bf16 matmul). TF32 is off for the f32 cases.
+pub fn run(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {
+    ops::set_tf32(false);
+    let cpu = Device::Cpu;
+    let reference = Side {
+        device: &cpu,
+        kernels: Kernels::Fast,
+        dtype: DType::F32,
+    };
+    let mut dtypes = vec![DType::F32];
+    if device.is_cuda() {
+        dtypes.push(DType::BF16);
+    }
+    let mut rows = Vec::new();
+    for dtype in dtypes {
+        let side = Side {
+            device,
+            kernels,
+            dtype,
+        };
+        let (name, tolerance) = match dtype {
+            DType::BF16 => ("bf16", BF16_TOLERANCE),
+            _ => ("f32", F32_TOLERANCE),
+        };
+        // Both sides see the values `side` can hold.
+        let held = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_dtype(DType::F32)?) };
+        let mut compare =
+            |op: &'static str, case: String, f: &dyn Fn(Side) -> Result<Named>| -> Result<()> {
+                let want = f(reference)?;
+                let got = f(side)?;
+                for ((tensor, g), (_, w)) in got.iter().zip(&want) {
+                    rows.push(Comparison {
+                        op,
+                        case: case.clone(),
+                        dtype: name,
+                        tensor,
+                        error: error(g, w)?,
+                        tolerance,
+                    });
+                }
+                Ok(())
+            };
+        let mut seed = 0;
+        for batch in [1, 5] {
+            for (cin, cout, hw) in [
+                (3, 8, 9),
+                (16, 24, 8),
+                (64, 32, 6),
+                (256, 16, 4),
+                (8, 256, 4),
+            ] {
+                for (k, stride, pad) in [(1, 1, 0), (1, 2, 0), (3, 1, 1), (3, 2, 1), (3, 1, 0)] {
+                    seed += 2;
+                    let x = held(random(&[batch, cin, hw, hw], seed)?)?;
+                    let w = held(random(&[cout, cin, k, k], seed + 1)?)?;
+                    let case = format!("{batch}x{cin}x{hw}x{hw} k{k} s{stride} p{pad} -> {cout}");
+                    compare("conv", case, &|s| conv(&x, &w, (stride, pad), s))?;
+                }
+            }
+        }
+        for (shape, relu) in [
+            ([5, 3, 9, 9], false),
+            ([5, 16, 8, 8], true),
+            ([2, 64, 4, 4], true),
+            ([5, 256, 1, 1], false),
+            ([8, 32, 32, 32], true),
+        ] {
+            seed += 1;
+            let x = held(random(&shape, seed)?.affine(3.0, 0.5)?)?;
+            let case = format!("{shape:?} relu {relu}");
+            compare("batch-norm", case.clone(), &|s| {
+                batch_norm(&x, relu, true, s)
+            })?;
+            compare("batch-norm eval", case, &|s| batch_norm(&x, relu, false, s))?;
+        }
+        for (shape, gated) in [
+            ([5, 16, 8, 8], true),
+            ([2, 256, 4, 4], true),
+            ([5, 8, 9, 9], false),
+        ] {
+            seed += 3;
+            let x = held(random(&shape, seed)?)?;
+            let short = held(random(&shape, seed + 1)?)?;
+            let gate = held(random(&[shape[0], shape[1], 1, 1], seed + 2)?)?;
+            let g = gated.then_some(&gate);
+            compare("tail", format!("{shape:?} gate {gated}"), &|s| {
+                tail(&x, g, &short, s)
+            })?;
+        }
+        for shape in [[5, 16, 8, 8], [2, 512, 4, 4], [3, 8, 32, 32]] {
+            seed += 1;
+            let x = held(random(&shape, seed)?)?;
+            compare("squeeze", format!("{shape:?}"), &|s| squeeze(&x, s))?;
+        }
+        if dtype == DType::F32 {
+            compare("sgd+ema", "3 steps, momentum 0.9 nesterov".into(), &sgd)?;
+        }
+    }
+    ops::set_tf32(true);
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_stock_ops_pass_and_a_zero_tolerance_fails() {
+        // On the CPU the "device" side is candle's stock ops: the harness compares real
+        // differences (stock and fast are not bit-identical), so it can pass and fail.
+        let rows = run(&Device::Cpu, Kernels::Stock).unwrap();
+        assert!(rows.len() > 200, "{} comparisons", rows.len());
+        let failing: Vec<_> = rows.iter().filter(|r| !r.passes()).collect();
+        assert!(failing.is_empty(), "{failing:?}");
+        let differing = rows.iter().filter(|r| r.error > 0.0).count();
+        assert!(differing > rows.len() / 4, "only {differing} differ at all");
+        for op in [
+            "conv",
+            "batch-norm",
+            "batch-norm eval",
+            "tail",
+            "squeeze",
+            "sgd+ema",
+        ] {
+            assert!(rows.iter().any(|r| r.op == op), "no {op} rows");
+        }
+    }
+}
