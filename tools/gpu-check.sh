@@ -95,7 +95,7 @@ table() {
       row "PyTorch eager $v (images/s)" "${R[$v]:-n/a} (candle/torch $(ratio "$mine" "${R[$v]:-}"))"
     done
     row "seed 200 real steps f32 (epoch line)" "${R[loop]:-n/a}"
-    row "  peak GPU memory (nvidia-smi, MiB)" "${R[mem]:-n/a}"
+    row "  peak GPU memory (nvidia-smi, MiB)" "${R[mem]:-n/a} (pool: ${R[loop-mem]:-n/a})"
     row "  step breakdown, launch-blocking (ms/step)" "${R[spans]:-n/a}"
     row "ops per step, fast kernels (op-bench, ms)" "${R[ops]:-n/a}"
     row "  the same, candle's ops (--kernels stock)" "${R[ops-stock]:-n/a}"
@@ -161,6 +161,7 @@ run loop 150 "$ST" --preset seed --device cuda --data "$W/data" --runs "$W/runs"
   --epochs 1 --limit-train-batches 200 --profile-json "$OUT/profile.jsonl" --trace "$OUT/trace.json" -q
 kill $MEM 2>/dev/null
 R[mem]=$(sort -n "$OUT/gpu-memory.csv" 2>/dev/null | tail -1)
+R[loop-mem]=$(sed -n 's/^peak GPU memory: //p' "$OUT/loop.log" 2>/dev/null | tail -1)
 R[loop]=$(grep -E '^epoch +1/' "$OUT/loop.log" 2>/dev/null | tail -1 | sed 's/.*train loss/train loss/'); table
 
 # 4. Where the step's time goes. With launches queued asynchronously the host's spans measure

@@ -76,12 +76,19 @@ impl Kernels {
 /// to TF32 on tensor cores (PyTorch allows it for cuDNN convolutions by default); the CPU is
 /// unaffected.
 pub fn set_tf32(on: bool) {
+    TF32.store(on, std::sync::atomic::Ordering::Relaxed);
     #[cfg(feature = "cudnn")]
     cuda::conv::set_tf32(on);
     #[cfg(all(feature = "cuda", not(feature = "cudnn")))]
     candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
-    let _ = on;
 }
+
+/// Whether TF32 is allowed (see [`set_tf32`]).
+pub fn tf32() -> bool {
+    TF32.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// `conv2d(x, w)` for `x: [n, c, h, w]`, `w: [k, c, kh, kw]`, square stride and zero padding.
 pub fn conv2d(

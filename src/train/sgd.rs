@@ -120,8 +120,7 @@ impl Sgd {
                 self.buffers
                     .insert(name.clone(), var.as_tensor().zeros_like()?);
             }
-            // With no momentum the kernel never touches the buffer; the weight stands in.
-            let buf = self.buffers.get(name).unwrap_or(var.as_tensor());
+            let buf = self.buffers.get(name);
             let twin = twins
                 .get(&var.id())
                 .zip(decay)

@@ -296,6 +296,11 @@ impl Trainer {
         &self.config
     }
 
+    /// The device it trains on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The run folder.
     pub fn dir(&self) -> &Path {
         &self.dir

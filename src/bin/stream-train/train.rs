@@ -142,6 +142,13 @@ pub fn run(args: TrainArgs) -> Result<Finish> {
         profile: None,
     };
     let outcome = trainer.fit(&mut observer)?;
+    if let Some((used, reserved)) = cifar_stream::device::memory_peak(trainer.device())? {
+        eprintln!(
+            "peak GPU memory: {} MiB used, {} MiB reserved by the pool",
+            used >> 20,
+            reserved >> 20
+        );
+    }
     if let Some(h) = outcome.headline() {
         if h.stale {
             println!("last evaluated: epoch {}", h.epoch + 1);

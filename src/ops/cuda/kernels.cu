@@ -13,14 +13,16 @@
 #include <stdint.h>
 
 // ---------------------------------------------------------------------------------------------
-// Loads and stores: all arithmetic is f32.
+// Loads and stores: all arithmetic is f32. Element counts stay below 2^31 (the host checks), so
+// indices are 32-bit: their division is a few instructions where 64-bit division is a software
+// routine, and these kernels divide once per element.
 
-__device__ __forceinline__ float ld(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float ld(const __nv_bfloat16* p, int64_t i) {
+__device__ __forceinline__ float ld(const float* p, unsigned i) { return p[i]; }
+__device__ __forceinline__ float ld(const __nv_bfloat16* p, unsigned i) {
     return __bfloat162float(p[i]);
 }
-__device__ __forceinline__ void st(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void st(__nv_bfloat16* p, int64_t i, float v) {
+__device__ __forceinline__ void st(float* p, unsigned i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(__nv_bfloat16* p, unsigned i, float v) {
     p[i] = __float2bfloat16_rn(v);
 }
 
@@ -112,13 +114,13 @@ __device__ Welford block_welford(Welford w) {
 
 template <typename T>
 __device__ void bn_stats_partial(const T* x, int n, int c, int s, float* partial) {
-    const int ch = blockIdx.x, splits = gridDim.y;
-    const int64_t total = (int64_t)n * s;
+    const unsigned ch = blockIdx.x, splits = gridDim.y;
+    const unsigned total = (unsigned)n * (unsigned)s, us = (unsigned)s;
     Welford w = {0.0f, 0.0f, 0.0f};
-    for (int64_t i = (int64_t)blockIdx.y * blockDim.x + threadIdx.x; i < total;
-         i += (int64_t)splits * blockDim.x) {
-        const int64_t img = i / s, sp = i - img * s;
-        const float v = ld(x, (img * c + ch) * s + sp);
+    for (unsigned i = blockIdx.y * blockDim.x + threadIdx.x; i < total;
+         i += (unsigned)splits * blockDim.x) {
+        const unsigned img = i / us, sp = i - img * us;
+        const float v = ld(x, (img * (unsigned)c + ch) * us + sp);
         w.n += 1.0f;
         const float d = v - w.mean;
         w.mean += d / w.n;
@@ -142,8 +144,8 @@ extern "C" __global__ void bn_stats_partial_bf16(const __nv_bfloat16* x, int n, 
     bn_stats_partial(x, n, c, s, partial);
 }
 
-extern "C" __global__ void bn_stats_finalize(const float* partial, int c, int splits, float eps,
-                                             float momentum, const float* gamma,
+extern "C" __global__ void bn_stats_finalize(const float* partial, int c, int splits, double eps,
+                                             double momentum, const float* gamma,
                                              const float* beta, float* running_mean,
                                              float* running_var, float* saved, float* coef) {
     const int ch = blockIdx.x * blockDim.x + threadIdx.x;
@@ -159,7 +161,7 @@ extern "C" __global__ void bn_stats_finalize(const float* partial, int c, int sp
         n = tot;
     }
     const double var = n > 0.0 ? m2 / n : 0.0;
-    const double invstd = 1.0 / sqrt(var + (double)eps);
+    const double invstd = 1.0 / sqrt(var + eps);
     const double scale = (double)gamma[ch] * invstd;
     saved[2 * ch] = (float)mean;
     saved[2 * ch + 1] = (float)invstd;
@@ -176,9 +178,9 @@ extern "C" __global__ void bn_stats_finalize(const float* partial, int c, int sp
 template <typename T>
 __device__ void bn_apply(const T* x, T* y, const float* scale, const float* shift, int step,
                          int c, int s, int64_t total, int relu) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const int ch = (int)((i / s) % c);
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)total;
+         i += gridDim.x * blockDim.x) {
+        const unsigned ch = (i / (unsigned)s) % (unsigned)c;
         float v = fmaf(ld(x, i), scale[step * ch], shift[step * ch]);
         if (relu) v = fmaxf(v, 0.0f);
         st(y, i, v);
@@ -213,14 +215,14 @@ __device__ __forceinline__ float masked(float g, float xv, const float* coef, in
 template <typename T>
 __device__ void bn_bwd_partial(const T* dy, const T* x, const float* saved, const float* coef,
                                int relu, int n, int c, int s, float* partial) {
-    const int ch = blockIdx.x, splits = gridDim.y;
-    const int64_t total = (int64_t)n * s;
+    const unsigned ch = blockIdx.x, splits = gridDim.y;
+    const unsigned total = (unsigned)n * (unsigned)s, us = (unsigned)s;
     const float mean = saved[2 * ch];
     float sg = 0.0f, sgx = 0.0f;
-    for (int64_t i = (int64_t)blockIdx.y * blockDim.x + threadIdx.x; i < total;
-         i += (int64_t)splits * blockDim.x) {
-        const int64_t img = i / s, sp = i - img * s;
-        const int64_t at = (img * c + ch) * s + sp;
+    for (unsigned i = blockIdx.y * blockDim.x + threadIdx.x; i < total;
+         i += (unsigned)splits * blockDim.x) {
+        const unsigned img = i / us, sp = i - img * us;
+        const unsigned at = (img * (unsigned)c + ch) * us + sp;
         const float xv = ld(x, at);
         const float g = masked(ld(dy, at), xv, coef, ch, relu);
         sg += g;
@@ -271,9 +273,9 @@ extern "C" __global__ void bn_bwd_finalize(const float* partial, int c, int spli
 template <typename T>
 __device__ void bn_bwd_dx(const T* dy, const T* x, const float* saved, const float* coef,
                           const float* k, int relu, int c, int s, int64_t total, T* dx) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const int ch = (int)((i / s) % c);
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)total;
+         i += gridDim.x * blockDim.x) {
+        const unsigned ch = (i / (unsigned)s) % (unsigned)c;
         const float xv = ld(x, i);
         const float g = masked(ld(dy, i), xv, coef, ch, relu);
         st(dx, i, k[3 * ch] * g + k[3 * ch + 1] * (xv - saved[2 * ch]) + k[3 * ch + 2]);
@@ -300,9 +302,9 @@ extern "C" __global__ void bn_bwd_dx_bf16(const __nv_bfloat16* dy, const __nv_bf
 template <typename T>
 __device__ void tail_fwd(const T* x, const T* gate, const T* shortcut, T* y, int s,
                          int64_t total) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const float v = fmaf(ld(x, i), ld(gate, i / s), ld(shortcut, i));
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)total;
+         i += gridDim.x * blockDim.x) {
+        const float v = fmaf(ld(x, i), ld(gate, i / (unsigned)s), ld(shortcut, i));
         st(y, i, fmaxf(v, 0.0f));
     }
 }
@@ -320,11 +322,11 @@ extern "C" __global__ void tail_fwd_bf16(const __nv_bfloat16* x, const __nv_bflo
 template <typename T>
 __device__ void tail_bwd(const T* x, const T* gate, const T* y, const T* dy, T* dx, T* dshortcut,
                          T* dgate, int s) {
-    const int64_t plane = blockIdx.x, base = plane * s;
+    const unsigned plane = blockIdx.x, base = plane * (unsigned)s;
     const float g = ld(gate, plane);
     float acc = 0.0f;
     for (int j = threadIdx.x; j < s; j += blockDim.x) {
-        const int64_t i = base + j;
+        const unsigned i = base + j;
         const float m = ld(y, i) > 0.0f ? ld(dy, i) : 0.0f;
         st(dx, i, m * g);
         st(dshortcut, i, m);
@@ -352,7 +354,7 @@ extern "C" __global__ void tail_bwd_bf16(const __nv_bfloat16* x, const __nv_bflo
 
 template <typename T>
 __device__ void squeeze_fwd(const T* x, float* out, int s) {
-    const int64_t plane = blockIdx.x, base = plane * s;
+    const unsigned plane = blockIdx.x, base = plane * (unsigned)s;
     float acc = 0.0f;
     for (int j = threadIdx.x; j < s; j += blockDim.x) acc += ld(x, base + j);
     acc = block_sum(acc);
@@ -369,9 +371,9 @@ extern "C" __global__ void squeeze_fwd_bf16(const __nv_bfloat16* x, float* out, 
 template <typename T>
 __device__ void squeeze_bwd(const float* dout, T* dx, int s, int64_t total) {
     const float inv = 1.0f / (float)s;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        st(dx, i, dout[i / s] * inv);
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)total;
+         i += gridDim.x * blockDim.x) {
+        st(dx, i, dout[i / (unsigned)s] * inv);
     }
 }
 
@@ -388,17 +390,17 @@ extern "C" __global__ void squeeze_bwd_bf16(const float* dout, __nv_bfloat16* dx
 // with the EMA of the updated weights:
 //   g ← ∇ + wd·p;  b ← first ? g : μ·b + g;  g ← nesterov ? g + μ·b : b;  p ← p − lr·g;
 //   e ← d·e + (1 − d)·p   (when `ema` is not null).
-// With momentum 0 the buffer is neither read nor written.
+// With momentum 0 the buffer is neither read nor written (and may be null).
 
 extern "C" __global__ void sgd_ema_step(float* p, const float* grad, float* buf, float* ema,
                                         int64_t len, float lr, float wd, float momentum,
                                         int nesterov, int first, float decay) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < len;
-         i += (int64_t)gridDim.x * blockDim.x) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)len;
+         i += gridDim.x * blockDim.x) {
         const float pv = p[i];
         float g = grad[i];
         if (wd != 0.0f) g = g + pv * wd;
-        if (momentum != 0.0f) {
+        if (momentum != 0.0f && buf != nullptr) {
             const float b = first ? g : buf[i] * momentum + g;
             buf[i] = b;
             g = nesterov ? g + b * momentum : b;
@@ -411,8 +413,8 @@ extern "C" __global__ void sgd_ema_step(float* p, const float* grad, float* buf,
 
 // e ← d·e + (1 − d)·v: the EMA of tensors without gradients (BatchNorm running statistics).
 extern "C" __global__ void ema_update(float* e, const float* v, int64_t len, float decay) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < len;
-         i += (int64_t)gridDim.x * blockDim.x) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)len;
+         i += gridDim.x * blockDim.x) {
         e[i] = e[i] * decay + v[i] * (1.0f - decay);
     }
 }

@@ -15,10 +15,14 @@
 pub mod conv;
 
 use candle_core::backend::BackendStorage;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaModule, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
-use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorageSlice, WrapErr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorageSlice, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
 
@@ -26,8 +30,6 @@ use super::host::split_nc;
 
 /// The kernels, as PTX for the compute capability `build.rs` was given (`CUDA_COMPUTE_CAP`).
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cifar_stream_kernels.ptx"));
-/// The name the module is cached under in candle's device.
-const MODULE: &str = "cifar_stream_kernels";
 
 /// Threads per block of the elementwise and reduction kernels.
 const THREADS: u32 = 256;
@@ -46,12 +48,49 @@ impl Elem for half::bf16 {
     const SUFFIX: &'static str = "bf16";
 }
 
-/// The kernel `name` of this crate's module on `dev` (candle's function type is not nameable
-/// outside it, hence a macro).
-macro_rules! func {
-    ($dev:expr, $name:expr) => {
-        $dev.get_or_load_custom_func(&$name, MODULE, PTX)?
+thread_local! {
+    /// Loaded kernels by (device, name, dtype suffix): one driver lookup per kernel and thread,
+    /// not one per launch (the trainer launches ~500 per step).
+    static FUNCTIONS: RefCell<HashMap<(DeviceId, &'static str, &'static str), CudaFunction>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Kernel `base` (with `_suffix` when not empty) of this crate's module on `dev`; the module is
+/// loaded once per device (candle caches it by name).
+fn function(dev: &CudaDevice, base: &'static str, suffix: &'static str) -> Result<CudaFunction> {
+    let key = (dev.id(), base, suffix);
+    if let Some(f) = FUNCTIONS.with(|m| m.borrow().get(&key).cloned()) {
+        return Ok(f);
+    }
+    let name = if suffix.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}_{suffix}")
     };
+    let module = MODULES.with(|m| -> Result<Arc<CudaModule>> {
+        let mut m = m.borrow_mut();
+        if let Some(module) = m.get(&dev.id()) {
+            return Ok(module.clone());
+        }
+        let module = dev.cuda_stream().context().load_module(PTX.into()).w()?;
+        m.insert(dev.id(), module.clone());
+        Ok(module)
+    })?;
+    let f = module.load_function(&name).w()?;
+    FUNCTIONS.with(|m| m.borrow_mut().insert(key, f.clone()));
+    Ok(f)
+}
+
+thread_local! {
+    static MODULES: RefCell<HashMap<DeviceId, Arc<CudaModule>>> = RefCell::new(HashMap::new());
+}
+
+/// The fast CUDA ops index with 32-bit integers (see kernels.cu): refuse anything larger.
+fn check_len(len: usize, op: &str) -> Result<()> {
+    if len > i32::MAX as usize {
+        candle_core::bail!("{op}: {len} elements, the CUDA fast ops take at most 2^31 - 1");
+    }
+    Ok(())
 }
 
 /// A grid-stride launch over `len` elements: enough blocks to fill the device several times
@@ -174,6 +213,7 @@ pub fn bn_train_fwd(
 ) -> Result<(CudaStorage, BnSaved)> {
     let dev = &x.device;
     let (n, c, s) = split_nc(xl.dims(), "batch-norm")?;
+    check_len(n * c * s, "batch-norm")?;
     let (gamma, beta) = (f32_slice(gamma, gl)?, f32_slice(beta, bl)?);
     if gamma.len() != c || beta.len() != c {
         candle_core::bail!("batch-norm: {c} channels but {} scales", gamma.len());
@@ -184,22 +224,27 @@ pub fn bn_train_fwd(
     let mut coef = unsafe { dev.alloc::<f32>(2 * c)? };
     let (ni, ci, si) = (n as i32, c as i32, s as i32);
     let y = dispatch!(x, xl, |xv: T| {
-        let f = func!(dev, &format!("bn_stats_partial_{}", T::SUFFIX));
+        let f = function(dev, "bn_stats_partial", T::SUFFIX)?;
         let cfg = LaunchConfig {
             grid_dim: (c as u32, k as u32, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = f.builder();
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
         b.arg(&xv).arg(&ni).arg(&ci).arg(&si).arg(&mut partial);
         unsafe { b.launch(cfg).w()? };
 
         with_storage(running.0, |rm, rml| {
             with_storage(running.1, |rv, rvl| {
                 let (rm, rv) = (f32_slice(rm, rml)?, f32_slice(rv, rvl)?);
-                let f = func!(dev, "bn_stats_finalize");
-                let (ki, eps, mom) = (k as i32, set.eps as f32, set.momentum as f32);
-                let mut b = f.builder();
+                if rm.len() != c || rv.len() != c {
+                    candle_core::bail!("batch-norm: running statistics are not of {c} channels");
+                }
+                let f = function(dev, "bn_stats_finalize", "")?;
+                let (ki, eps, mom) = (k as i32, set.eps, set.momentum);
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&f);
                 b.arg(&partial).arg(&ci).arg(&ki).arg(&eps).arg(&mom);
                 b.arg(&gamma).arg(&beta).arg(&rm).arg(&rv);
                 b.arg(&mut saved).arg(&mut coef);
@@ -223,6 +268,7 @@ pub fn bn_train_bwd(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (dy, x, gamma) = (cuda_of(dy)?, cuda_of(x)?, cuda_of(gamma)?);
     let (n, c, s) = split_nc(x.dims(), "batch-norm")?;
+    check_len(n * c * s, "batch-norm")?;
     let (ni, ci, si, relu) = (n as i32, c as i32, s as i32, relu as i32);
     let total = (n * c * s) as i64;
     let k = splits(c, n * s);
@@ -237,13 +283,14 @@ pub fn bn_train_bwd(
                 let mut coefs = unsafe { dev.alloc::<f32>(3 * c)? };
                 let dx = dispatch!(xs, xl, |xv: T| {
                     let dyv = view::<T>(T::as_cuda_slice(ds)?, dl)?;
-                    let f = func!(dev, &format!("bn_bwd_partial_{}", T::SUFFIX));
+                    let f = function(dev, "bn_bwd_partial", T::SUFFIX)?;
                     let cfg = LaunchConfig {
                         grid_dim: (c as u32, k as u32, 1),
                         block_dim: (THREADS, 1, 1),
                         shared_mem_bytes: 0,
                     };
-                    let mut b = f.builder();
+                    let stream = dev.cuda_stream();
+                    let mut b = stream.launch_builder(&f);
                     b.arg(&dyv)
                         .arg(&xv)
                         .arg(&saved.saved)
@@ -252,9 +299,10 @@ pub fn bn_train_bwd(
                     b.arg(&ni).arg(&ci).arg(&si).arg(&mut partial);
                     unsafe { b.launch(cfg).w()? };
 
-                    let f = func!(dev, "bn_bwd_finalize");
+                    let f = function(dev, "bn_bwd_finalize", "")?;
                     let (ki, count) = (k as i32, (n * s) as f64);
-                    let mut b = f.builder();
+                    let stream = dev.cuda_stream();
+                    let mut b = stream.launch_builder(&f);
                     b.arg(&partial)
                         .arg(&ci)
                         .arg(&ki)
@@ -267,8 +315,9 @@ pub fn bn_train_bwd(
                     unsafe { b.launch(elementwise(c)).w()? };
 
                     let mut dx = unsafe { dev.alloc::<T>(n * c * s)? };
-                    let f = func!(dev, &format!("bn_bwd_dx_{}", T::SUFFIX));
-                    let mut b = f.builder();
+                    let f = function(dev, "bn_bwd_dx", T::SUFFIX)?;
+                    let stream = dev.cuda_stream();
+                    let mut b = stream.launch_builder(&f);
                     b.arg(&dyv)
                         .arg(&xv)
                         .arg(&saved.saved)
@@ -297,6 +346,7 @@ pub fn channel_affine(
 ) -> Result<CudaStorage> {
     let dev = &x.device;
     let (_, c, s) = split_nc(xl.dims(), "channel affine")?;
+    check_len(xl.shape().elem_count(), "channel affine")?;
     let (scale, shift) = (f32_slice(scale, sl)?, f32_slice(shift, hl)?);
     if scale.len() != c || shift.len() != c {
         candle_core::bail!("channel affine: {c} channels but {} scales", scale.len());
@@ -317,8 +367,9 @@ fn apply<T: Elem>(
     let len = x.len();
     let (ci, si, total, relu) = (c as i32, s as i32, len as i64, relu as i32);
     let mut y = unsafe { dev.alloc::<T>(len)? };
-    let f = func!(dev, &format!("bn_apply_{}", T::SUFFIX));
-    let mut b = f.builder();
+    let f = function(dev, "bn_apply", T::SUFFIX)?;
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&f);
     b.arg(x).arg(&mut y).arg(scale).arg(shift).arg(&step);
     b.arg(&ci).arg(&si).arg(&total).arg(&relu);
     unsafe { b.launch(elementwise(len)).w()? };
@@ -339,6 +390,7 @@ pub fn tail_fwd(
 ) -> Result<CudaStorage> {
     let dev = &x.device;
     let (n, c, s) = split_nc(xl.dims(), "scale-add-relu")?;
+    check_len(n * c * s, "scale-add-relu")?;
     if gl.shape().elem_count() != n * c || sl.shape().elem_count() != n * c * s {
         candle_core::bail!(
             "scale-add-relu: x {:?}, gate {:?}, shortcut {:?} do not fit",
@@ -352,8 +404,9 @@ pub fn tail_fwd(
         let gv = view::<T>(T::as_cuda_slice(gate)?, gl)?;
         let sv = view::<T>(T::as_cuda_slice(short)?, sl)?;
         let mut y = unsafe { dev.alloc::<T>(n * c * s)? };
-        let f = func!(dev, &format!("tail_fwd_{}", T::SUFFIX));
-        let mut b = f.builder();
+        let f = function(dev, "tail_fwd", T::SUFFIX)?;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
         b.arg(&xv)
             .arg(&gv)
             .arg(&sv)
@@ -387,13 +440,14 @@ pub fn tail_bwd(
                         let mut dx = unsafe { dev.alloc::<T>(n * c * s)? };
                         let mut dshort = unsafe { dev.alloc::<T>(n * c * s)? };
                         let mut dgate = unsafe { dev.alloc::<T>(n * c)? };
-                        let f = func!(dev, &format!("tail_bwd_{}", T::SUFFIX));
+                        let f = function(dev, "tail_bwd", T::SUFFIX)?;
                         let cfg = LaunchConfig {
                             grid_dim: ((n * c) as u32, 1, 1),
                             block_dim: (plane_threads(s), 1, 1),
                             shared_mem_bytes: 0,
                         };
-                        let mut b = f.builder();
+                        let stream = dev.cuda_stream();
+                        let mut b = stream.launch_builder(&f);
                         b.arg(&xv).arg(&gv).arg(&yv).arg(&dv);
                         b.arg(&mut dx).arg(&mut dshort).arg(&mut dgate).arg(&si);
                         unsafe { b.launch(cfg).w()? };
@@ -413,16 +467,18 @@ pub fn tail_bwd(
 pub fn squeeze_fwd(x: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
     let dev = &x.device;
     let (n, c, s) = split_nc(xl.dims(), "squeeze")?;
+    check_len(n * c * s, "squeeze")?;
     let si = s as i32;
     let mut out = unsafe { dev.alloc::<f32>(n * c)? };
     dispatch!(x, xl, |xv: T| {
-        let f = func!(dev, &format!("squeeze_fwd_{}", T::SUFFIX));
+        let f = function(dev, "squeeze_fwd", T::SUFFIX)?;
         let cfg = LaunchConfig {
             grid_dim: ((n * c) as u32, 1, 1),
             block_dim: (plane_threads(s), 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = f.builder();
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
         b.arg(&xv).arg(&mut out).arg(&si);
         unsafe { b.launch(cfg).w()? };
     });
@@ -440,16 +496,18 @@ pub fn squeeze_bwd(x: &Tensor, dout: &Tensor) -> Result<Tensor> {
         Ok(match x.dtype() {
             DType::F32 => {
                 let mut dx = unsafe { dev.alloc::<f32>(n * c * s)? };
-                let f = func!(dev, "squeeze_bwd_f32");
-                let mut b = f.builder();
+                let f = function(dev, "squeeze_bwd", "f32")?;
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&f);
                 b.arg(&dv).arg(&mut dx).arg(&si).arg(&total);
                 unsafe { b.launch(elementwise(n * c * s)).w()? };
                 tensor_of(dx, dev, x.shape())
             }
             DType::BF16 => {
                 let mut dx = unsafe { dev.alloc::<half::bf16>(n * c * s)? };
-                let f = func!(dev, "squeeze_bwd_bf16");
-                let mut b = f.builder();
+                let f = function(dev, "squeeze_bwd", "bf16")?;
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&f);
                 b.arg(&dv).arg(&mut dx).arg(&si).arg(&total);
                 unsafe { b.launch(elementwise(n * c * s)).w()? };
                 tensor_of(dx, dev, x.shape())
@@ -477,60 +535,75 @@ pub struct SgdSettings {
     pub first: bool,
 }
 
-/// Nesterov SGD on `p` in place (its momentum buffer `buf` too), then, with `ema = Some((e, d))`,
-/// `e ← d·e + (1 − d)·p`: one launch. All f32 and of one length.
+/// Nesterov SGD on `p` in place (its momentum buffer `buf` too; `None` only with momentum 0),
+/// then, with `ema = Some((e, d))`, `e ← d·e + (1 − d)·p`: one launch. All f32, one length.
 pub fn sgd_ema_step(
     p: &Tensor,
     grad: &Tensor,
-    buf: &Tensor,
+    buf: Option<&Tensor>,
     ema: Option<(&Tensor, f64)>,
     set: SgdSettings,
 ) -> Result<()> {
     let grad = cuda_of(grad)?;
     let len = p.elem_count();
-    if grad.elem_count() != len || buf.elem_count() != len {
-        candle_core::bail!("sgd: parameter, gradient and buffer lengths differ");
+    check_len(len, "sgd")?;
+    let lengths = [Some(&grad), buf, ema.map(|e| e.0)];
+    if lengths.iter().flatten().any(|t| t.elem_count() != len) {
+        candle_core::bail!("sgd: the weight, its gradient, buffer and EMA twin differ in length");
+    }
+    if set.momentum != 0.0 && buf.is_none() {
+        candle_core::bail!("sgd: momentum without a buffer");
     }
     let decay = ema.map_or(0.0, |(_, d)| d as f32);
     let (lr, wd, mom) = (set.lr as f32, set.weight_decay as f32, set.momentum as f32);
     let (nesterov, first, len_i) = (set.nesterov as i32, set.first as i32, len as i64);
     with_storage(p, |ps, pl| {
         with_storage(&grad, |gs, gl| {
-            with_storage(buf, |bs, bl| {
-                let dev = &ps.device;
-                let (pv, gv, bv) = (f32_slice(ps, pl)?, f32_slice(gs, gl)?, f32_slice(bs, bl)?);
-                let launch = |ev: Option<&CudaView<f32>>| -> Result<()> {
-                    let f = func!(dev, "sgd_ema_step");
+            with_optional_storage(buf, |bs| {
+                with_optional_storage(ema.map(|e| e.0), |es| {
+                    let dev = &ps.device;
+                    let (pv, gv) = (f32_slice(ps, pl)?, f32_slice(gs, gl)?);
+                    let bv = bs.map(|(s, l)| f32_slice(s, l)).transpose()?;
+                    let ev = es.map(|(s, l)| f32_slice(s, l)).transpose()?;
+                    // A null pointer where there is no buffer or twin: the kernel skips it.
                     let null: u64 = 0;
-                    let mut b = f.builder();
-                    b.arg(&pv).arg(&gv).arg(&bv);
-                    match ev {
-                        Some(e) => b.arg(e),
+                    let f = function(dev, "sgd_ema_step", "")?;
+                    let stream = dev.cuda_stream();
+                    let mut b = stream.launch_builder(&f);
+                    b.arg(&pv).arg(&gv);
+                    match &bv {
+                        Some(v) => b.arg(v),
+                        None => b.arg(&null),
+                    };
+                    match &ev {
+                        Some(v) => b.arg(v),
                         None => b.arg(&null),
                     };
                     b.arg(&len_i).arg(&lr).arg(&wd).arg(&mom);
                     b.arg(&nesterov).arg(&first).arg(&decay);
                     unsafe { b.launch(elementwise(len)).w()? };
                     Ok(())
-                };
-                match ema {
-                    Some((e, _)) => with_storage(e, |es, el| {
-                        let ev = f32_slice(es, el)?;
-                        if ev.len() != len {
-                            candle_core::bail!("sgd: the EMA twin has another length");
-                        }
-                        launch(Some(&ev))
-                    }),
-                    None => launch(None),
-                }
+                })
             })
         })
     })
 }
 
+/// [`with_storage`] for a tensor that may be absent.
+fn with_optional_storage<R>(
+    t: Option<&Tensor>,
+    f: impl FnOnce(Option<(&CudaStorage, &Layout)>) -> Result<R>,
+) -> Result<R> {
+    match t {
+        Some(t) => with_storage(t, |s, l| f(Some((s, l)))),
+        None => f(None),
+    }
+}
+
 /// `e ← d·e + (1 − d)·v` in place (f32, one length): the EMA of tensors with no gradient.
 pub fn ema_update(e: &Tensor, v: &Tensor, decay: f64) -> Result<()> {
     let len = e.elem_count();
+    check_len(len, "ema")?;
     if v.elem_count() != len {
         candle_core::bail!("ema: lengths differ");
     }
@@ -539,8 +612,9 @@ pub fn ema_update(e: &Tensor, v: &Tensor, decay: f64) -> Result<()> {
         with_storage(v, |vs, vl| {
             let dev = &es.device;
             let (ev, vv) = (f32_slice(es, el)?, f32_slice(vs, vl)?);
-            let f = func!(dev, "ema_update");
-            let mut b = f.builder();
+            let f = function(dev, "ema_update", "")?;
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&f);
             b.arg(&ev).arg(&vv).arg(&len_i).arg(&d);
             unsafe { b.launch(elementwise(len)).w()? };
             Ok(())
