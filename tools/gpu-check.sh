@@ -138,6 +138,14 @@ run prep 90 "$W/prep-dataset" --source "$CARRY/cifar10-jpeg.tar.gz" --out "$W/da
 run parity 120 "$ST" device-check --preset seed --device cuda --images 16
 R[parity]=$(sed -n 's/^parity: //p' "$OUT/parity.log" 2>/dev/null | tail -1); table
 
+# 1b. Each new op against candle's, at every layer shape of the seed network (op-bench: the conv
+#     forward + both gradients, BatchNorm, the block tail and the squeeze).
+run ops 90 "$ST" op-bench --preset seed --device cuda --reps 5
+R[ops]=$(sed -n 's/^fast-path ms per step: //p' "$OUT/ops.log" 2>/dev/null | tail -1)
+R[ops-dnn]=$(sed -n 's/^cudnn conv: //p' "$OUT/ops.log" 2>/dev/null | tail -1); table
+run ops-stock 90 "$ST" op-bench --preset seed --device cuda --reps 5 --kernels stock
+R[ops-stock]=$(sed -n 's/^fast-path ms per step: //p' "$OUT/ops-stock.log" 2>/dev/null | tail -1); table
+
 # 2. Throughput with no data path, and the PyTorch yardstick on the same GPU.
 run step 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100
 R[step]=$(last step 'images/s:')
@@ -175,11 +183,6 @@ ms = {s["stage"]: s["mean_ms"] for s in p["stages"]}
 print(" ".join(f"{k} {ms[k]:.1f}" for k in ("h2d", "forward", "backward", "optimizer", "wait") if k in ms))
 PY
 ); table
-run ops 90 "$ST" op-bench --preset seed --device cuda --reps 5
-R[ops]=$(sed -n 's/^fast-path ms per step: //p' "$OUT/ops.log" 2>/dev/null | tail -1)
-R[ops-dnn]=$(sed -n 's/^cudnn conv: //p' "$OUT/ops.log" 2>/dev/null | tail -1); table
-run ops-stock 90 "$ST" op-bench --preset seed --device cuda --reps 5 --kernels stock
-R[ops-stock]=$(sed -n 's/^fast-path ms per step: //p' "$OUT/ops-stock.log" 2>/dev/null | tail -1); table
 # The rest of the A/B: no cuDNN (the lowered backward), and f32 without TF32.
 if [ -x "$W/stream-train-nodnn" ]; then
   run step-nodnn 90 "$W/stream-train-nodnn" step-bench --preset seed --device cuda --batch-size 128 --steps 100
