@@ -45,7 +45,7 @@
 //!  5  stream · model · prep
 //!  4  augment · ops · source
 //!  3  render
-//!  2  store · telemetry · device · alloc
+//!  2  store · telemetry · device · alloc · dist
 //!  1  seed
 //! ```
 
@@ -53,6 +53,7 @@ pub mod alloc;
 pub mod augment;
 pub mod config;
 pub mod device;
+pub mod dist;
 pub mod model;
 pub mod ops;
 pub mod prep;

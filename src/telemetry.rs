@@ -2,7 +2,7 @@
 //! table (and JSON), plus subscriber set-up with an optional Chrome/Perfetto trace file.
 //!
 //! Stage spans (`read`, `augment`, `send`, `wait`, and the trainer's `h2d`, `forward`,
-//! `backward`, `optimizer`) are timed whatever `RUST_LOG` says; `RUST_LOG` only filters the log
+//! `backward`, `allreduce` (data-parallel runs), `optimizer`) are timed whatever `RUST_LOG` says; `RUST_LOG` only filters the log
 //! lines printed to stderr. Spans whose `phase` field is `eval` (an evaluation's own stream) are
 //! left out, so the profile counts training alone.
 
@@ -22,7 +22,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 /// Span names that make up the profile table, in pipeline order.
-pub const STAGES: [&str; 8] = [
+pub const STAGES: [&str; 9] = [
     "read",
     "augment",
     "send",
@@ -30,6 +30,7 @@ pub const STAGES: [&str; 8] = [
     "h2d",
     "forward",
     "backward",
+    "allreduce",
     "optimizer",
 ];
 

@@ -40,6 +40,7 @@ const RUN: &[&str] = &[
     "--eval-every",
     "--save-every",
     "--save-every-steps",
+    "--sync-bn",
     "--tta",
 ];
 const AUGMENT: &[&str] = &[
@@ -102,6 +103,7 @@ fn each_command_lists_exactly_the_flags_it_reads() {
         "--trace",
         "--profile-json",
         "--quiet",
+        "--nccl",
         "--device",
         "--kernels",
         "--precision",

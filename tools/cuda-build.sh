@@ -70,7 +70,7 @@ case "$mode" in
   check)
     install_toolkit
     eval "$(exports)"
-    cargo clippy --features cudnn --target-dir "$TARGET_DIR" --lib --bins "$@" -- -D warnings
+    cargo clippy --features cudnn,nccl --target-dir "$TARGET_DIR" --lib --bins "$@" -- -D warnings
     ;;
   *)
     echo "usage: $0 build [cuda|cudnn] [cargo args] | check [cargo args] | env" >&2

@@ -133,6 +133,10 @@ pub struct TrainConfig {
     /// Compute precision (f32, or bf16 with f32 master weights).
     #[serde(default)]
     pub precision: Precision,
+    /// In data-parallel training, BatchNorm statistics over the whole global batch (all-reduced
+    /// every layer, forward and backward) instead of each rank's own (as DDP's default).
+    #[serde(default)]
+    pub sync_bn: bool,
     /// On CUDA, whether f32 convolutions and matrix products may use TF32 tensor cores
     /// (PyTorch's default for cuDNN convolutions); no effect on the CPU.
     #[serde(default = "yes")]
@@ -211,6 +215,7 @@ impl TrainConfig {
             tta: Tta::None,
             precision: Precision::F32,
             tf32: true,
+            sync_bn: false,
             limit_train_batches: None,
             model: ModelConfig::resnet50(),
             optim: OptimConfig {

@@ -227,6 +227,20 @@ pub(super) struct TrainOp {
     pub running: (Tensor, Tensor),
     #[cfg(feature = "cuda")]
     pub saved: Mutex<Option<super::cuda::BnSaved>>,
+    /// Statistics over every rank of this group (synchronised BatchNorm); `None`: this batch's.
+    pub sync: Option<Arc<dyn crate::dist::Collective>>,
+}
+
+impl TrainOp {
+    /// Sums `v` over the ranks of a synchronised BatchNorm (nothing to do without one).
+    fn all_reduce(&self, v: &mut [f64]) -> Result<()> {
+        match &self.sync {
+            Some(world) => world
+                .all_reduce_sum_f64(v)
+                .map_err(|e| candle_core::Error::Msg(format!("sync batch-norm: {e}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl CustomOp3 for TrainOp {
@@ -254,13 +268,26 @@ impl CustomOp3 for TrainOp {
                 beta.len()
             );
         }
-        let count = n * s;
-        let mean: Vec<f32> = channel_sums::<false>(x, x, x, None, (n, c, s))
+        // Synchronised: the count and every sum over all ranks, so each normalises with the
+        // statistics of the whole global batch.
+        let mut first: Vec<f64> = channel_sums::<false>(x, x, x, None, (n, c, s))
             .iter()
-            .map(|p| (p.0 / count as f64) as f32)
+            .map(|p| p.0)
+            .collect();
+        first.push((n * s) as f64);
+        self.all_reduce(&mut first)?;
+        let count = first[c] as usize;
+        let mean: Vec<f32> = first[..c]
+            .iter()
+            .map(|sum| (sum / count as f64) as f32)
             .collect();
         // Two passes: Σ(x − μ)² rather than Σx² − Mμ², which cancels badly.
-        let centred = channel_centred(x, &mean, (n, c, s));
+        let mut centred = channel_centred(x, &mean, (n, c, s));
+        if self.sync.is_some() {
+            let mut flat: Vec<f64> = centred.iter().flat_map(|p| [p.0, p.1]).collect();
+            self.all_reduce(&mut flat)?;
+            centred = flat.chunks(2).map(|p| (p[0], p[1])).collect();
+        }
         let mut stats = Stats {
             mean: Vec::with_capacity(c),
             var: Vec::with_capacity(c),
@@ -323,7 +350,9 @@ impl CustomOp3 for TrainOp {
         }
         let (n, c, s) = split_nc(x.dims(), "batch-norm")?;
         let stats = self.stats.lock().expect("batch-norm stats lock").clone();
-        let count = (n * s) as f64;
+        // The batch the statistics came from: every rank's when synchronised.
+        let count = stats.count as f64;
+        let _ = n;
         let (dx, dgamma, dbeta) = with_f32(x, |xs| {
             with_f32(gamma, |gs| {
                 with_f32(y, |ys| {
@@ -340,6 +369,11 @@ impl CustomOp3 for TrainOp {
                         } else {
                             channel_sums::<false>(dys, ys, xs, Some(mean), (n, c, s))
                         };
+                        // γ and β get this rank's own sums (the ranks' gradients are averaged
+                        // later, as any parameter's); dx needs every rank's, since each image
+                        // moved the shared statistics.
+                        let mut global: Vec<f64> = sums.iter().flat_map(|p| [p.0, p.1]).collect();
+                        self.all_reduce(&mut global)?;
                         let mut dgamma = Vec::with_capacity(c);
                         let mut dbeta = Vec::with_capacity(c);
                         // dx = a·g + b·(x − μ) + d per channel, from the closed form
@@ -349,9 +383,9 @@ impl CustomOp3 for TrainOp {
                         for ch in 0..c {
                             let (sg, sgxc) = sums[ch];
                             let is = invstd[ch];
-                            let sgxh = is * sgxc;
-                            dgamma.push(sgxh as f32);
+                            dgamma.push((is * sgxc) as f32);
                             dbeta.push(sg as f32);
+                            let (sg, sgxh) = (global[2 * ch], is * global[2 * ch + 1]);
                             let k = gs[ch] as f64 * is;
                             a[ch] = k as f32;
                             b[ch] = (-k * is * sgxh / count) as f32;

@@ -83,6 +83,17 @@ pub fn set_tf32(on: bool) {
     candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
 }
 
+thread_local! {
+    static BATCH_NORM_SYNC: std::cell::RefCell<Option<Arc<dyn crate::dist::Collective>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Synchronised BatchNorm on this thread: training-mode statistics (and their gradients) over
+/// every rank of `world` ([`Kernels::Fast`] on the CPU); `None` goes back to each batch's own.
+pub fn set_batch_norm_sync(world: Option<Arc<dyn crate::dist::Collective>>) {
+    BATCH_NORM_SYNC.with(|s| *s.borrow_mut() = world);
+}
+
 /// Whether TF32 is allowed (see [`set_tf32`]).
 pub fn tf32() -> bool {
     TF32.load(std::sync::atomic::Ordering::Relaxed)
@@ -295,6 +306,7 @@ impl BatchNorm {
             ),
             #[cfg(feature = "cuda")]
             saved: Default::default(),
+            sync: BATCH_NORM_SYNC.with(|s| s.borrow().clone()),
         };
         let y = x.apply_op3_arc(&self.weight, &self.bias, Arc::new(Box::new(op)))?;
         if x.device().is_cpu() {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
 use super::batch::{BatchGuard, Recycler};
-use super::sampler::Sampler;
+use super::sampler::{Sampler, Shard};
 use crate::augment::{collate, Augmenter};
 use crate::store::Images;
 
@@ -61,6 +61,8 @@ pub struct LoaderConfig {
     pub start_batch: usize,
     /// What the batches are for (the `phase` field of the spans).
     pub phase: Phase,
+    /// This rank's share of each epoch in data-parallel training (`None`: everything).
+    pub shard: Option<Shard>,
 }
 
 /// Why the stream could not deliver a batch.
@@ -164,7 +166,8 @@ impl Loader {
             config.shuffle,
             config.seed,
         )
-        .limit(config.max_batches);
+        .limit(config.max_batches)
+        .shard(config.shard);
         let prefetch = config.prefetch.max(1);
         // One buffer being filled, `prefetch` queued, one held by the consumer.
         let capacity = prefetch + 2;

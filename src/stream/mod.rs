@@ -15,4 +15,4 @@ mod sampler;
 pub use batch::{BatchGuard, Recycler};
 pub use drain::{drain, DrainObserver, Drained};
 pub use loader::{Epoch, EpochStats, Loader, LoaderConfig, Phase, StreamError};
-pub use sampler::Sampler;
+pub use sampler::{Sampler, Shard};

@@ -6,6 +6,21 @@ use crate::seed;
 /// streams (which are `(epoch, index)`).
 const SAMPLER_STREAM: u64 = u64::MAX;
 
+/// One rank's share of every epoch in data-parallel training, as PyTorch's
+/// `DistributedSampler`: the epoch's permutation (the same on every rank) dealt out in turn, so
+/// position `p` goes to rank `p % world`. The ranks' batch `b` together hold exactly the images
+/// of batch `b` of one process with `world` times the batch size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Shard {
+    /// This rank.
+    pub rank: usize,
+    /// Ranks in all.
+    pub world: usize,
+    /// Drop the permutation's tail so every rank gets the same count (training: the ranks step
+    /// together); otherwise every image goes to exactly one rank (evaluation).
+    pub even: bool,
+}
+
 /// Which images go into which batch of each epoch.
 #[derive(Clone, Debug)]
 pub struct Sampler {
@@ -15,6 +30,7 @@ pub struct Sampler {
     shuffle: bool,
     seed: u64,
     limit: Option<usize>,
+    shard: Option<Shard>,
 }
 
 impl Sampler {
@@ -28,6 +44,22 @@ impl Sampler {
             shuffle,
             seed,
             limit: None,
+            shard: None,
+        }
+    }
+
+    /// Takes only `shard`'s share of each epoch (`None`: every image).
+    pub fn shard(mut self, shard: Option<Shard>) -> Self {
+        self.shard = shard.filter(|s| s.world > 1);
+        self
+    }
+
+    /// Images of each epoch this sampler deals from (its shard's share).
+    fn local_len(&self) -> usize {
+        match self.shard {
+            None => self.len,
+            Some(s) if s.even => self.len / s.world,
+            Some(s) => self.len.saturating_sub(s.rank).div_ceil(s.world),
         }
     }
 
@@ -45,31 +77,48 @@ impl Sampler {
 
     /// Batches per epoch: `len / batch` with `drop_last`, else rounded up; at most the limit.
     pub fn batches_per_epoch(&self) -> usize {
+        let len = self.local_len();
         let all = if self.drop_last {
-            self.len / self.batch_size
+            len / self.batch_size
         } else {
-            self.len.div_ceil(self.batch_size)
+            len.div_ceil(self.batch_size)
         };
         self.limit.map_or(all, |limit| all.min(limit))
     }
 
     /// Images delivered per epoch.
     pub fn images_per_epoch(&self) -> usize {
+        let len = self.local_len();
         let all = if self.drop_last {
-            self.len / self.batch_size * self.batch_size
+            len / self.batch_size * self.batch_size
         } else {
-            self.len
+            len
         };
         all.min(self.batches_per_epoch() * self.batch_size)
     }
 
-    /// The epoch's order of image indices (every index exactly once).
+    /// The epoch's order of image indices (every index exactly once; with a shard, its share).
     pub fn order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.len).collect();
         if self.shuffle {
             seed::rng(self.seed, &[SAMPLER_STREAM, epoch as u64]).shuffle(&mut order);
         }
-        order
+        match self.shard {
+            None => order,
+            Some(s) => {
+                let dealt = if s.even {
+                    self.len / s.world * s.world
+                } else {
+                    self.len
+                };
+                order[..dealt]
+                    .iter()
+                    .skip(s.rank)
+                    .step_by(s.world)
+                    .copied()
+                    .collect()
+            }
+        }
     }
 
     /// Batch `k` of an epoch whose order is `order`.
@@ -105,6 +154,53 @@ mod tests {
         assert_eq!(s.images_per_epoch(), 100);
         let unshuffled = Sampler::new(5, 2, false, false, 0);
         assert_eq!(unshuffled.order(3), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn shards_deal_the_permutation_so_ranks_together_make_the_wide_batches() {
+        let one = Sampler::new(103, 8, true, true, 4);
+        let ranks: Vec<Sampler> = (0..2)
+            .map(|rank| {
+                Sampler::new(103, 4, true, true, 4).shard(Some(Shard {
+                    rank,
+                    world: 2,
+                    even: true,
+                }))
+            })
+            .collect();
+        assert_eq!(ranks[0].batches_per_epoch(), one.batches_per_epoch());
+        assert_eq!(ranks[1].images_per_epoch(), 48);
+        for epoch in 0..2 {
+            let (o, r0, r1) = (
+                one.order(epoch),
+                ranks[0].order(epoch),
+                ranks[1].order(epoch),
+            );
+            for b in 0..one.batches_per_epoch() {
+                let mut together: Vec<usize> = ranks[0].batch(&r0, b).to_vec();
+                together.extend_from_slice(ranks[1].batch(&r1, b));
+                together.sort();
+                let mut wide = one.batch(&o, b).to_vec();
+                wide.sort();
+                assert_eq!(together, wide, "epoch {epoch} batch {b}");
+            }
+        }
+        // Evaluation: uneven shards, every image exactly once.
+        let mut seen: Vec<usize> = (0..3)
+            .flat_map(|rank| {
+                let s = Sampler::new(10, 4, false, false, 0).shard(Some(Shard {
+                    rank,
+                    world: 3,
+                    even: false,
+                }));
+                let o = s.order(0);
+                (0..s.batches_per_epoch())
+                    .flat_map(|b| s.batch(&o, b).to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub enum Error {
 /// Where the run stands, saved with the tensors.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct State {
+    /// Processes that trained it (data-parallel ranks); a resume needs as many.
+    #[serde(default = "one")]
+    pub world_size: usize,
     /// Epochs fully completed; a resumed run continues in this epoch.
     pub next_epoch: usize,
     /// Batches of `next_epoch` already trained (0: saved at an epoch boundary); a resumed run
@@ -81,6 +84,10 @@ pub struct State {
     pub shape: Shape,
     /// Metrics of every completed epoch.
     pub history: Vec<EpochMetrics>,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn cifar_shape() -> Shape {

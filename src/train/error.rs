@@ -20,6 +20,9 @@ pub enum Error {
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::Error),
+    /// A collective failed or the ranks diverged.
+    #[error(transparent)]
+    Dist(#[from] crate::dist::Error),
     /// The configuration is malformed or out of range.
     #[error(transparent)]
     Config(#[from] crate::config::Error),

@@ -10,9 +10,10 @@ use candle_core::{DType, Device, Tensor};
 use super::error::Result;
 use crate::augment::Augmenter;
 use crate::config::Tta;
+use crate::dist::Collective;
 use crate::model::SeResNetD;
 use crate::store::Images;
-use crate::stream::{Loader, LoaderConfig, Phase};
+use crate::stream::{Loader, LoaderConfig, Phase, Shard};
 
 /// Accuracy and loss of one evaluation, with its confusion matrix (`[true][predicted]`).
 #[derive(Clone, Debug)]
@@ -56,7 +57,8 @@ impl Evaluation {
 }
 
 /// Evaluates `model` on every image of `images` (running BN statistics; no augmentation but
-/// `tta`'s views), reading and normalising on `pool`.
+/// `tta`'s views), reading and normalising on `pool`. With several ranks in `world`, each takes
+/// its share of the images and every rank gets the totals.
 pub fn evaluate(
     model: &SeResNetD,
     images: Arc<dyn Images + Send + Sync>,
@@ -64,6 +66,7 @@ pub fn evaluate(
     pool: Arc<rayon::ThreadPool>,
     batch_size: usize,
     tta: Tta,
+    world: &dyn Collective,
 ) -> Result<Evaluation> {
     let device: Device = model.device().clone();
     let classes = model.config().num_classes;
@@ -78,6 +81,11 @@ pub fn evaluate(
         max_batches: None,
         start_batch: 0,
         phase: Phase::Eval,
+        shard: (world.size() > 1).then_some(Shard {
+            rank: world.rank(),
+            world: world.size(),
+            even: false,
+        }),
     };
     let mut loader = Loader::start(
         images,
@@ -105,6 +113,17 @@ pub fn evaluate(
             loss_sum += loss * n as f64;
             n_total += n;
         }
+    }
+    if world.size() > 1 {
+        // Counts below 2^53 are exact in f64.
+        let mut totals: Vec<f64> = confusion.iter().flatten().map(|&v| v as f64).collect();
+        totals.extend([loss_sum, n_total as f64]);
+        world.all_reduce_sum_f64(&mut totals)?;
+        for (v, t) in confusion.iter_mut().flatten().zip(&totals) {
+            *v = *t as u64;
+        }
+        loss_sum = totals[classes * classes];
+        n_total = totals[classes * classes + 1] as usize;
     }
     let correct: u64 = (0..classes).map(|k| confusion[k][k]).sum();
     Ok(Evaluation {

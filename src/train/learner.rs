@@ -1,13 +1,23 @@
-//! What one training step changes: the weights, their EMA and the optimizer's momentum.
+//! What one training step changes: the weights, their EMA and the optimizer's momentum; in
+//! data-parallel training, also the averaging of gradients over the ranks.
 
-use candle_core::{Device, Tensor};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
 
 use super::ema::Ema;
 use super::error::Result;
 use super::net::Net;
 use super::sgd::Sgd;
 use crate::config::TrainConfig;
-use crate::model::{Mode, SeResNetD};
+use crate::dist::{Collective, Local};
+use crate::model::{is_buffer, Mode, SeResNetD};
+
+/// Gradient floats per all-reduce: large messages for the bandwidth, several per step for a
+/// ResNet-50 so no single copy holds all 25 M floats twice (DDP's 25 MB default, in floats).
+const BUCKET_FLOATS: usize = 1 << 22;
 
 /// The network being trained, its exponential moving average (when the run keeps one) and the
 /// SGD state, stepped one batch at a time. It knows nothing of data, schedules or files: the
@@ -20,6 +30,10 @@ pub struct Learner {
     steps: usize,
     /// The optimizer and EMA run as fused kernels (CUDA with the fast kernels).
     fused: bool,
+    /// The ranks whose gradients are averaged (a lone process: [`Local`]).
+    world: Arc<dyn Collective>,
+    /// Seconds spent in collectives since the last [`Learner::take_comm_seconds`].
+    comm_seconds: f64,
 }
 
 impl Learner {
@@ -43,7 +57,124 @@ impl Learner {
             label_smoothing: config.label_smoothing,
             steps: 0,
             fused: config.kernels == crate::ops::Kernels::Fast,
+            world: Arc::new(Local),
+            comm_seconds: 0.0,
         })
+    }
+
+    /// Trains as one rank of `world`: gradients are averaged over the ranks before each update
+    /// and BatchNorm's running statistics follow rank 0's (as PyTorch's DDP broadcasts buffers).
+    pub fn set_world(&mut self, world: Arc<dyn Collective>) {
+        self.world = world;
+    }
+
+    /// Seconds spent averaging and broadcasting since the last call.
+    pub fn take_comm_seconds(&mut self) -> f64 {
+        std::mem::take(&mut self.comm_seconds)
+    }
+
+    /// Every variable (and the EMA's) becomes rank 0's: the ranks start from one state.
+    pub fn broadcast_from_main(&mut self) -> Result<()> {
+        if self.world.size() == 1 {
+            return Ok(());
+        }
+        let mut vars = self.net.vars();
+        if let Some((ema, _)) = &self.ema {
+            vars.extend(ema.vars());
+        }
+        broadcast_vars(self.world.as_ref(), &vars)?;
+        let buffers: Vec<Tensor> = self.sgd.buffers().values().cloned().collect();
+        let mut host = flatten(&buffers)?;
+        self.world.broadcast(&mut host, 0)?;
+        let mut refreshed = std::collections::BTreeMap::new();
+        let mut at = 0;
+        for ((name, old), _) in self.sgd.buffers().iter().zip(&buffers) {
+            let n = old.elem_count();
+            let t = Tensor::from_slice(&host[at..at + n], old.shape(), old.device())?;
+            refreshed.insert(name.clone(), t.to_dtype(old.dtype())?);
+            at += n;
+        }
+        self.sgd.set_buffers(refreshed);
+        Ok(())
+    }
+
+    /// A fingerprint of every variable, the EMA's and the momentum buffers (what ranks compare).
+    pub fn fingerprint(&self) -> Result<u64> {
+        let mut tensors: Vec<Tensor> = self
+            .net
+            .vars()
+            .iter()
+            .map(|v| v.as_tensor().clone())
+            .collect();
+        if let Some((ema, _)) = &self.ema {
+            tensors.extend(ema.vars().iter().map(|v| v.as_tensor().clone()));
+        }
+        tensors.extend(self.sgd.buffers().values().cloned());
+        let host = flatten(&tensors)?;
+        Ok(crate::dist::fingerprint([&host[..]]))
+    }
+
+    /// Averages `grads` over the ranks, in buckets of [`BUCKET_FLOATS`] (through host memory).
+    fn average_gradients(&mut self, grads: &mut GradStore) -> Result<()> {
+        let _span = tracing::info_span!("allreduce").entered();
+        let started = Instant::now();
+        let with_grads: Vec<(&Var, Tensor)> = self
+            .sgd
+            .params()
+            .iter()
+            .filter_map(|(_, v)| grads.get(v).map(|g| (v, g.clone())))
+            .collect();
+        let tensors: Vec<Tensor> = with_grads.iter().map(|(_, g)| g.clone()).collect();
+        if let Some(averaged) = self.world.average_on_device(&tensors)? {
+            for ((var, _), g) in with_grads.iter().zip(averaged) {
+                grads.insert(var.as_tensor(), g);
+            }
+            self.comm_seconds += started.elapsed().as_secs_f64();
+            return Ok(());
+        }
+        let scale = 1.0 / self.world.size() as f32;
+        let mut start = 0;
+        while start < with_grads.len() {
+            let mut end = start;
+            let mut floats = 0;
+            while end < with_grads.len()
+                && (floats == 0 || floats + with_grads[end].1.elem_count() <= BUCKET_FLOATS)
+            {
+                floats += with_grads[end].1.elem_count();
+                end += 1;
+            }
+            let bucket = &with_grads[start..end];
+            let mut host = flatten(&bucket.iter().map(|(_, g)| g.clone()).collect::<Vec<_>>())?;
+            self.world.all_reduce_sum(&mut host)?;
+            for v in host.iter_mut() {
+                *v *= scale;
+            }
+            let mut at = 0;
+            for (var, g) in bucket {
+                let n = g.elem_count();
+                let mean = Tensor::from_slice(&host[at..at + n], g.shape(), g.device())?;
+                grads.insert(var.as_tensor(), mean.to_dtype(g.dtype())?);
+                at += n;
+            }
+            start = end;
+        }
+        self.comm_seconds += started.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// BatchNorm's running statistics become rank 0's (each rank's own batches moved them).
+    fn broadcast_statistics(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let stats: Vec<Var> = self
+            .net
+            .named()
+            .into_iter()
+            .filter(|(n, _)| is_buffer(n))
+            .map(|(_, v)| v)
+            .collect();
+        broadcast_vars(self.world.as_ref(), &stats)?;
+        self.comm_seconds += started.elapsed().as_secs_f64();
+        Ok(())
     }
 
     /// One training step: forward with dropout drawn from `dropout_seed`, cross-entropy (with
@@ -63,13 +194,21 @@ impl Learner {
             let loss = super::loss::cross_entropy(&logits, y, self.label_smoothing)?;
             (logits, loss)
         };
-        let grads = {
+        let mut grads = {
             let _b = tracing::info_span!("backward").entered();
             loss.backward()?
         };
+        if self.world.size() > 1 || self.world.always_reduce() {
+            self.average_gradients(&mut grads)?;
+        }
         let _o = tracing::info_span!("optimizer").entered();
         let ema = self.ema.as_ref().map(|(_, ema)| (ema, self.steps));
         self.sgd.step_with_ema(&grads, lr, ema, self.fused)?;
+        drop(_o);
+        if self.world.size() > 1 {
+            let _span = tracing::info_span!("allreduce").entered();
+            self.broadcast_statistics()?;
+        }
         self.steps += 1;
         Ok((logits, loss))
     }
@@ -93,4 +232,28 @@ impl Learner {
     pub fn ema_model(&self) -> Option<&SeResNetD> {
         self.ema.as_ref().map(|(net, _)| &net.model)
     }
+}
+
+/// The tensors' values, one after another, as host f32.
+fn flatten(tensors: &[Tensor]) -> Result<Vec<f32>> {
+    let mut host = Vec::with_capacity(tensors.iter().map(Tensor::elem_count).sum());
+    for t in tensors {
+        host.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+    }
+    Ok(host)
+}
+
+/// The variables become rank 0's.
+fn broadcast_vars(world: &dyn Collective, vars: &[Var]) -> Result<()> {
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let mut host = flatten(&tensors)?;
+    world.broadcast(&mut host, 0)?;
+    let mut at = 0;
+    for v in vars {
+        let n = v.elem_count();
+        let t = Tensor::from_slice(&host[at..at + n], v.shape(), v.device())?;
+        v.set(&t.to_dtype(v.dtype())?)?;
+        at += n;
+    }
+    Ok(())
 }

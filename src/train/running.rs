@@ -64,6 +64,14 @@ impl Running {
         }
     }
 
+    /// `(Σ loss × batch, correct)` so far (zeros before the first batch); waits for the device.
+    pub fn read_sums(&self) -> Result<(f64, f64)> {
+        let (Some(loss), Some(hits)) = (&self.loss, &self.hits) else {
+            return Ok((0.0, 0.0));
+        };
+        Ok((loss.to_scalar::<f64>()?, hits.to_scalar::<u32>()? as f64))
+    }
+
     /// `(mean loss, accuracy)` so far (zeros before the first batch); waits for the device.
     pub fn read(&self) -> Result<(f64, f64)> {
         let (Some(loss), Some(hits)) = (&self.loss, &self.hits) else {

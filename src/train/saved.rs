@@ -121,6 +121,7 @@ impl SavedRun {
             pool,
             self.state.config.eval_batch_size,
             tta,
+            &crate::dist::Local,
         )
     }
 

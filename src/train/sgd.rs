@@ -145,6 +145,11 @@ impl Sgd {
         Ok(())
     }
 
+    /// The parameters it updates, by name.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
     /// Momentum buffers by parameter name (for checkpoints).
     pub fn buffers(&self) -> &BTreeMap<String, Tensor> {
         &self.buffers

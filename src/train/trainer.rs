@@ -18,10 +18,12 @@ use super::metrics::{self, EpochMetrics};
 use super::running::Running;
 use crate::augment::{self, Augmenter};
 use crate::config::{TrainConfig, CONFIG_FILE};
+use crate::dist::{Collective, Local};
 use crate::model::SeResNetD;
+use crate::ops::Kernels;
 use crate::seed;
 use crate::store::{Header, Reader, Split};
-use crate::stream::{EpochStats, Loader, LoaderConfig, Phase, Sampler, StreamError};
+use crate::stream::{EpochStats, Loader, LoaderConfig, Phase, Sampler, Shard, StreamError};
 
 /// Seed-derivation tag of dropout masks.
 const DROPOUT_STREAM: u64 = u64::MAX - 1;
@@ -112,6 +114,8 @@ pub struct TrainedEpoch {
     pub stats: EpochStats,
     /// Seconds of training (the device drained).
     pub seconds: f64,
+    /// Every rank's `(training seconds, of which in collectives)`, rank by rank.
+    pub rank_seconds: Vec<(f64, f64)>,
     started: Instant,
 }
 
@@ -145,19 +149,33 @@ pub struct Trainer {
     /// Training loss and accuracy of `next_epoch`'s steps so far.
     running: Running,
     history: Vec<EpochMetrics>,
-    /// Held while the trainer lives: a second process cannot write the same run folder.
-    _lock: std::fs::File,
+    /// Held while the trainer lives: a second process cannot write the same run folder (rank 0's).
+    _lock: Option<std::fs::File>,
+    /// The ranks of a data-parallel run ([`Local`] alone).
+    world: Arc<dyn Collective>,
 }
 
 impl Trainer {
     /// Starts a new run in `config.run_dir()`: refuses a folder that already holds one, writes
     /// the resolved `config.toml` there, opens the store and builds fresh weights.
     pub fn new(config: TrainConfig, device: Device) -> Result<Trainer> {
+        Trainer::new_in(config, device, Arc::new(Local))
+    }
+
+    /// [`Trainer::new`] as one rank of `world` (data-parallel): every rank trains on its share
+    /// of each epoch with the gradients averaged; rank 0 alone writes the run folder.
+    pub fn new_in(
+        config: TrainConfig,
+        device: Device,
+        world: Arc<dyn Collective>,
+    ) -> Result<Trainer> {
         let dir = config.run_dir();
+        // Every rank looks, so that all refuse together.
         if checkpoint::path(&dir).exists() {
             return Err(Error::RunExists { dir });
         }
-        let trainer = Trainer::open(config, device)?;
+        let mut trainer = Trainer::open(config, device, world)?;
+        trainer.learner.broadcast_from_main()?;
         trainer.write_config()?;
         Ok(trainer)
     }
@@ -166,12 +184,33 @@ impl Trainer {
     /// of the same epoch, with the same weights, optimizer, EMA and running sums. `config` may
     /// change what does not move that position (more epochs, another cadence); its `runs` and
     /// `name` become `dir`'s, wherever the run was first started.
-    pub fn resume(dir: &Path, mut config: TrainConfig, device: Device) -> Result<Trainer> {
+    pub fn resume(dir: &Path, config: TrainConfig, device: Device) -> Result<Trainer> {
+        Trainer::resume_in(dir, config, device, Arc::new(Local))
+    }
+
+    /// [`Trainer::resume`] as one rank of `world`; the run must have been saved by as many
+    /// ranks (each reads the checkpoint; the folder must be shared between the machines).
+    pub fn resume_in(
+        dir: &Path,
+        mut config: TrainConfig,
+        device: Device,
+        world: Arc<dyn Collective>,
+    ) -> Result<Trainer> {
         let (runs, name) = split_run_dir(dir)?;
         (config.runs, config.name) = (runs, name);
-        let mut trainer = Trainer::open(config, device)?;
+        let mut trainer = Trainer::open(config, device, world)?;
         let snapshot = Snapshot::load(&trainer.dir, &trainer.device)?;
         let state = &snapshot.state;
+        if state.world_size != trainer.world.size() {
+            return Err(Error::Unsupported(format!(
+                "{} was saved by {} process(es) and is resumed by {}: resume it with as many \
+                 (mpirun -np {}); the position in an epoch is a position in each rank's share",
+                trainer.dir.display(),
+                state.world_size,
+                trainer.world.size(),
+                state.world_size
+            )));
+        }
         if state.batch > 0 {
             // The position is a batch of a permutation: the permutation must be the same one.
             let (was, now) = (&state.config, &trainer.config);
@@ -189,6 +228,7 @@ impl Trainer {
             }
         }
         snapshot.restore(&mut trainer.learner)?;
+        trainer.learner.broadcast_from_main()?;
         trainer.running = snapshot.running();
         let state = snapshot.state;
         trainer.next_epoch = state.next_epoch;
@@ -199,8 +239,18 @@ impl Trainer {
         Ok(trainer)
     }
 
-    fn open(config: TrainConfig, device: Device) -> Result<Trainer> {
+    fn open(config: TrainConfig, device: Device, world: Arc<dyn Collective>) -> Result<Trainer> {
         config.validate()?;
+        if config.sync_bn
+            && world.size() > 1
+            && (!device.is_cpu() || config.kernels != Kernels::Fast)
+        {
+            return Err(Error::Unsupported(
+                "sync_bn runs with the CPU fast kernels only (the CUDA BatchNorm has no \
+                 all-reduce yet)"
+                    .into(),
+            ));
+        }
         let dir = config.run_dir();
         let train_store = Arc::new(Reader::open(Split::Train.path_in(&config.data))?);
         let test_store = Arc::new(Reader::open(Split::Test.path_in(&config.data))?);
@@ -232,22 +282,33 @@ impl Trainer {
             true,
             config.seed,
         )
-        .limit(config.limit_train_batches);
+        .limit(config.limit_train_batches)
+        .shard(shard_of(world.as_ref()));
         let iters_per_epoch = sampler.batches_per_epoch();
         if iters_per_epoch == 0 {
             return Err(Error::Unsupported(format!(
-                "fewer training images than one batch of {}",
-                config.batch_size
+                "fewer training images than one batch of {} per rank ({} ranks)",
+                config.batch_size,
+                world.size()
             )));
         }
         let pool = Arc::new(
             augment::thread_pool(config.threads)
                 .map_err(|e| Error::Unsupported(format!("starting the augmentation pool: {e}")))?,
         );
-        let learner = Learner::new(&config, &device)?;
-        // Only now, with the data and the model in hand, does the run folder get touched.
-        let lock = lock_run_dir(&dir)?;
-        checkpoint::remove_stale_temporaries(&dir).map_err(io(&dir))?;
+        let mut learner = Learner::new(&config, &device)?;
+        learner.set_world(world.clone());
+        let sync = (config.sync_bn && world.size() > 1).then(|| world.clone());
+        crate::ops::set_batch_norm_sync(sync);
+        // Only now, with the data and the model in hand, does the run folder get touched; by
+        // rank 0 alone.
+        let lock = if world.is_main() {
+            let lock = lock_run_dir(&dir)?;
+            checkpoint::remove_stale_temporaries(&dir).map_err(io(&dir))?;
+            Some(lock)
+        } else {
+            None
+        };
         let eval_augmenter = Arc::new(Augmenter::normalise_only(
             header.shape,
             &header.mean,
@@ -271,10 +332,14 @@ impl Trainer {
             running: Running::new(),
             history: Vec::new(),
             _lock: lock,
+            world,
         })
     }
 
     fn write_config(&self) -> Result<()> {
+        if !self.world.is_main() {
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let path = self.dir.join(CONFIG_FILE);
         crate::render::write_atomic(&path, self.config.to_toml().as_bytes()).map_err(io(path))
@@ -335,6 +400,20 @@ impl Trainer {
         self.cancel.load(Ordering::Relaxed)
     }
 
+    /// Whether to stop now: the cancel flag, agreed between the ranks.
+    fn stop_agreed(&self) -> Result<bool> {
+        let mine = self.cancelled();
+        if self.world.size() == 1 {
+            return Ok(mine);
+        }
+        Ok(self.world.any(mine)?)
+    }
+
+    /// The ranks of this run.
+    pub fn world(&self) -> &dyn Collective {
+        self.world.as_ref()
+    }
+
     /// The whole run: every remaining epoch, each trained, evaluated when due, recorded and
     /// saved when due; a cancel saves and stops.
     pub fn fit(&mut self, observer: &mut dyn Observer) -> Result<Outcome> {
@@ -356,7 +435,7 @@ impl Trainer {
                 self.save()?;
             }
             observer.epoch_end(&metrics, &trained.stats);
-            if self.cancelled() {
+            if self.stop_agreed()? {
                 if !saved {
                     self.save()?;
                 }
@@ -396,8 +475,9 @@ impl Trainer {
         observer.epoch_start(e, self.iters_per_epoch - self.batch);
         let mut complete = true;
         while let Some(batch) = epoch.next_blocking() {
-            // Ctrl-C: stop now rather than after the batches already queued.
-            if self.cancelled() {
+            // Ctrl-C: stop now rather than after the batches already queued; every rank at the
+            // same step (a signal reaches them at different moments).
+            if self.stop_agreed()? {
                 complete = false;
                 break;
             }
@@ -436,20 +516,27 @@ impl Trainer {
         drop(epoch);
         self.loader = Some(loader);
         // The epoch's one wait for the device: its time belongs to training, not evaluation.
-        let (loss, accuracy) = if complete {
-            self.running.read()?
-        } else {
-            (0.0, 0.0)
-        };
+        let (mut loss, mut accuracy, mut images) = (0.0, 0.0, self.running.images());
+        if complete {
+            let (loss_sum, hits) = self.running.read_sums()?;
+            let mut totals = [loss_sum, hits, images as f64];
+            self.world.all_reduce_sum_f64(&mut totals)?;
+            let n = totals[2].max(1.0);
+            (loss, accuracy, images) = (totals[0] / n, totals[1] / n, totals[2] as usize);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let comm = self.learner.take_comm_seconds();
+        let ranks = self.world.all_gather(&[seconds, comm])?;
         Ok(Some(TrainedEpoch {
             epoch: e,
             lr: self.last_lr(),
             loss,
             accuracy,
-            images: self.running.images(),
+            images,
             complete,
             stats,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
+            rank_seconds: ranks.chunks(2).map(|r| (r[0], r[1])).collect(),
             started,
         }))
     }
@@ -470,10 +557,12 @@ impl Trainer {
             .config
             .schedule
             .lr_at(self.learner.steps(), self.iters_per_epoch);
-        let dropout_seed = seed::derive(
-            self.config.seed,
-            &[DROPOUT_STREAM, self.next_epoch as u64, self.batch as u64],
-        );
+        // Each rank draws its own masks for its own images (one process: as it always has).
+        let mut parts = vec![DROPOUT_STREAM, self.next_epoch as u64, self.batch as u64];
+        if self.world.size() > 1 {
+            parts.push(self.world.rank() as u64);
+        }
+        let dropout_seed = seed::derive(self.config.seed, &parts);
         let (logits, loss) = self.learner.step(x, y, lr, dropout_seed)?;
         self.running.add(&logits, &loss, y)?;
         self.batch += 1;
@@ -497,6 +586,7 @@ impl Trainer {
             max_batches: self.config.limit_train_batches,
             start_batch: self.batch,
             phase: Phase::Train,
+            shard: shard_of(self.world.as_ref()),
         };
         Loader::start(
             self.train_store.clone(),
@@ -530,6 +620,7 @@ impl Trainer {
                 self.pool.clone(),
                 self.config.eval_batch_size,
                 self.config.tta,
+                self.world.as_ref(),
             )
         };
         let raw = eval(self.learner.model())?;
@@ -562,7 +653,14 @@ impl Trainer {
             seconds: trained.started.elapsed().as_secs_f64(),
         };
         self.history.push(m.clone());
-        metrics::write_all(&self.dir, &self.history).map_err(io(&self.dir))?;
+        if self.world.is_main() {
+            metrics::write_all(&self.dir, &self.history).map_err(io(&self.dir))?;
+        }
+        // The ranks must hold the same weights after every epoch; a difference stops the run.
+        if self.world.size() > 1 {
+            let what = format!("weights after epoch {}", trained.epoch + 1);
+            crate::dist::check_identical(self.world.as_ref(), self.learner.fingerprint()?, &what)?;
+        }
         self.next_epoch = trained.epoch + 1;
         self.batch = 0;
         self.running = Running::new();
@@ -571,8 +669,12 @@ impl Trainer {
 
     /// Writes a checkpoint of where the run stands, to the batch.
     pub fn save(&self) -> Result<()> {
+        if !self.world.is_main() {
+            return Ok(());
+        }
         let _span = tracing::info_span!("checkpoint").entered();
         let state = State {
+            world_size: self.world.size(),
             next_epoch: self.next_epoch,
             batch: self.batch,
             step: self.learner.steps(),
@@ -623,4 +725,13 @@ fn lock_run_dir(dir: &Path) -> Result<std::fs::File> {
         }),
         Err(std::fs::TryLockError::Error(e)) => Err(io(path)(e)),
     }
+}
+
+/// This rank's share of the training epochs (`None` alone).
+fn shard_of(world: &dyn Collective) -> Option<Shard> {
+    (world.size() > 1).then_some(Shard {
+        rank: world.rank(),
+        world: world.size(),
+        even: true,
+    })
 }

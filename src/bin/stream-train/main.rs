@@ -21,6 +21,7 @@ mod benches;
 mod checks;
 mod eval;
 mod pipeline;
+mod ranks;
 mod reports;
 mod stream_args;
 mod train;

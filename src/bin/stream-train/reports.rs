@@ -58,9 +58,13 @@ pub fn progress_bar(quiet: bool, epoch: usize, epochs: usize, length: usize) -> 
     bar
 }
 
-/// Progress bars and per-epoch lines for a training run.
+/// Progress bars and per-epoch lines for a training run (rank 0's; other ranks stay silent).
 pub struct Bars {
     pub quiet: bool,
+    /// Rank 0 (or the only process): the one that prints.
+    pub main: bool,
+    /// The epoch's `(seconds, of which in collectives)` per rank, when there are several.
+    pub rank_seconds: Vec<(f64, f64)>,
     pub epochs: usize,
     /// Whether the run keeps an EMA model (its evaluation is printed beside the raw one's).
     pub ema: bool,
@@ -79,6 +83,7 @@ impl train::Observer for Bars {
         // Evaluation's time and its own stream stay out of the training profile; what the
         // producer prefetches for the next epoch meanwhile belongs to the next one.
         self.profile = Some(profile(&trained.stats, &self.profiler));
+        self.rank_seconds = trained.rank_seconds.clone();
     }
     fn step(&mut self, loss: Option<f64>) {
         self.bar.inc(1);
@@ -88,6 +93,10 @@ impl train::Observer for Bars {
     }
     fn epoch_end(&mut self, m: &EpochMetrics, stats: &EpochStats) {
         self.bar.finish_and_clear();
+        if !self.main {
+            self.profiler.take();
+            return;
+        }
         let test = match (m.test_loss, m.test_acc) {
             (Some(loss), Some(acc)) => format!("test loss {loss:.4} acc {:.2}%", acc * 100.0),
             _ => "test (not evaluated)".to_string(),
@@ -109,6 +118,24 @@ impl train::Observer for Bars {
             m.trainer_stall * 100.0,
             m.seconds
         );
+        if self.rank_seconds.len() > 1 {
+            let (slowest, (secs, comm)) = self
+                .rank_seconds
+                .iter()
+                .copied()
+                .enumerate()
+                .max_by(|a, b| a.1 .0.total_cmp(&b.1 .0))
+                .expect("several ranks");
+            let fastest = self
+                .rank_seconds
+                .iter()
+                .map(|r| r.0)
+                .fold(f64::MAX, f64::min);
+            println!(
+                "  {} ranks: slowest rank {slowest} {secs:.1} s ({comm:.1} s in all-reduce), fastest {fastest:.1} s",
+                self.rank_seconds.len()
+            );
+        }
         let profile = self
             .profile
             .take()

@@ -108,6 +108,10 @@ pub struct RunFlags {
     /// [default: off].
     #[arg(long, value_name = "N")]
     save_every_steps: Option<usize>,
+    /// Data-parallel runs (mpirun): BatchNorm statistics over the whole global batch, all-reduced
+    /// in every layer (CPU fast kernels), instead of each rank's own.
+    #[arg(long)]
+    sync_bn: bool,
     /// Test-time augmentation of every evaluation: none, or flip (average the logits of each test
     /// image and its mirror; twice the evaluation time) [default: none].
     #[arg(long, value_enum)]
@@ -121,6 +125,7 @@ impl Apply for RunFlags {
         if let Some(n) = self.save_every_steps {
             c.save_every_steps = Some(n);
         }
+        c.sync_bn |= self.sync_bn;
     }
 }
 

@@ -2,18 +2,20 @@
 //! configuration, or run only the data path).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::Args;
 
 use cifar_stream::config::TrainConfig;
+use cifar_stream::dist::Collective;
 use cifar_stream::telemetry::{self, Profiler};
 use cifar_stream::train::{self, Trainer};
 
 use crate::args::{NetArgs, OptimFlags, PrecisionFlag, ScheduleFlags};
 use crate::reports::{self, Bars};
 use crate::stream_args::{AugmentFlags, BatchFlag, DataFlags, RunFlags, SeedFlag, ThreadsFlag};
-use crate::{pipeline, Finish};
+use crate::{pipeline, ranks, Finish};
 
 /// The main job's flags: a preset, a TOML file over it, these flags over both.
 #[derive(Args)]
@@ -51,6 +53,10 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Average gradients with NCCL on the GPUs (CUDA, built with the nccl feature; in a job of
+    /// one rank it still runs, to test NCCL on one GPU).
+    #[arg(long, conflicts_with_all = ["summary", "print_config", "pipeline_only"])]
+    pub nccl: bool,
     #[command(flatten)]
     pub precision: PrecisionFlag,
     #[command(flatten)]
@@ -107,11 +113,26 @@ pub fn run(args: TrainArgs) -> Result<Finish> {
     if args.pipeline_only {
         return pipeline::drain(&args, &config, &profiler);
     }
-    let device = args.net.device.select()?;
+    let world = ranks::join()?;
+    ranks::or_abort(world.clone().as_ref(), || {
+        train(args, config, profiler, world)
+    })
+}
+
+/// Trains (or resumes) as one rank of `world`.
+fn train(
+    args: TrainArgs,
+    config: TrainConfig,
+    profiler: Profiler,
+    world: Arc<dyn Collective>,
+) -> Result<Finish> {
+    let device = ranks::device(&args.net.device, world.as_ref())?;
+    let world = ranks::with_nccl(world, &device, args.nccl)?;
+    let main = world.is_main();
     eprintln!("device: {}", cifar_stream::device::describe(&device));
     let started = match &args.resume {
-        Some(dir) => Trainer::resume(dir, config, device),
-        None => Trainer::new(config, device),
+        Some(dir) => Trainer::resume_in(dir, config, device, world),
+        None => Trainer::new_in(config, device, world),
     };
     let mut trainer = match started {
         Err(train::Error::RunExists { dir }) => bail!(
@@ -123,17 +144,21 @@ pub fn run(args: TrainArgs) -> Result<Finish> {
     };
     reports::on_ctrl_c(trainer.cancel_flag())?;
     let config = trainer.config();
-    eprintln!(
-        "run {}: preset {}, {} parameters, {} flops/image, {} epochs, outputs in {}",
-        config.name,
-        config.preset,
-        config.model.parameter_count(),
-        2 * config.model.macs(32, 32),
-        config.epochs,
-        trainer.dir().display()
-    );
+    if main {
+        eprintln!(
+            "run {}: preset {}, {} parameters, {} flops/image, {} epochs, outputs in {}",
+            config.name,
+            config.preset,
+            config.model.parameter_count(),
+            2 * config.model.macs(32, 32),
+            config.epochs,
+            trainer.dir().display()
+        );
+    }
     let mut observer = Bars {
-        quiet: args.quiet,
+        quiet: args.quiet || !main,
+        main,
+        rank_seconds: Vec::new(),
         epochs: config.epochs,
         ema: trainer.learner().ema_model().is_some(),
         bar: indicatif::ProgressBar::hidden(),
@@ -148,6 +173,13 @@ pub fn run(args: TrainArgs) -> Result<Finish> {
             used >> 20,
             reserved >> 20
         );
+    }
+    if !main {
+        return Ok(if outcome.interrupted {
+            Finish::Interrupted
+        } else {
+            Finish::Done
+        });
     }
     if let Some(h) = outcome.headline() {
         if h.stale {
