@@ -12,7 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FEATURE=${1:-cuda}
 case "$FEATURE" in cuda|cudnn) ;; *) echo "usage: $0 [cuda|cudnn]" >&2; exit 2;; esac
-tools/cuda-build.sh build "$FEATURE" --bin stream-train
+# The cuDNN build carries NCCL too (for --nccl; the library is loaded from the pip wheels).
+features=$FEATURE
+[ "$FEATURE" = cudnn ] && features=cudnn,nccl
+tools/cuda-build.sh build "$features" --bin stream-train
 mkdir -p gpu-carry
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT

@@ -97,6 +97,7 @@ table() {
     row "seed 200 real steps f32 (epoch line)" "${R[loop]:-n/a}"
     row "  peak GPU memory (nvidia-smi, MiB)" "${R[mem]:-n/a} (pool: ${R[loop-mem]:-n/a})"
     row "  step breakdown, launch-blocking (ms/step)" "${R[spans]:-n/a}"
+    row "NCCL, one rank, tiny 50 steps (epoch line)" "${R[nccl]:-n/a}"
     row "ops per step, fast kernels (op-bench, ms)" "${R[ops]:-n/a}"
     row "  the same, candle's ops (--kernels stock)" "${R[ops-stock]:-n/a}"
     row "  cuDNN conv with cached plans (op-bench)" "${R[ops-dnn]:-n/a}"
@@ -171,6 +172,12 @@ kill $MEM 2>/dev/null
 R[mem]=$(sort -n "$OUT/gpu-memory.csv" 2>/dev/null | tail -1)
 R[loop-mem]=$(sed -n 's/^peak GPU memory: //p' "$OUT/loop.log" 2>/dev/null | tail -1)
 R[loop]=$(grep -E '^epoch +1/' "$OUT/loop.log" 2>/dev/null | tail -1 | sed 's/.*train loss/train loss/'); table
+
+# 3b. NCCL: a one-rank job (one GPU cannot host two NCCL ranks) whose gradients go through
+#     ncclAllReduce: the bootstrap and the device all-reduce run; two ranks stay unverified.
+run nccl 90 "$ST" --preset tiny --device cuda --data "$W/data" --runs "$W/runs" --name nccl \
+  --nccl --epochs 1 --limit-train-batches 50 -q
+R[nccl]=$(grep -E '^epoch +1/' "$OUT/nccl.log" 2>/dev/null | tail -1 | sed 's/.*train loss/train loss/'); table
 
 # 4. Where the step's time goes. With launches queued asynchronously the host's spans measure
 #    launch time; CUDA_LAUNCH_BLOCKING=1 makes each span the GPU's time (and the run slower).
