@@ -94,7 +94,16 @@ impl train::Observer for Bars {
     fn epoch_end(&mut self, m: &EpochMetrics, stats: &EpochStats) {
         self.bar.finish_and_clear();
         if !self.main {
-            self.profiler.take();
+            // Other ranks print nothing, but keep their own profile when asked for one.
+            let profile = self
+                .profile
+                .take()
+                .unwrap_or_else(|| profile(stats, &self.profiler));
+            if let Some(log) = self.profile_log.as_mut() {
+                if let Err(e) = log.append(&profile) {
+                    eprintln!("warning: --profile-json {}: {e}", log.path().display());
+                }
+            }
             return;
         }
         let test = match (m.test_loss, m.test_acc) {

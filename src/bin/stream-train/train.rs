@@ -47,7 +47,8 @@ pub struct TrainArgs {
     /// Write a Chrome trace-event JSON file (open in Perfetto or chrome://tracing).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
-    /// Append each epoch's profile as one JSON line to FILE.
+    /// Append each epoch's profile as one JSON line to FILE (in a job of several ranks, rank N's
+    /// to FILE.rank-N).
     #[arg(long, value_name = "FILE")]
     pub profile_json: Option<PathBuf>,
     /// No progress bar.
@@ -128,7 +129,7 @@ fn train(
 ) -> Result<Finish> {
     let device = ranks::device(&args.net.device, world.as_ref())?;
     let world = ranks::with_nccl(world, &device, args.nccl)?;
-    let main = world.is_main();
+    let (main, rank) = (world.is_main(), world.rank());
     eprintln!("device: {}", cifar_stream::device::describe(&device));
     let started = match &args.resume {
         Some(dir) => Trainer::resume_in(dir, config, device, world),
@@ -163,7 +164,9 @@ fn train(
         ema: trainer.learner().ema_model().is_some(),
         bar: indicatif::ProgressBar::hidden(),
         profiler,
-        profile_log: reports::profile_log(args.profile_json.as_deref())?,
+        profile_log: reports::profile_log(
+            rank_path(args.profile_json.as_deref(), rank).as_deref(),
+        )?,
         profile: None,
     };
     let outcome = trainer.fit(&mut observer)?;
@@ -199,4 +202,18 @@ fn train(
         return Ok(Finish::Interrupted);
     }
     Ok(Finish::Done)
+}
+
+/// `--profile-json FILE` for rank `rank`: FILE itself for rank 0, `FILE.rank-N` for the others
+/// (each rank keeps its own stage profile).
+fn rank_path(path: Option<&std::path::Path>, rank: usize) -> Option<PathBuf> {
+    path.map(|p| {
+        if rank == 0 {
+            p.to_path_buf()
+        } else {
+            let mut name = p.as_os_str().to_owned();
+            name.push(format!(".rank-{rank}"));
+            PathBuf::from(name)
+        }
+    })
 }
