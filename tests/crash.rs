@@ -3,13 +3,16 @@
 //! down — and stopped with SIGINT and SIGTERM, then resumed, over and over; the run that ends
 //! has the same weights, EMA, momentum and metrics, bit for bit, as one never interrupted.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use cifar_stream::train::checkpoint::{self, DELAY_ENV};
 use cifar_stream::train::Snapshot;
+use common::checkpoint_bits;
 
 /// A small run: 16 steps per epoch, 6 epochs, an EMA, evaluation and a checkpoint every step.
 fn train_args(data: &Path, runs: &Path, name: &str) -> Vec<String> {
@@ -78,42 +81,6 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
-/// Every tensor of the checkpoint in `dir`, as raw bits, by name.
-fn bits(dir: &Path) -> Vec<(String, Vec<u64>)> {
-    let snapshot = Snapshot::load(dir, &Device::Cpu).unwrap();
-    let mut out: Vec<(String, Vec<u64>)> = snapshot
-        .tensors()
-        .iter()
-        .map(|(name, t)| {
-            let t = t.flatten_all().unwrap();
-            let v: Vec<u64> = match t.dtype() {
-                DType::F32 => t
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.to_bits() as u64)
-                    .collect(),
-                DType::F64 => t
-                    .to_vec1::<f64>()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.to_bits())
-                    .collect(),
-                DType::U32 => t
-                    .to_vec1::<u32>()
-                    .unwrap()
-                    .iter()
-                    .map(|&x| x as u64)
-                    .collect(),
-                other => panic!("{name}: {other:?}"),
-            };
-            (name.clone(), v)
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// metrics.jsonl without the fields that measure time.
 fn metrics(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -141,14 +108,8 @@ fn temporaries(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn killed_at_random_moments_and_resumed_it_ends_bit_identical_to_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let (data, runs) = (tmp.path().join("data"), tmp.path().join("runs"));
-    let prep = Command::new(assert_cmd::cargo::cargo_bin("prep-dataset"))
-        .args(["--synthetic", "--per-class", "16", "-q", "--out"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(prep.status.success());
-
+    let data = common::synthetic_store(tmp.path(), 16);
+    let runs = tmp.path().join("runs");
     let whole = stream_train()
         .args(train_args(&data, &runs, "whole"))
         .status()
@@ -206,6 +167,6 @@ fn killed_at_random_moments_and_resumed_it_ends_bit_identical_to_an_uninterrupte
     assert!(kills >= 20, "only {kills} kills landed");
     assert!(in_write >= 1, "no kill landed inside a checkpoint write");
     assert_eq!(metrics(&runs.join("whole")), metrics(&dir));
-    assert_eq!(bits(&runs.join("whole")), bits(&dir));
+    assert_eq!(checkpoint_bits(&runs.join("whole")), checkpoint_bits(&dir));
     assert!(temporaries(&dir).is_empty(), "{:?}", temporaries(&dir));
 }

@@ -4,32 +4,15 @@
 //! resumed by as many ranks as saved it.
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
 use cifar_stream::train::Snapshot;
-
-fn prep(dir: &Path, per_class: usize) -> PathBuf {
-    let data = dir.join("data");
-    let ok = Command::new(assert_cmd::cargo::cargo_bin("prep-dataset"))
-        .args([
-            "--synthetic",
-            "--per-class",
-            &per_class.to_string(),
-            "-q",
-            "--out",
-        ])
-        .arg(&data)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    data
-}
 
 /// `mpirun -np ranks stream-train <small tiny run> extra…` (one process without mpirun when
 /// `ranks` is 0), in `dir`.
@@ -96,7 +79,7 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
 #[test]
 fn two_ranks_stay_identical_and_learn() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = prep(tmp.path(), 24);
+    let data = common::synthetic_store(tmp.path(), 24);
     let (ok, stdout, stderr) = output(train(
         tmp.path(),
         2,
@@ -140,7 +123,7 @@ fn two_ranks_stay_identical_and_learn() {
 #[test]
 fn with_sync_bn_two_ranks_at_batch_b_match_one_process_at_batch_2b() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = prep(tmp.path(), 16);
+    let data = common::synthetic_store(tmp.path(), 16);
     let common = [
         "--epochs",
         "1",
@@ -186,7 +169,7 @@ fn with_sync_bn_two_ranks_at_batch_b_match_one_process_at_batch_2b() {
 #[test]
 fn a_killed_rank_ends_the_job_with_an_error_and_the_last_checkpoint_loads() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = prep(tmp.path(), 16);
+    let data = common::synthetic_store(tmp.path(), 16);
     let mut c = train(
         tmp.path(),
         2,

@@ -1,16 +1,19 @@
 //! Training end to end on a small synthetic store: it learns, it writes its outputs, and a run
 //! stopped after an epoch and resumed gives the same metrics as an uninterrupted one.
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use cifar_stream::config::TrainConfig;
 use cifar_stream::prep;
 use cifar_stream::source::synthetic;
 use cifar_stream::stream::EpochStats;
 use cifar_stream::train::{self, EpochMetrics, Observer, Silent, Snapshot, Trainer};
+use common::checkpoint_bits;
 use indicatif::ProgressBar;
 
 fn store(dir: &Path, per_class: usize) {
@@ -226,42 +229,6 @@ impl Observer for InterruptAt {
             self.cancel.store(true, Ordering::Relaxed);
         }
     }
-}
-
-/// Every tensor of the checkpoint in `dir` (weights, EMA, momentum) as raw f32/f64/u32 bits.
-fn checkpoint_bits(dir: &Path) -> Vec<(String, Vec<u64>)> {
-    let snapshot = Snapshot::load(dir, &Device::Cpu).unwrap();
-    let mut out: Vec<(String, Vec<u64>)> = snapshot
-        .tensors()
-        .iter()
-        .map(|(name, t)| {
-            let t = t.flatten_all().unwrap();
-            let bits = match t.dtype() {
-                DType::F32 => t
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits() as u64)
-                    .collect(),
-                DType::F64 => t
-                    .to_vec1::<f64>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect(),
-                DType::U32 => t
-                    .to_vec1::<u32>()
-                    .unwrap()
-                    .iter()
-                    .map(|&v| v as u64)
-                    .collect(),
-                other => panic!("{name}: {other:?}"),
-            };
-            (name.clone(), bits)
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 #[test]

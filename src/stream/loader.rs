@@ -373,6 +373,17 @@ impl Epoch<'_> {
         matches!(item, Ok(b) if b.epoch < self.stats.epoch)
     }
 
+    /// What a receive returns without receiving: the end of the epoch (`Some(None)`), or an
+    /// error when no batch can ever arrive (`Some(Some(Err))`); `None` to go on and receive.
+    fn before_receive(&mut self) -> Option<Option<Item>> {
+        if !self.remaining() {
+            return Some(None);
+        }
+        let error = self.exhausted()?;
+        self.failed = true;
+        Some(Some(error))
+    }
+
     /// The consumer holds every buffer and the queue is empty: no batch can ever arrive.
     fn exhausted(&self) -> Option<Item> {
         let held = self.loader.held.load(Ordering::Relaxed);
@@ -421,12 +432,8 @@ impl Epoch<'_> {
     /// The next batch, waiting on the calling thread (for the trainer's own thread).
     pub fn next_blocking(&mut self) -> Option<Item> {
         loop {
-            if !self.remaining() {
-                return None;
-            }
-            if let Some(error) = self.exhausted() {
-                self.failed = true;
-                return Some(error);
+            if let Some(done) = self.before_receive() {
+                return done;
             }
             let depth = self.loader.rx.len();
             let (item, waited, empty) = match self.loader.rx.try_recv() {
@@ -450,12 +457,8 @@ impl Epoch<'_> {
     /// The next batch, awaited (for consumers living on a tokio runtime).
     pub async fn next_async(&mut self) -> Option<Item> {
         loop {
-            if !self.remaining() {
-                return None;
-            }
-            if let Some(error) = self.exhausted() {
-                self.failed = true;
-                return Some(error);
+            if let Some(done) = self.before_receive() {
+                return done;
             }
             let depth = self.loader.rx.len();
             let empty = depth == 0;

@@ -104,3 +104,51 @@ pub fn list(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A synthetic store of `per_class` training images per class in `dir/data`, written by the
+/// library (what `prep-dataset --synthetic` writes).
+pub fn synthetic_store(dir: &Path, per_class: usize) -> PathBuf {
+    let data = dir.join("data");
+    let bar = indicatif::ProgressBar::hidden();
+    let dataset = cifar_stream::source::synthetic::generate(per_class, 0, &bar);
+    cifar_stream::prep::write_store(&dataset, &data, false, &bar).unwrap();
+    data
+}
+
+/// Every tensor of the checkpoint in run folder `dir`, as raw bits, by name: what two runs must
+/// share to the bit.
+pub fn checkpoint_bits(dir: &Path) -> Vec<(String, Vec<u64>)> {
+    use candle_core::{DType, Device};
+    let snapshot = cifar_stream::train::Snapshot::load(dir, &Device::Cpu).unwrap();
+    let mut out: Vec<(String, Vec<u64>)> = snapshot
+        .tensors()
+        .iter()
+        .map(|(name, t)| {
+            let t = t.flatten_all().unwrap();
+            let bits: Vec<u64> = match t.dtype() {
+                DType::F32 => t
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits() as u64)
+                    .collect(),
+                DType::F64 => t
+                    .to_vec1::<f64>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect(),
+                DType::U32 => t
+                    .to_vec1::<u32>()
+                    .unwrap()
+                    .iter()
+                    .map(|&x| x as u64)
+                    .collect(),
+                other => panic!("{name}: {other:?}"),
+            };
+            (name.clone(), bits)
+        })
+        .collect();
+    out.sort();
+    out
+}

@@ -110,6 +110,24 @@ fn plane_threads(s: usize) -> u32 {
     (s.next_power_of_two() as u32).clamp(32, THREADS)
 }
 
+/// One block per plane of `s` values, `planes` of them.
+fn per_plane(planes: usize, s: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (planes as u32, 1, 1),
+        block_dim: (plane_threads(s), 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The per-channel reductions' grid: `c` channels × `k` splits of [`THREADS`] threads.
+fn per_channel(c: usize, k: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (c as u32, k as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// Blocks per channel for the per-channel reductions: enough channels × splits to occupy the
 /// GPU (~1,024 blocks), each block folding at least 4,096 values.
 pub fn splits(c: usize, per_channel: usize) -> usize {
@@ -225,11 +243,7 @@ pub fn bn_train_fwd(
     let (ni, ci, si) = (n as i32, c as i32, s as i32);
     let y = dispatch!(x, xl, |xv: T| {
         let f = function(dev, "bn_stats_partial", T::SUFFIX)?;
-        let cfg = LaunchConfig {
-            grid_dim: (c as u32, k as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = per_channel(c, k);
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         b.arg(&xv).arg(&ni).arg(&ci).arg(&si).arg(&mut partial);
@@ -284,11 +298,7 @@ pub fn bn_train_bwd(
                 let dx = dispatch!(xs, xl, |xv: T| {
                     let dyv = view::<T>(T::as_cuda_slice(ds)?, dl)?;
                     let f = function(dev, "bn_bwd_partial", T::SUFFIX)?;
-                    let cfg = LaunchConfig {
-                        grid_dim: (c as u32, k as u32, 1),
-                        block_dim: (THREADS, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
+                    let cfg = per_channel(c, k);
                     let stream = dev.cuda_stream();
                     let mut b = stream.launch_builder(&f);
                     b.arg(&dyv)
@@ -441,11 +451,7 @@ pub fn tail_bwd(
                         let mut dshort = unsafe { dev.alloc::<T>(n * c * s)? };
                         let mut dgate = unsafe { dev.alloc::<T>(n * c)? };
                         let f = function(dev, "tail_bwd", T::SUFFIX)?;
-                        let cfg = LaunchConfig {
-                            grid_dim: ((n * c) as u32, 1, 1),
-                            block_dim: (plane_threads(s), 1, 1),
-                            shared_mem_bytes: 0,
-                        };
+                        let cfg = per_plane(n * c, s);
                         let stream = dev.cuda_stream();
                         let mut b = stream.launch_builder(&f);
                         b.arg(&xv).arg(&gv).arg(&yv).arg(&dv);
@@ -472,11 +478,7 @@ pub fn squeeze_fwd(x: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
     let mut out = unsafe { dev.alloc::<f32>(n * c)? };
     dispatch!(x, xl, |xv: T| {
         let f = function(dev, "squeeze_fwd", T::SUFFIX)?;
-        let cfg = LaunchConfig {
-            grid_dim: ((n * c) as u32, 1, 1),
-            block_dim: (plane_threads(s), 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = per_plane(n * c, s);
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         b.arg(&xv).arg(&mut out).arg(&si);
