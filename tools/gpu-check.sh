@@ -53,10 +53,13 @@ declare -A R   # results for the final table
 # gets the smaller of its own limit and what is left, and stages run most valuable first.
 START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET:-480}
+# GPU_CHECK_ONLY="parity step-stock ...": run only the stages named (a follow-up call).
+ONLY=${GPU_CHECK_ONLY:-}
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/check.log"; }
 # run NAME SECONDS CMD...: stdout+stderr to $OUT/NAME.log; status kept, never aborts the check.
 run() {
   local name=$1 secs=$2; shift 2
+  if [ -n "$ONLY" ] && [[ " $ONLY prep " != *" $name "* ]]; then return 125; fi
   local left=$((START + BUDGET - $(date +%s)))
   if [ "$left" -lt 20 ]; then log "$name: skipped, $left s of the budget left"; return 124; fi
   [ "$secs" -le "$left" ] || secs=$left
@@ -64,7 +67,7 @@ run() {
   local t0=$(date +%s.%N)
   timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
-  R[$name.s]=$(echo "$(date +%s.%N) - $t0" | bc -l | xargs printf '%.0f')
+  R[$name.s]=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
   [ $rc -eq 0 ] || log "$name: exit $rc (see $OUT/$name.log)"
   return $rc
 }
@@ -75,14 +78,16 @@ final() {
   if [ -n "$acc" ]; then echo "$acc"; return; fi
   grep -E '^epoch +[0-9]+/' "$OUT/$1.log" 2>/dev/null | tail -1 | sed -n 's|^epoch *\([0-9/]*\):.*test loss [0-9.]* acc \([0-9.]*%\).*|\2 after epoch \1 (cut short)|p'
 }
-ratio() { if [ -n "${1:-}" ] && [ -n "${2:-}" ]; then echo "$1 / $2" | bc -l | xargs printf '%.2f'; else echo n/a; fi; }
+# (awk, not bc: the GPU machine's image has no bc)
+ratio() { if [ -n "${1:-}" ] && [ -n "${2:-}" ]; then awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; else echo n/a; fi; }
 row() { printf '%-46s %s\n' "$1" "$2"; }
 # The table, rewritten after every stage: a check cut short still leaves what it measured.
 table() {
   {
     echo "gpu-check $(date -u +%F) on ${R[card]:-?}, $(nproc) cores, $(($(date +%s) - START)) s"
     row "CUDA ops vs CPU ops (gpu-test)" "${R[ops-test]:-n/a}"
-    row "CPU/GPU parity f32 (seed, 16 images)" "${R[parity]:-n/a}"
+    row "CPU/GPU parity f32, no TF32 (seed, 16 images)" "${R[parity]:-n/a}"
+    row "  the same with TF32 (as trained)" "${R[parity-tf32]:-n/a}"
     row "candle step-bench seed b128 f32 (images/s)" "${R[step]:-n/a}"
     row "  peak memory of that step (pool, used/reserved)" "${R[step-mem]:-n/a}"
     row "  the same with --kernels stock (images/s)" "${R[step-stock]:-n/a} (fast/stock $(ratio "${R[step]:-}" "${R[step-stock]:-}"))"
@@ -135,9 +140,12 @@ R[ops-test]=$(sed -n 's/^gpu-test: //p' "$OUT/ops-test.log" 2>/dev/null | tail -
 
 run prep 90 "$W/prep-dataset" --source "$CARRY/cifar10-jpeg.tar.gz" --out "$W/data" -q
 
-# 1. Correctness: the same weights and batch on the GPU and the CPU (with an f64 yardstick).
-run parity 120 "$ST" device-check --preset seed --device cuda --images 16
+# 1. Correctness: the same weights and batch on the GPU and the CPU (with an f64 yardstick),
+#    TF32 off (strict); then with TF32, which rounds conv inputs to 10 mantissa bits, for the record.
+run parity 120 "$ST" device-check --preset seed --device cuda --images 16 --no-tf32
 R[parity]=$(sed -n 's/^parity: //p' "$OUT/parity.log" 2>/dev/null | tail -1); table
+run parity-tf32 60 "$ST" device-check --preset seed --device cuda --images 16 --tolerance 1
+R[parity-tf32]=$(sed -n 's/^parity: \(logits [^,]*, worst tensor [^ ]*\).*/\1/p' "$OUT/parity-tf32.log" 2>/dev/null | tail -1); table
 
 # 1b. Each new op against candle's, at every layer shape of the seed network (op-bench: the conv
 #     forward + both gradients, BatchNorm, the block tail and the squeeze).
@@ -154,7 +162,8 @@ R[step-mem]=$(sed -n 's/^peak memory: //p' "$OUT/step.log" 2>/dev/null | tail -1
 run step-bf16 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --precision bf16
 R[step-bf16]=$(last step-bf16 'images/s:'); table
 # The A/B of the whole step: candle's own ops (its cuDNN forward, its backward, its BatchNorm).
-run step-stock 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --kernels stock
+# (10 steps: candle's weight gradient alone takes about 1.2 s a step at this size)
+run step-stock 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 10 --kernels stock
 R[step-stock]=$(last step-stock 'images/s:'); table
 for v in "f32 --channels-last" "bf16 --channels-last" "f32" "bf16"; do
   set -- $v
