@@ -132,7 +132,7 @@ fn every_index_once_per_epoch_with_and_without_drop_last() {
 }
 
 #[test]
-fn slow_consumer_keeps_memory_bounded_and_sees_no_stall() {
+fn slow_consumer_keeps_memory_bounded_and_rarely_finds_the_queue_empty() {
     let imgs = images(10);
     let mut loader = start(imgs, config(8, 3, false, 1), 2, no_cancel());
     let bound = loader.buffer_capacity();
@@ -157,9 +157,9 @@ fn slow_consumer_keeps_memory_bounded_and_sees_no_stall() {
         "the producer ran ahead as far as allowed, and no further"
     );
     // A slow consumer finds the queue empty at most once (should a loaded machine delay the
-    // producer by a whole consumer step), and waits for a negligible share of the epoch.
+    // producer by a whole consumer step) and the queue is on average more than one batch deep.
+    // How long it waits is a timing, measured in benches/stream.rs (`slow_consumer`), not here.
     assert!(s.empty_waits <= 1, "{} empty waits", s.empty_waits);
-    assert!(s.stall() < 0.05, "stall {}", s.stall());
     assert!(s.mean_depth() > 1.0);
 }
 
