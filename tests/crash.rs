@@ -6,8 +6,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use candle_core::Device;
 use cifar_stream::train::checkpoint::{self, DELAY_ENV};
@@ -58,27 +58,11 @@ fn spawn(data: &Path, runs: &Path, dir: &Path, delay_ms: u64) -> Child {
 }
 
 fn signal(child: &Child, name: &str) {
-    let ok = Command::new("kill")
+    // Its status is not checked: the process may have ended on its own in between.
+    let _ = Command::new("kill")
         .args([&format!("-{name}"), &child.id().to_string()])
         .status()
-        .unwrap()
-        .success();
-    // The process may have ended on its own in between.
-    let _ = ok;
-}
-
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "stream-train did not stop within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        .unwrap();
 }
 
 /// metrics.jsonl without the fields that measure time.
@@ -127,7 +111,11 @@ fn killed_at_random_moments_and_resumed_it_ends_bit_identical_to_an_uninterrupte
         let mut child = spawn(&data, &runs, &dir, delay_ms);
         // Enough kills first; then let the run finish.
         if kills >= 24 {
-            break wait_with_timeout(&mut child, Duration::from_secs(120));
+            break common::wait_or_kill(
+                &mut child,
+                Duration::from_secs(120),
+                "the run did not end",
+            );
         }
         std::thread::sleep(Duration::from_millis(rng.u64(30..300)));
         if child.try_wait().unwrap().is_some() {
@@ -139,7 +127,11 @@ fn killed_at_random_moments_and_resumed_it_ends_bit_identical_to_an_uninterrupte
             // Ctrl-C or SIGTERM: the run saves where it stands and exits 130 (or, still starting
             // up before its handler exists, dies of the signal).
             signal(&child, if lives % 12 == 0 { "INT" } else { "TERM" });
-            let status = wait_with_timeout(&mut child, Duration::from_secs(60));
+            let status = common::wait_or_kill(
+                &mut child,
+                Duration::from_secs(60),
+                "stream-train did not stop",
+            );
             assert!(
                 status.code() == Some(130) || status.code().is_none(),
                 "stopped by a signal: {status:?}"

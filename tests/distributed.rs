@@ -204,16 +204,11 @@ fn a_killed_rank_ends_the_job_with_an_error_and_the_last_checkpoint_loads() {
         .status()
         .unwrap();
     let killed = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "the job hangs after a rank died"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = common::wait_or_kill(
+        &mut child,
+        Duration::from_secs(30),
+        "the job did not end after a rank died",
+    );
     let rest = said.join().unwrap();
     eprintln!(
         "the job ended {:.1} s after rank 1 was killed: {status:?}",

@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cifar_stream::model::{build, sorted_vars, Mode, ModelConfig};
 use cifar_stream::ops::{conv2d, scale_add_relu, BatchNorm, Kernels};
+use cifar_stream::train::opcheck::CONV_SHAPES;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -45,13 +46,7 @@ fn conv_grads(x: &Tensor, w: &Tensor, stride: usize, pad: usize, k: Kernels) -> 
 fn conv_matches_stock_outputs_and_gradients() {
     let mut cases = 0;
     for batch in [1, 5] {
-        for (cin, cout, hw) in [
-            (3, 8, 9),
-            (16, 24, 8),
-            (64, 32, 6),
-            (256, 16, 4),
-            (8, 256, 4),
-        ] {
+        for (cin, cout, hw) in CONV_SHAPES {
             for k in [1, 3] {
                 for stride in [1, 2] {
                     for pad in [0, 1] {

@@ -251,6 +251,17 @@ fn sgd(side: Side) -> Result<Named> {
     Ok(out)
 }
 
+/// Convolution shapes `(in channels, out channels, height = width)` that `gpu-test` runs and
+/// `tests/ops.rs` checks on the CPU: a stem-like 3-channel input, odd sizes, wide-to-narrow and
+/// narrow-to-wide.
+pub const CONV_SHAPES: [(usize, usize, usize); 5] = [
+    (3, 8, 9),
+    (16, 24, 8),
+    (64, 32, 6),
+    (256, 16, 4),
+    (8, 256, 4),
+];
+
 /// Every comparison of `device` (with `kernels`) against the CPU fast ops; bf16 cases only on
 /// CUDA (the CPU has no bf16 matmul). TF32 is off for the f32 cases.
 pub fn run(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {
@@ -317,13 +328,7 @@ fn compare_all(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {
             };
         let mut seed = 0;
         for batch in [1, 5] {
-            for (cin, cout, hw) in [
-                (3, 8, 9),
-                (16, 24, 8),
-                (64, 32, 6),
-                (256, 16, 4),
-                (8, 256, 4),
-            ] {
+            for (cin, cout, hw) in CONV_SHAPES {
                 for (k, stride, pad) in [(1, 1, 0), (1, 2, 0), (3, 1, 1), (3, 2, 1), (3, 1, 0)] {
                     seed += 2;
                     let x = held(random(&[batch, cin, hw, hw], seed)?)?;

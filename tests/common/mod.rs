@@ -1,9 +1,11 @@
 //! Fixture builders shared by the integration tests: official-format batches, image folders,
-//! tar / tar.gz archives.
+//! tar / tar.gz archives; and a hang guard for child processes.
 #![allow(dead_code)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
 
 use cifar_stream::seed;
 
@@ -151,4 +153,21 @@ pub fn checkpoint_bits(dir: &Path) -> Vec<(String, Vec<u64>)> {
         .collect();
     out.sort();
     out
+}
+
+/// Waits for `child` to end. A hang guard, not a timing: past `limit` (far above any normal
+/// run) the child is killed and the test fails saying `what` did not happen.
+pub fn wait_or_kill(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} (still running after {limit:?}: killed)");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
