@@ -95,11 +95,14 @@ fn two_ranks_stay_identical_and_learn() {
             "0.05",
             "--warmup-epochs",
             "0",
+            "--ema-decay",
+            "0.9",
             "--name",
             "two",
         ],
     ));
-    // The ranks compare their weights after every epoch; a difference is an error.
+    // The ranks compare their weights (the EMA's and its BatchNorm statistics too: the recipe
+    // keeps an EMA) after every epoch; a difference is an error.
     assert!(ok, "{stdout}\n{stderr}");
     assert!(stderr.contains("rank 1 of 2 (mpi)"), "{stderr}");
     assert!(stdout.contains("2 ranks: slowest rank"), "{stdout}");

@@ -63,7 +63,7 @@ impl Learner {
     }
 
     /// Trains as one rank of `world`: gradients are averaged over the ranks before each update
-    /// and BatchNorm's running statistics follow rank 0's (as PyTorch's DDP broadcasts buffers).
+    /// and BatchNorm's running statistics become rank 0's at [`Learner::sync_statistics`].
     pub fn set_world(&mut self, world: Arc<dyn Collective>) {
         self.world = world;
     }
@@ -162,16 +162,21 @@ impl Learner {
         Ok(())
     }
 
-    /// BatchNorm's running statistics become rank 0's (each rank's own batches moved them).
-    fn broadcast_statistics(&mut self) -> Result<()> {
+    /// BatchNorm's running statistics, and the EMA's copies of them, become rank 0's. Training
+    /// only writes them (each batch normalises with its own statistics), so between syncs each
+    /// rank's follow its own batches; they must agree where they are read: evaluation and the
+    /// weights' fingerprint, after each epoch. Rank 0's never change here, so they, and the
+    /// checkpoints it writes, are what a broadcast every step would give.
+    pub fn sync_statistics(&mut self) -> Result<()> {
+        if self.world.size() == 1 {
+            return Ok(());
+        }
+        let _span = tracing::info_span!("allreduce").entered();
         let started = Instant::now();
-        let stats: Vec<Var> = self
-            .net
-            .named()
-            .into_iter()
-            .filter(|(n, _)| is_buffer(n))
-            .map(|(_, v)| v)
-            .collect();
+        let mut stats = statistics(&self.net);
+        if let Some((ema, _)) = &self.ema {
+            stats.extend(statistics(ema));
+        }
         broadcast_vars(self.world.as_ref(), &stats)?;
         self.comm_seconds += started.elapsed().as_secs_f64();
         Ok(())
@@ -205,10 +210,6 @@ impl Learner {
         let ema = self.ema.as_ref().map(|(_, ema)| (ema, self.steps));
         self.sgd.step_with_ema(&grads, lr, ema, self.fused)?;
         drop(_o);
-        if self.world.size() > 1 {
-            let _span = tracing::info_span!("allreduce").entered();
-            self.broadcast_statistics()?;
-        }
         self.steps += 1;
         Ok((logits, loss))
     }
@@ -241,6 +242,15 @@ fn flatten(tensors: &[Tensor]) -> Result<Vec<f32>> {
         host.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
     }
     Ok(host)
+}
+
+/// `net`'s BatchNorm running statistics.
+fn statistics(net: &Net) -> Vec<Var> {
+    net.named()
+        .into_iter()
+        .filter(|(n, _)| is_buffer(n))
+        .map(|(_, v)| v)
+        .collect()
 }
 
 /// The variables become rank 0's.

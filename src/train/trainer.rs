@@ -518,6 +518,8 @@ impl Trainer {
         // The epoch's one wait for the device: its time belongs to training, not evaluation.
         let (mut loss, mut accuracy, mut images) = (0.0, 0.0, self.running.images());
         if complete {
+            // Evaluation and the ranks' fingerprint read BatchNorm's statistics: rank 0's.
+            self.learner.sync_statistics()?;
             let (loss_sum, hits) = self.running.read_sums()?;
             let mut totals = [loss_sum, hits, images as f64];
             self.world.all_reduce_sum_f64(&mut totals)?;
