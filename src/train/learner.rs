@@ -86,14 +86,8 @@ impl Learner {
         let buffers: Vec<Tensor> = self.sgd.buffers().values().cloned().collect();
         let mut host = flatten(&buffers)?;
         self.world.broadcast(&mut host, 0)?;
-        let mut refreshed = std::collections::BTreeMap::new();
-        let mut at = 0;
-        for ((name, old), _) in self.sgd.buffers().iter().zip(&buffers) {
-            let n = old.elem_count();
-            let t = Tensor::from_slice(&host[at..at + n], old.shape(), old.device())?;
-            refreshed.insert(name.clone(), t.to_dtype(old.dtype())?);
-            at += n;
-        }
+        let names = self.sgd.buffers().keys().cloned();
+        let refreshed = names.zip(unflatten(&host, &buffers)?).collect();
         self.sgd.set_buffers(refreshed);
         Ok(())
     }
@@ -143,18 +137,14 @@ impl Learner {
                 floats += with_grads[end].1.elem_count();
                 end += 1;
             }
-            let bucket = &with_grads[start..end];
-            let mut host = flatten(&bucket.iter().map(|(_, g)| g.clone()).collect::<Vec<_>>())?;
+            let (bucket, like) = (&with_grads[start..end], &tensors[start..end]);
+            let mut host = flatten(like)?;
             self.world.all_reduce_sum(&mut host)?;
             for v in host.iter_mut() {
                 *v *= scale;
             }
-            let mut at = 0;
-            for (var, g) in bucket {
-                let n = g.elem_count();
-                let mean = Tensor::from_slice(&host[at..at + n], g.shape(), g.device())?;
-                grads.insert(var.as_tensor(), mean.to_dtype(g.dtype())?);
-                at += n;
+            for ((var, _), mean) in bucket.iter().zip(unflatten(&host, like)?) {
+                grads.insert(var.as_tensor(), mean);
             }
             start = end;
         }
@@ -235,13 +225,30 @@ impl Learner {
     }
 }
 
-/// The tensors' values, one after another, as host f32.
+/// The tensors' values, one after another, as host f32: joined on their device first, so a GPU
+/// is read back (and waited for) once, not once per tensor.
 fn flatten(tensors: &[Tensor]) -> Result<Vec<f32>> {
-    let mut host = Vec::with_capacity(tensors.iter().map(Tensor::elem_count).sum());
-    for t in tensors {
-        host.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+    if tensors.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(host)
+    let flat = tensors
+        .iter()
+        .map(|t| t.flatten_all()?.to_dtype(DType::F32))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&flat, 0)?.to_vec1::<f32>()?)
+}
+
+/// [`flatten`]'s inverse: `host` cut into tensors shaped, typed and placed like `like`.
+fn unflatten(host: &[f32], like: &[Tensor]) -> Result<Vec<Tensor>> {
+    let mut at = 0;
+    let mut out = Vec::with_capacity(like.len());
+    for t in like {
+        let n = t.elem_count();
+        let v = Tensor::from_slice(&host[at..at + n], t.shape(), t.device())?;
+        out.push(v.to_dtype(t.dtype())?);
+        at += n;
+    }
+    Ok(out)
 }
 
 /// `net`'s BatchNorm running statistics.
@@ -258,12 +265,8 @@ fn broadcast_vars(world: &dyn Collective, vars: &[Var]) -> Result<()> {
     let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let mut host = flatten(&tensors)?;
     world.broadcast(&mut host, 0)?;
-    let mut at = 0;
-    for v in vars {
-        let n = v.elem_count();
-        let t = Tensor::from_slice(&host[at..at + n], v.shape(), v.device())?;
-        v.set(&t.to_dtype(v.dtype())?)?;
-        at += n;
+    for (v, t) in vars.iter().zip(unflatten(&host, &tensors)?) {
+        v.set(&t)?;
     }
     Ok(())
 }
