@@ -265,11 +265,7 @@ pub const CONV_SHAPES: [(usize, usize, usize); 5] = [
 /// Every comparison of `device` (with `kernels`) against the CPU fast ops; bf16 cases only on
 /// CUDA (the CPU has no bf16 matmul). TF32 is off for the f32 cases.
 pub fn run(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {
-    let tf32 = ops::tf32();
-    ops::set_tf32(false);
-    let rows = compare_all(device, kernels);
-    ops::set_tf32(tf32);
-    rows
+    ops::with_tf32(false, || compare_all(device, kernels))
 }
 
 fn compare_all(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {

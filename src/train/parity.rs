@@ -98,13 +98,8 @@ pub fn compare(
     cpu_kernels: Kernels,
 ) -> Result<Vec<Row>> {
     let cpu = Device::Cpu;
-    // The process-wide TF32 switch follows this config (`--no-tf32` for a strict f32 check), as
-    // a Learner's does, and is put back afterwards.
-    let tf32 = crate::ops::tf32();
-    crate::ops::set_tf32(config.tf32);
-    let on_device = step(config, device, batch);
-    crate::ops::set_tf32(tf32);
-    let on_device = on_device?;
+    // TF32 as this config says (`--no-tf32` for a strict f32 check), as a Learner's does.
+    let on_device = crate::ops::with_tf32(config.tf32, || step(config, device, batch))?;
     let on_cpu = step(
         config,
         Side {

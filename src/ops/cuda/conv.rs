@@ -7,12 +7,11 @@
 //! [`Plan`] — descriptors and the heuristic's algorithm for forward, backward-data and
 //! backward-filter, chosen once — and every call shares one workspace that only grows.
 //!
-//! f32 convolutions may use TF32 tensor cores when [`set_tf32`] allows it (PyTorch's default
+//! f32 convolutions may use TF32 tensor cores when [`crate::ops::set_tf32`] allows it (PyTorch's default
 //! for cuDNN convolutions); bf16 ones compute in f32 (cuDNN's pseudo-bf16 configuration).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
@@ -26,16 +25,6 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, DeviceId};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
 use super::{tensor_of, view, with_storage, Elem};
-
-static TF32: AtomicBool = AtomicBool::new(true);
-
-/// Whether f32 convolutions (cuDNN) and matrix products (cuBLAS, through candle) may round their
-/// inputs to TF32 on tensor cores: about 8× the f32 throughput on an H100, 10 mantissa bits in
-/// the products, sums in f32. On by default, as PyTorch's cuDNN convolutions are.
-pub fn set_tf32(on: bool) {
-    TF32.store(on, Ordering::Relaxed);
-    candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
-}
 
 /// One convolution geometry: batch, input channels, input size, output channels, kernel,
 /// stride, padding, TF32 allowed.
@@ -240,7 +229,7 @@ impl CudnnConv {
         if c != c2 || h + 2 * self.pad < kh || wd + 2 * self.pad < kw {
             candle_core::bail!("cuDNN conv2d: x {x:?} does not fit w {w:?}");
         }
-        let tf32 = TF32.load(Ordering::Relaxed);
+        let tf32 = crate::ops::tf32();
         Ok((n, c, h, wd, k, kh, kw, self.stride, self.pad, tf32))
     }
 
