@@ -150,6 +150,21 @@ pub struct Loader {
     abandoned: Arc<AtomicUsize>,
 }
 
+impl LoaderConfig {
+    /// The sampler a loader with this configuration deals batches from, over `len` images.
+    pub fn sampler(&self, len: usize) -> Sampler {
+        Sampler::new(
+            len,
+            self.batch_size,
+            self.drop_last,
+            self.shuffle,
+            self.seed,
+        )
+        .limit(self.max_batches)
+        .shard(self.shard)
+    }
+}
+
 impl Loader {
     /// Starts the producer thread. `cancel` ends the stream early (Ctrl-C).
     pub fn start(
@@ -159,15 +174,7 @@ impl Loader {
         config: LoaderConfig,
         cancel: Arc<AtomicBool>,
     ) -> Loader {
-        let sampler = Sampler::new(
-            images.len(),
-            config.batch_size,
-            config.drop_last,
-            config.shuffle,
-            config.seed,
-        )
-        .limit(config.max_batches)
-        .shard(config.shard);
+        let sampler = config.sampler(images.len());
         let prefetch = config.prefetch.max(1);
         // One buffer being filled, `prefetch` queued, one held by the consumer.
         let capacity = prefetch + 2;

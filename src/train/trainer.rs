@@ -23,7 +23,7 @@ use crate::model::SeResNetD;
 use crate::ops::Kernels;
 use crate::seed;
 use crate::store::{Header, Reader, Split};
-use crate::stream::{EpochStats, Loader, LoaderConfig, Phase, Sampler, Shard, StreamError};
+use crate::stream::{EpochStats, Loader, LoaderConfig, Phase, Shard, StreamError};
 
 /// Seed-derivation tag of dropout masks.
 const DROPOUT_STREAM: u64 = u64::MAX - 1;
@@ -275,16 +275,9 @@ impl Trainer {
                 test_store.path().display()
             )));
         }
-        let sampler = Sampler::new(
-            train_store.len(),
-            config.batch_size,
-            true,
-            true,
-            config.seed,
-        )
-        .limit(config.limit_train_batches)
-        .shard(shard_of(world.as_ref()));
-        let iters_per_epoch = sampler.batches_per_epoch();
+        let iters_per_epoch = train_loader_config(&config, world.as_ref(), 0, 0)
+            .sampler(train_store.len())
+            .batches_per_epoch();
         if iters_per_epoch == 0 {
             return Err(Error::Unsupported(format!(
                 "fewer training images than one batch of {} per rank ({} ranks)",
@@ -578,18 +571,12 @@ impl Trainer {
             self.config.seed,
             &self.header,
         );
-        let loader_config = LoaderConfig {
-            batch_size: self.config.batch_size,
-            drop_last: true,
-            shuffle: true,
-            prefetch: self.config.prefetch,
-            seed: self.config.seed,
-            epochs: self.next_epoch..self.config.epochs,
-            max_batches: self.config.limit_train_batches,
-            start_batch: self.batch,
-            phase: Phase::Train,
-            shard: shard_of(self.world.as_ref()),
-        };
+        let loader_config = train_loader_config(
+            &self.config,
+            self.world.as_ref(),
+            self.next_epoch,
+            self.batch,
+        );
         Loader::start(
             self.train_store.clone(),
             Arc::new(augmenter),
@@ -726,6 +713,28 @@ fn lock_run_dir(dir: &Path) -> Result<std::fs::File> {
             dir: dir.to_path_buf(),
         }),
         Err(std::fs::TryLockError::Error(e)) => Err(io(path)(e)),
+    }
+}
+
+/// The training loader's configuration from epoch `epoch`, batch `batch` on: the one place its
+/// sampler (and so the steps per epoch the schedule counts) is defined.
+fn train_loader_config(
+    config: &TrainConfig,
+    world: &dyn Collective,
+    epoch: usize,
+    batch: usize,
+) -> LoaderConfig {
+    LoaderConfig {
+        batch_size: config.batch_size,
+        drop_last: true,
+        shuffle: true,
+        prefetch: config.prefetch,
+        seed: config.seed,
+        epochs: epoch..config.epochs,
+        max_batches: config.limit_train_batches,
+        start_batch: batch,
+        phase: Phase::Train,
+        shard: shard_of(world),
     }
 }
 
