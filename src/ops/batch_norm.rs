@@ -352,7 +352,6 @@ impl CustomOp3 for TrainOp {
         let stats = self.stats.lock().expect("batch-norm stats lock").clone();
         // The batch the statistics came from: every rank's when synchronised.
         let count = stats.count as f64;
-        let _ = n;
         let (dx, dgamma, dbeta) = with_f32(x, |xs| {
             with_f32(gamma, |gs| {
                 with_f32(y, |ys| {

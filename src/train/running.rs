@@ -74,12 +74,8 @@ impl Running {
 
     /// `(mean loss, accuracy)` so far (zeros before the first batch); waits for the device.
     pub fn read(&self) -> Result<(f64, f64)> {
-        let (Some(loss), Some(hits)) = (&self.loss, &self.hits) else {
-            return Ok((0.0, 0.0));
-        };
-        let n = self.images as f64;
-        let loss = loss.to_scalar::<f64>()?;
-        let hits = hits.to_scalar::<u32>()? as f64;
+        let (loss, hits) = self.read_sums()?;
+        let n = (self.images as f64).max(1.0);
         Ok((loss / n, hits / n))
     }
 }

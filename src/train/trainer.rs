@@ -402,11 +402,6 @@ impl Trainer {
         Ok(self.world.any(mine)?)
     }
 
-    /// The ranks of this run.
-    pub fn world(&self) -> &dyn Collective {
-        self.world.as_ref()
-    }
-
     /// The whole run: every remaining epoch, each trained, evaluated when due, recorded and
     /// saved when due; a cancel saves and stops.
     pub fn fit(&mut self, observer: &mut dyn Observer) -> Result<Outcome> {

@@ -93,18 +93,19 @@ impl train::Observer for Bars {
     }
     fn epoch_end(&mut self, m: &EpochMetrics, stats: &EpochStats) {
         self.bar.finish_and_clear();
-        if !self.main {
-            // Other ranks print nothing, but keep their own profile when asked for one.
-            let profile = self
-                .profile
-                .take()
-                .unwrap_or_else(|| profile(stats, &self.profiler));
-            if let Some(log) = self.profile_log.as_mut() {
-                if let Err(e) = log.append(&profile) {
-                    eprintln!("warning: --profile-json {}: {e}", log.path().display());
-                }
+        let profile = self
+            .profile
+            .take()
+            .unwrap_or_else(|| profile(stats, &self.profiler));
+        // Every rank keeps its own profile when asked for one. The observer cannot fail the
+        // run; a profile that cannot be written is reported.
+        if let Some(log) = self.profile_log.as_mut() {
+            if let Err(e) = log.append(&profile) {
+                eprintln!("warning: --profile-json {}: {e}", log.path().display());
             }
-            return;
+        }
+        if !self.main {
+            return; // other ranks print nothing
         }
         let test = match (m.test_loss, m.test_acc) {
             (Some(loss), Some(acc)) => format!("test loss {loss:.4} acc {:.2}%", acc * 100.0),
@@ -145,17 +146,7 @@ impl train::Observer for Bars {
                 self.rank_seconds.len()
             );
         }
-        let profile = self
-            .profile
-            .take()
-            .unwrap_or_else(|| profile(stats, &self.profiler));
         tracing::info!("{profile}");
-        if let Some(log) = self.profile_log.as_mut() {
-            // The observer cannot fail the run; a profile that cannot be written is reported.
-            if let Err(e) = log.append(&profile) {
-                eprintln!("warning: --profile-json {}: {e}", log.path().display());
-            }
-        }
     }
 }
 
