@@ -102,15 +102,22 @@ pub struct TailTimes {
 
 /// Times candle's convolution (forward, input and weight gradients), the lowered backward and
 /// BatchNorm at every convolution shape of `config.model`, batch `config.batch_size`: medians of
+/// A tensor of `dims` drawn uniformly from [−1, 1) by `rng`, on `device`.
+pub(crate) fn uniform(
+    rng: &mut fastrand::Rng,
+    dims: &[usize],
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let n: usize = dims.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, dims, device)
+}
+
 /// `reps` runs after [`WARMUP`], each synchronised.
 pub fn op_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Vec<OpTimes>> {
     let b = config.batch_size;
     let mut rng = seed::rng(config.seed, &[0x6f70]);
-    let mut random = |dims: &[usize]| -> Result<Tensor> {
-        let n: usize = dims.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
-        Ok(Tensor::from_vec(v, dims, device)?)
-    };
+    let mut random = |dims: &[usize]| -> Result<Tensor> { Ok(uniform(&mut rng, dims, device)?) };
     let time = |f: &mut dyn FnMut() -> Result<Tensor>| median_ms(device, reps, f);
     let mut rows = Vec::new();
     for (shape, layers) in config.model.conv_shapes(32, 32) {
@@ -172,11 +179,7 @@ pub fn op_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Ve
 pub fn tail_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Vec<TailTimes>> {
     let b = config.batch_size;
     let mut rng = seed::rng(config.seed, &[0x7461]);
-    let mut random = |dims: &[usize]| -> Result<Tensor> {
-        let n: usize = dims.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
-        Ok(Tensor::from_vec(v, dims, device)?)
-    };
+    let mut random = |dims: &[usize]| -> Result<Tensor> { Ok(uniform(&mut rng, dims, device)?) };
     let mut shapes: Vec<([usize; 4], usize)> = Vec::new();
     for l in config.model.layers(32, 32) {
         if l.name.ends_with(".conv3") {

@@ -48,9 +48,7 @@ impl Comparison {
 
 fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
     let mut rng = crate::seed::rng(seed, &[0x6f70_6368]);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
-    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    Ok(super::bench::uniform(&mut rng, shape, &Device::Cpu)?)
 }
 
 /// max |a − b| / max |b| over all elements, in f64 on the CPU.
