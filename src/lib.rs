@@ -36,7 +36,7 @@
 //! A module imports only modules on rows below its own (never one on its row or above), so the
 //! crate reads bottom-up and each stage can be tested without the ones above it. `config` holds
 //! every stage's settings and no behaviour, which is why it sits just under `train`.
-//! `tests/layers.rs` reads this table and every `crate::` path in `src/` and fails on an upward
+//! `tests/suite/layers.rs` reads this table and every `crate::` path in `src/` and fails on an upward
 //! import or a module missing from the table.
 //!
 //! ```text

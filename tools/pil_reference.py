@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Generate tests/data/pil_ops.json: PIL's output for each augmentation op on fixed inputs.
+"""Generate tests/suite/data/pil_ops.json: PIL's output for each augmentation op on fixed inputs.
 
-Run once (needs Pillow: `pip install pillow`) and commit the JSON; `tests/pil_parity.rs` checks the
+Run once (needs Pillow: `pip install pillow`) and commit the JSON; `tests/suite/pil_parity.rs` checks the
 Rust ops against it byte for byte. Images are stored as hex strings of HWC RGB bytes.
 
-    python3 tools/pil_reference.py > tests/data/pil_ops.json
+    python3 tools/pil_reference.py > tests/suite/data/pil_ops.json
 """
 import json
 import random

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-creates vendor/candle-core: candle-core as published on crates.io plus one patch to its
 # autograd (tools/patch_candle_backprop.py), kept with candle's own gradient
-# tests (tests/candle_autograd.rs runs them).
+# tests (tests/suite/candle_autograd.rs runs them).
 #
 # Why: candle's backward pass starts every gradient from zeros_like and adds the incoming
 # gradient to it (backprop.rs, `or_insert` + `add`): a memset and a full add per graph node,
@@ -22,7 +22,7 @@ tmp=$(mktemp -d vendor/.candle-core.XXXX)
 trap 'rm -rf "$tmp"' EXIT
 cp -r "$src/src" "$src/LICENSE" "$src/README.md" "$tmp/"
 mkdir "$tmp/tests"
-cp "$src/tests/grad_tests.rs" "$tmp/tests/"
+cp "$src/tests/suite/grad_tests.rs" "$tmp/tests/"
 # Keep the manifest, minus the examples, benches and tests not copied above.
 python3 - "$src/Cargo.toml" "$tmp/Cargo.toml" <<'PY'
 import re, sys

@@ -9,7 +9,7 @@
 //! `ScheduleKind`, `PolicyName`, `PadFill`) derive `clap::ValueEnum` beside serde: one type names
 //! its choices for both, so `--kernels stock` and `kernels = "stock"` cannot drift apart, and a
 //! second front end gets `--help` listings for free. Mapping them in the binary instead would
-//! duplicate six enums and their spellings; `tests/cli_flags.rs` checks that clap's and serde's
+//! duplicate six enums and their spellings; `tests/suite/cli_flags.rs` checks that clap's and serde's
 //! names agree.
 
 mod schedule;

@@ -1,10 +1,10 @@
 //! Each training op on a device against the CPU op it replaces: forward output and every
-//! gradient over the geometries `tests/ops.rs` uses, in f32 and (on CUDA) bf16, plus the fused
+//! gradient over the geometries `tests/suite/ops.rs` uses, in f32 and (on CUDA) bf16, plus the fused
 //! optimizer + EMA step. `stream-train gpu-test` prints the table; on a GPU it is the first thing
 //! the check runs, since the CUDA kernels can only be tested there.
 //!
 //! The reference is always the CPU with [`Kernels::Fast`] (held to candle's own ops and to finite
-//! differences by `tests/ops.rs`), in f32. A bf16 case feeds both sides the same bf16-rounded
+//! differences by `tests/suite/ops.rs`), in f32. A bf16 case feeds both sides the same bf16-rounded
 //! inputs (the upstream gradient is rounded on the device side only, ~2^-9), so its error is the
 //! device's bf16 arithmetic.
 
@@ -250,7 +250,7 @@ fn sgd(side: Side) -> Result<Named> {
 }
 
 /// Convolution shapes `(in channels, out channels, height = width)` that `gpu-test` runs and
-/// `tests/ops.rs` checks on the CPU: a stem-like 3-channel input, odd sizes, wide-to-narrow and
+/// `tests/suite/ops.rs` checks on the CPU: a stem-like 3-channel input, odd sizes, wide-to-narrow and
 /// narrow-to-wide.
 pub const CONV_SHAPES: [(usize, usize, usize); 5] = [
     (3, 8, 9),

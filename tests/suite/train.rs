@@ -1,19 +1,17 @@
 //! Training end to end on a small synthetic store: it learns, it writes its outputs, and a run
 //! stopped after an epoch and resumed gives the same metrics as an uninterrupted one.
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::common::checkpoint_bits;
 use candle_core::Device;
 use cifar_stream::config::TrainConfig;
 use cifar_stream::prep;
 use cifar_stream::source::synthetic;
 use cifar_stream::stream::EpochStats;
 use cifar_stream::train::{self, EpochMetrics, Observer, Silent, Snapshot, Trainer};
-use common::checkpoint_bits;
 use indicatif::ProgressBar;
 
 fn store(dir: &Path, per_class: usize) {

@@ -1,9 +1,7 @@
 //! The `prep-dataset` binary: exit codes, JSON for scripts, inspect, grid, --force.
 
-mod common;
-
+use crate::common::*;
 use assert_cmd::Command;
-use common::*;
 use serde_json::Value;
 
 fn prep_dataset() -> Command {

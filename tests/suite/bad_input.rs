@@ -1,14 +1,12 @@
 //! Bad input: a clear error naming the culprit, and nothing half-written. One test per case.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::common::*;
 use cifar_stream::prep::{self, Error as PrepError};
 use cifar_stream::source::{self, synthetic, Error as SourceError};
 use cifar_stream::store::{self, Error as StoreError, Reader, Shape, Split, Writer, HEADER_LEN};
-use common::*;
 use indicatif::ProgressBar;
 
 /// Runs a full prep of `src` into a fresh output folder and returns the error and that folder.

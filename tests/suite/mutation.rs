@@ -3,14 +3,12 @@
 //! recomputed (so that the checks behind the checksum are reached too). Whatever the damage,
 //! opening never panics or aborts, and every error names the file. The counts are printed.
 
-mod common;
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
+use crate::common::*;
 use cifar_stream::source::{self, synthetic};
 use cifar_stream::store::{Reader, Split, HEADER_LEN};
-use common::*;
 use indicatif::ProgressBar;
 
 /// One damage done to `bytes`, of kind `kind % 5`, drawn from `rng`; returns its name.

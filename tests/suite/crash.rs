@@ -3,16 +3,15 @@
 //! down — and stopped with SIGINT and SIGTERM, then resumed, over and over; the run that ends
 //! has the same weights, EMA, momentum and metrics, bit for bit, as one never interrupted.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::common::checkpoint_bits;
 use candle_core::Device;
 use cifar_stream::train::checkpoint::{self, DELAY_ENV};
 use cifar_stream::train::Snapshot;
-use common::checkpoint_bits;
 
 /// A small run: 16 steps per epoch, 6 epochs, an EMA, evaluation and a checkpoint every step.
 fn train_args(data: &Path, runs: &Path, name: &str) -> Vec<String> {

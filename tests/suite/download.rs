@@ -1,13 +1,11 @@
 //! `--download` against a local HTTP server on 127.0.0.1 (no test reaches the internet).
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 
+use crate::common::*;
 use cifar_stream::source::{download, Error as SourceError};
-use common::*;
 use indicatif::ProgressBar;
 
 /// Serves `body` at every path until `requests` requests have been answered; returns the base URL.

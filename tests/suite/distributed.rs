@@ -4,8 +4,7 @@
 //! resumed by as many ranks as saved it.
 #![cfg(feature = "mpi")]
 
-mod common;
-
+use crate::common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,13 +1,11 @@
 //! Sources → store → read back: every pixel and label identical, in order.
 
-mod common;
-
 use std::path::Path;
 
+use crate::common::*;
 use cifar_stream::prep;
 use cifar_stream::source::{self, synthetic, Kind};
 use cifar_stream::store::{Reader, Split, HEADER_LEN};
-use common::*;
 use indicatif::ProgressBar;
 
 fn prep_to(source_path: &Path, out: &Path) -> Kind {

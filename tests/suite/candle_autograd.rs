@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor, Var};
 
-#[path = "../vendor/candle-core/tests/grad_tests.rs"]
+#[path = "../../vendor/candle-core/tests/grad_tests.rs"]
 mod grad_tests;
 
 #[test]
