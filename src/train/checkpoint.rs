@@ -6,8 +6,9 @@
 //! previous checkpoint, which stays whole and loadable until the rename. A damaged file (a flipped
 //! byte, a truncation, a stray file) is refused on load with an error naming it.
 //!
-//! [`Snapshot`] is the one place that knows the layout: tensor names are the variable names
-//! behind a prefix per part ([`Part`]).
+//! This module knows the file format, the [`State`] and whether a run may resume from it; the
+//! tensors' names are their owners' ([`Learner::state`](super::Learner::state),
+//! [`Running::state`](super::Running::state)).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -17,10 +18,7 @@ use candle_core::{Device, Tensor};
 use safetensors::tensor::{SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
-use super::learner::Learner;
 use super::metrics::EpochMetrics;
-use super::net::Net;
-use super::running::Running;
 use crate::config::TrainConfig;
 use crate::store::Shape;
 
@@ -51,9 +49,6 @@ pub enum Error {
     /// The file is not a whole checkpoint of this format.
     #[error("{path}: damaged or not a checkpoint: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    /// A tensor the model needs is not in the file.
-    #[error("{path}: no tensor {name}")]
-    Missing { path: PathBuf, name: String },
 }
 
 /// Where the run stands, saved with the tensors.
@@ -94,32 +89,31 @@ fn cifar_shape() -> Shape {
     Shape::CIFAR
 }
 
-/// The parts of a checkpoint's tensors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Part {
-    /// The live (raw) weights and BatchNorm statistics.
-    Model,
-    /// Their exponential moving average.
-    Ema,
-    /// SGD's momentum buffers.
-    Momentum,
-    /// The unfinished epoch's summed training loss and correct count.
-    Running,
-}
-
-impl Part {
-    /// The prefix of this part's tensor names.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Part::Model => "model.",
-            Part::Ema => "ema.",
-            Part::Momentum => "momentum.",
-            Part::Running => "running.",
+impl State {
+    /// Why a run saved in this state cannot continue with `config` on `world_size` ranks, if it
+    /// cannot: the ranks must be as many, and in the middle of an epoch the permutation it
+    /// stopped in must be the same one (batch size, seed, batch limit, data).
+    pub fn refuses_resume(&self, config: &TrainConfig, world_size: usize) -> Option<String> {
+        if self.world_size != world_size {
+            return Some(format!(
+                "it was saved by {} process(es) and is resumed by {world_size}: resume it with as \
+                 many (mpirun -np {}); the position in an epoch is a position in each rank's share",
+                self.world_size, self.world_size
+            ));
         }
-    }
-
-    fn key(self, name: &str) -> String {
-        format!("{}{name}", self.prefix())
+        let was = &self.config;
+        let same_permutation = was.batch_size == config.batch_size
+            && was.seed == config.seed
+            && was.limit_train_batches == config.limit_train_batches
+            && was.data == config.data;
+        if self.batch > 0 && !same_permutation {
+            return Some(format!(
+                "it stopped in the middle of epoch {}: resuming it needs the same batch_size, \
+                 seed, limit_train_batches and data",
+                self.next_epoch + 1
+            ));
+        }
+        None
     }
 }
 
@@ -168,7 +162,7 @@ fn delay() -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis(ms))
 }
 
-/// A checkpoint in memory: the learner's tensors by checkpoint name, and the run's state.
+/// A checkpoint in memory: named tensors and the run's state.
 pub struct Snapshot {
     /// Where the run stands.
     pub state: State,
@@ -178,28 +172,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The learner's tensors (shared handles, not copies) and the unfinished epoch's running
-    /// sums, with `state`.
-    pub fn capture(learner: &Learner, running: &Running, state: State) -> Snapshot {
-        let mut tensors = HashMap::new();
-        for (n, v) in learner.net.named() {
-            tensors.insert(Part::Model.key(&n), v.as_tensor().clone());
-        }
-        if let Some((ema, _)) = &learner.ema {
-            for (n, v) in ema.named() {
-                tensors.insert(Part::Ema.key(&n), v.as_tensor().clone());
-            }
-        }
-        for (n, t) in learner.sgd.buffers() {
-            tensors.insert(Part::Momentum.key(n), t.clone());
-        }
-        if let Some((loss, hits)) = running.sums() {
-            tensors.insert(Part::Running.key("loss"), loss.clone());
-            tensors.insert(Part::Running.key("hits"), hits.clone());
-        }
+    /// `tensors` (shared handles, not copies) with `state`, to be saved.
+    pub fn new(state: State, tensors: impl IntoIterator<Item = (String, Tensor)>) -> Snapshot {
         Snapshot {
             state,
-            tensors,
+            tensors: tensors.into_iter().collect(),
             path: PathBuf::new(),
         }
     }
@@ -294,59 +271,8 @@ impl Snapshot {
         &self.tensors
     }
 
-    /// Whether the checkpoint holds an EMA copy of the weights.
-    pub fn has_ema(&self) -> bool {
-        let prefix = Part::Ema.prefix();
-        self.tensors.keys().any(|k| k.starts_with(prefix))
-    }
-
-    /// Copies one part's tensors into `net`'s variables (every variable must be there).
-    pub fn load_into(&self, net: &Net, part: Part) -> Result<(), Error> {
-        for (name, var) in net.named() {
-            let key = part.key(&name);
-            let t = self.tensors.get(&key).ok_or_else(|| Error::Missing {
-                path: self.path.clone(),
-                name: key.clone(),
-            })?;
-            var.set(t).map_err(|source| Error::Tensors {
-                path: self.path.clone(),
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Puts the learner back where the checkpoint left it: weights, EMA (restarted from the
-    /// weights when the checkpoint has none), momentum buffers and step count.
-    pub fn restore(&self, learner: &mut Learner) -> Result<(), Error> {
-        self.load_into(&learner.net, Part::Model)?;
-        if let Some((ema_net, ema)) = &learner.ema {
-            if self.has_ema() {
-                self.load_into(ema_net, Part::Ema)?;
-            } else {
-                ema.restart().map_err(|source| Error::Tensors {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            }
-        }
-        let prefix = Part::Momentum.prefix();
-        let buffers = self
-            .tensors
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|n| (n.to_string(), t.clone())))
-            .collect();
-        learner.sgd.set_buffers(buffers);
-        learner.set_steps(self.state.step);
-        Ok(())
-    }
-
-    /// The unfinished epoch's running sums (empty at an epoch boundary).
-    pub fn running(&self) -> Running {
-        let get = |n: &str| self.tensors.get(&Part::Running.key(n)).cloned();
-        match (get("loss"), get("hits")) {
-            (Some(loss), Some(hits)) => Running::resume(loss, hits, self.state.epoch_images),
-            _ => Running::new(),
-        }
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }

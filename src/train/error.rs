@@ -50,6 +50,15 @@ pub enum Error {
         /// The run folder.
         dir: PathBuf,
     },
+    /// A saved state does not fit the network it is loaded into.
+    #[error("{}: {source}", path.display())]
+    State {
+        /// The checkpoint it came from.
+        path: PathBuf,
+        /// What does not fit.
+        #[source]
+        source: Box<StateError>,
+    },
     /// An image to classify could not be used.
     #[error("{}: {message}", path.display())]
     Image {
@@ -57,6 +66,23 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong with it.
         message: String,
+    },
+}
+
+/// A saved state that does not fit the network it is loaded into.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A tensor the network needs is not there.
+    #[error("no tensor {0}")]
+    Missing(String),
+    /// A tensor is there but of another shape or dtype.
+    #[error("tensor {name} does not fit: {source}")]
+    Mismatch {
+        /// Its name in the state.
+        name: String,
+        /// candle's refusal.
+        #[source]
+        source: candle_core::Error,
     },
 }
 

@@ -1,6 +1,7 @@
 //! What one training step changes: the weights, their EMA and the optimizer's momentum; in
 //! data-parallel training, also the averaging of gradients over the ranks.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,7 +9,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::ema::Ema;
-use super::error::Result;
+use super::error::{Result, StateError};
 use super::net::Net;
 use super::sgd::Sgd;
 use crate::config::TrainConfig;
@@ -19,13 +20,36 @@ use crate::model::{is_buffer, Mode, SeResNetD};
 /// ResNet-50 so no single copy holds all 25 M floats twice (DDP's 25 MB default, in floats).
 const BUCKET_FLOATS: usize = 1 << 22;
 
+/// The parts of a learner's state ([`Learner::state`]), each a prefix of its tensors' names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The live (raw) weights and BatchNorm statistics.
+    Model,
+    /// Their exponential moving average.
+    Ema,
+    /// SGD's momentum buffers.
+    Momentum,
+}
+
+impl Part {
+    /// The prefix of this part's tensor names.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Part::Model => "model.",
+            Part::Ema => "ema.",
+            Part::Momentum => "momentum.",
+        }
+    }
+}
+
 /// The network being trained, its exponential moving average (when the run keeps one) and the
 /// SGD state, stepped one batch at a time. It knows nothing of data, schedules or files: the
-/// [`Trainer`](super::Trainer) feeds it, `step-bench` times it.
+/// [`Trainer`](super::Trainer) feeds it, `step-bench` times it, and a checkpoint stores its
+/// [`Learner::state`].
 pub struct Learner {
-    pub(super) net: Net,
-    pub(super) ema: Option<(Net, Ema)>,
-    pub(super) sgd: Sgd,
+    net: Net,
+    ema: Option<(Net, Ema)>,
+    sgd: Sgd,
     label_smoothing: f64,
     steps: usize,
     /// The optimizer and EMA run as fused kernels (CUDA with the fast kernels).
@@ -42,7 +66,19 @@ impl Learner {
     pub fn new(config: &TrainConfig, device: &Device) -> Result<Learner> {
         crate::ops::set_tf32(config.tf32);
         let net = Net::new(config, device)?;
-        let sgd = net.optimizer(config);
+        // SGD over the trainable variables, not the BatchNorm statistics.
+        let params: Vec<(String, Var)> = net
+            .named()
+            .into_iter()
+            .filter(|(n, _)| !is_buffer(n))
+            .collect();
+        let sgd = Sgd::new(
+            params,
+            config.optim.momentum,
+            config.optim.nesterov,
+            config.optim.weight_decay,
+            config.optim.no_decay_bn_bias,
+        );
         let ema = if config.ema_decay > 0.0 {
             let copy = Net::new(config, device)?;
             let ema = Ema::new(config.ema_decay, copy.vars(), net.vars())?;
@@ -92,8 +128,17 @@ impl Learner {
         Ok(())
     }
 
+    /// Stops with an error naming `what` unless every rank holds the same weights, EMA and
+    /// momentum (a fingerprint of each compared across the ranks; nothing to do alone).
+    pub fn check_ranks_identical(&self, what: &str) -> Result<()> {
+        if self.world.size() > 1 {
+            crate::dist::check_identical(self.world.as_ref(), self.fingerprint()?, what)?;
+        }
+        Ok(())
+    }
+
     /// A fingerprint of every variable, the EMA's and the momentum buffers (what ranks compare).
-    pub fn fingerprint(&self) -> Result<u64> {
+    fn fingerprint(&self) -> Result<u64> {
         let mut tensors: Vec<Tensor> = self
             .net
             .vars()
@@ -209,9 +254,56 @@ impl Learner {
         self.steps
     }
 
-    /// Sets the step count (a resumed run continues its count).
-    pub(super) fn set_steps(&mut self, steps: usize) {
+    /// Everything a step changes, as named tensors (shared handles, not copies): the weights
+    /// under [`Part::Model`], the EMA's under [`Part::Ema`], the momentum buffers under
+    /// [`Part::Momentum`]. With [`Learner::steps`] it is all a resume needs.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.net.state(Part::Model.prefix());
+        if let Some((ema, _)) = &self.ema {
+            out.extend(ema.state(Part::Ema.prefix()));
+        }
+        let momentum = Part::Momentum.prefix();
+        out.extend(
+            self.sgd
+                .buffers()
+                .iter()
+                .map(|(n, t)| (format!("{momentum}{n}"), t.clone())),
+        );
+        out
+    }
+
+    /// Puts back a [`Learner::state`] taken after `steps` steps. A state without an EMA (a run
+    /// that kept none) restarts this learner's EMA from the weights.
+    pub fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        steps: usize,
+    ) -> std::result::Result<(), StateError> {
+        self.net.load_state(tensors, Part::Model.prefix())?;
+        if let Some((ema_net, ema)) = &self.ema {
+            let prefix = Part::Ema.prefix();
+            if tensors.keys().any(|k| k.starts_with(prefix)) {
+                ema_net.load_state(tensors, prefix)?;
+            } else {
+                ema.restart().map_err(|source| StateError::Mismatch {
+                    name: prefix.to_string(),
+                    source,
+                })?;
+            }
+        }
+        let prefix = Part::Momentum.prefix();
+        let buffers = tensors
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|n| (n.to_string(), t.clone())))
+            .collect();
+        self.sgd.set_buffers(buffers);
         self.steps = steps;
+        Ok(())
+    }
+
+    /// Whether the learner keeps an EMA of its weights.
+    pub fn has_ema(&self) -> bool {
+        self.ema.is_some()
     }
 
     /// The live (raw) network.

@@ -12,24 +12,29 @@ pub mod loss;
 pub mod metrics;
 mod net;
 pub mod opcheck;
+mod outcome;
 pub mod parity;
+mod run_dir;
 pub mod running;
 mod saved;
 pub mod schedule;
 pub mod sgd;
+mod stores;
 mod trainer;
 pub mod tta;
 
-pub use checkpoint::{Part, Snapshot};
+pub use checkpoint::Snapshot;
 pub use ema::Ema;
-pub use error::{Error, Result};
+pub use error::{Error, Result, StateError};
 pub use evaluate::{evaluate, Evaluation};
-pub use learner::Learner;
+pub use learner::{Learner, Part};
 pub use metrics::EpochMetrics;
 pub use net::Net;
+pub use outcome::{
+    Headline, Observer, Outcome, Silent, TestEvaluation, TrainedEpoch, LOSS_READ_EVERY,
+};
 pub use running::Running;
 pub use saved::{read_image, Prediction, SavedRun};
 pub use sgd::Sgd;
-pub use trainer::{
-    Headline, Observer, Outcome, Silent, TestEvaluation, TrainedEpoch, Trainer, LOSS_READ_EVERY,
-};
+pub use stores::Stores;
+pub use trainer::Trainer;

@@ -1,12 +1,14 @@
-//! A model with its variables: what a checkpoint's `model.` or `ema.` tensors fill.
+//! A model with its variables: what a learner trains and a saved run loads, and its variables
+//! as named tensors (a checkpoint's `model.` or `ema.` part).
 
-use candle_core::{Device, Var};
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 
-use super::error::{Error, Result};
-use super::sgd::Sgd;
+use super::error::{Error, Result, StateError};
 use crate::config::TrainConfig;
-use crate::model::{self, is_buffer, sorted_vars, SeResNetD};
+use crate::model::{self, sorted_vars, SeResNetD};
 
 /// A model plus its variables.
 pub struct Net {
@@ -36,19 +38,28 @@ impl Net {
         self.named().into_iter().map(|(_, v)| v).collect()
     }
 
-    /// SGD over the trainable variables (not the BatchNorm statistics), as `config` says.
-    pub fn optimizer(&self, config: &TrainConfig) -> Sgd {
-        let params: Vec<(String, Var)> = self
-            .named()
+    /// Every variable as `(prefix + name, tensor)`: shared handles, not copies.
+    pub fn state(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        self.named()
             .into_iter()
-            .filter(|(n, _)| !is_buffer(n))
-            .collect();
-        Sgd::new(
-            params,
-            config.optim.momentum,
-            config.optim.nesterov,
-            config.optim.weight_decay,
-            config.optim.no_decay_bn_bias,
-        )
+            .map(|(n, v)| (format!("{prefix}{n}"), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Sets every variable from `tensors[prefix + name]`; each must be there and fit.
+    pub fn load_state(
+        &self,
+        tensors: &HashMap<String, Tensor>,
+        prefix: &str,
+    ) -> std::result::Result<(), StateError> {
+        for (name, var) in self.named() {
+            let key = format!("{prefix}{name}");
+            let t = tensors
+                .get(&key)
+                .ok_or_else(|| StateError::Missing(key.clone()))?;
+            var.set(t)
+                .map_err(|source| StateError::Mismatch { name: key, source })?;
+        }
+        Ok(())
     }
 }

@@ -5,7 +5,12 @@
 //! and uploaded the next batch. These sums stay on the device; the trainer reads them every few
 //! steps (progress) and once at the end of the epoch.
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Result, Tensor};
+
+/// The prefix of the sums' names in a checkpoint.
+const PREFIX: &str = "running.";
 
 /// Sums of `loss × batch` and of correct predictions since the epoch started.
 #[derive(Default)]
@@ -50,17 +55,29 @@ impl Running {
         self.images
     }
 
-    /// The device-side sums `(loss × batch, correct)`, once a batch was added (for a checkpoint).
-    pub fn sums(&self) -> Option<(&Tensor, &Tensor)> {
-        self.loss.as_ref().zip(self.hits.as_ref())
+    /// The device-side sums as named tensors (`running.loss`, `running.hits`) once a batch was
+    /// added, for a checkpoint; [`Running::images`] goes with them.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        match (&self.loss, &self.hits) {
+            (Some(loss), Some(hits)) => vec![
+                (format!("{PREFIX}loss"), loss.clone()),
+                (format!("{PREFIX}hits"), hits.clone()),
+            ],
+            _ => Vec::new(),
+        }
     }
 
-    /// Totals restored from a checkpoint: `loss` (f64) and `hits` (u32) over `images` images.
-    pub fn resume(loss: Tensor, hits: Tensor, images: usize) -> Self {
-        Running {
-            loss: Some(loss),
-            hits: Some(hits),
-            images,
+    /// The totals of a [`Running::state`] over `images` images (empty when it holds none: a
+    /// checkpoint at an epoch boundary).
+    pub fn from_state(tensors: &HashMap<String, Tensor>, images: usize) -> Self {
+        let get = |n: &str| tensors.get(&format!("{PREFIX}{n}")).cloned();
+        match (get("loss"), get("hits")) {
+            (Some(loss), Some(hits)) => Running {
+                loss: Some(loss),
+                hits: Some(hits),
+                images,
+            },
+            _ => Running::new(),
         }
     }
 

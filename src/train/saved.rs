@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::checkpoint::{Part, Snapshot, State};
+use super::checkpoint::{Snapshot, State};
 use super::error::{Error, Result};
 use super::evaluate::{evaluate, Evaluation};
+use super::learner::Part;
 use super::net::Net;
 use crate::augment::Augmenter;
 use crate::config::Tta;
@@ -55,7 +56,11 @@ impl SavedRun {
         } else {
             Part::Ema
         };
-        snapshot.load_into(&net, weights)?;
+        net.load_state(snapshot.tensors(), weights.prefix())
+            .map_err(|source| Error::State {
+                path: snapshot.path().to_path_buf(),
+                source: Box::new(source),
+            })?;
         Ok(SavedRun {
             state: snapshot.state,
             net,

@@ -1,6 +1,8 @@
-//! A training run: the [`Learner`] fed by the stream, the schedule position, evaluation cadence,
-//! metrics and checkpoints in the run folder. [`Trainer::fit`] is the whole loop; its parts are
-//! methods, so another front end (a distributed runner, a test) can drive a run step by step.
+//! A training run: the [`Learner`] fed by the stream, the position in the schedule, and the
+//! cadence of evaluation, metrics and checkpoints. [`Trainer::fit`] is the whole loop; its parts
+//! are methods ([`Trainer::train_epoch`], [`Trainer::evaluate`], [`Trainer::finish_epoch`],
+//! [`Trainer::save`]), so another front end (a test, a distributed runner) can drive a run epoch
+//! by epoch.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,138 +12,40 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use rayon::ThreadPool;
 
-use super::checkpoint::{self, Snapshot, State};
-use super::error::{io, Error, Result};
-use super::evaluate::{evaluate, Evaluation};
+use super::checkpoint::{Snapshot, State};
+use super::error::{Error, Result};
+use super::evaluate::evaluate;
 use super::learner::Learner;
-use super::metrics::{self, EpochMetrics};
+use super::metrics::EpochMetrics;
+use super::outcome::{Observer, Outcome, TestEvaluation, TrainedEpoch, LOSS_READ_EVERY};
+use super::run_dir::{split_run_dir, RunDir};
 use super::running::Running;
+use super::stores::Stores;
 use crate::augment::{self, Augmenter};
-use crate::config::{TrainConfig, CONFIG_FILE};
+use crate::config::TrainConfig;
 use crate::dist::{Collective, Local};
 use crate::model::SeResNetD;
 use crate::ops::Kernels;
 use crate::seed;
-use crate::store::{Header, Reader, Split};
-use crate::stream::{EpochStats, Loader, LoaderConfig, Phase, Shard, StreamError};
+use crate::stream::{Loader, LoaderConfig, Phase, Shard, StreamError};
 
 /// Seed-derivation tag of dropout masks.
 const DROPOUT_STREAM: u64 = u64::MAX - 1;
-
-/// Steps between reads of the running loss for progress: each read drains the GPU's queue.
-pub const LOSS_READ_EVERY: usize = 25;
-
-/// Progress callbacks, so a front end can draw bars without the library knowing about them.
-pub trait Observer {
-    /// A training epoch starts with `batches` batches.
-    fn epoch_start(&mut self, _epoch: usize, _batches: usize) {}
-    /// One training step was queued; every [`LOSS_READ_EVERY`] steps it carries the epoch's
-    /// mean training loss so far (reading it waits for the device, so not every step does).
-    fn step(&mut self, _loss: Option<f64>) {}
-    /// The epoch's training steps are done (evaluation comes next): the moment to close a
-    /// profile of training alone.
-    fn train_end(&mut self, _trained: &TrainedEpoch) {}
-    /// An epoch finished (metrics computed, files written).
-    fn epoch_end(&mut self, _metrics: &EpochMetrics, _stats: &EpochStats) {}
-}
-
-/// An observer that ignores everything.
-pub struct Silent;
-impl Observer for Silent {}
-
-/// How a run ended.
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    /// Metrics of every epoch (including those before a resume).
-    pub history: Vec<EpochMetrics>,
-    /// True when Ctrl-C (the cancel flag) stopped it.
-    pub interrupted: bool,
-    /// True when the run keeps an EMA model (the one it delivers).
-    pub ema: bool,
-}
-
-/// The accuracy a run reports as its result.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Headline {
-    /// The last evaluated epoch (0-based).
-    pub epoch: usize,
-    /// Whether that is not the last epoch trained (a run stopped early).
-    pub stale: bool,
-    /// The delivered model's test accuracy: the EMA model's when the run keeps one, else the
-    /// raw model's. Chosen before looking: picking the better of the two would select on the
-    /// test set.
-    pub accuracy: f64,
-    /// Raw and EMA accuracies, when the run keeps an EMA.
-    pub raw_and_ema: Option<(f64, f64)>,
-}
-
-impl Outcome {
-    /// The result to report: the delivered model at the last evaluated epoch, if any was.
-    pub fn headline(&self) -> Option<Headline> {
-        let (i, m) = self
-            .history
-            .iter()
-            .enumerate()
-            .rev()
-            .find(|(_, m)| m.test_acc.is_some())?;
-        let raw = m.test_acc?;
-        let ema = m.ema_test_acc.unwrap_or(raw);
-        Some(Headline {
-            epoch: m.epoch,
-            stale: i + 1 != self.history.len(),
-            accuracy: if self.ema { ema } else { raw },
-            raw_and_ema: self.ema.then_some((raw, ema)),
-        })
-    }
-}
-
-/// One epoch's training steps, before evaluation.
-#[derive(Clone, Debug)]
-pub struct TrainedEpoch {
-    /// Epoch (0-based).
-    pub epoch: usize,
-    /// Learning rate of the last step.
-    pub lr: f64,
-    /// Mean training loss.
-    pub loss: f64,
-    /// Training accuracy.
-    pub accuracy: f64,
-    /// Images trained on.
-    pub images: usize,
-    /// False when the cancel flag stopped the epoch part-way.
-    pub complete: bool,
-    /// The stream's counters.
-    pub stats: EpochStats,
-    /// Seconds of training (the device drained).
-    pub seconds: f64,
-    /// Every rank's `(training seconds, of which in collectives)`, rank by rank.
-    pub rank_seconds: Vec<(f64, f64)>,
-    started: Instant,
-}
-
-/// The test split evaluated with the raw weights and, when the run keeps one, the EMA.
-#[derive(Clone, Debug)]
-pub struct TestEvaluation {
-    /// Raw weights.
-    pub raw: Evaluation,
-    /// EMA weights (the raw evaluation again when the run keeps no EMA).
-    pub ema: Evaluation,
-}
 
 /// A training run in its folder.
 pub struct Trainer {
     config: TrainConfig,
     device: Device,
     dir: PathBuf,
+    /// The folder, taken for writing by the rank that writes (rank 0); `None` on the others.
+    run_dir: Option<RunDir>,
     learner: Learner,
-    train_store: Arc<Reader>,
-    test_store: Arc<Reader>,
-    header: Header,
+    stores: Stores,
     eval_augmenter: Arc<Augmenter>,
     pool: Arc<ThreadPool>,
     cancel: Arc<AtomicBool>,
     loader: Option<Loader>,
-    iters_per_epoch: usize,
+    batches_per_epoch: usize,
     /// The epoch to train next (the one in progress while `train_epoch` runs).
     next_epoch: usize,
     /// Batches of `next_epoch` already trained: the index of the next step within its epoch.
@@ -149,8 +53,6 @@ pub struct Trainer {
     /// Training loss and accuracy of `next_epoch`'s steps so far.
     running: Running,
     history: Vec<EpochMetrics>,
-    /// Held while the trainer lives: a second process cannot write the same run folder (rank 0's).
-    _lock: Option<std::fs::File>,
     /// The ranks of a data-parallel run ([`Local`] alone).
     world: Arc<dyn Collective>,
 }
@@ -169,11 +71,8 @@ impl Trainer {
         device: Device,
         world: Arc<dyn Collective>,
     ) -> Result<Trainer> {
-        let dir = config.run_dir();
         // Every rank looks, so that all refuse together.
-        if checkpoint::path(&dir).exists() {
-            return Err(Error::RunExists { dir });
-        }
+        RunDir::refuse_saved(&config.run_dir())?;
         let mut trainer = Trainer::open(config, device, world)?;
         trainer.learner.broadcast_from_main()?;
         trainer.write_config()?;
@@ -201,35 +100,20 @@ impl Trainer {
         let mut trainer = Trainer::open(config, device, world)?;
         let snapshot = Snapshot::load(&trainer.dir, &trainer.device)?;
         let state = &snapshot.state;
-        if state.world_size != trainer.world.size() {
-            return Err(Error::Unsupported(format!(
-                "{} was saved by {} process(es) and is resumed by {}: resume it with as many \
-                 (mpirun -np {}); the position in an epoch is a position in each rank's share",
-                trainer.dir.display(),
-                state.world_size,
-                trainer.world.size(),
-                state.world_size
-            )));
+        if let Some(why) = state.refuses_resume(&trainer.config, trainer.world.size()) {
+            let dir = trainer.dir.display();
+            return Err(Error::Unsupported(format!("{dir}: {why}")));
         }
-        if state.batch > 0 {
-            // The position is a batch of a permutation: the permutation must be the same one.
-            let (was, now) = (&state.config, &trainer.config);
-            let same = was.batch_size == now.batch_size
-                && was.seed == now.seed
-                && was.limit_train_batches == now.limit_train_batches
-                && was.data == now.data;
-            if !same {
-                return Err(Error::Unsupported(format!(
-                    "{} stopped in the middle of epoch {}: resuming it needs the same batch_size, \
-                     seed, limit_train_batches and data",
-                    trainer.dir.display(),
-                    state.next_epoch + 1
-                )));
-            }
-        }
-        snapshot.restore(&mut trainer.learner)?;
+        let tensors = snapshot.tensors();
+        trainer
+            .learner
+            .load_state(tensors, state.step)
+            .map_err(|source| Error::State {
+                path: snapshot.path().to_path_buf(),
+                source: Box::new(source),
+            })?;
         trainer.learner.broadcast_from_main()?;
-        trainer.running = snapshot.running();
+        trainer.running = Running::from_state(tensors, state.epoch_images);
         let state = snapshot.state;
         trainer.next_epoch = state.next_epoch;
         trainer.batch = state.batch;
@@ -252,33 +136,11 @@ impl Trainer {
             ));
         }
         let dir = config.run_dir();
-        let train_store = Arc::new(Reader::open(Split::Train.path_in(&config.data))?);
-        let test_store = Arc::new(Reader::open(Split::Test.path_in(&config.data))?);
-        let header = train_store.header().clone();
-        if header.classes.len() != config.model.num_classes {
-            return Err(Error::Unsupported(format!(
-                "the store has {} classes, the model {}",
-                header.classes.len(),
-                config.model.num_classes
-            )));
-        }
-        if header.shape.channels as usize != config.model.in_channels {
-            return Err(Error::Unsupported(format!(
-                "the store's images have {} channels, the model takes {}",
-                header.shape.channels, config.model.in_channels
-            )));
-        }
-        if test_store.shape() != header.shape || test_store.classes() != header.classes {
-            return Err(Error::Unsupported(format!(
-                "{} and {} hold different image shapes or classes",
-                train_store.path().display(),
-                test_store.path().display()
-            )));
-        }
-        let iters_per_epoch = train_loader_config(&config, world.as_ref(), 0, 0)
-            .sampler(train_store.len())
+        let stores = Stores::open(&config)?;
+        let batches_per_epoch = train_loader_config(&config, world.as_ref(), 0, 0)
+            .sampler(stores.train.len())
             .batches_per_epoch();
-        if iters_per_epoch == 0 {
+        if batches_per_epoch == 0 {
             return Err(Error::Unsupported(format!(
                 "fewer training images than one batch of {} per rank ({} ranks)",
                 config.batch_size,
@@ -295,13 +157,12 @@ impl Trainer {
         crate::ops::set_batch_norm_sync(sync);
         // Only now, with the data and the model in hand, does the run folder get touched; by
         // rank 0 alone.
-        let lock = if world.is_main() {
-            let lock = lock_run_dir(&dir)?;
-            checkpoint::remove_stale_temporaries(&dir).map_err(io(&dir))?;
-            Some(lock)
+        let run_dir = if world.is_main() {
+            Some(RunDir::take(&dir)?)
         } else {
             None
         };
+        let header = &stores.header;
         let eval_augmenter = Arc::new(Augmenter::normalise_only(
             header.shape,
             &header.mean,
@@ -311,31 +172,27 @@ impl Trainer {
             config,
             device,
             dir,
+            run_dir,
             learner,
-            train_store,
-            test_store,
-            header,
+            stores,
             eval_augmenter,
             pool,
             cancel: Arc::new(AtomicBool::new(false)),
             loader: None,
-            iters_per_epoch,
+            batches_per_epoch,
             next_epoch: 0,
             batch: 0,
             running: Running::new(),
             history: Vec::new(),
-            _lock: lock,
             world,
         })
     }
 
     fn write_config(&self) -> Result<()> {
-        if !self.world.is_main() {
-            return Ok(());
+        match &self.run_dir {
+            Some(dir) => dir.write_config(&self.config),
+            None => Ok(()),
         }
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let path = self.dir.join(CONFIG_FILE);
-        crate::render::write_atomic(&path, self.config.to_toml().as_bytes()).map_err(io(path))
     }
 
     /// Runs the augmentation on `pool` instead of the one built from `config.threads`.
@@ -379,9 +236,9 @@ impl Trainer {
         self.next_epoch
     }
 
-    /// Training steps per epoch.
-    pub fn iters_per_epoch(&self) -> usize {
-        self.iters_per_epoch
+    /// Training batches (steps) per epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        self.batches_per_epoch
     }
 
     /// True once every epoch of the configuration is trained.
@@ -417,7 +274,7 @@ impl Trainer {
             } else {
                 None
             };
-            let metrics = self.record(&trained, evaluation.as_ref())?;
+            let metrics = self.finish_epoch(&trained, evaluation.as_ref())?;
             let saved = self.save_due(e);
             if saved {
                 self.save()?;
@@ -437,7 +294,7 @@ impl Trainer {
         Outcome {
             history: self.history.clone(),
             interrupted,
-            ema: self.learner.ema.is_some(),
+            ema: self.learner.has_ema(),
         }
     }
 
@@ -460,7 +317,7 @@ impl Trainer {
         let e = epoch.stats().epoch;
         debug_assert_eq!(e, self.next_epoch);
         let started = Instant::now();
-        observer.epoch_start(e, self.iters_per_epoch - self.batch);
+        observer.epoch_start(e, self.batches_per_epoch - self.batch);
         let mut complete = true;
         while let Some(batch) = epoch.next_blocking() {
             // Ctrl-C: stop now rather than after the batches already queued; every rank at the
@@ -480,7 +337,11 @@ impl Trainer {
             let n = batch.len();
             let (x, y) = {
                 let _h2d = tracing::info_span!("h2d").entered();
-                let x = Tensor::from_slice(&batch.images, self.header.shape.nchw(n), &self.device)?;
+                let x = Tensor::from_slice(
+                    &batch.images,
+                    self.stores.header.shape.nchw(n),
+                    &self.device,
+                )?;
                 let y = Tensor::from_slice(&batch.labels, n, &self.device)?;
                 (x, y)
             };
@@ -496,7 +357,7 @@ impl Trainer {
                 .config
                 .save_every_steps
                 .is_some_and(|n| self.learner.steps().is_multiple_of(n));
-            if save_now && self.batch < self.iters_per_epoch {
+            if save_now && self.batch < self.batches_per_epoch {
                 self.save()?;
             }
         }
@@ -535,18 +396,22 @@ impl Trainer {
     fn last_lr(&self) -> f64 {
         match self.learner.steps() {
             0 => 0.0,
-            steps => self.config.schedule.lr_at(steps - 1, self.iters_per_epoch),
+            steps => self
+                .config
+                .schedule
+                .lr_at(steps - 1, self.batches_per_epoch),
         }
     }
 
     /// One training step at the run's position, which it advances: the schedule's rate at the
     /// global step, dropout drawn from (seed, epoch, batch index), the loss and accuracy added
-    /// to the epoch's running sums. Returns `(logits, loss)`.
-    pub fn step(&mut self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// to the epoch's running sums. Only [`Trainer::train_epoch`] calls it, with the batch its
+    /// loader gave for that position.
+    fn step(&mut self, x: &Tensor, y: &Tensor) -> Result<()> {
         let lr = self
             .config
             .schedule
-            .lr_at(self.learner.steps(), self.iters_per_epoch);
+            .lr_at(self.learner.steps(), self.batches_per_epoch);
         // Each rank draws its own masks for its own images (one process: as it always has).
         let mut parts = vec![DROPOUT_STREAM, self.next_epoch as u64, self.batch as u64];
         if self.world.size() > 1 {
@@ -556,7 +421,7 @@ impl Trainer {
         let (logits, loss) = self.learner.step(x, y, lr, dropout_seed)?;
         self.running.add(&logits, &loss, y)?;
         self.batch += 1;
-        Ok((logits, loss))
+        Ok(())
     }
 
     fn start_loader(&self) -> Loader {
@@ -564,7 +429,7 @@ impl Trainer {
             &self.config.augment,
             self.config.epochs,
             self.config.seed,
-            &self.header,
+            &self.stores.header,
         );
         let loader_config = train_loader_config(
             &self.config,
@@ -573,7 +438,7 @@ impl Trainer {
             self.batch,
         );
         Loader::start(
-            self.train_store.clone(),
+            self.stores.train.clone(),
             Arc::new(augmenter),
             self.pool.clone(),
             loader_config,
@@ -599,7 +464,7 @@ impl Trainer {
             let _s = tracing::info_span!("eval").entered();
             evaluate(
                 model,
-                self.test_store.clone(),
+                self.stores.test.clone(),
                 self.eval_augmenter.clone(),
                 self.pool.clone(),
                 self.config.eval_batch_size,
@@ -615,9 +480,11 @@ impl Trainer {
         Ok(TestEvaluation { raw, ema })
     }
 
-    /// Finishes a trained epoch: its metrics join the history, the metric files are rewritten,
-    /// and the run moves to the next epoch.
-    pub fn record(
+    /// Closes a trained epoch and moves the run to the next: the epoch's metrics (with
+    /// `evaluation`, if it was evaluated) join the history, the metric files are rewritten, and
+    /// the ranks' weights are checked to be identical. Call it once per complete
+    /// [`Trainer::train_epoch`], before the next.
+    pub fn finish_epoch(
         &mut self,
         trained: &TrainedEpoch,
         evaluation: Option<&TestEvaluation>,
@@ -637,14 +504,11 @@ impl Trainer {
             seconds: trained.started.elapsed().as_secs_f64(),
         };
         self.history.push(m.clone());
-        if self.world.is_main() {
-            metrics::write_all(&self.dir, &self.history).map_err(io(&self.dir))?;
+        if let Some(dir) = &self.run_dir {
+            dir.write_metrics(&self.history)?;
         }
-        // The ranks must hold the same weights after every epoch; a difference stops the run.
-        if self.world.size() > 1 {
-            let what = format!("weights after epoch {}", trained.epoch + 1);
-            crate::dist::check_identical(self.world.as_ref(), self.learner.fingerprint()?, &what)?;
-        }
+        self.learner
+            .check_ranks_identical(&format!("weights after epoch {}", trained.epoch + 1))?;
         self.next_epoch = trained.epoch + 1;
         self.batch = 0;
         self.running = Running::new();
@@ -653,9 +517,9 @@ impl Trainer {
 
     /// Writes a checkpoint of where the run stands, to the batch.
     pub fn save(&self) -> Result<()> {
-        if !self.world.is_main() {
+        let Some(dir) = &self.run_dir else {
             return Ok(());
-        }
+        };
         let _span = tracing::info_span!("checkpoint").entered();
         let state = State {
             world_size: self.world.size(),
@@ -664,50 +528,14 @@ impl Trainer {
             step: self.learner.steps(),
             epoch_images: self.running.images(),
             config: self.config.clone(),
-            mean: self.header.mean.clone(),
-            std: self.header.std.clone(),
-            classes: self.header.classes.clone(),
-            shape: self.header.shape,
+            mean: self.stores.header.mean.clone(),
+            std: self.stores.header.std.clone(),
+            classes: self.stores.header.classes.clone(),
+            shape: self.stores.header.shape,
             history: self.history.clone(),
         };
-        Snapshot::capture(&self.learner, &self.running, state).save(&self.dir)?;
-        Ok(())
-    }
-}
-
-/// `dir` as (folder of runs, run name), so that `runs/name` is `dir` again.
-fn split_run_dir(dir: &Path) -> Result<(PathBuf, String)> {
-    let named = |d: &Path| {
-        let name = d.file_name()?.to_str()?.to_string();
-        let parent = d.parent().filter(|p| !p.as_os_str().is_empty());
-        Some((parent.unwrap_or(Path::new(".")).to_path_buf(), name))
-    };
-    if let Some(split) = named(dir) {
-        return Ok(split);
-    }
-    // `.`, `..` and the like: the absolute path names the folder.
-    let absolute = dir.canonicalize().map_err(io(dir))?;
-    named(&absolute)
-        .ok_or_else(|| Error::Unsupported(format!("{} is not a run folder", dir.display())))
-}
-
-/// Creates `dir` and takes an exclusive advisory lock on its `.lock` file (released when the
-/// process ends, however it ends), refusing a folder another trainer holds.
-fn lock_run_dir(dir: &Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let path = dir.join(".lock");
-    let file = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io(&path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy {
-            dir: dir.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(io(path)(e)),
+        let tensors = self.learner.state().into_iter().chain(self.running.state());
+        dir.save(&Snapshot::new(state, tensors))
     }
 }
 

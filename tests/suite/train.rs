@@ -183,10 +183,10 @@ fn a_library_caller_drives_a_run_epoch_by_epoch_saves_and_resumes_it() {
     let trained = t.train_epoch(&mut Silent).unwrap().unwrap();
     assert!(trained.complete);
     assert_eq!((trained.epoch, trained.images), (0, 80));
-    assert_eq!(t.learner().steps(), t.iters_per_epoch());
+    assert_eq!(t.learner().steps(), t.batches_per_epoch());
     assert!(!t.evaluation_due(0) && t.evaluation_due(1) && t.evaluation_due(2));
     assert!(!t.save_due(0) && t.save_due(1) && t.save_due(2));
-    let m = t.record(&trained, None).unwrap();
+    let m = t.finish_epoch(&trained, None).unwrap();
     assert_eq!((m.epoch, m.test_acc), (0, None));
     assert_eq!(t.next_epoch(), 1);
     t.save().unwrap();
@@ -340,7 +340,7 @@ fn a_second_trainer_cannot_take_a_run_folder_in_use() {
     let config = micro(&data, tmp.path(), "locked", 1);
     let mut first = trainer(&config, false);
     let trained = first.train_epoch(&mut Silent).unwrap().unwrap();
-    first.record(&trained, None).unwrap();
+    first.finish_epoch(&trained, None).unwrap();
     first.save().unwrap();
     // While the first lives, neither a resume nor a new run of the same folder may write there.
     let busy = Trainer::resume(&config.run_dir(), config.clone(), Device::Cpu);
