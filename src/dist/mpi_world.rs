@@ -7,7 +7,7 @@ use mpi::environment::{Threading, Universe};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 
-use super::{Collective, Error, Result};
+use super::collective::{Collective, Error, Result};
 
 /// `MPI_COMM_WORLD`, used from the thread that initialised MPI.
 pub struct Mpi {

@@ -11,7 +11,7 @@ use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaStorage, DType, Device, Storage, Tensor};
 
-use super::{Collective, Error, Result};
+use super::collective::{average_on_host, Collective, Error, Result};
 
 /// The MPI world plus an NCCL communicator over the same ranks, one GPU each.
 pub struct Nccl {
@@ -86,13 +86,11 @@ impl Collective for Nccl {
         "nccl"
     }
 
-    fn always_reduce(&self) -> bool {
-        true
-    }
-
-    fn average_on_device(&self, grads: &[Tensor]) -> Result<Option<Vec<Tensor>>> {
+    /// On the device, in one buffer, even alone (so a one-GPU job runs the NCCL path); host
+    /// tensors take the host path.
+    fn average(&self, grads: &[Tensor]) -> Result<Vec<Tensor>> {
         let Some(Device::Cuda(dev)) = grads.first().map(|g| g.device().clone()) else {
-            return Ok(None);
+            return average_on_host(self, grads);
         };
         let total: usize = grads.iter().map(Tensor::elem_count).sum();
         // One buffer of every gradient, averaged in place by NCCL, then cut back apart.
@@ -132,6 +130,6 @@ impl Collective for Nccl {
             out.push(part);
             at += n;
         }
-        Ok(Some(out))
+        Ok(out)
     }
 }

@@ -9,8 +9,8 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use super::archive::Entry;
+use super::dataset::{Dataset, SplitData};
 use super::error::{Error, Result};
-use super::{Dataset, SplitData};
 use crate::store::Shape;
 
 /// Where an image's encoded bytes are.

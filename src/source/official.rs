@@ -4,8 +4,8 @@
 
 use rayon::prelude::*;
 
+use super::dataset::{Dataset, SplitData, CIFAR10_CLASSES};
 use super::error::{Error, Result};
-use super::{Dataset, SplitData, CIFAR10_CLASSES};
 use crate::store::Shape;
 
 /// Bytes per record.

@@ -11,7 +11,7 @@ use std::time::Instant;
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 
-use super::{Dataset, SplitData};
+use super::dataset::{Dataset, SplitData};
 use crate::seed;
 use crate::store::Shape;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 
 use super::ema::Ema;
 use super::error::{Result, StateError};
@@ -15,10 +15,6 @@ use super::sgd::Sgd;
 use crate::config::TrainConfig;
 use crate::dist::{Collective, Local};
 use crate::model::{is_buffer, Mode, SeResNetD};
-
-/// Gradient floats per all-reduce: large messages for the bandwidth, several per step for a
-/// ResNet-50 so no single copy holds all 25 M floats twice (DDP's 25 MB default, in floats).
-const BUCKET_FLOATS: usize = 1 << 22;
 
 /// The parts of a learner's state ([`Learner::state`]), each a prefix of its tensors' names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,7 +105,8 @@ impl Learner {
         std::mem::take(&mut self.comm_seconds)
     }
 
-    /// Every variable (and the EMA's) becomes rank 0's: the ranks start from one state.
+    /// Every variable (and the EMA's) and momentum buffer becomes rank 0's: the ranks start
+    /// from one state.
     pub fn broadcast_from_main(&mut self) -> Result<()> {
         if self.world.size() == 1 {
             return Ok(());
@@ -120,11 +117,9 @@ impl Learner {
         }
         broadcast_vars(self.world.as_ref(), &vars)?;
         let buffers: Vec<Tensor> = self.sgd.buffers().values().cloned().collect();
-        let mut host = flatten(&buffers)?;
-        self.world.broadcast(&mut host, 0)?;
+        let refreshed = self.world.broadcast_tensors(&buffers, 0)?;
         let names = self.sgd.buffers().keys().cloned();
-        let refreshed = names.zip(unflatten(&host, &buffers)?).collect();
-        self.sgd.set_buffers(refreshed);
+        self.sgd.set_buffers(names.zip(refreshed).collect());
         Ok(())
     }
 
@@ -149,13 +144,14 @@ impl Learner {
             tensors.extend(ema.vars().iter().map(|v| v.as_tensor().clone()));
         }
         tensors.extend(self.sgd.buffers().values().cloned());
-        let host = flatten(&tensors)?;
-        Ok(crate::dist::fingerprint([&host[..]]))
+        Ok(crate::dist::fingerprint_tensors(&tensors)?)
     }
 
-    /// Averages `grads` over the ranks, in buckets of [`BUCKET_FLOATS`] (through host memory).
+    /// Averages `grads` over the ranks ([`Collective::average`]: the identity for a lone
+    /// process; a one-GPU NCCL job still runs its device all-reduce, untimed).
     fn average_gradients(&mut self, grads: &mut GradStore) -> Result<()> {
-        let _span = tracing::info_span!("allreduce").entered();
+        let timed = self.world.size() > 1;
+        let _span = timed.then(|| tracing::info_span!("allreduce").entered());
         let started = Instant::now();
         let with_grads: Vec<(&Var, Tensor)> = self
             .sgd
@@ -164,36 +160,13 @@ impl Learner {
             .filter_map(|(_, v)| grads.get(v).map(|g| (v, g.clone())))
             .collect();
         let tensors: Vec<Tensor> = with_grads.iter().map(|(_, g)| g.clone()).collect();
-        if let Some(averaged) = self.world.average_on_device(&tensors)? {
-            for ((var, _), g) in with_grads.iter().zip(averaged) {
-                grads.insert(var.as_tensor(), g);
-            }
+        let averaged = self.world.average(&tensors)?;
+        for ((var, _), g) in with_grads.iter().zip(averaged) {
+            grads.insert(var.as_tensor(), g);
+        }
+        if timed {
             self.comm_seconds += started.elapsed().as_secs_f64();
-            return Ok(());
         }
-        let scale = 1.0 / self.world.size() as f32;
-        let mut start = 0;
-        while start < with_grads.len() {
-            let mut end = start;
-            let mut floats = 0;
-            while end < with_grads.len()
-                && (floats == 0 || floats + with_grads[end].1.elem_count() <= BUCKET_FLOATS)
-            {
-                floats += with_grads[end].1.elem_count();
-                end += 1;
-            }
-            let (bucket, like) = (&with_grads[start..end], &tensors[start..end]);
-            let mut host = flatten(like)?;
-            self.world.all_reduce_sum(&mut host)?;
-            for v in host.iter_mut() {
-                *v *= scale;
-            }
-            for ((var, _), mean) in bucket.iter().zip(unflatten(&host, like)?) {
-                grads.insert(var.as_tensor(), mean);
-            }
-            start = end;
-        }
-        self.comm_seconds += started.elapsed().as_secs_f64();
         Ok(())
     }
 
@@ -238,9 +211,7 @@ impl Learner {
             let _b = tracing::info_span!("backward").entered();
             loss.backward()?
         };
-        if self.world.size() > 1 || self.world.always_reduce() {
-            self.average_gradients(&mut grads)?;
-        }
+        self.average_gradients(&mut grads)?;
         let _o = tracing::info_span!("optimizer").entered();
         let ema = self.ema.as_ref().map(|(_, ema)| (ema, self.steps));
         self.sgd.step_with_ema(&grads, lr, ema, self.fused)?;
@@ -317,32 +288,6 @@ impl Learner {
     }
 }
 
-/// The tensors' values, one after another, as host f32: joined on their device first, so a GPU
-/// is read back (and waited for) once, not once per tensor.
-fn flatten(tensors: &[Tensor]) -> Result<Vec<f32>> {
-    if tensors.is_empty() {
-        return Ok(Vec::new());
-    }
-    let flat = tensors
-        .iter()
-        .map(|t| t.flatten_all()?.to_dtype(DType::F32))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&flat, 0)?.to_vec1::<f32>()?)
-}
-
-/// [`flatten`]'s inverse: `host` cut into tensors shaped, typed and placed like `like`.
-fn unflatten(host: &[f32], like: &[Tensor]) -> Result<Vec<Tensor>> {
-    let mut at = 0;
-    let mut out = Vec::with_capacity(like.len());
-    for t in like {
-        let n = t.elem_count();
-        let v = Tensor::from_slice(&host[at..at + n], t.shape(), t.device())?;
-        out.push(v.to_dtype(t.dtype())?);
-        at += n;
-    }
-    Ok(out)
-}
-
 /// `net`'s BatchNorm running statistics.
 fn statistics(net: &Net) -> Vec<Var> {
     net.named()
@@ -355,9 +300,7 @@ fn statistics(net: &Net) -> Vec<Var> {
 /// The variables become rank 0's.
 fn broadcast_vars(world: &dyn Collective, vars: &[Var]) -> Result<()> {
     let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let mut host = flatten(&tensors)?;
-    world.broadcast(&mut host, 0)?;
-    for (v, t) in vars.iter().zip(unflatten(&host, &tensors)?) {
+    for (v, t) in vars.iter().zip(world.broadcast_tensors(&tensors, 0)?) {
         v.set(&t)?;
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! AutoAugment's 25 CIFAR-10 sub-policies (Cubuk et al., 2019, as listed by torchvision), with
 //! the level → strength mapping of the authors' code. Ops without a magnitude carry level 0.
 
-use super::{apply as apply_op, Canvas, Op};
+use super::op::{apply as apply_op, Canvas, Op};
 
 use Op::*;
 

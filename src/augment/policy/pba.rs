@@ -4,7 +4,7 @@
 //! The schedule file ships in `datasets/policies/` (Apache-2.0, see the licence beside it) and is
 //! compiled into the binary.
 
-use super::{apply as apply_op, Canvas, Entry, Op};
+use super::op::{apply as apply_op, Canvas, Entry, Op};
 
 /// The schedule the PBA authors found on reduced CIFAR-10 (`rcifar10_16_wrn.txt`).
 pub const CIFAR10_SCHEDULE: &str =

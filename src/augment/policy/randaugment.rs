@@ -1,6 +1,6 @@
 //! RandAugment (Cubuk et al., 2020): `n` ops drawn uniformly from 14, each at level `m`.
 
-use super::{apply as apply_op, Canvas, Op};
+use super::op::{apply as apply_op, Canvas, Op};
 
 /// RandAugment's operation list.
 pub const OPS: [Op; 14] = [

@@ -13,9 +13,9 @@ use cifar_stream::device::describe;
 use cifar_stream::train::bench;
 
 use crate::args::{positive, NetArgs, OptimFlags, PrecisionFlag};
+use crate::finish::Finish;
 use crate::pipeline::open_train;
 use crate::stream_args::{AugmentFlags, BatchFlag, SeedFlag, ThreadsFlag};
-use crate::Finish;
 
 /// `augment-bench`.
 #[derive(Args)]

@@ -8,8 +8,8 @@ use cifar_stream::ops::Kernels;
 use cifar_stream::train::parity::{self, Side, Tolerance, Verdict};
 
 use crate::args::{positive, DeviceFlag, NetArgs, PrecisionFlag};
+use crate::finish::Finish;
 use crate::stream_args::SeedFlag;
-use crate::Finish;
 
 /// `device-check`: the model, its kernels and precision on the device, and the tolerance.
 #[derive(Args)]

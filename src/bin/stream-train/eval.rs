@@ -12,7 +12,7 @@ use cifar_stream::store::{Reader, Split};
 use cifar_stream::train::{read_image, SavedRun};
 
 use crate::args::DeviceFlag;
-use crate::Finish;
+use crate::finish::Finish;
 
 /// Which saved run, which of its weights, on which device, with which TTA.
 #[derive(Args)]

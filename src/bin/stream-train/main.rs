@@ -20,6 +20,7 @@ mod args;
 mod benches;
 mod checks;
 mod eval;
+mod finish;
 mod pipeline;
 mod ranks;
 mod reports;
@@ -29,6 +30,8 @@ mod train;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use finish::Finish;
 
 #[derive(Parser)]
 #[command(
@@ -66,14 +69,6 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Classify image files (of the run's image size, PNG/JPEG) with a saved run.
     Predict(eval::PredictArgs),
-}
-
-/// What a command reports back to `main`: success, or stopped by Ctrl-C (exit 130).
-pub enum Finish {
-    /// Done.
-    Done,
-    /// Interrupted; what was saved can be resumed.
-    Interrupted,
 }
 
 fn main() -> ExitCode {

@@ -15,13 +15,22 @@ use cifar_stream::stream::{self, Loader, LoaderConfig};
 use cifar_stream::telemetry::Profiler;
 
 use crate::args::positive;
+use crate::finish::Finish;
 use crate::reports::{self, DrainReport};
 use crate::stream_args::AugmentFlags;
-use crate::train::TrainArgs;
-use crate::Finish;
+
+/// What `--pipeline-only` reads besides the configuration.
+pub struct DrainArgs<'a> {
+    /// Drop each epoch's last short batch.
+    pub drop_last: bool,
+    /// No per-epoch profile table.
+    pub quiet: bool,
+    /// Append each epoch's profile to this JSON-lines file.
+    pub profile_json: Option<&'a Path>,
+}
 
 /// `--pipeline-only`: the training stream into a null consumer.
-pub fn drain(args: &TrainArgs, config: &TrainConfig, profiler: &Profiler) -> Result<Finish> {
+pub fn drain(args: DrainArgs, config: &TrainConfig, profiler: &Profiler) -> Result<Finish> {
     let reader = open_train(&config.data)?;
     let augmenter =
         Augmenter::for_store(&config.augment, config.epochs, config.seed, reader.header());
@@ -60,7 +69,7 @@ pub fn drain(args: &TrainArgs, config: &TrainConfig, profiler: &Profiler) -> Res
         epochs: config.epochs,
         bar: indicatif::ProgressBar::hidden(),
         profiler,
-        profile_log: reports::profile_log(args.profile_json.as_deref())?,
+        profile_log: reports::profile_log(args.profile_json)?,
         error: None,
     };
     let drained = stream::drain(&mut loader, &mut report)?;

@@ -13,9 +13,10 @@ use cifar_stream::telemetry::{self, Profiler};
 use cifar_stream::train::{self, Trainer};
 
 use crate::args::{NetArgs, OptimFlags, PrecisionFlag, ScheduleFlags};
+use crate::finish::Finish;
 use crate::reports::{self, Bars};
 use crate::stream_args::{AugmentFlags, BatchFlag, DataFlags, RunFlags, SeedFlag, ThreadsFlag};
-use crate::{pipeline, ranks, Finish};
+use crate::{pipeline, ranks};
 
 /// The main job's flags: a preset, a TOML file over it, these flags over both.
 #[derive(Args)]
@@ -112,7 +113,12 @@ pub fn run(args: TrainArgs) -> Result<Finish> {
     let profiler = Profiler::default();
     let _trace = telemetry::init(&profiler, args.trace.as_deref())?;
     if args.pipeline_only {
-        return pipeline::drain(&args, &config, &profiler);
+        let drain = pipeline::DrainArgs {
+            drop_last: args.drop_last,
+            quiet: args.quiet,
+            profile_json: args.profile_json.as_deref(),
+        };
+        return pipeline::drain(drain, &config, &profiler);
     }
     let world = ranks::join()?;
     ranks::or_abort(world.clone().as_ref(), || {
