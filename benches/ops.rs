@@ -9,7 +9,7 @@ use std::hint::black_box;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cifar_stream::model::{build, sorted_vars, Mode, ModelConfig};
-use cifar_stream::ops::{conv2d, BatchNorm, Kernels};
+use cifar_stream::ops::{conv2d, BatchNorm, Kernels, Statistics};
 use cifar_stream::train::Sgd;
 
 // What the binaries run with (glibc malloc alone costs ~1.4x here through page-fault churn).
@@ -69,8 +69,12 @@ fn bench_batch_norm(c: &mut Criterion) {
         for (kernels, label) in KERNELS {
             let vars = VarMap::new();
             let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
-            let bn = BatchNorm::new(shape[1], 1e-5, vb).unwrap();
-            let fwd = || bn.forward(x.as_tensor(), true, true, kernels).unwrap();
+            let bn = BatchNorm::new(shape[1], 1e-5, 1.0, vb).unwrap();
+            let batch = Statistics::Batch { sync: None };
+            let fwd = || {
+                bn.forward(x.as_tensor(), batch, true, kernels.into())
+                    .unwrap()
+            };
             group.bench_function(BenchmarkId::new(format!("fwd-{label}"), name), |b| {
                 b.iter(|| black_box(fwd()))
             });
@@ -107,9 +111,7 @@ fn bench_step(c: &mut Criterion) {
         group.bench_function(label, |b| {
             b.iter(|| {
                 step += 1;
-                let logits = model
-                    .forward(&x, Mode::Train { dropout_seed: step })
-                    .unwrap();
+                let logits = model.forward(&x, Mode::train(step)).unwrap();
                 let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
                 let grads = loss.backward().unwrap();
                 sgd.step(&grads, 0.01).unwrap();

@@ -1,6 +1,7 @@
 //! The model: SE-ResNet-D (ResNet-50-D with Squeeze-and-Excitation) on candle.
 
 mod config;
+mod init;
 mod precision;
 mod resnet_d;
 

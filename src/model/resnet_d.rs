@@ -1,29 +1,54 @@
 //! SE-ResNet-D on candle: a three-conv stem, bottleneck stages with the stride on the 3×3 conv,
 //! average-pool shortcuts, Squeeze-and-Excitation in every block, dropout, linear classifier.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
-use candle_nn::{Linear, VarBuilder, VarMap};
+use candle_nn::{Init, Linear, VarBuilder, VarMap};
 
 use super::config::ModelConfig;
+use super::init::SeededInit;
 use super::precision::Precision;
-use crate::ops::{self, BatchNorm, Conv2d, Kernels};
+use crate::dist::Collective;
+use crate::ops::{self, BatchNorm, Conv2d, Kernels, Options, Statistics};
 use crate::seed;
 
 /// Whether a forward pass trains (batch statistics, dropout) or evaluates (running statistics).
-#[derive(Clone, Copy, Debug)]
-pub enum Mode {
+#[derive(Clone, Copy)]
+pub enum Mode<'a> {
     /// Training: BatchNorm uses and updates batch statistics; dropout draws its mask from `seed`.
     Train {
         /// Seed of this step's dropout mask.
         dropout_seed: u64,
+        /// Synchronised BatchNorm: statistics over every rank of this collective (`None`: each
+        /// batch's own, as DDP's default).
+        batch_norm_sync: Option<&'a Arc<dyn Collective>>,
     },
     /// Evaluation: running statistics, no dropout.
     Eval,
 }
 
-impl Mode {
-    fn train(self) -> bool {
-        matches!(self, Mode::Train { .. })
+impl Mode<'static> {
+    /// Training with each batch's own BatchNorm statistics and dropout drawn from `dropout_seed`.
+    pub fn train(dropout_seed: u64) -> Mode<'static> {
+        Mode::Train {
+            dropout_seed,
+            batch_norm_sync: None,
+        }
+    }
+}
+
+impl<'a> Mode<'a> {
+    /// The statistics BatchNorm normalises with in this mode.
+    fn statistics(self) -> Statistics<'a> {
+        match self {
+            Mode::Train {
+                batch_norm_sync, ..
+            } => Statistics::Batch {
+                sync: batch_norm_sync,
+            },
+            Mode::Eval => Statistics::Running,
+        }
     }
 }
 
@@ -33,17 +58,26 @@ struct ConvBn {
 }
 
 impl ConvBn {
-    fn new(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+    /// conv → BN with unit scales, or zero ones (`zero_gamma`: a block's last BN, on request).
+    fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        zero_gamma: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let gamma = if zero_gamma { 0.0 } else { 1.0 };
         Ok(ConvBn {
             conv: Conv2d::new(cin, cout, k, stride, false, vb.pp("conv"))?,
-            bn: BatchNorm::new(cout, 1e-5, vb.pp("bn"))?,
+            bn: BatchNorm::new(cout, 1e-5, gamma, vb.pp("bn"))?,
         })
     }
 
     /// conv → BN, then ReLU when `relu` (fused into the BN pass by the fast kernels).
-    fn forward(&self, x: &Tensor, mode: Mode, relu: bool, kernels: Kernels) -> Result<Tensor> {
-        let y = self.conv.forward(x, kernels)?;
-        self.bn.forward(&y, mode.train(), relu, kernels)
+    fn forward(&self, x: &Tensor, mode: Mode, relu: bool, ops: Options) -> Result<Tensor> {
+        let y = self.conv.forward(x, ops)?;
+        self.bn.forward(&y, mode.statistics(), relu, ops)
     }
 }
 
@@ -55,10 +89,10 @@ struct SqueezeExcite {
 impl SqueezeExcite {
     /// The per-channel gate `[n, c, 1, 1]` for `x`, in `x`'s dtype (the caller scales by it).
     /// Pooled and computed in f32: a tiny layer whose mean must not be summed in bf16.
-    fn gate(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let s = ops::squeeze(x, kernels)?;
-        let s = self.reduce.forward(&s, kernels)?.relu()?;
-        candle_nn::ops::sigmoid(&self.expand.forward(&s, kernels)?)?.to_dtype(x.dtype())
+    fn gate(&self, x: &Tensor, ops: Options) -> Result<Tensor> {
+        let s = ops::squeeze(x, ops)?;
+        let s = self.reduce.forward(&s, ops)?.relu()?;
+        candle_nn::ops::sigmoid(&self.expand.forward(&s, ops)?)?.to_dtype(x.dtype())
     }
 }
 
@@ -72,20 +106,20 @@ struct Bottleneck {
 }
 
 impl Bottleneck {
-    fn forward(&self, x: &Tensor, mode: Mode, kernels: Kernels) -> Result<Tensor> {
-        let y = self.conv1.forward(x, mode, true, kernels)?;
-        let y = self.conv2.forward(&y, mode, true, kernels)?;
-        let y = self.conv3.forward(&y, mode, false, kernels)?;
+    fn forward(&self, x: &Tensor, mode: Mode, ops: Options) -> Result<Tensor> {
+        let y = self.conv1.forward(x, mode, true, ops)?;
+        let y = self.conv2.forward(&y, mode, true, ops)?;
+        let y = self.conv3.forward(&y, mode, false, ops)?;
         let gate = match &self.se {
-            Some(se) => Some(se.gate(&y, kernels)?),
+            Some(se) => Some(se.gate(&y, ops)?),
             None => None,
         };
         let short = match &self.shortcut {
             None => x.clone(),
-            Some((true, proj)) => proj.forward(&x.avg_pool2d(2)?, mode, false, kernels)?,
-            Some((false, proj)) => proj.forward(x, mode, false, kernels)?,
+            Some((true, proj)) => proj.forward(&x.avg_pool2d(2)?, mode, false, ops)?,
+            Some((false, proj)) => proj.forward(x, mode, false, ops)?,
         };
-        ops::scale_add_relu(&y, gate.as_ref(), &short, kernels)
+        ops::block_tail(&y, gate.as_ref(), &short, ops)
     }
 }
 
@@ -95,22 +129,24 @@ pub struct SeResNetD {
     stem: Vec<ConvBn>,
     blocks: Vec<Bottleneck>,
     fc: Linear,
-    kernels: Kernels,
+    ops: Options,
     /// Dtype of activations and of weights at use; `None` computes in the variables' own.
     compute: Option<DType>,
 }
 
 impl SeResNetD {
-    /// Builds the network's layers, creating their variables in `vb`.
+    /// Builds the network's layers, creating their variables in `vb` with their initial values'
+    /// hints: Kaiming-normal (fan-out) convolutions, unit BatchNorm scales (zero for each block's
+    /// last one with `zero_init_last_bn`), zero biases, PyTorch's uniform linear layer.
     pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         config
             .validate()
             .map_err(|(key, message)| candle_core::Error::Msg(format!("{key}: {message}")))?;
         let half = config.stem_width / 2;
         let stem = vec![
-            ConvBn::new(config.in_channels, half, 3, 1, vb.pp("stem.0"))?,
-            ConvBn::new(half, half, 3, 1, vb.pp("stem.1"))?,
-            ConvBn::new(half, config.stem_width, 3, 1, vb.pp("stem.2"))?,
+            ConvBn::new(config.in_channels, half, 3, 1, false, vb.pp("stem.0"))?,
+            ConvBn::new(half, half, 3, 1, false, vb.pp("stem.1"))?,
+            ConvBn::new(half, config.stem_width, 3, 1, false, vb.pp("stem.2"))?,
         ];
         let mut blocks = Vec::new();
         let mut cin = config.stem_width;
@@ -129,39 +165,60 @@ impl SeResNetD {
                     None
                 };
                 let shortcut = if stride != 1 || cin != out {
-                    Some((stride != 1, ConvBn::new(cin, out, 1, 1, vb.pp("shortcut"))?))
+                    let proj = ConvBn::new(cin, out, 1, 1, false, vb.pp("shortcut"))?;
+                    Some((stride != 1, proj))
                 } else {
                     None
                 };
                 blocks.push(Bottleneck {
-                    conv1: ConvBn::new(cin, width, 1, 1, vb.pp("conv1"))?,
-                    conv2: ConvBn::new(width, width, 3, stride, vb.pp("conv2"))?,
-                    conv3: ConvBn::new(width, out, 1, 1, vb.pp("conv3"))?,
+                    conv1: ConvBn::new(cin, width, 1, 1, false, vb.pp("conv1"))?,
+                    conv2: ConvBn::new(width, width, 3, stride, false, vb.pp("conv2"))?,
+                    conv3: ConvBn::new(width, out, 1, 1, config.zero_init_last_bn, vb.pp("conv3"))?,
                     se,
                     shortcut,
                 });
                 cin = out;
             }
         }
-        let fc = candle_nn::linear(cin, config.num_classes, vb.pp("fc"))?;
+        // PyTorch's nn.Linear: weight and bias uniform in ±1/√fan_in.
+        let bound = 1.0 / (cin as f64).sqrt();
+        let uniform = Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let fc_vb = vb.pp("fc");
+        let fc = Linear::new(
+            fc_vb.get_with_hints((config.num_classes, cin), "weight", uniform)?,
+            Some(fc_vb.get_with_hints(config.num_classes, "bias", uniform)?),
+        );
         Ok(SeResNetD {
             config: config.clone(),
             stem,
             blocks,
             fc,
-            kernels: Kernels::default(),
+            ops: Kernels::default().into(),
             compute: None,
         })
     }
 
     /// Chooses the convolution/BatchNorm implementation (the weights are unchanged).
     pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.kernels = kernels;
+        self.ops.kernels = kernels;
     }
 
     /// The convolution/BatchNorm implementation in use.
     pub fn kernels(&self) -> Kernels {
-        self.kernels
+        self.ops.kernels
+    }
+
+    /// Allows (or forbids) TF32 tensor cores for f32 convolutions and products on CUDA.
+    pub fn set_tf32(&mut self, tf32: bool) {
+        self.ops.tf32 = tf32;
+    }
+
+    /// The ops' settings: kernels and TF32.
+    pub fn ops(&self) -> Options {
+        self.ops
     }
 
     /// Chooses the compute precision (the variables stay in their own dtype).
@@ -200,16 +257,17 @@ impl SeResNetD {
     /// Logits `[batch, classes]` for images `[batch, C, H, W]`, in the variables' dtype whatever
     /// the compute precision.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.ops.apply_to_gemm(x.device());
         let masters = self.fc.weight().dtype();
         let mut x = x.to_dtype(self.compute.unwrap_or(masters))?;
         for layer in &self.stem {
-            x = layer.forward(&x, mode, true, self.kernels)?;
+            x = layer.forward(&x, mode, true, self.ops)?;
         }
         for block in &self.blocks {
-            x = block.forward(&x, mode, self.kernels)?;
+            x = block.forward(&x, mode, self.ops)?;
         }
         let mut x = x.to_dtype(masters)?.mean((2, 3))?;
-        if let Mode::Train { dropout_seed } = mode {
+        if let Mode::Train { dropout_seed, .. } = mode {
             x = dropout(&x, self.config.dropout, dropout_seed)?;
         }
         self.fc.forward(&x)
@@ -235,9 +293,8 @@ pub fn is_buffer(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var")
 }
 
-/// A fresh model with deterministic initial weights: Kaiming-normal (fan-out) convolutions, unit
-/// BatchNorm scales (zero for each block's last one when asked), zero biases, PyTorch's uniform
-/// linear init. Variable `name` draws from a generator seeded by `(seed, hash(name))`.
+/// A fresh model with deterministic initial weights: each variable draws the distribution its
+/// layer asks for ([`SeResNetD::new`]) from a generator seeded by `(seed, hash(name))`.
 pub fn build(config: &ModelConfig, seed: u64, device: &Device) -> Result<(SeResNetD, VarMap)> {
     build_as(config, seed, device, DType::F32)
 }
@@ -251,43 +308,12 @@ pub fn build_as(
     dtype: DType,
 ) -> Result<(SeResNetD, VarMap)> {
     let varmap = VarMap::new();
-    let model = SeResNetD::new(config, VarBuilder::from_varmap(&varmap, dtype, device))?;
-    for (name, var) in sorted_vars(&varmap) {
-        let shape = var.shape().clone();
-        let n = shape.elem_count();
-        let mut rng = seed::rng(seed, &[xxhash_rust::xxh3::xxh3_64(name.as_bytes())]);
-        let values: Vec<f32> = if name.ends_with("running_var") {
-            vec![1.0; n]
-        } else if name.ends_with("running_mean")
-            || name.ends_with(".bias") && !name.starts_with("fc.")
-        {
-            vec![0.0; n]
-        } else if name.ends_with("bn.weight") {
-            let zero = config.zero_init_last_bn && name.ends_with("conv3.bn.weight");
-            vec![if zero { 0.0 } else { 1.0 }; n]
-        } else if name.starts_with("fc.") {
-            let fan_in = if name.ends_with("weight") {
-                shape.dims()[1]
-            } else {
-                model_fc_in(config)
-            };
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            (0..n)
-                .map(|_| ((rng.f64() * 2.0 - 1.0) * bound) as f32)
-                .collect()
-        } else {
-            // Convolution weight [out, in, k, k]: Kaiming normal, fan-out, ReLU gain.
-            let d = shape.dims();
-            let std = (2.0 / (d[0] * d[2] * d[3]) as f64).sqrt();
-            (0..n).map(|_| (normal(&mut rng) * std) as f32).collect()
-        };
-        var.set(&Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)?;
-    }
+    let init = SeededInit::new(seed, varmap.clone());
+    let model = SeResNetD::new(
+        config,
+        VarBuilder::from_backend(Box::new(init), dtype, device.clone()),
+    )?;
     Ok((model, varmap))
-}
-
-fn model_fc_in(config: &ModelConfig) -> usize {
-    config.widths.last().copied().unwrap_or(0) * config.expansion
 }
 
 /// Variables of a map in name order (the map itself is unordered).
@@ -296,11 +322,4 @@ pub fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
-}
-
-/// A standard normal draw (Box–Muller).
-fn normal(rng: &mut fastrand::Rng) -> f64 {
-    let u1 = rng.f64().max(f64::MIN_POSITIVE);
-    let u2 = rng.f64();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }

@@ -10,7 +10,7 @@ use super::error::Result;
 use super::learner::Learner;
 use crate::config::TrainConfig;
 use crate::model::ConvShape;
-use crate::ops::{lowered, BatchNorm};
+use crate::ops::{lowered, BatchNorm, Statistics};
 use crate::seed;
 use crate::store::Shape;
 
@@ -146,10 +146,11 @@ pub fn op_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Ve
         let wgrad_lowered = time(&mut || Ok(lowered::weight_grad(&x, &dy, (k, k), stride, pad)?))?;
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
-        let bn = BatchNorm::new(cout, 1e-5, vb)?;
+        let bn = BatchNorm::new(cout, 1e-5, 1.0, vb)?;
         let y = Var::from_tensor(&dy)?;
         let batch_norm = time(&mut || {
-            let o = bn.forward(y.as_tensor(), true, false, config.kernels)?;
+            let batch = Statistics::Batch { sync: None };
+            let o = bn.forward(y.as_tensor(), batch, false, config.kernels.into())?;
             o.sum_all()?.backward()?;
             Ok(o)
         })?;
@@ -197,7 +198,7 @@ pub fn tail_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<
         let gate = Var::from_tensor(&random(&[shape[0], shape[1], 1, 1])?)?;
         let probe = random(&shape)?;
         let tail = median_ms(device, reps, &mut || {
-            let y = crate::ops::scale_add_relu(
+            let y = crate::ops::block_tail(
                 x.as_tensor(),
                 Some(gate.as_tensor()),
                 short.as_tensor(),

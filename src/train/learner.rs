@@ -52,6 +52,8 @@ pub struct Learner {
     fused: bool,
     /// The ranks whose gradients are averaged (a lone process: [`Local`]).
     world: Arc<dyn Collective>,
+    /// The ranks BatchNorm's training statistics are synchronised over (`--sync-bn`).
+    batch_norm_sync: Option<Arc<dyn Collective>>,
     /// Seconds spent in collectives since the last [`Learner::take_comm_seconds`].
     comm_seconds: f64,
 }
@@ -60,7 +62,6 @@ impl Learner {
     /// Fresh weights (seeded by `config.seed`), an EMA copy when `config.ema_decay > 0`, and an
     /// optimizer with empty momentum buffers.
     pub fn new(config: &TrainConfig, device: &Device) -> Result<Learner> {
-        crate::ops::set_tf32(config.tf32);
         let net = Net::new(config, device)?;
         // SGD over the trainable variables, not the BatchNorm statistics.
         let params: Vec<(String, Var)> = net
@@ -90,13 +91,17 @@ impl Learner {
             steps: 0,
             fused: config.kernels == crate::ops::Kernels::Fast,
             world: Arc::new(Local),
+            batch_norm_sync: None,
             comm_seconds: 0.0,
         })
     }
 
     /// Trains as one rank of `world`: gradients are averaged over the ranks before each update
-    /// and BatchNorm's running statistics become rank 0's at [`Learner::sync_statistics`].
-    pub fn set_world(&mut self, world: Arc<dyn Collective>) {
+    /// and BatchNorm's running statistics become rank 0's at [`Learner::sync_statistics`]; with
+    /// `sync_bn` (and more than one rank), BatchNorm normalises with the whole global batch's
+    /// statistics.
+    pub fn set_world(&mut self, world: Arc<dyn Collective>, sync_bn: bool) {
+        self.batch_norm_sync = (sync_bn && world.size() > 1).then(|| world.clone());
         self.world = world;
     }
 
@@ -203,7 +208,11 @@ impl Learner {
     ) -> Result<(Tensor, Tensor)> {
         let (logits, loss) = {
             let _f = tracing::info_span!("forward").entered();
-            let logits = self.net.model.forward(x, Mode::Train { dropout_seed })?;
+            let mode = Mode::Train {
+                dropout_seed,
+                batch_norm_sync: self.batch_norm_sync.as_ref(),
+            };
+            let logits = self.net.model.forward(x, mode)?;
             let loss = super::loss::cross_entropy(&logits, y, self.label_smoothing)?;
             (logits, loss)
         };

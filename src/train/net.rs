@@ -25,6 +25,7 @@ impl Net {
         let (mut model, vars) = model::build(&config.model, config.seed, device)?;
         model.set_kernels(config.kernels);
         model.set_precision(config.precision);
+        model.set_tf32(config.tf32);
         Ok(Net { model, vars })
     }
 

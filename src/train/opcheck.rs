@@ -14,7 +14,7 @@ use candle_nn::{VarBuilder, VarMap};
 use super::ema::Ema;
 use super::error::Result;
 use super::sgd::Sgd;
-use crate::ops::{self, BatchNorm, Kernels};
+use crate::ops::{self, BatchNorm, Kernels, Options, Statistics};
 
 /// Largest accepted error (max |device − cpu| / max |cpu|) in f32: reassociated sums only.
 pub const F32_TOLERANCE: f64 = 1e-4;
@@ -79,6 +79,25 @@ struct Side<'a> {
     dtype: DType,
 }
 
+impl Side<'_> {
+    /// The side's kernels, with TF32 off: the f32 cases hold the device to f32 arithmetic.
+    fn ops(&self) -> Options {
+        Options {
+            kernels: self.kernels,
+            tf32: false,
+        }
+    }
+}
+
+/// Batch statistics (unsynchronised) when `train`, else the running ones.
+fn statistics(train: bool) -> Statistics<'static> {
+    if train {
+        Statistics::Batch { sync: None }
+    } else {
+        Statistics::Running
+    }
+}
+
 /// `inputs` on `side` as variables (activations in the side's dtype).
 fn vars(inputs: &[&Tensor], side: Side) -> Result<Vec<Var>> {
     inputs
@@ -108,13 +127,7 @@ type Named = Vec<(&'static str, Tensor)>;
 
 fn conv(x: &Tensor, w: &Tensor, (stride, pad): (usize, usize), side: Side) -> Result<Named> {
     let v = vars(&[x, w], side)?;
-    let y = ops::conv2d(
-        v[0].as_tensor(),
-        v[1].as_tensor(),
-        stride,
-        pad,
-        side.kernels,
-    )?;
+    let y = ops::conv2d(v[0].as_tensor(), v[1].as_tensor(), stride, pad, side.ops())?;
     let probe = random(y.dims(), 99)?;
     let g = grads(&y, &probe, &[&v[0], &v[1]])?;
     Ok(vec![("y", y), ("dx", g[0].clone()), ("dw", g[1].clone())])
@@ -125,7 +138,7 @@ fn conv(x: &Tensor, w: &Tensor, (stride, pad): (usize, usize), side: Side) -> Re
 fn seeded_batch_norm(c: usize, side: Side) -> Result<(BatchNorm, Vec<(String, Var)>)> {
     let map = VarMap::new();
     let vb = VarBuilder::from_varmap(&map, DType::F32, side.device);
-    let bn = BatchNorm::new(c, 1e-5, vb)?;
+    let bn = BatchNorm::new(c, 1e-5, 1.0, vb)?;
     let named = crate::model::sorted_vars(&map);
     for (k, (name, var)) in named.iter().enumerate() {
         let r = random(&[c], 500 + k as u64)?;
@@ -147,12 +160,17 @@ fn batch_norm(x: &Tensor, relu: bool, train: bool, side: Side) -> Result<Named> 
     let c = x.dim(1)?;
     let (bn, named) = seeded_batch_norm(c, side)?;
     let v = vars(&[x], side)?;
-    let y = bn.forward(v[0].as_tensor(), train, relu, side.kernels)?;
+    let y = bn.forward(v[0].as_tensor(), statistics(train), relu, side.ops())?;
     let probe = random(y.dims(), 98)?;
     let mut out = vec![("y", y.clone())];
     if relu {
         let (plain, _) = seeded_batch_norm(c, side)?;
-        let pre = plain.forward(&v[0].as_tensor().detach(), train, false, side.kernels)?;
+        let pre = plain.forward(
+            &v[0].as_tensor().detach(),
+            statistics(train),
+            false,
+            side.ops(),
+        )?;
         out.push((PRE_ACTIVATION, pre));
     }
     if train {
@@ -185,11 +203,11 @@ fn tail(x: &Tensor, gate: Option<&Tensor>, short: &Tensor, side: Side) -> Result
         inputs.push(g);
     }
     let v = vars(&inputs, side)?;
-    let y = ops::scale_add_relu(
+    let y = ops::block_tail(
         v[0].as_tensor(),
         v.get(2).map(|g| g.as_tensor()),
         v[1].as_tensor(),
-        side.kernels,
+        side.ops(),
     )?;
     let probe = random(y.dims(), 97)?;
     let all: Vec<&Var> = v.iter().collect();
@@ -203,7 +221,7 @@ fn tail(x: &Tensor, gate: Option<&Tensor>, short: &Tensor, side: Side) -> Result
 
 fn squeeze(x: &Tensor, side: Side) -> Result<Named> {
     let v = vars(&[x], side)?;
-    let y = ops::squeeze(v[0].as_tensor(), side.kernels)?;
+    let y = ops::squeeze(v[0].as_tensor(), side.ops())?;
     let probe = random(y.dims(), 96)?;
     let g = grads(&y, &probe, &[&v[0]])?;
     Ok(vec![("y", y), ("dx", g[0].clone())])
@@ -263,7 +281,7 @@ pub const CONV_SHAPES: [(usize, usize, usize); 5] = [
 /// Every comparison of `device` (with `kernels`) against the CPU fast ops; bf16 cases only on
 /// CUDA (the CPU has no bf16 matmul). TF32 is off for the f32 cases.
 pub fn run(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {
-    ops::with_tf32(false, || compare_all(device, kernels))
+    compare_all(device, kernels)
 }
 
 fn compare_all(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {

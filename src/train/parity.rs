@@ -52,6 +52,8 @@ fn step(config: &TrainConfig, side: Side, batch: usize) -> Result<Vec<(String, T
         crate::model::build_as(&config.model, config.seed, side.device, side.dtype)?;
     model.set_kernels(side.kernels);
     model.set_precision(side.precision);
+    // TF32 as the config says (`--no-tf32` for a strict f32 check); nothing on the CPU.
+    model.set_tf32(config.tf32);
     let net = Net { model, vars };
     let device = side.device;
     let len = 3 * 32 * 32;
@@ -62,7 +64,7 @@ fn step(config: &TrainConfig, side: Side, batch: usize) -> Result<Vec<(String, T
         .collect();
     let x = Tensor::from_vec(pixels, (batch, 3, 32, 32), device)?.to_dtype(side.dtype)?;
     let y = Tensor::from_vec(labels, batch, device)?;
-    let logits = net.model.forward(&x, Mode::Train { dropout_seed: 1 })?;
+    let logits = net.model.forward(&x, Mode::train(1))?;
     let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
     let grads = loss.backward()?;
     let mut out = vec![("logits".to_string(), logits)];
@@ -98,8 +100,7 @@ pub fn compare(
     cpu_kernels: Kernels,
 ) -> Result<Vec<Row>> {
     let cpu = Device::Cpu;
-    // TF32 as this config says (`--no-tf32` for a strict f32 check), as a Learner's does.
-    let on_device = crate::ops::with_tf32(config.tf32, || step(config, device, batch))?;
+    let on_device = step(config, device, batch)?;
     let on_cpu = step(
         config,
         Side {

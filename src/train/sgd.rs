@@ -105,7 +105,7 @@ impl Sgd {
 
     #[cfg(feature = "cuda")]
     fn step_fused(&mut self, grads: &GradStore, lr: f64, ema: Option<(&Ema, usize)>) -> Result<()> {
-        use crate::ops::cuda::{ema_update, sgd_ema_step, SgdSettings};
+        use crate::ops::cuda::optim::{ema_update, sgd_ema_step, SgdSettings};
         use std::collections::HashMap;
         // Each live variable's EMA twin, by tensor id.
         let twins: HashMap<_, &Var> = ema

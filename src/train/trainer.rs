@@ -152,9 +152,7 @@ impl Trainer {
                 .map_err(|e| Error::Unsupported(format!("starting the augmentation pool: {e}")))?,
         );
         let mut learner = Learner::new(&config, &device)?;
-        learner.set_world(world.clone());
-        let sync = (config.sync_bn && world.size() > 1).then(|| world.clone());
-        crate::ops::set_batch_norm_sync(sync);
+        learner.set_world(world.clone(), config.sync_bn);
         // Only now, with the data and the model in hand, does the run folder get touched; by
         // rank 0 alone.
         let run_dir = if world.is_main() {

@@ -109,17 +109,17 @@ fn batchnorm_and_dropout_behave_differently_in_train_and_eval() {
         .to_vec1()
         .unwrap();
     let t1 = model
-        .forward(&x, Mode::Train { dropout_seed: 1 })
+        .forward(&x, Mode::train(1))
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
     let t1_again = model
-        .forward(&x, Mode::Train { dropout_seed: 1 })
+        .forward(&x, Mode::train(1))
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
     let t2 = model
-        .forward(&x, Mode::Train { dropout_seed: 2 })
+        .forward(&x, Mode::train(2))
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
@@ -153,9 +153,7 @@ fn batchnorm_and_dropout_behave_differently_in_train_and_eval() {
 fn one_backward_pass_reaches_every_parameter() {
     let (model, vars) = build(&small(), 3, &Device::Cpu).unwrap();
     let y = Tensor::new(&[1u32, 7, 3, 9], &Device::Cpu).unwrap();
-    let logits = model
-        .forward(&input(4), Mode::Train { dropout_seed: 5 })
-        .unwrap();
+    let logits = model.forward(&input(4), Mode::train(5)).unwrap();
     let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
     let grads = loss.backward().unwrap();
     for (name, var) in sorted_vars(&vars)
@@ -197,9 +195,7 @@ fn step_tensors(
     vars: &candle_nn::VarMap,
 ) -> Vec<(String, Tensor)> {
     let y = Tensor::new(&[1u32, 7, 3, 9, 0, 2], &Device::Cpu).unwrap();
-    let logits = model
-        .forward(&input(6), Mode::Train { dropout_seed: 5 })
-        .unwrap();
+    let logits = model.forward(&input(6), Mode::train(5)).unwrap();
     let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
     let grads = loss.backward().unwrap();
     let mut out = vec![("logits".to_string(), logits)];

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cifar_stream::model::{build, sorted_vars, Mode, ModelConfig};
-use cifar_stream::ops::{conv2d, scale_add_relu, BatchNorm, Kernels};
+use cifar_stream::ops::{block_tail, conv2d, BatchNorm, Kernels, Statistics};
 use cifar_stream::train::opcheck::CONV_SHAPES;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
@@ -181,6 +181,7 @@ fn bn_run(x: &Tensor, train: bool, relu: bool, k: Kernels) -> Vec<Tensor> {
     let bn = BatchNorm::new(
         c,
         1e-5,
+        1.0,
         VarBuilder::from_varmap(&vars, x.dtype(), &Device::Cpu),
     )
     .unwrap();
@@ -196,7 +197,14 @@ fn bn_run(x: &Tensor, train: bool, relu: bool, k: Kernels) -> Vec<Tensor> {
         v.set(&r.to_dtype(x.dtype()).unwrap()).unwrap();
     }
     let xv = Var::from_tensor(&(x * 3.0).unwrap().affine(1.0, 2.0).unwrap()).unwrap();
-    let y = bn.forward(xv.as_tensor(), train, relu, k).unwrap();
+    let statistics = if train {
+        Statistics::Batch { sync: None }
+    } else {
+        Statistics::Running
+    };
+    let y = bn
+        .forward(xv.as_tensor(), statistics, relu, k.into())
+        .unwrap();
     let probe = random(y.dims(), 7).to_dtype(x.dtype()).unwrap();
     let g = (&y * &probe)
         .unwrap()
@@ -332,7 +340,7 @@ fn model_step_with(
         copy
     };
     model.set_kernels(kernels);
-    let logits = model.forward(&x, Mode::Train { dropout_seed: 3 }).unwrap();
+    let logits = model.forward(&x, Mode::train(3)).unwrap();
     let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
     let grads = loss.backward().unwrap();
     let mut named = vec![("logits".to_string(), logits)];
@@ -376,7 +384,7 @@ fn whole_model_gives_the_same_logits_and_gradients_with_fast_and_stock_kernels()
 }
 
 #[test]
-fn scale_add_relu_matches_stock_with_and_without_a_gate() {
+fn block_tail_matches_stock_with_and_without_a_gate() {
     for shape in [[5, 3, 7, 7], [2, 64, 4, 4], [3, 8, 1, 1]] {
         for gated in [true, false] {
             let run = |k: Kernels| -> Vec<Tensor> {
@@ -384,7 +392,7 @@ fn scale_add_relu_matches_stock_with_and_without_a_gate() {
                 let gate = Var::from_tensor(&random(&[shape[0], shape[1], 1, 1], 2)).unwrap();
                 let short = Var::from_tensor(&random(&shape, 3)).unwrap();
                 let g = gated.then(|| gate.as_tensor());
-                let y = scale_add_relu(x.as_tensor(), g, short.as_tensor(), k).unwrap();
+                let y = block_tail(x.as_tensor(), g, short.as_tensor(), k).unwrap();
                 let probe = random(y.dims(), 4);
                 let grads = (&y * &probe)
                     .unwrap()

@@ -7,8 +7,9 @@
 //! [`Plan`] — descriptors and the heuristic's algorithm for forward, backward-data and
 //! backward-filter, chosen once — and every call shares one workspace that only grows.
 //!
-//! f32 convolutions may use TF32 tensor cores when [`crate::ops::set_tf32`] allows it (PyTorch's default
-//! for cuDNN convolutions); bf16 ones compute in f32 (cuDNN's pseudo-bf16 configuration).
+//! f32 convolutions may use TF32 tensor cores when the caller's [`Options`](crate::ops::Options)
+//! allow it (PyTorch's default for cuDNN convolutions); bf16 ones compute in f32 (cuDNN's
+//! pseudo-bf16 configuration).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, DeviceId};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
-use super::{tensor_of, view, with_storage, Elem};
+use super::launch::{tensor_of, view, Elem, Held};
 
 /// One convolution geometry: batch, input channels, input size, output channels, kernel,
 /// stride, padding, TF32 allowed.
@@ -208,17 +209,19 @@ fn make_plan<T: ConvElem>(cudnn: &Arc<Cudnn>, key: Key) -> Result<Plan<T>> {
 }
 
 /// `conv2d(x, w)` for `x: [n, c, h, w]`, `w: [k, c, kh, kw]`, square stride, zero padding: a
-/// custom op whose forward pass and both gradients go through cuDNN with cached plans.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+/// custom op whose forward pass and both gradients go through cuDNN with cached plans; f32
+/// ones on TF32 tensor cores when `tf32`.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, tf32: bool) -> Result<Tensor> {
     x.contiguous()?.apply_op2_arc(
         &w.contiguous()?,
-        Arc::new(Box::new(CudnnConv { stride, pad })),
+        Arc::new(Box::new(CudnnConv { stride, pad, tf32 })),
     )
 }
 
 struct CudnnConv {
     stride: usize,
     pad: usize,
+    tf32: bool,
 }
 
 impl CudnnConv {
@@ -229,8 +232,7 @@ impl CudnnConv {
         if c != c2 || h + 2 * self.pad < kh || wd + 2 * self.pad < kw {
             candle_core::bail!("cuDNN conv2d: x {x:?} does not fit w {w:?}");
         }
-        let tf32 = crate::ops::tf32();
-        Ok((n, c, h, wd, k, kh, kw, self.stride, self.pad, tf32))
+        Ok((n, c, h, wd, k, kh, kw, self.stride, self.pad, self.tf32))
     }
 
     fn out_dims(&self, key: Key) -> (usize, usize, usize, usize) {
@@ -323,35 +325,31 @@ impl CustomOp2 for CudnnConv {
         let key = self.key(x.dims(), w.dims())?;
         // The network's input image needs no gradient.
         let want_dx = x.track_op();
-        with_storage(x, |xs, xl| {
-            with_storage(w, |ws, wl| {
-                with_storage(&dy, |ds, dl| match (&xs.slice, &ws.slice, &ds.slice) {
-                    (
-                        CudaStorageSlice::F32(xv),
-                        CudaStorageSlice::F32(wv),
-                        CudaStorageSlice::F32(dv),
-                    ) => backward::<f32>(
-                        &xs.device,
-                        key,
-                        (&view(xv, xl)?, &view(wv, wl)?, &view(dv, dl)?),
-                        (x, w),
-                        want_dx,
-                    ),
-                    (
-                        CudaStorageSlice::BF16(xv),
-                        CudaStorageSlice::BF16(wv),
-                        CudaStorageSlice::BF16(dv),
-                    ) => backward::<half::bf16>(
-                        &xs.device,
-                        key,
-                        (&view(xv, xl)?, &view(wv, wl)?, &view(dv, dl)?),
-                        (x, w),
-                        want_dx,
-                    ),
-                    _ => candle_core::bail!("cuDNN conv2d backward: mixed dtypes"),
-                })
-            })
-        })
+        let (xh, wh, dh) = (Held::of(x), Held::of(w), Held::of(&dy));
+        let ((xs, xl), (ws, wl), (ds, dl)) = (xh.cuda()?, wh.cuda()?, dh.cuda()?);
+        match (&xs.slice, &ws.slice, &ds.slice) {
+            (CudaStorageSlice::F32(xv), CudaStorageSlice::F32(wv), CudaStorageSlice::F32(dv)) => {
+                backward::<f32>(
+                    &xs.device,
+                    key,
+                    (&view(xv, xl)?, &view(wv, wl)?, &view(dv, dl)?),
+                    (x, w),
+                    want_dx,
+                )
+            }
+            (
+                CudaStorageSlice::BF16(xv),
+                CudaStorageSlice::BF16(wv),
+                CudaStorageSlice::BF16(dv),
+            ) => backward::<half::bf16>(
+                &xs.device,
+                key,
+                (&view(xv, xl)?, &view(wv, wl)?, &view(dv, dl)?),
+                (x, w),
+                want_dx,
+            ),
+            _ => candle_core::bail!("cuDNN conv2d backward: mixed dtypes"),
+        }
     }
 }
 

@@ -9,11 +9,11 @@ use rayon::prelude::*;
 use super::host::{contiguous_f32, split_nc, with_f32};
 
 /// The candle op on `(x, gate, shortcut)`.
-pub(super) struct ScaleAddRelu;
+pub(super) struct BlockTail;
 
-impl CustomOp3 for ScaleAddRelu {
+impl CustomOp3 for BlockTail {
     fn name(&self) -> &'static str {
-        "cifar-stream-scale-add-relu"
+        "cifar-stream-block-tail"
     }
 
     fn cpu_fwd(
@@ -25,13 +25,13 @@ impl CustomOp3 for ScaleAddRelu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, s) = split_nc(l1.dims(), "scale-add-relu")?;
+        let (n, c, s) = split_nc(l1.dims(), "block tail")?;
         let x = contiguous_f32(s1, l1)?;
         let gate = contiguous_f32(s2, l2)?;
         let short = contiguous_f32(s3, l3)?;
         if gate.len() != n * c || short.len() != x.len() {
             candle_core::bail!(
-                "scale-add-relu: x {:?}, gate {:?}, shortcut {:?} do not fit",
+                "block tail: x {:?}, gate {:?}, shortcut {:?} do not fit",
                 l1.dims(),
                 l2.dims(),
                 l3.dims()
@@ -61,7 +61,7 @@ impl CustomOp3 for ScaleAddRelu {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let y = super::cuda::tail_fwd(s1, l1, s2, l2, s3, l3)?;
+        let y = super::cuda::tail::forward(s1, l1, s2, l2, s3, l3)?;
         Ok((y, l1.shape().clone()))
     }
 
@@ -75,10 +75,10 @@ impl CustomOp3 for ScaleAddRelu {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
-            let (dx, dgate, dshort) = super::cuda::tail_bwd(x, gate, y, dy)?;
+            let (dx, dgate, dshort) = super::cuda::tail::backward(x, gate, y, dy)?;
             return Ok((Some(dx), Some(dgate), Some(dshort.reshape(short.shape())?)));
         }
-        let (_, _, s) = split_nc(x.dims(), "scale-add-relu")?;
+        let (_, _, s) = split_nc(x.dims(), "block tail")?;
         let plane = s.max(1);
         let (dx, dgate, dshort) = with_f32(x, |xs| {
             with_f32(gate, |gs| {
@@ -143,38 +143,4 @@ fn plane_backward(
         sum += m * x[i];
     }
     sum
-}
-
-/// The SE squeeze on CUDA: the per-plane mean of `x: [n, c, …]` as f32 `[n, c, 1, 1]`.
-#[cfg(feature = "cuda")]
-pub(super) struct Squeeze;
-
-#[cfg(feature = "cuda")]
-impl candle_core::CustomOp1 for Squeeze {
-    fn name(&self) -> &'static str {
-        "cifar-stream-squeeze"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, sp) = split_nc(l.dims(), "squeeze")?;
-        let x = contiguous_f32(s, l)?;
-        let out: Vec<f32> = x
-            .chunks(sp.max(1))
-            .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / sp.max(1) as f64) as f32)
-            .collect();
-        Ok((CpuStorage::F32(out), Shape::from((n, c, 1, 1))))
-    }
-
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (n, c, _) = split_nc(l.dims(), "squeeze")?;
-        Ok((super::cuda::squeeze_fwd(s, l)?, Shape::from((n, c, 1, 1))))
-    }
-
-    fn bwd(&self, x: &Tensor, _out: &Tensor, dout: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(super::cuda::squeeze_bwd(x, dout)?))
-    }
 }

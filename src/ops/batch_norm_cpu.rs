@@ -1,0 +1,209 @@
+//! BatchNorm's passes over host f32 data `[n, c, s]`: per-channel sums for the statistics and
+//! their gradients (eight-lane partial sums, so they vectorise), the affine map, and `dx`; the
+//! ops in `batch_norm.rs` call them.
+
+use rayon::prelude::*;
+
+/// `a`, or with `RELU` the gradient through a ReLU whose output was `y`: `a` where `y > 0`.
+#[inline(always)]
+fn through_relu<const RELU: bool>(a: f32, y: f32) -> f32 {
+    if RELU && y <= 0.0 {
+        0.0
+    } else {
+        a
+    }
+}
+
+/// `(Σ g, Σ g·(b − off))` for `g = through_relu(a, y)`, in f32 with eight independent partial
+/// sums, so it vectorises (a single running sum is a dependency chain the compiler may not
+/// reorder). Masking here rather than in a copy of `a` saves a pass over the activation.
+fn sum_and_dot<const RELU: bool>(a: &[f32], y: &[f32], b: &[f32], off: f32) -> (f32, f32) {
+    let (mut s, mut d) = ([0.0f32; 8], [0.0f32; 8]);
+    let body = a.len() / 8 * 8;
+    let lanes = a[..body]
+        .chunks_exact(8)
+        .zip(y[..body].chunks_exact(8))
+        .zip(b[..body].chunks_exact(8));
+    for ((a8, y8), b8) in lanes {
+        for l in 0..8 {
+            let g = through_relu::<RELU>(a8[l], y8[l]);
+            s[l] += g;
+            d[l] += g * (b8[l] - off);
+        }
+    }
+    let (mut s1, mut d1) = (s.iter().sum::<f32>(), d.iter().sum::<f32>());
+    for i in body..a.len() {
+        let g = through_relu::<RELU>(a[i], y[i]);
+        s1 += g;
+        d1 += g * (b[i] - off);
+    }
+    (s1, d1)
+}
+
+/// `(Σ(x − m), Σ(x − m)²)` in f32 with eight partial sums (see [`sum_and_dot`]).
+fn centred_sums(x: &[f32], m: f32) -> (f32, f32) {
+    let (mut s, mut q) = ([0.0f32; 8], [0.0f32; 8]);
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for v in chunks {
+        for l in 0..8 {
+            let d = v[l] - m;
+            s[l] += d;
+            q[l] += d * d;
+        }
+    }
+    let (mut s1, mut q1) = (s.iter().sum::<f32>(), q.iter().sum::<f32>());
+    for v in rest {
+        s1 += v - m;
+        q1 += (v - m) * (v - m);
+    }
+    (s1, q1)
+}
+
+/// Per-channel `(Σ g, Σ g·(b − b_off[c]))` over `[n, c, s]` data for `g = through_relu(a, y)`,
+/// parallel over channels.
+///
+/// Each plane is summed in f32 (it vectorises) and planes are added in f64. Centring `b` first
+/// (rather than expanding `Σ g·b − b_off·Σ g`) keeps variances accurate when means are large.
+pub(super) fn channel_sums<const RELU: bool>(
+    a: &[f32],
+    y: &[f32],
+    b: &[f32],
+    b_off: Option<&[f32]>,
+    (n, c, s): (usize, usize, usize),
+) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let off = b_off.map_or(0.0, |o| o[ch]);
+            let (mut sa, mut sab) = (0.0f64, 0.0f64);
+            for i in 0..n {
+                let r = (i * c + ch) * s..(i * c + ch + 1) * s;
+                let (p, q) = sum_and_dot::<RELU>(&a[r.clone()], &y[r.clone()], &b[r], off);
+                sa += p as f64;
+                sab += q as f64;
+            }
+            (sa, sab)
+        })
+        .collect()
+}
+
+/// Per-channel `(Σ(x − m[c]), Σ(x − m[c])²)`, parallel over channels.
+pub(super) fn channel_centred(
+    x: &[f32],
+    m: &[f32],
+    (n, c, s): (usize, usize, usize),
+) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut s1, mut s2) = (0.0f64, 0.0f64);
+            for i in 0..n {
+                let plane = &x[(i * c + ch) * s..(i * c + ch + 1) * s];
+                let (p, q) = centred_sums(plane, m[ch]);
+                s1 += p as f64;
+                s2 += q as f64;
+            }
+            (s1, s2)
+        })
+        .collect()
+}
+
+/// `y = x·scale[c] + shift[c]`, then ReLU when asked, parallel over images.
+pub(super) fn affine(
+    x: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    relu: bool,
+    c: usize,
+    s: usize,
+) -> Vec<f32> {
+    let mut y = vec![0.0f32; x.len()];
+    y.par_chunks_mut((c * s).max(1))
+        .zip(x.par_chunks((c * s).max(1)))
+        .for_each(|(yi, xi)| {
+            for ch in 0..c {
+                let (a, b) = (scale[ch], shift[ch]);
+                let out = &mut yi[ch * s..(ch + 1) * s];
+                let inp = &xi[ch * s..(ch + 1) * s];
+                if relu {
+                    for (o, v) in out.iter_mut().zip(inp) {
+                        *o = (v * a + b).max(0.0);
+                    }
+                } else {
+                    for (o, v) in out.iter_mut().zip(inp) {
+                        *o = v * a + b;
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// Per-channel coefficients of the training-mode input gradient `dx = a·g + b·(x − μ) + d`.
+pub(super) struct DxCoefficients<'a> {
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub d: Vec<f32>,
+    pub mean: &'a [f32],
+}
+
+impl DxCoefficients<'_> {
+    /// `dx` for `g = through_relu(dy, y)`, parallel over images.
+    pub fn dx<const RELU: bool>(
+        &self,
+        dy: &[f32],
+        y: &[f32],
+        x: &[f32],
+        c: usize,
+        s: usize,
+    ) -> Vec<f32> {
+        let image = (c * s).max(1);
+        let mut dx = vec![0.0f32; x.len()];
+        dx.par_chunks_mut(image)
+            .zip(dy.par_chunks(image).zip(y.par_chunks(image)))
+            .zip(x.par_chunks(image))
+            .for_each(|((di, (gi, yi)), xi)| {
+                for ch in 0..c {
+                    let r = ch * s..(ch + 1) * s;
+                    let (aa, bb, dd, mu) = (self.a[ch], self.b[ch], self.d[ch], self.mean[ch]);
+                    let planes = di[r.clone()]
+                        .iter_mut()
+                        .zip(&gi[r.clone()])
+                        .zip(yi[r.clone()].iter().zip(&xi[r]));
+                    for ((o, gv), (yv, xv)) in planes {
+                        *o = aa * through_relu::<RELU>(*gv, *yv) + bb * (xv - mu) + dd;
+                    }
+                }
+            });
+        dx
+    }
+}
+
+/// Backward of the eval-mode affine map: per-channel `(Σ g, Σ g·x)` and `dx = g·scale[c]` for
+/// `g = through_relu(dy, y)`.
+pub(super) fn affine_backward<const RELU: bool>(
+    dy: &[f32],
+    y: &[f32],
+    x: &[f32],
+    scale: &[f32],
+    (n, c, s): (usize, usize, usize),
+) -> (Vec<(f64, f64)>, Vec<f32>) {
+    let sums = channel_sums::<RELU>(dy, y, x, None, (n, c, s));
+    let image = (c * s).max(1);
+    let mut dx = vec![0.0f32; x.len()];
+    dx.par_chunks_mut(image)
+        .zip(dy.par_chunks(image).zip(y.par_chunks(image)))
+        .for_each(|(di, (gi, yi))| {
+            for (ch, &k) in scale.iter().enumerate().take(c) {
+                let r = ch * s..(ch + 1) * s;
+                for (o, (gv, yv)) in di[r.clone()]
+                    .iter_mut()
+                    .zip(gi[r.clone()].iter().zip(&yi[r]))
+                {
+                    *o = k * through_relu::<RELU>(*gv, *yv);
+                }
+            }
+        });
+    (sums, dx)
+}

@@ -1,0 +1,264 @@
+//! The interface the model calls: [`conv2d`], [`block_tail`] and [`squeeze`], and the
+//! [`Conv2d`] and [`BatchNorm`] layers that hold their variables. Each call takes its
+//! [`Route`] from [`Kernels::route`] and goes to this crate's CPU or CUDA op or to candle's.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+use super::batch_norm::{AffineOp, Stats, TrainOp};
+use super::kernels::{Kernels, Options, Route};
+use super::{conv, tail};
+use crate::dist::Collective;
+
+/// `conv2d(x, w)` for `x: [n, c, h, w]`, `w: [k, c, kh, kw]`, square stride and zero padding.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+    ops: impl Into<Options>,
+) -> Result<Tensor> {
+    let ops = ops.into();
+    let (n, c, h, wd) = x.dims4()?;
+    let (k, _, kh, kw) = w.dims4()?;
+    if ops.kernels == Kernels::Fast && h == 1 && wd == 1 && kh == 1 && kw == 1 && pad == 0 {
+        // A pointwise conv on a 1×1 map (Squeeze-and-Excitation) is a plain matrix product.
+        let y = x.reshape((n, c))?.matmul(&w.reshape((k, c))?.t()?)?;
+        return y.reshape((n, k, 1, 1));
+    }
+    match ops.kernels.route(x) {
+        Route::Stock => x.conv2d(w, pad, stride, 1, 1),
+        Route::Cpu => x.contiguous()?.apply_op2_arc(
+            &w.contiguous()?,
+            Arc::new(Box::new(conv::Conv2dOp { stride, pad })),
+        ),
+        #[cfg(feature = "cudnn")]
+        Route::Cuda => super::cuda::conv::conv2d(x, w, stride, pad, ops.tf32),
+        #[cfg(all(feature = "cuda", not(feature = "cudnn")))]
+        Route::Cuda => super::lowered::conv2d(x, w, stride, pad),
+    }
+}
+
+/// `relu(x · gate + shortcut)` for `x, shortcut: [n, c, h, w]` and an optional per-channel gate
+/// `[n, c, 1, 1]` (Squeeze-and-Excitation): a bottleneck block's tail, one fused op on the fast
+/// path.
+pub fn block_tail(
+    x: &Tensor,
+    gate: Option<&Tensor>,
+    shortcut: &Tensor,
+    ops: impl Into<Options>,
+) -> Result<Tensor> {
+    if ops.into().kernels.route(x) == Route::Stock {
+        let y = match gate {
+            Some(g) => x.broadcast_mul(g)?,
+            None => x.clone(),
+        };
+        return (y + shortcut)?.relu();
+    }
+    let (n, c, _, _) = x.dims4()?;
+    let gate = match gate {
+        Some(g) => g.contiguous()?,
+        // An untracked constant: its gradient is computed (cheap) and dropped.
+        None => Tensor::ones((n, c, 1, 1), x.dtype(), x.device())?,
+    };
+    x.contiguous()?.apply_op3_arc(
+        &gate,
+        &shortcut.contiguous()?,
+        Arc::new(Box::new(tail::BlockTail)),
+    )
+}
+
+/// The per-channel mean of `x: [n, c, h, w]` as f32 `[n, c, 1, 1]` (the Squeeze-and-Excitation
+/// squeeze), summed in f32 whatever `x`'s dtype: one kernel each way on CUDA with the fast ops,
+/// a cast and candle's mean elsewhere.
+pub fn squeeze(x: &Tensor, ops: impl Into<Options>) -> Result<Tensor> {
+    match ops.into().kernels.route(x) {
+        #[cfg(feature = "cuda")]
+        Route::Cuda => x
+            .contiguous()?
+            .apply_op1_arc(Arc::new(Box::new(super::squeeze::Squeeze))),
+        _ => x.to_dtype(DType::F32)?.mean_keepdim((2, 3)),
+    }
+}
+
+/// A convolution layer's weight and geometry.
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    pad: usize,
+}
+
+impl Conv2d {
+    /// A `k×k` convolution `cin → cout` with padding `k/2`: weight at `vb["weight"]`,
+    /// Kaiming-normal (fan-out, ReLU gain); with `bias`, a zero `vb["bias"]`.
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let std = (2.0 / (cout * k * k) as f64).sqrt();
+        let weight = vb.get_with_hints(
+            (cout, cin, k, k),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        )?;
+        let bias = if bias {
+            Some(vb.get_with_hints(cout, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            pad: k / 2,
+        })
+    }
+
+    /// Applies the convolution (and bias) in `x`'s dtype, casting the weights to it (their
+    /// gradients flow back to the variables' own dtype).
+    pub fn forward(&self, x: &Tensor, ops: Options) -> Result<Tensor> {
+        let w = self.weight.to_dtype(x.dtype())?;
+        let y = conv2d(x, &w, self.stride, self.pad, ops)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Which statistics a BatchNorm normalises with.
+#[derive(Clone, Copy)]
+pub enum Statistics<'a> {
+    /// The batch's own (training), updating the running ones; with `sync`, those of the whole
+    /// global batch over every rank (synchronised BatchNorm, the CPU fast kernels).
+    Batch {
+        /// The ranks to synchronise over.
+        sync: Option<&'a Arc<dyn Collective>>,
+    },
+    /// The running statistics (evaluation).
+    Running,
+}
+
+/// BatchNorm over channels with running statistics (PyTorch's momentum 0.1 and unbiased running
+/// variance), optionally followed by a ReLU that the fast path fuses into the same pass.
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+    stock: candle_nn::BatchNorm,
+}
+
+impl BatchNorm {
+    /// Creates `weight` (all `gamma`), `bias` (0), `running_mean` (0) and `running_var` (1) in
+    /// `vb`, under candle-nn's names.
+    pub fn new(channels: usize, eps: f64, gamma: f64, vb: VarBuilder) -> Result<Self> {
+        let running_mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
+        let running_var = vb.get_with_hints(channels, "running_var", Init::Const(1.0))?;
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(gamma))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        let stock = candle_nn::BatchNorm::new(
+            channels,
+            running_mean.clone(),
+            running_var.clone(),
+            weight.clone(),
+            bias.clone(),
+            eps,
+        )?;
+        Ok(BatchNorm {
+            weight,
+            bias,
+            running_mean: Var::from_tensor(&running_mean)?,
+            running_var: Var::from_tensor(&running_var)?,
+            eps,
+            momentum: stock.momentum(),
+            stock,
+        })
+    }
+
+    /// Normalises `x: [n, c, …]` with `statistics`, then ReLU when `relu`. An `x` of another
+    /// dtype than the parameters (bf16 compute) is normalised in theirs, so statistics are never
+    /// summed in bf16, and the result cast back.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        statistics: Statistics,
+        relu: bool,
+        ops: Options,
+    ) -> Result<Tensor> {
+        let route = ops.kernels.route(x);
+        // The CUDA kernels read bf16 activations themselves and keep their statistics in f32.
+        #[cfg(feature = "cuda")]
+        let reads_any = route == Route::Cuda;
+        #[cfg(not(feature = "cuda"))]
+        let reads_any = false;
+        if x.dtype() != self.weight.dtype() && !reads_any {
+            let y = self.forward(&x.to_dtype(self.weight.dtype())?, statistics, relu, ops)?;
+            return y.to_dtype(x.dtype());
+        }
+        if route == Route::Stock {
+            let train = matches!(statistics, Statistics::Batch { .. });
+            let y = candle_nn::ModuleT::forward_t(&self.stock, x, train)?;
+            return if relu { y.relu() } else { Ok(y) };
+        }
+        let x = x.contiguous()?;
+        let Statistics::Batch { sync } = statistics else {
+            let scale = (&self.weight / (self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
+            let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+            let op = AffineOp { relu };
+            return x.apply_op3_arc(&scale, &shift, Arc::new(Box::new(op)));
+        };
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        let op = TrainOp {
+            eps: self.eps,
+            relu,
+            stats: stats.clone(),
+            #[cfg(feature = "cuda")]
+            momentum: self.momentum,
+            #[cfg(feature = "cuda")]
+            running: (
+                self.running_mean.as_tensor().clone(),
+                self.running_var.as_tensor().clone(),
+            ),
+            #[cfg(feature = "cuda")]
+            saved: Default::default(),
+            sync: sync.cloned(),
+        };
+        let y = x.apply_op3_arc(&self.weight, &self.bias, Arc::new(Box::new(op)))?;
+        if route == Route::Cpu {
+            // The CUDA kernels update the running statistics themselves, in place.
+            let stats = stats.lock().expect("batch-norm stats lock").clone();
+            self.update_running(&stats)?;
+        }
+        Ok(y)
+    }
+
+    /// `running ← (1 − m)·running + m·batch`, with the unbiased batch variance, as PyTorch does.
+    fn update_running(&self, stats: &Stats) -> Result<()> {
+        let m = self.momentum;
+        let unbias = stats.count as f64 / (stats.count.max(2) - 1) as f64;
+        let blend = |var: &Var, batch: &[f32], scale: f64| -> Result<()> {
+            let old = var.as_tensor().to_vec1::<f32>()?;
+            let new: Vec<f32> = old
+                .iter()
+                .zip(batch)
+                .map(|(o, b)| ((1.0 - m) * *o as f64 + m * scale * *b as f64) as f32)
+                .collect();
+            var.set(&Tensor::from_vec(new, old.len(), var.device())?)
+        };
+        blend(&self.running_mean, &stats.mean, 1.0)?;
+        blend(&self.running_var, &stats.var, unbias)
+    }
+}
