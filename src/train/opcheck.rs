@@ -281,6 +281,13 @@ pub const CONV_SHAPES: [(usize, usize, usize); 5] = [
 /// Every comparison of `device` (with `kernels`) against the CPU fast ops; bf16 cases only on
 /// CUDA (the CPU has no bf16 matmul). TF32 is off for the f32 cases.
 pub fn run(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {
+    // The f32 cases are strict f32: cuDNN gets TF32 off through each side's options, candle's
+    // cuBLAS switch (the lowered convolution's products) is set here.
+    Options {
+        kernels,
+        tf32: false,
+    }
+    .apply_to_gemm(device);
     compare_all(device, kernels)
 }
 

@@ -255,7 +255,15 @@ fn folder_graph(src: &Path, folder: &Path) -> BTreeMap<String, Vec<String>> {
             children.push((name, path));
         }
     }
-    let mod_rs = std::fs::read_to_string(folder.join(format!("{root}.rs"))).unwrap_or_default();
+    // The folder's root: its `mod.rs` (`main.rs` for a binary), or the file `x.rs` beside the
+    // folder `x/`.
+    let beside = folder.with_extension("rs");
+    let root_file = if !binary && !folder.join("mod.rs").exists() && beside.is_file() {
+        beside
+    } else {
+        folder.join(format!("{root}.rs"))
+    };
+    let mod_rs = std::fs::read_to_string(root_file).unwrap_or_default();
     // `pub use child::{A, b::C as D};` → A and D come from child.
     let mut reexported: BTreeMap<String, String> = BTreeMap::new();
     let mut own_code = String::new();
@@ -371,14 +379,16 @@ fn folder_graph(src: &Path, folder: &Path) -> BTreeMap<String, Vec<String>> {
             refs.extend(references_through(code, &prefix));
             refs.extend(references_through(code, &crate_path));
         }
-        let mut targets: Vec<String> = refs
+        let targets: Vec<String> = refs
             .iter()
             .filter_map(|n| resolve(n))
             .filter(|t| t != name)
             .collect();
-        targets.sort();
-        targets.dedup();
-        graph.insert(name.clone(), targets);
+        // A file and a folder of one name (`x.rs` and `x/`) are one module: one node.
+        let entry = graph.entry(name.clone()).or_default();
+        entry.extend(targets);
+        entry.sort();
+        entry.dedup();
     }
     let mut from_mod: Vec<String> = children
         .iter()
@@ -531,6 +541,15 @@ fn the_folder_scan_resolves_reexports_and_finds_a_loop() {
     write("b.rs", "use super::helper;\n");
     let graph = folder_graph(dir.path(), &m);
     assert_eq!(find_cycle(&graph), None);
+    // A folder `a/` under the file `a.rs`: `a.rs` is its root.
+    std::fs::create_dir(m.join("a")).unwrap();
+    write("a/c.rs", "use super::Alpha;\npub fn f() {}\n");
+    let graph = folder_graph(dir.path(), &m.join("a"));
+    assert_eq!(graph["c"], ["mod"]);
+    assert_eq!(find_cycle(&graph), None);
+    write("a.rs", "mod c;\npub struct Alpha;\nfn g() { c::f() }\n");
+    let graph = folder_graph(dir.path(), &m.join("a"));
+    assert_eq!(find_cycle(&graph).unwrap(), ["c", "mod", "c"]);
 }
 
 #[test]

@@ -1,0 +1,158 @@
+//! Opening a run: a new one (fresh weights, a folder that holds no run) or one resumed from its
+//! checkpoint, with the stores, the learner, the augmentation pool and the folder checked and
+//! taken in that order.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use super::{train_loader_config, Trainer};
+use crate::augment::{self, Augmenter};
+use crate::config::TrainConfig;
+use crate::dist::{Collective, Local};
+use crate::ops::Kernels;
+use crate::train::checkpoint::Snapshot;
+use crate::train::error::{Error, Result};
+use crate::train::learner::Learner;
+use crate::train::run_dir::{split_run_dir, RunDir};
+use crate::train::running::Running;
+use crate::train::stores::Stores;
+
+impl Trainer {
+    /// Starts a new run in `config.run_dir()`: refuses a folder that already holds one, writes
+    /// the resolved `config.toml` there, opens the store and builds fresh weights.
+    pub fn new(config: TrainConfig, device: Device) -> Result<Trainer> {
+        Trainer::new_in(config, device, Arc::new(Local))
+    }
+
+    /// [`Trainer::new`] as one rank of `world` (data-parallel): every rank trains on its share
+    /// of each epoch with the gradients averaged; rank 0 alone writes the run folder.
+    pub fn new_in(
+        config: TrainConfig,
+        device: Device,
+        world: Arc<dyn Collective>,
+    ) -> Result<Trainer> {
+        // Every rank looks, so that all refuse together.
+        RunDir::refuse_saved(&config.run_dir())?;
+        let mut trainer = Trainer::open(config, device, world)?;
+        trainer.learner.broadcast_from_main()?;
+        trainer.write_config()?;
+        Ok(trainer)
+    }
+
+    /// Continues the run saved in `dir` exactly where its checkpoint left it: at the next batch
+    /// of the same epoch, with the same weights, optimizer, EMA and running sums. `config` may
+    /// change what does not move that position (more epochs, another cadence); its `runs` and
+    /// `name` become `dir`'s, wherever the run was first started.
+    pub fn resume(dir: &Path, config: TrainConfig, device: Device) -> Result<Trainer> {
+        Trainer::resume_in(dir, config, device, Arc::new(Local))
+    }
+
+    /// [`Trainer::resume`] as one rank of `world`; the run must have been saved by as many
+    /// ranks (each reads the checkpoint; the folder must be shared between the machines).
+    pub fn resume_in(
+        dir: &Path,
+        mut config: TrainConfig,
+        device: Device,
+        world: Arc<dyn Collective>,
+    ) -> Result<Trainer> {
+        let (runs, name) = split_run_dir(dir)?;
+        (config.runs, config.name) = (runs, name);
+        let mut trainer = Trainer::open(config, device, world)?;
+        let snapshot = Snapshot::load(&trainer.dir, &trainer.device)?;
+        let state = &snapshot.state;
+        if let Some(why) = state.refuses_resume(&trainer.config, trainer.world.size()) {
+            let dir = trainer.dir.display();
+            return Err(Error::Unsupported(format!("{dir}: {why}")));
+        }
+        let tensors = snapshot.tensors();
+        trainer
+            .learner
+            .load_state(tensors, state.step)
+            .map_err(|source| Error::State {
+                path: snapshot.path().to_path_buf(),
+                source: Box::new(source),
+            })?;
+        trainer.learner.broadcast_from_main()?;
+        trainer.running = Running::from_state(tensors, state.epoch_images);
+        let state = snapshot.state;
+        trainer.next_epoch = state.next_epoch;
+        trainer.batch = state.batch;
+        trainer.history = state.history;
+        trainer.history.truncate(trainer.next_epoch);
+        trainer.write_config()?;
+        Ok(trainer)
+    }
+
+    fn open(config: TrainConfig, device: Device, world: Arc<dyn Collective>) -> Result<Trainer> {
+        config.validate()?;
+        if config.sync_bn
+            && world.size() > 1
+            && (!device.is_cpu() || config.kernels != Kernels::Fast)
+        {
+            return Err(Error::Unsupported(
+                "sync_bn runs with the CPU fast kernels only (the CUDA BatchNorm has no \
+                 all-reduce yet)"
+                    .into(),
+            ));
+        }
+        let dir = config.run_dir();
+        let stores = Stores::open(&config)?;
+        let batches_per_epoch = train_loader_config(&config, world.as_ref(), 0, 0)
+            .sampler(stores.train.len())
+            .batches_per_epoch();
+        if batches_per_epoch == 0 {
+            return Err(Error::Unsupported(format!(
+                "fewer training images than one batch of {} per rank ({} ranks)",
+                config.batch_size,
+                world.size()
+            )));
+        }
+        let pool = Arc::new(
+            augment::thread_pool(config.threads)
+                .map_err(|e| Error::Unsupported(format!("starting the augmentation pool: {e}")))?,
+        );
+        let mut learner = Learner::new(&config, &device)?;
+        learner.set_world(world.clone(), config.sync_bn);
+        // Only now, with the data and the model in hand, does the run folder get touched; by
+        // rank 0 alone.
+        let run_dir = if world.is_main() {
+            Some(RunDir::take(&dir)?)
+        } else {
+            None
+        };
+        let header = &stores.header;
+        let eval_augmenter = Arc::new(Augmenter::normalise_only(
+            header.shape,
+            &header.mean,
+            &header.std,
+        ));
+        Ok(Trainer {
+            config,
+            device,
+            dir,
+            run_dir,
+            learner,
+            stores,
+            eval_augmenter,
+            pool,
+            cancel: Arc::new(AtomicBool::new(false)),
+            loader: None,
+            batches_per_epoch,
+            next_epoch: 0,
+            batch: 0,
+            running: Running::new(),
+            history: Vec::new(),
+            world,
+        })
+    }
+
+    pub(super) fn write_config(&self) -> Result<()> {
+        match &self.run_dir {
+            Some(dir) => dir.write_config(&self.config),
+            None => Ok(()),
+        }
+    }
+}
