@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use cifar_stream::augment::{AugmentConfig, Augmenter};
-use cifar_stream::config::TrainConfig;
 use cifar_stream::store::{Reader, Split};
 use cifar_stream::stream::{EpochStats, Loader, LoaderConfig};
+use cifar_stream::train::config::TrainConfig;
 use cifar_stream::train::{EpochMetrics, Observer, Trainer};
 use indicatif::ProgressBar;
 

@@ -17,13 +17,14 @@
 //!    ── bounded tokio mpsc (depth = prefetch), buffers recycled ──► Epoch (blocking / async)
 //!                                                                           │ host batches
 //!                                                                           ▼
-//!  train::Trainer (own thread, one run folder): h2d → train::Learner::step
+//!  train::Trainer (own thread, one run folder: train::RunDir): h2d → train::Learner::step
 //!    ├─ model::SeResNetD forward/backward (candle) through ops::conv2d, ops::BatchNorm,
-//!    │  ops::scale_add_relu: im2col + GEMM conv and fused BatchNorm(+ReLU) with hand-written
-//!    │  backward passes on CPU, a GEMM-based conv backward on CUDA (ops::Kernels)
-//!    ├─ train::Sgd (Nesterov, L2)   ├─ Schedule::lr_at (cosine restarts / multi-step)
-//!    ├─ train::Ema                  └─ train::evaluate (raw + EMA, TTA) every eval_every epochs
-//!    └─ train::Snapshot (checkpoint: safetensors + state, atomic) + train::metrics
+//!    │  ops::block_tail, ops::squeeze: on the CPU im2col + GEMM and fused passes with
+//!    │  hand-written backward passes; on CUDA this crate's kernels and cuDNN (ops::Kernels::route)
+//!    ├─ dist::Collective::average (data-parallel ranks; the identity alone)
+//!    ├─ train::Sgd (Nesterov, L2)   ├─ train::Schedule::lr_at (cosine restarts / multi-step)
+//!    ├─ train::Ema                  └─ train::evaluate (raw + EMA, train::Tta) every eval_every
+//!    └─ train::Snapshot (checkpoint: Learner::state + train::State, atomic) + train::metrics
 //!  train::SavedRun: eval / predict on a finished run
 //!  telemetry: tracing spans (read, augment, send, wait, …) → per-epoch profile, Chrome trace
 //! ```
@@ -34,14 +35,14 @@
 //! ## Layers
 //!
 //! A module imports only modules on rows below its own (never one on its row or above), so the
-//! crate reads bottom-up and each stage can be tested without the ones above it. `config` holds
-//! every stage's settings and no behaviour, which is why it sits just under `train`.
-//! `tests/suite/layers.rs` reads this table and every `crate::` path in `src/` and fails on an upward
-//! import or a module missing from the table.
+//! crate reads bottom-up and each stage can be tested without the ones above it. The run's
+//! configuration is `train`'s (`train::config`); each stage's own settings live with the stage
+//! (`model::ModelConfig`, `augment::AugmentConfig`). `tests/suite/layers.rs` reads this table and
+//! every `crate::` path in `src/` and fails on an upward import or a module missing from the
+//! table; inside each folder it fails on an import loop between files.
 //!
 //! ```text
-//!  7  train
-//!  6  config
+//!  6  train
 //!  5  stream · model · prep
 //!  4  augment · ops · source
 //!  3  render
@@ -51,7 +52,6 @@
 
 pub mod alloc;
 pub mod augment;
-pub mod config;
 pub mod device;
 pub mod dist;
 pub mod model;

@@ -8,11 +8,11 @@ use candle_nn::{VarBuilder, VarMap};
 
 use super::error::Result;
 use super::learner::Learner;
-use crate::config::TrainConfig;
 use crate::model::ConvShape;
 use crate::ops::{lowered, BatchNorm, Statistics};
 use crate::seed;
 use crate::store::Shape;
+use crate::train::config::TrainConfig;
 
 /// Untimed steps or repetitions before timing starts (allocator and caches settle).
 pub const WARMUP: usize = 2;

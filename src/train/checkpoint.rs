@@ -19,8 +19,8 @@ use safetensors::tensor::{SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
 use super::metrics::EpochMetrics;
-use crate::config::TrainConfig;
 use crate::store::Shape;
+use crate::train::config::TrainConfig;
 
 /// The `format` metadata value of this layout.
 const FORMAT: &str = "cifar-stream checkpoint 2";

@@ -25,7 +25,7 @@ pub enum Error {
     Dist(#[from] crate::dist::Error),
     /// The configuration is malformed or out of range.
     #[error(transparent)]
-    Config(#[from] crate::config::Error),
+    Config(#[from] crate::train::config::Error),
     /// A file (metrics, config, image) could not be written or read.
     #[error("{path}: {source}")]
     Io {

@@ -9,11 +9,11 @@ use candle_core::{DType, Device, Tensor};
 
 use super::error::Result;
 use crate::augment::Augmenter;
-use crate::config::Tta;
 use crate::dist::Collective;
 use crate::model::SeResNetD;
 use crate::store::Images;
 use crate::stream::{Loader, LoaderConfig, Phase, Shard};
+use crate::train::Tta;
 
 /// Accuracy and loss of one evaluation, with its confusion matrix (`[true][predicted]`).
 #[derive(Clone, Debug)]

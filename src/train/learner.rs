@@ -12,9 +12,9 @@ use super::ema::Ema;
 use super::error::{Result, StateError};
 use super::net::Net;
 use super::sgd::Sgd;
-use crate::config::TrainConfig;
 use crate::dist::{Collective, Local};
 use crate::model::{is_buffer, Mode, SeResNetD};
+use crate::train::config::TrainConfig;
 
 /// The parts of a learner's state ([`Learner::state`]), each a prefix of its tensors' names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod config;
 pub mod ema;
 mod error;
 mod evaluate;
@@ -35,6 +36,8 @@ pub use outcome::{
 };
 pub use running::Running;
 pub use saved::{read_image, Prediction, SavedRun};
+pub use schedule::{Schedule, ScheduleKind};
 pub use sgd::Sgd;
 pub use stores::Stores;
 pub use trainer::Trainer;
+pub use tta::Tta;

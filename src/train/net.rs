@@ -7,8 +7,8 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use super::error::{Error, Result, StateError};
-use crate::config::TrainConfig;
 use crate::model::{self, sorted_vars, SeResNetD};
+use crate::train::config::TrainConfig;
 
 /// A model plus its variables.
 pub struct Net {

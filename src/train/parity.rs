@@ -5,10 +5,10 @@ use candle_core::{DType, Device, Tensor};
 
 use super::error::{Error, Result};
 use super::net::Net;
-use crate::config::TrainConfig;
 use crate::model::{Mode, Precision};
 use crate::ops::Kernels;
 use crate::seed;
+use crate::train::config::TrainConfig;
 
 /// `‖a − b‖ / ‖b‖` over all elements, in f64 (0 when both are zero).
 pub fn relative_error(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::checkpoint::{self, Snapshot};
 use super::error::{io, Error, Result};
 use super::metrics::{self, EpochMetrics};
-use crate::config::{TrainConfig, CONFIG_FILE};
+use crate::train::config::{TrainConfig, CONFIG_FILE};
 
 /// The run folder, taken for writing: only the process that writes (rank 0) holds one.
 pub struct RunDir {

@@ -12,9 +12,9 @@ use super::evaluate::{evaluate, Evaluation};
 use super::learner::Part;
 use super::net::Net;
 use crate::augment::Augmenter;
-use crate::config::Tta;
 use crate::model::Precision;
 use crate::store::{Images, Reader, Shape};
+use crate::train::Tta;
 
 /// A saved run's network, ready to evaluate or predict.
 pub struct SavedRun {

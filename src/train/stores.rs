@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::error::{Error, Result};
-use crate::config::TrainConfig;
 use crate::store::{Header, Reader, Split};
+use crate::train::config::TrainConfig;
 
 /// The training and test stores of `config.data`.
 pub struct Stores {

@@ -22,11 +22,11 @@ use super::run_dir::RunDir;
 use super::running::Running;
 use super::stores::Stores;
 use crate::augment::Augmenter;
-use crate::config::TrainConfig;
 use crate::dist::Collective;
 use crate::model::SeResNetD;
 use crate::seed;
 use crate::stream::{Loader, LoaderConfig, Phase, Shard, StreamError};
+use crate::train::config::TrainConfig;
 
 mod open;
 

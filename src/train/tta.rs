@@ -1,10 +1,41 @@
-//! Test-time augmentation: the forward passes an evaluation averages for each image (the setting
-//! is [`crate::config::Tta`]).
+//! Test-time augmentation: which views of each test image an evaluation averages (the setting)
+//! and the forward passes that average them.
 
 use candle_core::{Result, Tensor};
 
-use crate::config::Tta;
 use crate::model::{Mode, SeResNetD};
+
+/// Views of each test image whose logits are averaged.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Tta {
+    /// The image as it is.
+    #[default]
+    None,
+    /// The image and its left-right mirror (the view training's random flip already shows the
+    /// model): mean of the two logits, at twice the evaluation cost.
+    Flip,
+}
+
+impl Tta {
+    /// The name `--tta` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tta::None => "none",
+            Tta::Flip => "flip",
+        }
+    }
+}
 
 impl Tta {
     /// Eval-mode logits of `x` (`[n, c, h, w]`) under this test-time augmentation.
@@ -24,7 +55,7 @@ impl Tta {
 mod tests {
     use candle_core::{Device, Tensor};
 
-    use crate::config::Tta;
+    use super::Tta;
     use crate::model::{build, Mode, ModelConfig};
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

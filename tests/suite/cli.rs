@@ -309,7 +309,7 @@ fn summary_prints_the_layer_table_parameters_and_flops_without_data() {
             .unwrap_or_else(|| panic!("no {key} in\n{stdout}"));
         line[key.len()..].trim().parse().unwrap()
     };
-    let want = cifar_stream::config::TrainConfig::preset("seed")
+    let want = cifar_stream::train::config::TrainConfig::preset("seed")
         .unwrap()
         .model;
     assert_eq!(value("parameters:"), want.parameter_count() as u64);

@@ -272,8 +272,8 @@ fn same_names<E: ValueEnum + serde::Serialize>() {
 fn flag_values_and_toml_values_are_spelled_the_same() {
     same_names::<cifar_stream::ops::Kernels>();
     same_names::<cifar_stream::model::Precision>();
-    same_names::<cifar_stream::config::Tta>();
-    same_names::<cifar_stream::config::ScheduleKind>();
+    same_names::<cifar_stream::train::Tta>();
+    same_names::<cifar_stream::train::ScheduleKind>();
     same_names::<cifar_stream::augment::PolicyName>();
     same_names::<cifar_stream::augment::ops::PadFill>();
 }

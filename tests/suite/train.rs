@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use crate::common::checkpoint_bits;
 use candle_core::Device;
-use cifar_stream::config::TrainConfig;
 use cifar_stream::prep;
 use cifar_stream::source::synthetic;
 use cifar_stream::stream::EpochStats;
+use cifar_stream::train::config::TrainConfig;
 use cifar_stream::train::{self, EpochMetrics, Observer, Silent, Snapshot, Trainer};
 use indicatif::ProgressBar;
 

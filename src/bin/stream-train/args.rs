@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 
-use cifar_stream::config::{Origin, ScheduleKind, TrainConfig};
 use cifar_stream::model::Precision;
 use cifar_stream::ops::Kernels;
+use cifar_stream::train::config::{Origin, TrainConfig};
+use cifar_stream::train::ScheduleKind;
 
 /// A count that must be at least 1 (clap value parser).
 pub fn positive(s: &str) -> Result<usize, String> {

@@ -8,9 +8,9 @@ use anyhow::{ensure, Result};
 use clap::Args;
 
 use cifar_stream::augment::{self, collate, Augmenter, Batch};
-use cifar_stream::config::TrainConfig;
 use cifar_stream::device::describe;
 use cifar_stream::train::bench;
+use cifar_stream::train::config::TrainConfig;
 
 use crate::args::{positive, NetArgs, OptimFlags, PrecisionFlag};
 use crate::finish::Finish;

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use cifar_stream::augment;
-use cifar_stream::config::Tta;
 use cifar_stream::store::{Reader, Split};
+use cifar_stream::train::Tta;
 use cifar_stream::train::{read_image, SavedRun};
 
 use crate::args::DeviceFlag;

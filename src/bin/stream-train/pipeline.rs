@@ -8,11 +8,11 @@ use anyhow::{ensure, Context, Result};
 use clap::Args;
 
 use cifar_stream::augment::{self, preview, Augmenter};
-use cifar_stream::config::TrainConfig;
 use cifar_stream::render;
 use cifar_stream::store::{Reader, Split};
 use cifar_stream::stream::{self, Loader, LoaderConfig};
 use cifar_stream::telemetry::Profiler;
+use cifar_stream::train::config::TrainConfig;
 
 use crate::args::positive;
 use crate::finish::Finish;

@@ -7,7 +7,8 @@ use clap::Args;
 
 use cifar_stream::augment::ops::PadFill;
 use cifar_stream::augment::{AugmentConfig, PolicyName};
-use cifar_stream::config::{TrainConfig, Tta};
+use cifar_stream::train::config::TrainConfig;
+use cifar_stream::train::Tta;
 
 use crate::args::Apply;
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use cifar_stream::config::TrainConfig;
 use cifar_stream::dist::Collective;
 use cifar_stream::telemetry::{self, Profiler};
+use cifar_stream::train::config::TrainConfig;
 use cifar_stream::train::{self, Trainer};
 
 use crate::args::{NetArgs, OptimFlags, PrecisionFlag, ScheduleFlags};

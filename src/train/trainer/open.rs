@@ -10,10 +10,10 @@ use candle_core::Device;
 
 use super::{train_loader_config, Trainer};
 use crate::augment::{self, Augmenter};
-use crate::config::TrainConfig;
 use crate::dist::{Collective, Local};
 use crate::ops::Kernels;
 use crate::train::checkpoint::Snapshot;
+use crate::train::config::TrainConfig;
 use crate::train::error::{Error, Result};
 use crate::train::learner::Learner;
 use crate::train::run_dir::{split_run_dir, RunDir};

@@ -2,18 +2,17 @@
 //! file, overridden by flags ([`TrainConfig::layered`]); the resolved result is written next to
 //! the run's outputs.
 //!
-//! This module gathers the settings of every stage (augmentation, model, ops, schedule, TTA) and
-//! sits below `train` in the crate's layers: it holds settings, never behaviour.
+//! A [`TrainConfig`] composes each stage's own settings (`model::ModelConfig`,
+//! `augment::AugmentConfig`, the ops' kernels and precision) with the trainer's (optimizer,
+//! [`Schedule`], [`Tta`], cadence); each setting is defined where it behaves.
 //!
 //! The enums that are both TOML values and command-line values (`Kernels`, `Precision`, `Tta`,
 //! `ScheduleKind`, `PolicyName`, `PadFill`) derive `clap::ValueEnum` beside serde: one type names
 //! its choices for both, so `--kernels stock` and `kernels = "stock"` cannot drift apart, and a
 //! second front end gets `--help` listings for free. Mapping them in the binary instead would
-//! duplicate six enums and their spellings; `tests/suite/cli_flags.rs` checks that clap's and serde's
-//! names agree.
+//! duplicate six enums and their spellings; `tests/suite/cli_flags.rs` checks that clap's and
+//! serde's names agree.
 
-mod schedule;
-mod tta;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -23,9 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::augment::{AugmentConfig, PolicyName};
 use crate::model::{ModelConfig, Precision};
 use crate::ops::Kernels;
-
-pub use schedule::{Schedule, ScheduleKind};
-pub use tta::Tta;
+use crate::train::schedule::{Schedule, ScheduleKind};
+use crate::train::tta::Tta;
 
 /// Why a configuration could not be built or used.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,8 @@
 //! flag, library caller): each rule names its key as `config.toml` spells it and the range it
 //! allows. Nothing downstream asserts on a value a user controls.
 
-use super::{Error, ScheduleKind, TrainConfig};
+use super::{Error, TrainConfig};
+use crate::train::schedule::ScheduleKind;
 
 /// Largest batch, evaluation batch or prefetch depth accepted (a typo guard, not a tuning).
 const MAX_BATCH: usize = 1 << 16;
