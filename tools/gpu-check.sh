@@ -85,7 +85,7 @@ row() { printf '%-46s %s\n' "$1" "$2"; }
 table() {
   {
     echo "gpu-check $(date -u +%F) on ${R[card]:-?}, $(nproc) cores, $(($(date +%s) - START)) s"
-    row "CUDA ops vs CPU ops (gpu-test)" "${R[ops-test]:-n/a}"
+    row "CUDA ops vs CPU ops (check-ops)" "${R[ops-test]:-n/a}"
     row "CPU/GPU parity f32, no TF32 (seed, 16 images)" "${R[parity]:-n/a}"
     row "  the same with TF32 (as trained)" "${R[parity-tf32]:-n/a}"
     row "candle step-bench seed b128 f32 (images/s)" "${R[step]:-n/a}"
@@ -135,17 +135,17 @@ table
 
 # 0. The CUDA kernels against the CPU ops, op by op (forward and every gradient, f32 and bf16):
 #    nothing else can test them. On a failure the rest still runs (and says how far off it is).
-run ops-test 90 "$ST" gpu-test --device cuda
-R[ops-test]=$(sed -n 's/^gpu-test: //p' "$OUT/ops-test.log" 2>/dev/null | tail -1); table
+run ops-test 90 "$ST" check-ops --device cuda
+R[ops-test]=$(sed -n 's/^check-ops: //p' "$OUT/ops-test.log" 2>/dev/null | tail -1); table
 
 run prep 90 "$W/prep-dataset" --source "$CARRY/cifar10-jpeg.tar.gz" --out "$W/data" -q
 
 # 1. Correctness: the same weights and batch on the GPU and the CPU (with an f64 yardstick),
 #    TF32 off (strict); then with TF32, which rounds conv inputs to 10 mantissa bits, for the record.
-run parity 120 "$ST" device-check --preset seed --device cuda --images 16 --no-tf32
-R[parity]=$(sed -n 's/^parity: //p' "$OUT/parity.log" 2>/dev/null | tail -1); table
-run parity-tf32 60 "$ST" device-check --preset seed --device cuda --images 16 --tolerance 1
-R[parity-tf32]=$(sed -n 's/^parity: \(logits [^,]*, worst tensor [^ ]*\).*/\1/p' "$OUT/parity-tf32.log" 2>/dev/null | tail -1); table
+run parity 120 "$ST" check-step --preset seed --device cuda --images 16 --no-tf32
+R[parity]=$(sed -n 's/^check-step: //p' "$OUT/parity.log" 2>/dev/null | tail -1); table
+run parity-tf32 60 "$ST" check-step --preset seed --device cuda --images 16 --tolerance 1
+R[parity-tf32]=$(sed -n 's/^check-step: \(logits [^,]*, worst tensor [^ ]*\).*/\1/p' "$OUT/parity-tf32.log" 2>/dev/null | tail -1); table
 
 # 1b. Each new op against candle's, at every layer shape of the seed network (op-bench: the conv
 #     forward + both gradients, BatchNorm, the block tail and the squeeze).
@@ -208,8 +208,8 @@ run step-notf32 90 "$ST" step-bench --preset seed --device cuda --batch-size 128
 R[step-notf32]=$(last step-notf32 'images/s:'); table
 
 # 5. bf16: how far one step lands from f32, and accuracy against f32 on a short run.
-run parity-bf16 90 "$ST" device-check --preset seed --device cuda --images 16 --precision bf16 --tolerance 1
-R[parity-bf16]=$(sed -n 's/^parity: \(logits [^,]*, worst tensor [^ ]*\).*/\1/p' "$OUT/parity-bf16.log" 2>/dev/null | tail -1); table
+run parity-bf16 90 "$ST" check-step --preset seed --device cuda --images 16 --precision bf16 --tolerance 1
+R[parity-bf16]=$(sed -n 's/^check-step: \(logits [^,]*, worst tensor [^ ]*\).*/\1/p' "$OUT/parity-bf16.log" 2>/dev/null | tail -1); table
 for p in f32 bf16; do
   run "tiny-$p" 120 "$ST" --preset tiny --device cuda --data "$W/data" --runs "$W/runs" --name "tiny-$p" --precision $p -q
   R[tiny-$p]=$(final "tiny-$p"); table

@@ -2,9 +2,9 @@
 //! stream with the learning-rate schedule, evaluates, writes metrics and checkpoints; a
 //! [`SavedRun`] serves a finished one; `bench` and `parity` time and check the step.
 
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod diag;
 pub mod ema;
 mod error;
 mod evaluate;
@@ -12,9 +12,7 @@ mod learner;
 pub mod loss;
 pub mod metrics;
 mod net;
-pub mod opcheck;
 mod outcome;
-pub mod parity;
 mod run_dir;
 pub mod running;
 mod saved;

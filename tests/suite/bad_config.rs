@@ -107,7 +107,7 @@ fn zero_counts_in_the_bench_and_check_commands_are_usage_errors() {
         &["augment-bench", "--batches", "0"],
         &["op-bench", "--reps", "0"],
         &["step-bench", "--steps", "0"],
-        &["device-check", "--images", "0"],
+        &["check-step", "--images", "0"],
         &["augment-preview", "--out", "x.png", "--images", "0"],
     ] {
         stream_train().args(args).assert().code(2);

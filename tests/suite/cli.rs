@@ -516,7 +516,7 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
 
 #[test]
 fn device_check_step_bench_and_op_bench_run_on_the_cpu() {
-    // device-check on the CPU holds candle's stock ops against this crate's fast ones (and f64).
+    // check-step on the CPU holds candle's stock ops against this crate's fast ones (and f64).
     let small = [
         "--preset",
         "tiny",
@@ -528,7 +528,7 @@ fn device_check_step_bench_and_op_bench_run_on_the_cpu() {
     let out = Command::cargo_bin("stream-train")
         .unwrap()
         .args([
-            "device-check",
+            "check-step",
             "--device",
             "cpu",
             "--kernels",
@@ -542,7 +542,7 @@ fn device_check_step_bench_and_op_bench_run_on_the_cpu() {
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     let verdict = stdout.lines().last().unwrap();
     assert!(
-        verdict.starts_with("parity: logits ") && verdict.ends_with(": ok"),
+        verdict.starts_with("check-step: logits ") && verdict.ends_with(": ok"),
         "{stdout}"
     );
 
@@ -550,7 +550,7 @@ fn device_check_step_bench_and_op_bench_run_on_the_cpu() {
     Command::cargo_bin("stream-train")
         .unwrap()
         .args([
-            "device-check",
+            "check-step",
             "--device",
             "cpu",
             "--kernels",

@@ -135,7 +135,7 @@ fn each_command_lists_exactly_the_flags_it_reads() {
             ]),
         ),
         (
-            &["device-check"],
+            &["check-step"],
             set(&[
                 SOURCE,
                 MODEL,
@@ -157,7 +157,7 @@ fn each_command_lists_exactly_the_flags_it_reads() {
                 &["--reps", "--device", "--kernels", "--batch-size", "--seed"],
             ]),
         ),
-        (&["gpu-test"], set(&[&["--device", "--kernels", "--all"]])),
+        (&["check-ops"], set(&[&["--device", "--kernels", "--all"]])),
         (
             &["eval"],
             set(&[&[
@@ -221,8 +221,8 @@ fn a_flag_the_command_does_not_read_is_a_usage_error() {
         &["step-bench", "--trace", "t.json"],
         &["step-bench", "--epochs", "3"],
         &["step-bench", "--ema-decay", "0.9"],
-        &["device-check", "--batch-size", "4"],
-        &["device-check", "--lr", "0.1"],
+        &["check-step", "--batch-size", "4"],
+        &["check-step", "--lr", "0.1"],
         &["op-bench", "--precision", "bf16"],
         &["op-bench", "--lr", "0.1"],
         &["eval", "--checkpoint", "x", "--epochs", "3"],

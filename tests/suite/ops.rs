@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cifar_stream::model::{build, sorted_vars, Mode, ModelConfig};
 use cifar_stream::ops::{block_tail, conv2d, BatchNorm, Kernels, Statistics};
-use cifar_stream::train::opcheck::CONV_SHAPES;
+use cifar_stream::train::diag::CONV_SHAPES;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = fastrand::Rng::with_seed(seed);

@@ -9,8 +9,8 @@ use clap::Args;
 
 use cifar_stream::augment::{self, collate, Augmenter, Batch};
 use cifar_stream::device::describe;
-use cifar_stream::train::bench;
 use cifar_stream::train::config::TrainConfig;
+use cifar_stream::train::diag::timing;
 
 use crate::args::{positive, NetArgs, OptimFlags, PrecisionFlag};
 use crate::finish::Finish;
@@ -125,7 +125,7 @@ pub fn step(args: StepBenchArgs) -> Result<Finish> {
     ])?;
     global_threads(&config)?;
     let device = args.net.device.select()?;
-    let rate = bench::step_rate(&config, &device, args.steps)?;
+    let rate = timing::step_rate(&config, &device, args.steps)?;
     println!(
         "candle {} kernels, {} on {}, {} threads, batch {}: images/s: {:.0}",
         rate.kernels,
@@ -160,7 +160,7 @@ pub struct OpBenchArgs {
 pub fn ops(args: OpBenchArgs) -> Result<Finish> {
     let config = args.net.resolve(&[&args.batch, &args.seed])?;
     let device = args.net.device.select()?;
-    let rows = bench::op_times(&config, &device, args.reps)?;
+    let rows = timing::op_times(&config, &device, args.reps)?;
     println!(
         "candle's ops on {}, batch {}, median of {} (ms); total = ms x layers of that shape",
         describe(&device),
@@ -218,7 +218,7 @@ pub fn ops(args: OpBenchArgs) -> Result<Finish> {
     println!(
         "lowered backward (ops::lowered): dgrad {dgrad_lo:.1} ms, wgrad {wgrad_lo:.1} ms (stock: {dgrad:.1}, {wgrad:.1})"
     );
-    let tails = bench::tail_times(&config, &device, args.reps)?;
+    let tails = timing::tail_times(&config, &device, args.reps)?;
     println!(
         "{:<28} {:>3} {:>9} {:>9}",
         "block tail (n c h w)", "n", "tail f+b", "sq f+b"

@@ -1,19 +1,21 @@
-//! `device-check`: one training step on --device against the CPU and an f64 reference.
+//! The two checks of a device against the CPU: `check-ops` (every op, forward and gradients) and
+//! `check-step` (one whole training step, and an f64 reference).
 
 use anyhow::{bail, Result};
 use clap::Args;
 
 use cifar_stream::device::describe;
 use cifar_stream::ops::Kernels;
-use cifar_stream::train::parity::{self, Side, Tolerance, Verdict};
+use cifar_stream::train::diag::step_check::{self, Tolerance, Verdict};
+use cifar_stream::train::diag::{op_check, Side};
 
 use crate::args::{positive, DeviceFlag, NetArgs, PrecisionFlag};
 use crate::finish::Finish;
 use crate::stream_args::SeedFlag;
 
-/// `device-check`: the model, its kernels and precision on the device, and the tolerance.
+/// `check-step`: the model, its kernels and precision on the device, and the tolerance.
 #[derive(Args)]
-pub struct DeviceCheckArgs {
+pub struct CheckStepArgs {
     /// Images in the batch.
     #[arg(long, default_value_t = 8, value_parser = positive)]
     images: usize,
@@ -35,17 +37,17 @@ pub struct DeviceCheckArgs {
     seed: SeedFlag,
 }
 
-/// `device-check`: prints the worst tensors and a verdict line; fails when any tensor fails.
-pub fn device(args: DeviceCheckArgs) -> Result<Finish> {
+/// `check-step`: prints the worst tensors and a verdict line; fails when any tensor fails.
+pub fn step(args: CheckStepArgs) -> Result<Finish> {
     let config = args.net.resolve(&[&args.precision, &args.seed])?;
     let device = args.net.device.select()?;
+    // TF32 as the config says (`--no-tf32` for a strict f32 check); nothing on the CPU.
     let side = Side {
-        device: &device,
-        kernels: config.kernels,
-        dtype: candle_core::DType::F32,
         precision: config.precision,
+        tf32: config.tf32,
+        ..Side::f32(&device, config.kernels)
     };
-    let rows = parity::compare(&config, args.images, side, args.cpu_kernels)?;
+    let rows = step_check::compare(&config, args.images, side, args.cpu_kernels)?;
     println!(
         "{} ({} kernels, {}) vs cpu ({} kernels, f32), preset {}, {} images, {} tensors",
         describe(&device),
@@ -76,7 +78,7 @@ pub fn device(args: DeviceCheckArgs) -> Result<Finish> {
     }
     let v = Verdict::of(&rows, tolerance);
     println!(
-        "parity: logits {:.3e}, worst tensor {:.3e} vs cpu (tolerance {:.0e}); {} of {} tensors fail: {}",
+        "check-step: logits {:.3e}, worst tensor {:.3e} vs cpu (tolerance {:.0e}); {} of {} tensors fail: {}",
         v.logits,
         v.worst,
         args.tolerance,
@@ -90,9 +92,9 @@ pub fn device(args: DeviceCheckArgs) -> Result<Finish> {
     Ok(Finish::Done)
 }
 
-/// `gpu-test`: the device's ops against the CPU's.
+/// `check-ops`: the device's ops against the CPU's.
 #[derive(Args)]
-pub struct GpuTestArgs {
+pub struct CheckOpsArgs {
     #[command(flatten)]
     device: DeviceFlag,
     /// Kernels on the device side (the CPU side is always the fast ops).
@@ -103,11 +105,11 @@ pub struct GpuTestArgs {
     all: bool,
 }
 
-/// `gpu-test`: every op's forward and gradients on --device against the CPU, per op and dtype
+/// `check-ops`: every op's forward and gradients on --device against the CPU, per op and dtype
 /// the worst error against its tolerance; fails when any comparison does.
-pub fn gpu_test(args: GpuTestArgs) -> Result<Finish> {
+pub fn ops(args: CheckOpsArgs) -> Result<Finish> {
     let device = args.device.select()?;
-    let rows = cifar_stream::train::opcheck::run(&device, args.kernels)?;
+    let rows = op_check::run(&device, args.kernels)?;
     println!(
         "{} ({} kernels) vs cpu (fast kernels, f32): {} comparisons",
         describe(&device),
@@ -161,7 +163,7 @@ pub fn gpu_test(args: GpuTestArgs) -> Result<Finish> {
     }
     let failed = rows.iter().filter(|r| !r.passes()).count();
     println!(
-        "gpu-test: {failed} of {} comparisons fail: {}",
+        "check-ops: {failed} of {} comparisons fail: {}",
         rows.len(),
         if failed == 0 { "ok" } else { "FAIL" }
     );

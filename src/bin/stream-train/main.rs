@@ -56,12 +56,14 @@ enum Command {
     /// Time training steps (forward, backward, SGD) on random images, with no data pipeline:
     /// prints `images/s`, comparable with `tools/torch_reference.py speed`.
     StepBench(Box<benches::StepBenchArgs>),
-    /// One training step's logits and gradients on --device against the CPU (same weights and
-    /// batch): prints the worst relative errors and fails above --tolerance.
-    DeviceCheck(Box<checks::DeviceCheckArgs>),
+    /// One whole training step's logits and gradients on --device against the CPU (same weights
+    /// and batch) and f64: prints the worst relative errors and fails above --tolerance.
+    #[command(alias = "device-check")]
+    CheckStep(Box<checks::CheckStepArgs>),
     /// Every training op's forward pass and gradients on --device (the CUDA kernels) against the
     /// CPU's, in f32 and bf16: what the GPU check runs first.
-    GpuTest(checks::GpuTestArgs),
+    #[command(alias = "gpu-test")]
+    CheckOps(checks::CheckOpsArgs),
     /// Time candle's own convolution (forward, input gradient, weight gradient) and BatchNorm at
     /// every layer shape of the model on --device: where a GPU step's time goes, per op.
     OpBench(Box<benches::OpBenchArgs>),
@@ -78,9 +80,9 @@ fn main() -> ExitCode {
         Some(Command::AugmentPreview(args)) => pipeline::preview(args),
         Some(Command::AugmentBench(args)) => benches::augment(args),
         Some(Command::StepBench(args)) => benches::step(*args),
-        Some(Command::DeviceCheck(args)) => checks::device(*args),
+        Some(Command::CheckStep(args)) => checks::step(*args),
         Some(Command::OpBench(args)) => benches::ops(*args),
-        Some(Command::GpuTest(args)) => checks::gpu_test(args),
+        Some(Command::CheckOps(args)) => checks::ops(args),
         Some(Command::Eval(args)) => eval::eval(args),
         Some(Command::Predict(args)) => eval::predict(args),
         None => train::run(cli.run),

@@ -1,6 +1,6 @@
-//! Each training op on a device against the CPU op it replaces: forward output and every
+//! `check-ops`: each training op on a device against the CPU op it replaces: forward output and every
 //! gradient over the geometries `tests/suite/ops.rs` uses, in f32 and (on CUDA) bf16, plus the fused
-//! optimizer + EMA step. `stream-train gpu-test` prints the table; on a GPU it is the first thing
+//! optimizer + EMA step. `stream-train check-ops` prints the table; on a GPU it is the first thing
 //! the check runs, since the CUDA kernels can only be tested there.
 //!
 //! The reference is always the CPU with [`Kernels::Fast`] (held to candle's own ops and to finite
@@ -11,10 +11,12 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::ema::Ema;
-use super::error::Result;
-use super::sgd::Sgd;
+use super::measure::{relative_max, uniform};
+use super::side::Side;
 use crate::ops::{self, BatchNorm, Kernels, Options, Statistics};
+use crate::train::ema::Ema;
+use crate::train::error::Result;
+use crate::train::sgd::Sgd;
 
 /// Largest accepted error (max |device − cpu| / max |cpu|) in f32: reassociated sums only.
 pub const F32_TOLERANCE: f64 = 1e-4;
@@ -48,45 +50,7 @@ impl Comparison {
 
 fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
     let mut rng = crate::seed::rng(seed, &[0x6f70_6368]);
-    Ok(super::bench::uniform(&mut rng, shape, &Device::Cpu)?)
-}
-
-/// max |a − b| / max |b| over all elements, in f64 on the CPU.
-fn error(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let f = |t: &Tensor| -> Result<Vec<f64>> {
-        Ok(t.to_device(&Device::Cpu)?
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1()?)
-    };
-    let (a, b) = (f(a)?, f(b)?);
-    if a.len() != b.len() {
-        return Ok(f64::INFINITY);
-    }
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    let worst = a
-        .iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-    Ok(worst / scale)
-}
-
-/// Where one side of a comparison runs.
-#[derive(Clone, Copy)]
-struct Side<'a> {
-    device: &'a Device,
-    kernels: Kernels,
-    dtype: DType,
-}
-
-impl Side<'_> {
-    /// The side's kernels, with TF32 off: the f32 cases hold the device to f32 arithmetic.
-    fn ops(&self) -> Options {
-        Options {
-            kernels: self.kernels,
-            tf32: false,
-        }
-    }
+    Ok(uniform(&mut rng, shape, &Device::Cpu)?)
 }
 
 /// Batch statistics (unsynchronised) when `train`, else the running ones.
@@ -267,7 +231,7 @@ fn sgd(side: Side) -> Result<Named> {
     Ok(out)
 }
 
-/// Convolution shapes `(in channels, out channels, height = width)` that `gpu-test` runs and
+/// Convolution shapes `(in channels, out channels, height = width)` that `check-ops` runs and
 /// `tests/suite/ops.rs` checks on the CPU: a stem-like 3-channel input, odd sizes, wide-to-narrow and
 /// narrow-to-wide.
 pub const CONV_SHAPES: [(usize, usize, usize); 5] = [
@@ -293,21 +257,17 @@ pub fn run(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {
 
 fn compare_all(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {
     let cpu = Device::Cpu;
-    let reference = Side {
-        device: &cpu,
-        kernels: Kernels::Fast,
-        dtype: DType::F32,
-    };
+    let reference = Side::f32(&cpu, Kernels::Fast);
     let mut dtypes = vec![DType::F32];
     if device.is_cuda() {
         dtypes.push(DType::BF16);
     }
     let mut rows = Vec::new();
     for dtype in dtypes {
+        // TF32 off: the f32 cases hold the device to f32 arithmetic.
         let side = Side {
-            device,
-            kernels,
             dtype,
+            ..Side::f32(device, kernels)
         };
         let (name, tolerance) = match dtype {
             DType::BF16 => ("bf16", BF16_TOLERANCE),
@@ -330,9 +290,9 @@ fn compare_all(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {
                     let error = match (&keep, *tensor) {
                         (Some(keep), "dx") => {
                             let g = g.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-                            error(&(g * keep)?, &(w * keep)?)?
+                            relative_max(&(g * keep)?, &(w * keep)?)?
                         }
-                        _ => error(g, w)?,
+                        _ => relative_max(g, w)?,
                     };
                     rows.push(Comparison {
                         op,

@@ -1,47 +1,16 @@
-//! Holding one device (or kernel choice) against another: the same weights and batch through a
-//! training forward and backward on both, compared tensor by tensor.
+//! `check-step`: holding one device (or kernel choice) against another: the same weights and
+//! batch through a training forward and backward on both, compared tensor by tensor.
 
 use candle_core::{DType, Device, Tensor};
 
-use super::error::{Error, Result};
-use super::net::Net;
-use crate::model::{Mode, Precision};
+use super::measure::relative_l2;
+use super::side::Side;
+use crate::model::Mode;
 use crate::ops::Kernels;
 use crate::seed;
 use crate::train::config::TrainConfig;
-
-/// `‖a − b‖ / ‖b‖` over all elements, in f64 (0 when both are zero).
-pub fn relative_error(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
-    let a = a
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?;
-    let b = b
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?;
-    let (a, b) = (a.to_vec1::<f64>()?, b.to_vec1::<f64>()?);
-    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let norm: f64 = b.iter().map(|y| y * y).sum();
-    Ok(if norm == 0.0 {
-        diff.sqrt()
-    } else {
-        (diff / norm).sqrt()
-    })
-}
-
-/// Where a step runs: device, kernels, dtype.
-#[derive(Clone, Copy, Debug)]
-pub struct Side<'a> {
-    /// Device.
-    pub device: &'a Device,
-    /// Convolution/BatchNorm implementation.
-    pub kernels: Kernels,
-    /// Dtype of the weights (f64 takes candle's ops whatever `kernels` says).
-    pub dtype: DType,
-    /// Compute precision (bf16: the device side only; the CPU references compute in `dtype`).
-    pub precision: Precision,
-}
+use crate::train::error::{Error, Result};
+use crate::train::net::Net;
 
 /// Logits and every parameter gradient of one training step (no update).
 fn step(config: &TrainConfig, side: Side, batch: usize) -> Result<Vec<(String, Tensor)>> {
@@ -52,8 +21,7 @@ fn step(config: &TrainConfig, side: Side, batch: usize) -> Result<Vec<(String, T
         crate::model::build_as(&config.model, config.seed, side.device, side.dtype)?;
     model.set_kernels(side.kernels);
     model.set_precision(side.precision);
-    // TF32 as the config says (`--no-tf32` for a strict f32 check); nothing on the CPU.
-    model.set_tf32(config.tf32);
+    model.set_tf32(side.tf32);
     let net = Net { model, vars };
     let device = side.device;
     let len = 3 * 32 * 32;
@@ -101,33 +69,19 @@ pub fn compare(
 ) -> Result<Vec<Row>> {
     let cpu = Device::Cpu;
     let on_device = step(config, device, batch)?;
-    let on_cpu = step(
-        config,
-        Side {
-            device: &cpu,
-            kernels: cpu_kernels,
-            dtype: DType::F32,
-            precision: Precision::F32,
-        },
-        batch,
-    )?;
-    let exact = step(
-        config,
-        Side {
-            device: &cpu,
-            kernels: Kernels::Stock,
-            dtype: DType::F64,
-            precision: Precision::F32,
-        },
-        batch,
-    )?;
+    let on_cpu = step(config, Side::f32(&cpu, cpu_kernels), batch)?;
+    let exact = Side {
+        dtype: DType::F64,
+        ..Side::f32(&cpu, Kernels::Stock)
+    };
+    let exact = step(config, exact, batch)?;
     let mut rows = Vec::with_capacity(on_device.len());
     for (((name, d), (_, c)), (_, x)) in on_device.iter().zip(&on_cpu).zip(&exact) {
         rows.push(Row {
             name: name.clone(),
-            vs_cpu: relative_error(d, c)?,
-            device_vs_exact: relative_error(d, x)?,
-            cpu_vs_exact: relative_error(c, x)?,
+            vs_cpu: relative_l2(d, c)?,
+            device_vs_exact: relative_l2(d, x)?,
+            cpu_vs_exact: relative_l2(c, x)?,
         });
     }
     rows.sort_by(|p, q| q.vs_cpu.total_cmp(&p.vs_cpu));

@@ -6,13 +6,14 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::error::Result;
-use super::learner::Learner;
+use super::measure::uniform;
 use crate::model::ConvShape;
 use crate::ops::{lowered, BatchNorm, Statistics};
 use crate::seed;
 use crate::store::Shape;
 use crate::train::config::TrainConfig;
+use crate::train::error::Result;
+use crate::train::learner::Learner;
 
 /// Untimed steps or repetitions before timing starts (allocator and caches settle).
 pub const WARMUP: usize = 2;
@@ -102,17 +103,6 @@ pub struct TailTimes {
 
 /// Times candle's convolution (forward, input and weight gradients), the lowered backward and
 /// BatchNorm at every convolution shape of `config.model`, batch `config.batch_size`: medians of
-/// A tensor of `dims` drawn uniformly from [−1, 1) by `rng`, on `device`.
-pub(crate) fn uniform(
-    rng: &mut fastrand::Rng,
-    dims: &[usize],
-    device: &Device,
-) -> candle_core::Result<Tensor> {
-    let n: usize = dims.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, dims, device)
-}
-
 /// `reps` runs after [`WARMUP`], each synchronised.
 pub fn op_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Vec<OpTimes>> {
     let b = config.batch_size;
