@@ -104,7 +104,7 @@ fn bench_step(c: &mut Criterion) {
         model.set_kernels(kernels);
         let params = sorted_vars(&vars)
             .into_iter()
-            .filter(|(n, _)| !cifar_stream::model::is_buffer(n))
+            .filter(|(n, _)| !cifar_stream::model::is_running_statistic(n))
             .collect();
         let mut sgd = Sgd::new(params, 0.9, true, 5e-5, false);
         let mut step = 0u64;

@@ -7,4 +7,4 @@ mod resnet_d;
 
 pub use config::{ConvShape, Layer, ModelConfig};
 pub use precision::Precision;
-pub use resnet_d::{build, build_as, is_buffer, sorted_vars, Mode, SeResNetD};
+pub use resnet_d::{build, build_as, is_running_statistic, sorted_vars, Mode, SeResNetD};

@@ -289,7 +289,7 @@ fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
 }
 
 /// True for BatchNorm running statistics: variables that are state, not parameters.
-pub fn is_buffer(name: &str) -> bool {
+pub fn is_running_statistic(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var")
 }
 

@@ -8,7 +8,7 @@
 //!
 //! This module knows the file format, the [`State`] and whether a run may resume from it; the
 //! tensors' names are their owners' ([`Learner::state`](super::Learner::state),
-//! [`Running::state`](super::Running::state)).
+//! [`EpochSums::state`](super::EpochSums::state)).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -266,7 +266,7 @@ impl Snapshot {
         })
     }
 
-    /// Every tensor by checkpoint name (`model.…`, `ema.…`, `momentum.…`, `running.…`).
+    /// Every tensor by checkpoint name (`model.…`, `ema.…`, `momentum.…`, `epoch_sums.…`).
     pub fn tensors(&self) -> &HashMap<String, Tensor> {
         &self.tensors
     }

@@ -13,7 +13,7 @@ use super::error::{Result, StateError};
 use super::net::Net;
 use super::sgd::Sgd;
 use crate::dist::{Collective, Local};
-use crate::model::{is_buffer, Mode, SeResNetD};
+use crate::model::{is_running_statistic, Mode, SeResNetD};
 use crate::train::config::TrainConfig;
 
 /// The parts of a learner's state ([`Learner::state`]), each a prefix of its tensors' names.
@@ -67,7 +67,7 @@ impl Learner {
         let params: Vec<(String, Var)> = net
             .named()
             .into_iter()
-            .filter(|(n, _)| !is_buffer(n))
+            .filter(|(n, _)| !is_running_statistic(n))
             .collect();
         let sgd = Sgd::new(
             params,
@@ -121,10 +121,11 @@ impl Learner {
             vars.extend(ema.vars());
         }
         broadcast_vars(self.world.as_ref(), &vars)?;
-        let buffers: Vec<Tensor> = self.sgd.buffers().values().cloned().collect();
+        let buffers: Vec<Tensor> = self.sgd.momentum_tensors().values().cloned().collect();
         let refreshed = self.world.broadcast_tensors(&buffers, 0)?;
-        let names = self.sgd.buffers().keys().cloned();
-        self.sgd.set_buffers(names.zip(refreshed).collect());
+        let names = self.sgd.momentum_tensors().keys().cloned();
+        self.sgd
+            .set_momentum_tensors(names.zip(refreshed).collect());
         Ok(())
     }
 
@@ -148,7 +149,7 @@ impl Learner {
         if let Some((ema, _)) = &self.ema {
             tensors.extend(ema.vars().iter().map(|v| v.as_tensor().clone()));
         }
-        tensors.extend(self.sgd.buffers().values().cloned());
+        tensors.extend(self.sgd.momentum_tensors().values().cloned());
         Ok(crate::dist::fingerprint_tensors(&tensors)?)
     }
 
@@ -245,7 +246,7 @@ impl Learner {
         let momentum = Part::Momentum.prefix();
         out.extend(
             self.sgd
-                .buffers()
+                .momentum_tensors()
                 .iter()
                 .map(|(n, t)| (format!("{momentum}{n}"), t.clone())),
         );
@@ -276,7 +277,7 @@ impl Learner {
             .iter()
             .filter_map(|(k, t)| k.strip_prefix(prefix).map(|n| (n.to_string(), t.clone())))
             .collect();
-        self.sgd.set_buffers(buffers);
+        self.sgd.set_momentum_tensors(buffers);
         self.steps = steps;
         Ok(())
     }
@@ -301,7 +302,7 @@ impl Learner {
 fn statistics(net: &Net) -> Vec<Var> {
     net.named()
         .into_iter()
-        .filter(|(n, _)| is_buffer(n))
+        .filter(|(n, _)| is_running_statistic(n))
         .map(|(_, v)| v)
         .collect()
 }

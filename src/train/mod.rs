@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod diag;
 pub mod ema;
+pub mod epoch_sums;
 mod error;
 mod evaluate;
 mod learner;
@@ -14,7 +15,6 @@ pub mod metrics;
 mod net;
 mod outcome;
 mod run_dir;
-pub mod running;
 mod saved;
 pub mod schedule;
 pub mod sgd;
@@ -24,6 +24,7 @@ pub mod tta;
 
 pub use checkpoint::Snapshot;
 pub use ema::Ema;
+pub use epoch_sums::EpochSums;
 pub use error::{Error, Result, StateError};
 pub use evaluate::{evaluate, Evaluation};
 pub use learner::{Learner, Part};
@@ -32,7 +33,6 @@ pub use net::Net;
 pub use outcome::{
     Headline, Observer, Outcome, Silent, TestEvaluation, TrainedEpoch, LOSS_READ_EVERY,
 };
-pub use running::Running;
 pub use saved::{read_image, Prediction, SavedRun};
 pub use schedule::{Schedule, ScheduleKind};
 pub use sgd::Sgd;

@@ -150,13 +150,13 @@ impl Sgd {
         &self.params
     }
 
-    /// Momentum buffers by parameter name (for checkpoints).
-    pub fn buffers(&self) -> &BTreeMap<String, Tensor> {
+    /// Each parameter's momentum (PyTorch's `momentum_buffer`), by parameter name.
+    pub fn momentum_tensors(&self) -> &BTreeMap<String, Tensor> {
         &self.buffers
     }
 
     /// Restores momentum buffers from a checkpoint.
-    pub fn set_buffers(&mut self, buffers: BTreeMap<String, Tensor>) {
+    pub fn set_momentum_tensors(&mut self, buffers: BTreeMap<String, Tensor>) {
         self.buffers = buffers;
     }
 }

@@ -13,13 +13,13 @@ use candle_core::{Device, Tensor};
 use rayon::ThreadPool;
 
 use super::checkpoint::{Snapshot, State};
+use super::epoch_sums::EpochSums;
 use super::error::Result;
 use super::evaluate::evaluate;
 use super::learner::Learner;
 use super::metrics::EpochMetrics;
 use super::outcome::{Observer, Outcome, TestEvaluation, TrainedEpoch, LOSS_READ_EVERY};
 use super::run_dir::RunDir;
-use super::running::Running;
 use super::stores::Stores;
 use crate::augment::Augmenter;
 use crate::dist::Collective;
@@ -52,7 +52,7 @@ pub struct Trainer {
     /// Batches of `next_epoch` already trained: the index of the next step within its epoch.
     batch: usize,
     /// Training loss and accuracy of `next_epoch`'s steps so far.
-    running: Running,
+    sums: EpochSums,
     history: Vec<EpochMetrics>,
     /// The ranks of a data-parallel run ([`Local`](crate::dist::Local) alone).
     world: Arc<dyn Collective>,
@@ -212,7 +212,7 @@ impl Trainer {
             drop(batch);
             self.step(&x, &y)?;
             let progress = if self.batch.is_multiple_of(LOSS_READ_EVERY) {
-                Some(self.running.read()?.0)
+                Some(self.sums.read()?.0)
             } else {
                 None
             };
@@ -229,11 +229,11 @@ impl Trainer {
         drop(epoch);
         self.loader = Some(loader);
         // The epoch's one wait for the device: its time belongs to training, not evaluation.
-        let (mut loss, mut accuracy, mut images) = (0.0, 0.0, self.running.images());
+        let (mut loss, mut accuracy, mut images) = (0.0, 0.0, self.sums.images());
         if complete {
             // Evaluation and the ranks' fingerprint read BatchNorm's statistics: rank 0's.
             self.learner.sync_statistics()?;
-            let (loss_sum, hits) = self.running.read_sums()?;
+            let (loss_sum, hits) = self.sums.read_sums()?;
             let mut totals = [loss_sum, hits, images as f64];
             self.world.all_reduce_sum_f64(&mut totals)?;
             let n = totals[2].max(1.0);
@@ -283,7 +283,7 @@ impl Trainer {
         }
         let dropout_seed = seed::derive(self.config.seed, &parts);
         let (logits, loss) = self.learner.step(x, y, lr, dropout_seed)?;
-        self.running.add(&logits, &loss, y)?;
+        self.sums.add(&logits, &loss, y)?;
         self.batch += 1;
         Ok(())
     }
@@ -375,7 +375,7 @@ impl Trainer {
             .check_ranks_identical(&format!("weights after epoch {}", trained.epoch + 1))?;
         self.next_epoch = trained.epoch + 1;
         self.batch = 0;
-        self.running = Running::new();
+        self.sums = EpochSums::new();
         Ok(m)
     }
 
@@ -390,7 +390,7 @@ impl Trainer {
             next_epoch: self.next_epoch,
             batch: self.batch,
             step: self.learner.steps(),
-            epoch_images: self.running.images(),
+            epoch_images: self.sums.images(),
             config: self.config.clone(),
             mean: self.stores.header.mean.clone(),
             std: self.stores.header.std.clone(),
@@ -398,7 +398,7 @@ impl Trainer {
             shape: self.stores.header.shape,
             history: self.history.clone(),
         };
-        let tensors = self.learner.state().into_iter().chain(self.running.state());
+        let tensors = self.learner.state().into_iter().chain(self.sums.state());
         dir.save(&Snapshot::new(state, tensors))
     }
 }

@@ -2,7 +2,7 @@
 //! gradients reaching every parameter.
 
 use candle_core::{DType, Device, Tensor};
-use cifar_stream::model::{build, is_buffer, sorted_vars, Mode, ModelConfig};
+use cifar_stream::model::{build, is_running_statistic, sorted_vars, Mode, ModelConfig};
 
 fn small() -> ModelConfig {
     ModelConfig {
@@ -57,7 +57,7 @@ fn built_params(c: &ModelConfig) -> usize {
     let (_, vars) = build(c, 0, &Device::Cpu).unwrap();
     sorted_vars(&vars)
         .iter()
-        .filter(|(n, _)| !is_buffer(n))
+        .filter(|(n, _)| !is_running_statistic(n))
         .map(|(_, v)| v.elem_count())
         .sum()
 }
@@ -158,7 +158,7 @@ fn one_backward_pass_reaches_every_parameter() {
     let grads = loss.backward().unwrap();
     for (name, var) in sorted_vars(&vars)
         .into_iter()
-        .filter(|(n, _)| !is_buffer(n))
+        .filter(|(n, _)| !is_running_statistic(n))
     {
         let g = grads
             .get(&var)
@@ -199,7 +199,10 @@ fn step_tensors(
     let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
     let grads = loss.backward().unwrap();
     let mut out = vec![("logits".to_string(), logits)];
-    for (name, var) in sorted_vars(vars).into_iter().filter(|(n, _)| !is_buffer(n)) {
+    for (name, var) in sorted_vars(vars)
+        .into_iter()
+        .filter(|(n, _)| !is_running_statistic(n))
+    {
         out.push((format!("grad {name}"), grads.get(&var).unwrap().clone()));
     }
     out

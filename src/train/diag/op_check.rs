@@ -218,7 +218,7 @@ fn sgd(side: Side) -> Result<Named> {
     for (name, t) in ["ema w", "ema b", "ema stat"].into_iter().zip(&twins) {
         out.push((name, t.as_tensor().clone()));
     }
-    for (name, t) in sgd.buffers() {
+    for (name, t) in sgd.momentum_tensors() {
         out.push((
             if name == "w" {
                 "momentum w"

@@ -14,10 +14,10 @@ use crate::dist::{Collective, Local};
 use crate::ops::Kernels;
 use crate::train::checkpoint::Snapshot;
 use crate::train::config::TrainConfig;
+use crate::train::epoch_sums::EpochSums;
 use crate::train::error::{Error, Result};
 use crate::train::learner::Learner;
 use crate::train::run_dir::{split_run_dir, RunDir};
-use crate::train::running::Running;
 use crate::train::stores::Stores;
 
 impl Trainer {
@@ -76,7 +76,7 @@ impl Trainer {
                 source: Box::new(source),
             })?;
         trainer.learner.broadcast_from_main()?;
-        trainer.running = Running::from_state(tensors, state.epoch_images);
+        trainer.sums = EpochSums::from_state(tensors, state.epoch_images);
         let state = snapshot.state;
         trainer.next_epoch = state.next_epoch;
         trainer.batch = state.batch;
@@ -143,7 +143,7 @@ impl Trainer {
             batches_per_epoch,
             next_epoch: 0,
             batch: 0,
-            running: Running::new(),
+            sums: EpochSums::new(),
             history: Vec::new(),
             world,
         })

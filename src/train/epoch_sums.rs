@@ -10,17 +10,19 @@ use std::collections::HashMap;
 use candle_core::{DType, Result, Tensor};
 
 /// The prefix of the sums' names in a checkpoint.
-const PREFIX: &str = "running.";
+const PREFIX: &str = "epoch_sums.";
+/// The prefix checkpoints written before the rename used; still read.
+const OLD_PREFIX: &str = "running.";
 
 /// Sums of `loss × batch` and of correct predictions since the epoch started.
 #[derive(Default)]
-pub struct Running {
+pub struct EpochSums {
     loss: Option<Tensor>,
     hits: Option<Tensor>,
     images: usize,
 }
 
-impl Running {
+impl EpochSums {
     /// Empty totals.
     pub fn new() -> Self {
         Self::default()
@@ -55,8 +57,8 @@ impl Running {
         self.images
     }
 
-    /// The device-side sums as named tensors (`running.loss`, `running.hits`) once a batch was
-    /// added, for a checkpoint; [`Running::images`] goes with them.
+    /// The device-side sums as named tensors (`epoch_sums.loss`, `epoch_sums.hits`) once a batch was
+    /// added, for a checkpoint; [`EpochSums::images`] goes with them.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         match (&self.loss, &self.hits) {
             (Some(loss), Some(hits)) => vec![
@@ -67,17 +69,21 @@ impl Running {
         }
     }
 
-    /// The totals of a [`Running::state`] over `images` images (empty when it holds none: a
+    /// The totals of a [`EpochSums::state`] over `images` images (empty when it holds none: a
     /// checkpoint at an epoch boundary).
     pub fn from_state(tensors: &HashMap<String, Tensor>, images: usize) -> Self {
-        let get = |n: &str| tensors.get(&format!("{PREFIX}{n}")).cloned();
+        let get = |n: &str| {
+            [PREFIX, OLD_PREFIX]
+                .iter()
+                .find_map(|p| tensors.get(&format!("{p}{n}")).cloned())
+        };
         match (get("loss"), get("hits")) {
-            (Some(loss), Some(hits)) => Running {
+            (Some(loss), Some(hits)) => EpochSums {
                 loss: Some(loss),
                 hits: Some(hits),
                 images,
             },
-            _ => Running::new(),
+            _ => EpochSums::new(),
         }
     }
 
@@ -101,12 +107,12 @@ impl Running {
 mod tests {
     use candle_core::{Device, Tensor};
 
-    use super::Running;
+    use super::EpochSums;
 
     #[test]
     fn means_weight_each_batch_by_its_size() {
         let dev = Device::Cpu;
-        let mut r = Running::new();
+        let mut r = EpochSums::new();
         assert_eq!(r.read().unwrap(), (0.0, 0.0));
         // Batch 1: two images, both right, loss 1.0. Batch 2: one image, wrong, loss 4.0.
         let logits = Tensor::new(&[[0.0f32, 2.0], [3.0, 1.0]], &dev).unwrap();
@@ -121,5 +127,25 @@ mod tests {
         assert_eq!(r.images(), 3);
         assert!((loss - 2.0).abs() < 1e-12, "{loss}");
         assert!((acc - 2.0 / 3.0).abs() < 1e-12, "{acc}");
+    }
+
+    #[test]
+    fn the_state_round_trips_and_the_old_names_are_read() {
+        let dev = Device::Cpu;
+        let mut r = EpochSums::new();
+        assert!(r.state().is_empty());
+        let logits = Tensor::new(&[[0.0f32, 2.0]], &dev).unwrap();
+        let y = Tensor::new(&[1u32], &dev).unwrap();
+        r.add(&logits, &Tensor::new(3.0f32, &dev).unwrap(), &y)
+            .unwrap();
+        let state: std::collections::HashMap<String, Tensor> = r.state().into_iter().collect();
+        let back = EpochSums::from_state(&state, 1);
+        assert_eq!(back.read().unwrap(), (3.0, 1.0));
+        // A checkpoint written before the rename named them `running.…`.
+        let old = state
+            .into_iter()
+            .map(|(k, t)| (k.replace("epoch_sums.", "running."), t))
+            .collect();
+        assert_eq!(EpochSums::from_state(&old, 1).read().unwrap(), (3.0, 1.0));
     }
 }
