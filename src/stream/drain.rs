@@ -1,7 +1,8 @@
 //! The data path alone: every batch of every epoch pulled into a null consumer, which measures
 //! what the stream can deliver with no trainer behind it (`stream-train --pipeline-only`).
 
-use super::loader::{EpochStats, Loader, StreamError};
+use super::error::StreamError;
+use super::loader::{EpochStats, Loader};
 
 /// Callbacks of [`drain`], for progress and per-epoch reports.
 pub trait DrainObserver {

@@ -3,7 +3,6 @@
 //! the consumer (the trainer's own thread, or an async task) takes batches epoch by epoch.
 
 use std::ops::Range;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,85 +13,12 @@ use serde::Serialize;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
 use super::batch::{BatchGuard, Recycler};
-use super::sampler::{Sampler, Shard};
-use crate::augment::{collate, Augmenter};
+use super::config::{LoaderConfig, Phase};
+use super::error::{Item, StreamError};
+use super::producer::Producer;
+use super::sampler::Sampler;
+use crate::augment::Augmenter;
 use crate::store::Images;
-
-/// What a stream feeds: its spans carry this as `phase`, so a profile of training can leave
-/// evaluation's reads and augmentation out.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub enum Phase {
-    /// Training batches.
-    #[default]
-    Train,
-    /// Evaluation batches.
-    Eval,
-}
-
-impl Phase {
-    /// The `phase` field of the stream's spans.
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Train => "train",
-            Phase::Eval => "eval",
-        }
-    }
-}
-
-/// How a run's batches are drawn and buffered.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct LoaderConfig {
-    /// Images per batch.
-    pub batch_size: usize,
-    /// Drop the last short batch of each epoch.
-    pub drop_last: bool,
-    /// Shuffle each epoch (off for evaluation).
-    pub shuffle: bool,
-    /// Channel depth: batches ready and waiting for the consumer.
-    pub prefetch: usize,
-    /// Seed of the epoch permutations.
-    pub seed: u64,
-    /// Epochs to produce (a resumed run starts past 0).
-    pub epochs: Range<usize>,
-    /// Batches per epoch at most (`None`: the whole dataset).
-    pub max_batches: Option<usize>,
-    /// The first epoch starts at this batch (a run resumed in the middle of an epoch); the
-    /// permutation is the same, so the rest of the epoch is what it would have been.
-    pub start_batch: usize,
-    /// What the batches are for (the `phase` field of the spans).
-    pub phase: Phase,
-    /// This rank's share of each epoch in data-parallel training (`None`: everything).
-    pub shard: Option<Shard>,
-}
-
-/// Why the stream could not deliver a batch.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    /// The producer panicked (a bad image, a failing store…); the message says why.
-    #[error("data producer failed at epoch {epoch} batch {step}: {message}")]
-    ProducerFailed {
-        epoch: usize,
-        step: usize,
-        message: String,
-    },
-    /// The producer ended without a word before the epoch was complete.
-    #[error("data producer stopped before epoch {epoch} batch {step}")]
-    ProducerGone { epoch: usize, step: usize },
-    /// The run was cancelled (Ctrl-C).
-    #[error("interrupted")]
-    Interrupted,
-    /// The images went bad under the stream (a store file truncated while mapped).
-    #[error(transparent)]
-    Store(#[from] crate::store::Error),
-    /// The consumer holds every batch buffer and asks for another: none can ever come.
-    #[error(
-        "the consumer holds all {held} batch buffers and asks for another; drop a batch \
-         before taking the next (at most prefetch + 1 can be held)"
-    )]
-    BuffersExhausted { held: usize },
-}
-
-type Item = Result<BatchGuard, StreamError>;
 
 /// Consumer-side and producer-side counters for one epoch.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -150,21 +76,6 @@ pub struct Loader {
     abandoned: Arc<AtomicUsize>,
 }
 
-impl LoaderConfig {
-    /// The sampler a loader with this configuration deals batches from, over `len` images.
-    pub fn sampler(&self, len: usize) -> Sampler {
-        Sampler::new(
-            len,
-            self.batch_size,
-            self.drop_last,
-            self.shuffle,
-            self.seed,
-        )
-        .limit(self.max_batches)
-        .shard(self.shard)
-    }
-}
-
 impl Loader {
     /// Starts the producer thread. `cancel` ends the stream early (Ctrl-C).
     pub fn start(
@@ -184,92 +95,25 @@ impl Loader {
         let stop = Arc::new(AtomicBool::new(false));
         let blocked_ns = Arc::new(AtomicU64::new(0));
         let abandoned = Arc::new(AtomicUsize::new(0));
-        let producer = {
-            let (sampler, stop, cancel, blocked_ns, abandoned) = (
-                sampler.clone(),
-                stop.clone(),
-                cancel.clone(),
-                blocked_ns.clone(),
-                abandoned.clone(),
-            );
-            let (epochs, start_batch, phase) = (
-                config.epochs.clone(),
-                config.start_batch,
-                config.phase.name(),
-            );
-            std::thread::Builder::new()
-                .name("producer".into())
-                .spawn(move || {
-                    let halt = || stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed);
-                    for epoch in epochs.clone() {
-                        let order = sampler.order(epoch);
-                        let first = if epoch == epochs.start {
-                            start_batch
-                        } else {
-                            0
-                        };
-                        for step in first..sampler.batches_per_epoch() {
-                            if halt() {
-                                return;
-                            }
-                            if abandoned.load(Ordering::Relaxed) > epoch {
-                                break;
-                            }
-                            let Some(mut guard) = recycler.take(&halt) else {
-                                return;
-                            };
-                            let indices = sampler.batch(&order, step);
-                            // A store cut short under the map would fault on the next read:
-                            // look at its length first and say so instead.
-                            let produced = match images.check_intact() {
-                                Err(e) => Err(StreamError::Store(e)),
-                                Ok(()) => catch_unwind(AssertUnwindSafe(|| {
-                                    let _span =
-                                        tracing::trace_span!("produce", epoch, step).entered();
-                                    {
-                                        let _read = tracing::info_span!(
-                                            "read",
-                                            phase,
-                                            images = indices.len()
-                                        )
-                                        .entered();
-                                        touch(&*images, indices);
-                                    }
-                                    let _aug = tracing::info_span!(
-                                        "augment",
-                                        phase,
-                                        images = indices.len()
-                                    )
-                                    .entered();
-                                    pool.install(|| {
-                                        collate(&augmenter, &*images, indices, epoch, &mut guard)
-                                    });
-                                    guard.step = step;
-                                }))
-                                .map_err(|panic| {
-                                    StreamError::ProducerFailed {
-                                        epoch,
-                                        step,
-                                        message: panic_message(&*panic),
-                                    }
-                                }),
-                            };
-                            let item = produced.map(|()| guard);
-                            let failed = item.is_err();
-                            let t = Instant::now();
-                            let sent = {
-                                let _send = tracing::info_span!("send", phase).entered();
-                                tx.blocking_send(item)
-                            };
-                            blocked_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                            if sent.is_err() || failed {
-                                return;
-                            }
-                        }
-                    }
-                })
-                .expect("spawn the producer thread")
+        let producer = Producer {
+            images,
+            augmenter,
+            pool,
+            sampler: sampler.clone(),
+            recycler,
+            tx,
+            stop: stop.clone(),
+            cancel: cancel.clone(),
+            blocked_ns: blocked_ns.clone(),
+            abandoned: abandoned.clone(),
+            epochs: config.epochs.clone(),
+            start_batch: config.start_batch,
+            phase: config.phase.name(),
         };
+        let producer = std::thread::Builder::new()
+            .name("producer".into())
+            .spawn(move || producer.run())
+            .expect("spawn the producer thread");
         Loader {
             rx,
             sampler,
@@ -489,26 +333,4 @@ impl Iterator for Epoch<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         self.next_blocking()
     }
-}
-
-/// Faults the batch's images in from the map (one byte per page), so that storage time shows
-/// up in the `read` stage rather than inside augmentation.
-fn touch(images: &dyn Images, indices: &[usize]) {
-    let mut acc = 0u8;
-    for &i in indices {
-        let img = images.image(i);
-        for b in img.iter().step_by(4096) {
-            acc ^= b;
-        }
-        acc ^= img[img.len() - 1];
-    }
-    std::hint::black_box(acc);
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
 }

@@ -8,11 +8,16 @@
 //! setting the cancel flag (Ctrl-C) ends the stream with [`StreamError::Interrupted`].
 
 mod batch;
+mod config;
 mod drain;
+mod error;
 mod loader;
+mod producer;
 mod sampler;
 
 pub use batch::{BatchGuard, Recycler};
+pub use config::{LoaderConfig, Phase};
 pub use drain::{drain, DrainObserver, Drained};
-pub use loader::{Epoch, EpochStats, Loader, LoaderConfig, Phase, StreamError};
+pub use error::StreamError;
+pub use loader::{Epoch, EpochStats, Loader};
 pub use sampler::{Sampler, Shard};

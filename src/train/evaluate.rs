@@ -12,7 +12,7 @@ use crate::augment::Augmenter;
 use crate::dist::Collective;
 use crate::model::SeResNetD;
 use crate::store::Images;
-use crate::stream::{Loader, LoaderConfig, Phase, Shard};
+use crate::stream::{Loader, LoaderConfig, Shard};
 use crate::train::Tta;
 
 /// Accuracy and loss of one evaluation, with its confusion matrix (`[true][predicted]`).
@@ -71,21 +71,14 @@ pub fn evaluate(
     let device: Device = model.device().clone();
     let classes = model.config().num_classes;
     let shape = images.shape();
+    // Each rank its own images, all of them once (no padding to even shares).
     let config = LoaderConfig {
-        batch_size,
-        drop_last: false,
-        shuffle: false,
-        prefetch: 2,
-        seed: 0,
-        epochs: 0..1,
-        max_batches: None,
-        start_batch: 0,
-        phase: Phase::Eval,
         shard: (world.size() > 1).then_some(Shard {
             rank: world.rank(),
             world: world.size(),
             even: false,
         }),
+        ..LoaderConfig::evaluation(batch_size)
     };
     let mut loader = Loader::start(
         images,

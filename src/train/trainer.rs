@@ -25,7 +25,7 @@ use crate::augment::Augmenter;
 use crate::dist::Collective;
 use crate::model::SeResNetD;
 use crate::seed;
-use crate::stream::{Loader, LoaderConfig, Phase, Shard, StreamError};
+use crate::stream::{Loader, LoaderConfig, Shard, StreamError};
 use crate::train::config::TrainConfig;
 
 mod open;
@@ -412,16 +412,15 @@ fn train_loader_config(
     batch: usize,
 ) -> LoaderConfig {
     LoaderConfig {
-        batch_size: config.batch_size,
-        drop_last: true,
-        shuffle: true,
-        prefetch: config.prefetch,
-        seed: config.seed,
-        epochs: epoch..config.epochs,
         max_batches: config.limit_train_batches,
         start_batch: batch,
-        phase: Phase::Train,
         shard: shard_of(world),
+        ..LoaderConfig::training(
+            config.batch_size,
+            config.prefetch,
+            config.seed,
+            epoch..config.epochs,
+        )
     }
 }
 

@@ -39,14 +39,14 @@ pub fn drain(args: DrainArgs, config: &TrainConfig, profiler: &Profiler) -> Resu
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
     reports::on_ctrl_c(cancel.clone())?;
     let loader_config = LoaderConfig {
-        batch_size: config.batch_size,
         drop_last: args.drop_last,
-        shuffle: true,
-        prefetch: config.prefetch,
-        seed: config.seed,
-        epochs: 0..config.epochs,
         max_batches: config.limit_train_batches,
-        ..LoaderConfig::default()
+        ..LoaderConfig::training(
+            config.batch_size,
+            config.prefetch,
+            config.seed,
+            0..config.epochs,
+        )
     };
     let mut loader = Loader::start(
         Arc::new(reader),
