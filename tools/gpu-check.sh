@@ -10,7 +10,7 @@
 #
 # gpu-carry/ (ignored by git) holds: stream-train-cudnn.gz (the main build: this crate's CUDA
 # kernels and cuDNN convolutions with cached plans) and stream-train-cuda.gz (no cuDNN: the
-# lowered convolution backward, for the A/B), both from tools/build-cuda.sh, prep-dataset.gz
+# lowered convolution backward, for the A/B), both from tools/pack-gpu-binary.sh, prep-dataset.gz
 # (the CPU build: prepping needs no GPU) and cifar10-jpeg.tar.gz (the shared JPEG CIFAR-10, 19 MB,
 # prepped there in seconds). The GPU machine needs python3 with torch (cu130) and its nvidia-*
 # wheels, whose libraries the binary loads. Record what it prints in docs/gpu-results.md.
@@ -25,7 +25,7 @@ if [ "${1:-}" = "--prepare" ]; then
   for feature in cudnn cuda; do
     bin="$CARRY/stream-train-$feature.gz"
     if [ ! -f "$bin" ] || [ -n "$(find src vendor build.rs Cargo.toml Cargo.lock -newer "$bin" -print -quit)" ]; then
-      tools/build-cuda.sh $feature
+      tools/pack-gpu-binary.sh $feature
     fi
   done
   cargo build --release --bin prep-dataset

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Cross-builds the CUDA `stream-train` on this CPU-only machine and packs it for the GPU machine.
+# Packs the CUDA `stream-train` for the GPU machine: cross-built here (tools/cuda-build.sh),
+# stripped and gzipped into gpu-carry/.
 #
-#   tools/build-cuda.sh [cuda|cudnn]     ->  gpu-carry/stream-train-<feature>.gz
+#   tools/pack-gpu-binary.sh [cuda|cudnn]     ->  gpu-carry/stream-train-<feature>.gz
 #
 # The build itself is tools/cuda-build.sh (CUDA 13.0 from PyPI wheels into ~/.cache/cuda13-pip,
 # a link stub for libcuda, sm_90 for H100/H200; ~9 minutes from scratch on 2 cores, into
