@@ -18,7 +18,7 @@ pub struct Batch {
     /// Epoch the batch belongs to.
     pub epoch: usize,
     /// Position of the batch within its epoch.
-    pub step: usize,
+    pub batch: usize,
 }
 
 impl Batch {
@@ -29,7 +29,7 @@ impl Batch {
             labels: Vec::with_capacity(capacity),
             indices: Vec::with_capacity(capacity),
             epoch: 0,
-            step: 0,
+            batch: 0,
         }
     }
 

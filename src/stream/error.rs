@@ -6,15 +6,15 @@ use super::batch::BatchGuard;
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     /// The producer panicked (a bad image, a failing store…); the message says why.
-    #[error("data producer failed at epoch {epoch} batch {step}: {message}")]
+    #[error("data producer failed at epoch {epoch} batch {batch}: {message}")]
     ProducerFailed {
         epoch: usize,
-        step: usize,
+        batch: usize,
         message: String,
     },
     /// The producer ended without a word before the epoch was complete.
-    #[error("data producer stopped before epoch {epoch} batch {step}")]
-    ProducerGone { epoch: usize, step: usize },
+    #[error("data producer stopped before epoch {epoch} batch {batch}")]
+    ProducerGone { epoch: usize, batch: usize },
     /// The run was cancelled (Ctrl-C).
     #[error("interrupted")]
     Interrupted,

@@ -255,7 +255,7 @@ impl Epoch<'_> {
             None if self.loader.cancel.load(Ordering::Relaxed) => Err(StreamError::Interrupted),
             None => Err(StreamError::ProducerGone {
                 epoch,
-                step: self.stats.batches,
+                batch: self.stats.batches,
             }),
         };
         self.stats.wait_seconds += waited;

@@ -55,7 +55,7 @@ impl Producer {
             } else {
                 0
             };
-            for step in first..self.sampler.batches_per_epoch() {
+            for batch in first..self.sampler.batches_per_epoch() {
                 if halt() {
                     return;
                 }
@@ -65,8 +65,8 @@ impl Producer {
                 let Some(guard) = self.recycler.take(&halt) else {
                     return;
                 };
-                let indices = self.sampler.batch(&order, step);
-                let item = self.produce(guard, indices, epoch, step);
+                let indices = self.sampler.batch(&order, batch);
+                let item = self.produce(guard, indices, epoch, batch);
                 let failed = item.is_err();
                 let t = Instant::now();
                 let sent = {
@@ -82,13 +82,13 @@ impl Producer {
         }
     }
 
-    /// Batch `step` of `epoch` (images `indices`) into `guard`, or why it could not be made.
+    /// Batch `batch` of `epoch` (images `indices`) into `guard`, or why it could not be made.
     fn produce(
         &mut self,
         mut guard: BatchGuard,
         indices: &[usize],
         epoch: usize,
-        step: usize,
+        batch: usize,
     ) -> Item {
         // A store cut short under the map would fault on the next read: look at its length
         // first and say so instead.
@@ -96,18 +96,18 @@ impl Producer {
         let phase = self.phase;
         let (images, augmenter, pool) = (&*self.images, &self.augmenter, &self.pool);
         catch_unwind(AssertUnwindSafe(|| {
-            let _span = tracing::trace_span!("produce", epoch, step).entered();
+            let _span = tracing::trace_span!("produce", epoch, batch).entered();
             {
                 let _read = tracing::info_span!("read", phase, images = indices.len()).entered();
                 touch(images, indices);
             }
             let _aug = tracing::info_span!("augment", phase, images = indices.len()).entered();
             pool.install(|| collate(augmenter, images, indices, epoch, &mut guard));
-            guard.step = step;
+            guard.batch = batch;
         }))
         .map_err(|panic| StreamError::ProducerFailed {
             epoch,
-            step,
+            batch,
             message: panic_message(&*panic),
         })?;
         Ok(guard)

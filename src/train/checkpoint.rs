@@ -62,8 +62,9 @@ pub struct State {
     /// Batches of `next_epoch` already trained (0: saved at an epoch boundary); a resumed run
     /// continues with the next batch of the same permutation.
     pub batch: usize,
-    /// Optimizer steps taken.
-    pub step: usize,
+    /// Optimizer steps taken (`step` in the file).
+    #[serde(rename = "step")]
+    pub steps: usize,
     /// Images trained on in `next_epoch` so far (the running sums' count).
     pub epoch_images: usize,
     /// The resolved configuration.

@@ -389,7 +389,7 @@ impl Trainer {
             world_size: self.world.size(),
             next_epoch: self.next_epoch,
             batch: self.batch,
-            step: self.learner.steps(),
+            steps: self.learner.steps(),
             epoch_images: self.sums.images(),
             config: self.config.clone(),
             mean: self.stores.header.mean.clone(),

@@ -62,7 +62,7 @@ fn collect(mut loader: Loader) -> Seen {
             let b = batch.unwrap();
             seen.push((
                 b.epoch,
-                b.step,
+                b.batch,
                 b.indices.clone(),
                 b.labels.clone(),
                 b.images.clone(),
@@ -291,7 +291,7 @@ fn async_consumer_sees_the_same_batches() {
             let b = b.unwrap();
             seen.push((
                 b.epoch,
-                b.step,
+                b.batch,
                 b.indices.clone(),
                 b.labels.clone(),
                 b.images.clone(),
@@ -311,12 +311,12 @@ fn an_epoch_dropped_early_takes_its_batches_with_it() {
         {
             let mut epoch = loader.epoch().unwrap();
             let b = epoch.next_blocking().unwrap().unwrap();
-            seen.push((b.epoch, b.step));
+            seen.push((b.epoch, b.batch));
         }
         while let Some(epoch) = loader.epoch() {
             for b in epoch {
                 let b = b.unwrap();
-                seen.push((b.epoch, b.step));
+                seen.push((b.epoch, b.batch));
             }
         }
         seen

@@ -255,7 +255,7 @@ fn ctrl_c_in_the_middle_of_an_epoch_saves_the_exact_step_and_resuming_changes_no
     let state = Snapshot::load(&config.run_dir(), &Device::Cpu)
         .unwrap()
         .state;
-    assert_eq!((state.next_epoch, state.batch, state.step), (1, 2, 6));
+    assert_eq!((state.next_epoch, state.batch, state.steps), (1, 2, 6));
     assert_eq!(
         state.epoch_images, 40,
         "the partial epoch's running sums are kept"

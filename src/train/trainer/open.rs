@@ -70,7 +70,7 @@ impl Trainer {
         let tensors = snapshot.tensors();
         trainer
             .learner
-            .load_state(tensors, state.step)
+            .load_state(tensors, state.steps)
             .map_err(|source| Error::State {
                 path: snapshot.path().to_path_buf(),
                 source: Box::new(source),
