@@ -19,7 +19,7 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] store::Error),
     /// Any other file-system failure, with its path.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -34,7 +34,7 @@ pub enum Error {
     #[error("NCCL: {0}")]
     Nccl(String),
     /// Moving tensors to or from the host buffers of a collective failed.
-    #[error("tensor operation failed: {0}")]
+    #[error("tensor operation failed")]
     Tensor(#[from] candle_core::Error),
 }
 

@@ -4,6 +4,17 @@
 
 use rayon::prelude::*;
 
+/// `max(v, 0)` that keeps a NaN, as PyTorch's ReLU does (`f32::max` would turn it into 0 and
+/// hide a diverged run).
+#[inline(always)]
+pub(super) fn relu_keep_nan(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
 /// `a`, or with `RELU` the gradient through a ReLU whose output was `y`: `a` where `y > 0`.
 #[inline(always)]
 fn through_relu<const RELU: bool>(a: f32, y: f32) -> f32 {
@@ -128,7 +139,7 @@ pub(super) fn affine(
                 let inp = &xi[ch * s..(ch + 1) * s];
                 if relu {
                     for (o, v) in out.iter_mut().zip(inp) {
-                        *o = (v * a + b).max(0.0);
+                        *o = relu_keep_nan(v * a + b);
                     }
                 } else {
                     for (o, v) in out.iter_mut().zip(inp) {

@@ -6,6 +6,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::batch_norm_cpu::relu_keep_nan;
 use super::host::{contiguous_f32, split_nc, with_f32};
 
 /// The candle op on `(x, gate, shortcut)`.
@@ -45,7 +46,7 @@ impl CustomOp3 for BlockTail {
             .for_each(|(p, (yp, (xp, sp)))| {
                 let g = gate[p];
                 for ((o, a), b) in yp.iter_mut().zip(xp).zip(sp) {
-                    *o = (a * g + b).max(0.0);
+                    *o = relu_keep_nan(a * g + b);
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))

@@ -4,14 +4,14 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The source path cannot be read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: String,
         #[source]
         source: std::io::Error,
     },
     /// A `.tar`/`.tar.gz` could not be read to the end.
-    #[error("{path}: cannot read archive (truncated or corrupt?): {source}")]
+    #[error("{path}: cannot read archive (truncated or corrupt?)")]
     Archive {
         path: String,
         #[source]
@@ -36,7 +36,7 @@ pub enum Error {
         classes: usize,
     },
     /// An image file that does not decode.
-    #[error("{path}: cannot decode image: {source}")]
+    #[error("{path}: cannot decode image")]
     Decode {
         path: String,
         #[source]

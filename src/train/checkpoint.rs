@@ -18,6 +18,7 @@ use candle_core::{Device, Tensor};
 use safetensors::tensor::{SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
+use super::finite::first_non_finite;
 use super::metrics::EpochMetrics;
 use crate::store::Shape;
 use crate::train::config::TrainConfig;
@@ -33,19 +34,22 @@ pub const DELAY_ENV: &str = "CIFAR_STREAM_TEST_CHECKPOINT_DELAY_MS";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// File-system failure.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// candle could not convert the tensors.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Tensors {
         path: PathBuf,
         #[source]
         source: candle_core::Error,
     },
+    /// A tensor holds a NaN or an infinity: a diverged run's, never written by this build.
+    #[error("{path}: tensor {tensor} holds NaN or infinity (the run had diverged)")]
+    NonFinite { path: PathBuf, tensor: String },
     /// The file is not a whole checkpoint of this format.
     #[error("{path}: damaged or not a checkpoint: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -193,6 +197,19 @@ impl Snapshot {
             path: target.clone(),
             reason,
         };
+        let tensors = self.tensors.iter().map(|(k, t)| (k.as_str(), t));
+        let mut sorted: Vec<(&str, &Tensor)> = tensors.collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let bad = first_non_finite(sorted).map_err(|source| Error::Tensors {
+            path: target.clone(),
+            source,
+        })?;
+        if let Some(tensor) = bad {
+            return Err(Error::NonFinite {
+                path: target,
+                tensor,
+            });
+        }
         std::fs::create_dir_all(dir).map_err(io)?;
         let state = serde_json::to_string(&self.state).map_err(|e| corrupt(e.to_string()))?;
         let sum = checksum(self.tensors.iter().map(|(k, t)| (k.as_str(), t)));
@@ -260,6 +277,16 @@ impl Snapshot {
                 source,
             }
         })?;
+        let mut sorted: Vec<(&str, &Tensor)> =
+            tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let bad = first_non_finite(sorted).map_err(|source| Error::Tensors {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(tensor) = bad {
+            return Err(Error::NonFinite { path, tensor });
+        }
         Ok(Snapshot {
             state,
             tensors,

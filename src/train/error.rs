@@ -12,7 +12,7 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] crate::store::Error),
     /// candle failed.
-    #[error("tensor operation failed: {0}")]
+    #[error("tensor operation failed")]
     Candle(#[from] candle_core::Error),
     /// The data stream failed.
     #[error(transparent)]
@@ -27,7 +27,7 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] crate::train::config::Error),
     /// A file (metrics, config, image) could not be written or read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file or folder.
         path: PathBuf,
@@ -38,6 +38,23 @@ pub enum Error {
     /// The configuration is valid, but not with this data or device.
     #[error("cannot run: {0}")]
     Unsupported(String),
+    /// A loss, weight or statistic stopped being finite: the run diverged. Nothing after the
+    /// last checkpoint before it was saved.
+    #[error(
+        "the run diverged in epoch {epoch} at step {step} (learning rate {lr:.4e}): {what}; \
+         nothing of it was saved, the run folder keeps its last checkpoint from before (a \
+         lower --lr or a longer --warmup-epochs may help)"
+    )]
+    Diverged {
+        /// What stopped being finite.
+        what: String,
+        /// The epoch (1-based).
+        epoch: usize,
+        /// Optimizer steps taken.
+        step: usize,
+        /// The learning rate of the last step.
+        lr: f64,
+    },
     /// Another process is training in the run folder.
     #[error("{} is in use by another training process", dir.display())]
     Busy {
@@ -51,7 +68,7 @@ pub enum Error {
         dir: PathBuf,
     },
     /// A saved state does not fit the network it is loaded into.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     State {
         /// The checkpoint it came from.
         path: PathBuf,
@@ -76,7 +93,7 @@ pub enum StateError {
     #[error("no tensor {0}")]
     Missing(String),
     /// A tensor is there but of another shape or dtype.
-    #[error("tensor {name} does not fit: {source}")]
+    #[error("tensor {name} does not fit")]
     Mismatch {
         /// Its name in the state.
         name: String,

@@ -282,6 +282,14 @@ impl Learner {
         Ok(())
     }
 
+    /// The first tensor of [`Learner::state`] (by name) holding a NaN or an infinity, if any:
+    /// one device read for all of them.
+    pub fn first_non_finite(&self) -> Result<Option<String>> {
+        let state = self.state();
+        let named = state.iter().map(|(n, t)| (n.as_str(), t));
+        Ok(super::finite::first_non_finite(named)?)
+    }
+
     /// Whether the learner keeps an EMA of its weights.
     pub fn has_ema(&self) -> bool {
         self.ema.is_some()

@@ -9,6 +9,7 @@ pub mod ema;
 pub mod epoch_sums;
 mod error;
 mod evaluate;
+pub mod finite;
 mod learner;
 pub mod loss;
 pub mod metrics;

@@ -12,9 +12,10 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use rayon::ThreadPool;
 
+use super::checkpoint;
 use super::checkpoint::{Snapshot, State};
 use super::epoch_sums::EpochSums;
-use super::error::Result;
+use super::error::{Error, Result};
 use super::evaluate::evaluate;
 use super::learner::Learner;
 use super::metrics::EpochMetrics;
@@ -212,7 +213,11 @@ impl Trainer {
             drop(batch);
             self.step(&x, &y)?;
             let progress = if self.batch.is_multiple_of(LOSS_READ_EVERY) {
-                Some(self.sums.read()?.0)
+                let loss = self.sums.read()?.0;
+                if !loss.is_finite() {
+                    return Err(self.diverged(format!("the training loss is {loss}")));
+                }
+                Some(loss)
             } else {
                 None
             };
@@ -238,6 +243,14 @@ impl Trainer {
             self.world.all_reduce_sum_f64(&mut totals)?;
             let n = totals[2].max(1.0);
             (loss, accuracy, images) = (totals[0] / n, totals[1] / n, totals[2] as usize);
+            if !loss.is_finite() {
+                return Err(self.diverged(format!("the training loss is {loss}")));
+            }
+            // A ReLU or max can turn NaN into a number: the loss alone does not prove the
+            // weights finite. Checked where the sums are read, so a GPU waits no more often.
+            if let Some(tensor) = self.learner.first_non_finite()? {
+                return Err(self.diverged(format!("tensor {tensor} holds NaN or infinity")));
+            }
         }
         let seconds = started.elapsed().as_secs_f64();
         let comm = self.learner.take_comm_seconds();
@@ -254,6 +267,16 @@ impl Trainer {
             rank_seconds: ranks.chunks(2).map(|r| (r[0], r[1])).collect(),
             started,
         }))
+    }
+
+    /// The error that stops a diverged run, where it stands.
+    fn diverged(&self, what: String) -> Error {
+        Error::Diverged {
+            what,
+            epoch: self.next_epoch + 1,
+            step: self.learner.steps(),
+            lr: self.last_lr(),
+        }
     }
 
     /// The rate of the last step taken (0 before any).
@@ -322,7 +345,8 @@ impl Trainer {
             || (self.config.save_every > 0 && (epoch + 1).is_multiple_of(self.config.save_every))
     }
 
-    /// Evaluates the raw weights and the EMA on the test split (with the run's TTA).
+    /// Evaluates the raw weights and the EMA on the test split (with the run's TTA); a
+    /// non-finite test loss is a diverged run ([`Error::Diverged`]).
     pub fn evaluate(&self) -> Result<TestEvaluation> {
         let eval = |model: &SeResNetD| {
             let _s = tracing::info_span!("eval").entered();
@@ -341,6 +365,12 @@ impl Trainer {
             Some(model) => eval(model)?,
             None => raw.clone(),
         };
+        for (which, e) in [("raw", &raw), ("EMA", &ema)] {
+            if !e.loss.is_finite() {
+                let what = format!("the test loss of the {which} weights is {}", e.loss);
+                return Err(self.diverged(what));
+            }
+        }
         Ok(TestEvaluation { raw, ema })
     }
 
@@ -399,7 +429,12 @@ impl Trainer {
             history: self.history.clone(),
         };
         let tensors = self.learner.state().into_iter().chain(self.sums.state());
-        dir.save(&Snapshot::new(state, tensors))
+        match dir.save(&Snapshot::new(state, tensors)) {
+            Err(Error::Checkpoint(checkpoint::Error::NonFinite { tensor, .. })) => {
+                Err(self.diverged(format!("tensor {tensor} holds NaN or infinity")))
+            }
+            other => other,
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod cli_flags;
 mod crash;
 mod distributed;
 mod download;
+mod going_wrong;
 mod layers;
 mod model;
 mod mutation;

@@ -416,3 +416,37 @@ fn block_tail_matches_stock_with_and_without_a_gate() {
         }
     }
 }
+
+#[test]
+fn the_fast_relus_keep_a_nan_as_pytorchs_do() {
+    // f32::max(NaN, 0) is 0: a ReLU built on it hides a diverged run's NaN.
+    let dev = Device::Cpu;
+    let mut v = vec![1.0f32; 2 * 3 * 4 * 4];
+    v[5] = f32::NAN;
+    v[7] = -2.0;
+    let x = Tensor::from_vec(v, (2, 3, 4, 4), &dev).unwrap();
+    let short = x.zeros_like().unwrap();
+    let y = block_tail(&x, None, &short, Kernels::Fast)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(y[5].is_nan() && y[7] == 0.0 && y[0] == 1.0, "{y:?}");
+    let vars = VarMap::new();
+    let bn = BatchNorm::new(
+        3,
+        1e-5,
+        1.0,
+        VarBuilder::from_varmap(&vars, DType::F32, &dev),
+    )
+    .unwrap();
+    let y = bn
+        .forward(&x, Statistics::Running, true, Kernels::Fast.into())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(y[5].is_nan() && y[7] == 0.0, "{y:?}");
+}

@@ -25,6 +25,9 @@ __device__ __forceinline__ void st(float* p, unsigned i, float v) { p[i] = v; }
 __device__ __forceinline__ void st(__nv_bfloat16* p, unsigned i, float v) {
     p[i] = __float2bfloat16_rn(v);
 }
+// max(v, 0) that keeps a NaN, as PyTorch's ReLU does (fmaxf returns 0 for a NaN and would hide
+// a diverged run).
+__device__ __forceinline__ float relu_keep_nan(float v) { return v < 0.0f ? 0.0f : v; }
 
 // ---------------------------------------------------------------------------------------------
 // Block reductions. Blocks have a multiple of 32 threads, at most 1024.
@@ -182,7 +185,7 @@ __device__ void bn_apply(const T* x, T* y, const float* scale, const float* shif
          i += gridDim.x * blockDim.x) {
         const unsigned ch = (i / (unsigned)s) % (unsigned)c;
         float v = fmaf(ld(x, i), scale[step * ch], shift[step * ch]);
-        if (relu) v = fmaxf(v, 0.0f);
+        if (relu) v = relu_keep_nan(v);
         st(y, i, v);
     }
 }
@@ -305,7 +308,7 @@ __device__ void tail_fwd(const T* x, const T* gate, const T* shortcut, T* y, int
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)total;
          i += gridDim.x * blockDim.x) {
         const float v = fmaf(ld(x, i), ld(gate, i / (unsigned)s), ld(shortcut, i));
-        st(y, i, fmaxf(v, 0.0f));
+        st(y, i, relu_keep_nan(v));
     }
 }
 

@@ -35,7 +35,7 @@ pub enum Error {
         name: String,
     },
     /// A configuration file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Read {
         /// The file.
         path: PathBuf,
