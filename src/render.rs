@@ -1,12 +1,28 @@
-//! PNG grids of images with text labels, so a person can see what a store or a policy holds.
+//! PNG grids of images with text labels, so a person can see what a store or a policy holds;
+//! the one font every picture of the crate is labelled in (charts included); atomic writes.
 
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::Once;
 
-use font8x8::UnicodeFonts;
 use image::{Rgb, RgbImage};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
 
 use crate::store::Shape;
+
+/// The family name pictures use; [`font`] makes sure it is registered.
+pub const FONT: &str = "sans-serif";
+
+/// Registers DejaVu Sans (embedded in the binary) as [`FONT`] for plotters, once per process;
+/// call before drawing any text.
+pub fn font() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
+            .unwrap_or_else(|_| panic!("the embedded DejaVu Sans is a valid font"));
+    });
+}
 
 /// One labelled row of same-shaped HWC RGB images.
 pub struct Row<'a> {
@@ -17,21 +33,26 @@ pub struct Row<'a> {
 }
 
 const PAD: u32 = 2;
-const GLYPH: u32 = 8;
+/// Label text height in pixels.
+const TEXT: u32 = 14;
 const BACKGROUND: Rgb<u8> = Rgb([24, 24, 24]);
-const INK: Rgb<u8> = Rgb([230, 230, 230]);
+const INK: RGBColor = RGBColor(230, 230, 230);
 
-/// Lays the rows out as a grid, each image enlarged `scale` times (nearest neighbour).
+/// The width `text` takes in the labels' font.
+fn text_width(text: &str) -> u32 {
+    font();
+    (FONT, TEXT)
+        .into_font()
+        .box_size(text)
+        .map_or(0, |(w, _)| w)
+}
+
+/// Lays the rows out as a grid, each image enlarged `scale` times (nearest neighbour), each
+/// row's label at its left.
 pub fn grid(rows: &[Row], shape: Shape, scale: u32) -> RgbImage {
     assert_eq!(shape.channels, 3, "grids draw RGB images");
     let (cell_w, cell_h) = (shape.width * scale, shape.height * scale);
-    let label_w = rows
-        .iter()
-        .map(|r| r.label.chars().count() as u32)
-        .max()
-        .unwrap_or(0)
-        * GLYPH
-        + 2 * PAD;
+    let label_w = rows.iter().map(|r| text_width(&r.label)).max().unwrap_or(0) + 2 * PAD;
     let cols = rows
         .iter()
         .map(|r| r.images.len() as u32)
@@ -42,12 +63,6 @@ pub fn grid(rows: &[Row], shape: Shape, scale: u32) -> RgbImage {
     let mut img = RgbImage::from_pixel(width.max(1), height.max(1), BACKGROUND);
     for (r, row) in rows.iter().enumerate() {
         let top = PAD + r as u32 * (cell_h + PAD);
-        draw_text(
-            &mut img,
-            &row.label,
-            PAD,
-            top + cell_h.saturating_sub(GLYPH) / 2,
-        );
         for (c, pixels) in row.images.iter().enumerate() {
             let left = label_w + c as u32 * (cell_w + PAD);
             for y in 0..cell_h {
@@ -62,25 +77,36 @@ pub fn grid(rows: &[Row], shape: Shape, scale: u32) -> RgbImage {
             }
         }
     }
+    let labels: Vec<(&str, i32)> = rows
+        .iter()
+        .enumerate()
+        .map(|(r, row)| {
+            let top = PAD + r as u32 * (cell_h + PAD);
+            (
+                row.label.as_str(),
+                (top + cell_h.saturating_sub(TEXT) / 2) as i32,
+            )
+        })
+        .collect();
+    draw_labels(&mut img, &labels);
     img
 }
 
-/// Draws `text` with the 8×8 bitmap font, top-left corner at `(x, y)`.
-pub fn draw_text(img: &mut RgbImage, text: &str, x: u32, y: u32) {
-    for (i, ch) in text.chars().enumerate() {
-        let glyph = font8x8::BASIC_FONTS
-            .get(ch)
-            .or_else(|| font8x8::BASIC_FONTS.get('?'))
-            .unwrap_or([0; 8]);
-        for (row, bits) in glyph.iter().enumerate() {
-            for col in 0..8 {
-                let (px, py) = (x + i as u32 * GLYPH + col, y + row as u32);
-                if bits >> col & 1 == 1 && px < img.width() && py < img.height() {
-                    img.put_pixel(px, py, INK);
-                }
-            }
+/// Draws each `(text, y)` at the left edge of `img`, in the pictures' font.
+fn draw_labels(img: &mut RgbImage, labels: &[(&str, i32)]) {
+    font();
+    let (w, h) = img.dimensions();
+    let mut raw = std::mem::take(img).into_raw();
+    {
+        let area = BitMapBackend::with_buffer(&mut raw, (w, h)).into_drawing_area();
+        let style = (FONT, TEXT).into_font().color(&INK);
+        for (text, y) in labels {
+            // Drawing text into a buffer of the right size cannot fail.
+            let _ = area.draw_text(text, &style, (PAD as i32, *y));
         }
+        let _ = area.present();
     }
+    *img = RgbImage::from_raw(w, h, raw).expect("the buffer keeps its size");
 }
 
 /// Encodes `img` as PNG and writes it atomically (temporary file, fsync, rename).
@@ -122,7 +148,8 @@ mod tests {
             images: vec![&red, &red],
         }];
         let img = grid(&rows, shape, 3);
-        let label_w = 2 * GLYPH + 2 * PAD;
+        let label_w = text_width("ab") + 2 * PAD;
+        assert!(label_w > 2 * PAD + 8, "the label has a width: {label_w}");
         assert_eq!(img.width(), label_w + 2 * (6 + PAD) + PAD);
         assert_eq!(img.height(), 6 + 2 * PAD);
         assert_eq!(*img.get_pixel(label_w, PAD), Rgb([255, 0, 0]));
@@ -131,7 +158,7 @@ mod tests {
         // Some ink landed in the label column.
         let ink = (0..label_w)
             .flat_map(|x| (0..img.height()).map(move |y| (x, y)))
-            .any(|(x, y)| *img.get_pixel(x, y) == INK);
+            .any(|(x, y)| img.get_pixel(x, y).0[0] > 120);
         assert!(ink);
     }
 }

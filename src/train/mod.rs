@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod curve;
 pub mod diag;
 pub mod ema;
 pub mod epoch_sums;

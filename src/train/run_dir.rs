@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{self, Snapshot};
+use super::curve;
 use super::error::{io, Error, Result};
 use super::metrics::{self, EpochMetrics};
 use crate::train::config::{TrainConfig, CONFIG_FILE};
@@ -59,9 +60,19 @@ impl RunDir {
         crate::render::write_atomic(&path, config.to_toml().as_bytes()).map_err(io(path))
     }
 
-    /// Rewrites the metric files from the whole history.
-    pub fn write_metrics(&self, history: &[EpochMetrics]) -> Result<()> {
-        metrics::write_all(&self.path, history).map_err(io(&self.path))
+    /// Rewrites `metrics.jsonl`, `metrics.csv`, `curve.png` and `curve.svg` from the whole
+    /// history; `ema` says whether the run keeps an EMA (the curve draws its lines only then).
+    pub fn write_metrics(&self, history: &[EpochMetrics], ema: bool) -> Result<()> {
+        let (jsonl, csv) = metrics::encode(history).map_err(io(&self.path))?;
+        let file = |name: &str| self.path.join(name);
+        let write = |name: &str, bytes: &[u8]| {
+            crate::render::write_atomic(&file(name), bytes).map_err(io(file(name)))
+        };
+        write("metrics.jsonl", jsonl.as_bytes())?;
+        write("metrics.csv", csv.as_bytes())?;
+        crate::render::save_png(&curve::png(history, ema), &file("curve.png"))
+            .map_err(io(file("curve.png")))?;
+        write("curve.svg", curve::svg(history, ema).as_bytes())
     }
 
     /// Commits `snapshot` as the run's checkpoint.

@@ -399,7 +399,7 @@ impl Trainer {
         };
         self.history.push(m.clone());
         if let Some(dir) = &self.run_dir {
-            dir.write_metrics(&self.history)?;
+            dir.write_metrics(&self.history, self.learner.has_ema())?;
         }
         self.learner
             .check_ranks_identical(&format!("weights after epoch {}", trained.epoch + 1))?;
