@@ -168,9 +168,14 @@ impl SavedRun {
     }
 }
 
-/// Reads an image file as interleaved RGB bytes, refusing one that is not `shape` (the model
-/// takes the size it trained on; resizing is the caller's choice, not a silent default).
-pub fn read_image(path: &Path, shape: Shape) -> Result<Vec<u8>> {
+/// Images larger than this on a side are refused before decoding (a header can claim anything).
+const MAX_SIDE: u32 = 16_384;
+
+/// Reads an image file as interleaved RGB bytes of `shape`. One of another size is refused, or
+/// with `resize` resized to it (bilinear with antialiasing, as torchvision's `Resize` on a PIL
+/// image: a triangle filter widened by the scale when shrinking): the model takes the size it
+/// trained on, and changing an image is the caller's choice, not a silent default.
+pub fn read_image(path: &Path, shape: Shape, resize: bool) -> Result<Vec<u8>> {
     let error = |message: String| Error::Image {
         path: path.to_path_buf(),
         message,
@@ -184,10 +189,16 @@ pub fn read_image(path: &Path, shape: Shape) -> Result<Vec<u8>> {
     let (w, h) = reader()?
         .into_dimensions()
         .map_err(|e| error(e.to_string()))?;
-    if (w, h) != (shape.width, shape.height) {
+    let fits = (w, h) == (shape.width, shape.height);
+    if !fits && !resize {
         return Err(error(format!(
-            "image is {w}x{h}, the model takes {}x{} (resize it first)",
+            "image is {w}x{h}, the model takes {}x{} (resize it, or pass --resize)",
             shape.width, shape.height
+        )));
+    }
+    if w > MAX_SIDE || h > MAX_SIDE {
+        return Err(error(format!(
+            "image is {w}x{h}; images over {MAX_SIDE} pixels on a side are refused"
         )));
     }
     let img = reader()?.decode().map_err(|e| error(e.to_string()))?;
@@ -200,5 +211,39 @@ pub fn read_image(path: &Path, shape: Shape) -> Result<Vec<u8>> {
             ),
         });
     }
-    Ok(img.to_rgb8().into_raw())
+    let rgb = img.to_rgb8();
+    if fits {
+        return Ok(rgb.into_raw());
+    }
+    let filter = image::imageops::FilterType::Triangle;
+    Ok(image::imageops::resize(&rgb, shape.width, shape.height, filter).into_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_keeps_a_flat_image_flat_and_refuses_without_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("photo.png");
+        let flat = image::RgbImage::from_pixel(64, 48, image::Rgb([200, 100, 50]));
+        flat.save(&path).unwrap();
+        let err = read_image(&path, Shape::CIFAR, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("64x48") && err.contains("--resize"), "{err}");
+        let pixels = read_image(&path, Shape::CIFAR, true).unwrap();
+        assert_eq!(pixels.len(), 32 * 32 * 3);
+        assert!(pixels.chunks(3).all(|p| p == [200, 100, 50]));
+        // A left-to-right ramp stays a ramp.
+        let ramp = image::RgbImage::from_fn(64, 64, |x, _| image::Rgb([(x * 4) as u8, 0, 0]));
+        ramp.save(&path).unwrap();
+        let row: Vec<u8> = read_image(&path, Shape::CIFAR, true).unwrap()[..32 * 3]
+            .chunks(3)
+            .map(|p| p[0])
+            .collect();
+        assert!(row.windows(2).all(|w| w[0] <= w[1]), "{row:?}");
+        assert!(row[0] < 10 && row[31] > 240, "{row:?}");
+    }
 }

@@ -675,8 +675,21 @@ fn eval_refuses_a_store_with_other_classes_and_predict_an_image_of_another_size(
         .code(1);
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     assert!(
-        stderr.contains("big.png") && stderr.contains("40x30"),
+        stderr.contains("big.png") && stderr.contains("40x30") && stderr.contains("--resize"),
         "{stderr}"
+    );
+    // With --resize the photo is classified at the run's 32x32.
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .args(["predict", "--resize", "--checkpoint"])
+        .arg(&run)
+        .arg(&big)
+        .assert()
+        .success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        stdout.contains("big.png: ") && stdout.contains('%'),
+        "{stdout}"
     );
 }
 

@@ -108,8 +108,8 @@ impl Apply for ModelFlags {
 #[group(id = "kernel_flag")]
 pub struct KernelFlag {
     /// Convolution/BatchNorm implementation: fast (this crate's ops with explicit backward
-    /// passes on the CPU; candle's forward with a GEMM-based backward elsewhere) or stock
-    /// (candle-nn's) [default: fast].
+    /// passes: on the CPU its im2col + GEMM convolution and fused BatchNorm and block tail, on
+    /// CUDA its own kernels and cuDNN) or stock (candle's own ops everywhere) [default: fast].
     #[arg(long, value_enum)]
     kernels: Option<Kernels>,
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use cifar_stream::augment;
@@ -17,7 +17,7 @@ use crate::finish::Finish;
 /// Which saved run, which of its weights, on which device, with which TTA.
 #[derive(Args)]
 pub struct SavedRunArgs {
-    /// Run folder holding checkpoint.json and checkpoint.safetensors.
+    /// Run folder holding checkpoint.safetensors (and config.toml).
     #[arg(long, value_name = "DIR")]
     checkpoint: PathBuf,
     /// Use the raw weights instead of the EMA.
@@ -62,9 +62,14 @@ pub struct EvalArgs {
 pub struct PredictArgs {
     #[command(flatten)]
     run: SavedRunArgs,
-    /// Images to classify.
+    /// Images to classify (PNG, JPEG).
     #[arg(required = true)]
     images: Vec<PathBuf>,
+    /// Resize images of another size to the run's (bilinear with antialiasing, as
+    /// torchvision's `Resize` on a PIL image; the aspect ratio is not kept). Without it such an
+    /// image is refused.
+    #[arg(long)]
+    resize: bool,
 }
 
 /// `eval`: the confusion matrix, loss and accuracy of a saved run on a split.
@@ -77,7 +82,8 @@ pub fn eval(args: EvalArgs) -> Result<Finish> {
         Split::Test
     };
     let path = split.path_in(&data);
-    let reader = Reader::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // The store's errors name the file.
+    let reader = Reader::open(&path)?;
     let pool = Arc::new(augment::thread_pool(0)?);
     let e = run.evaluate(Arc::new(reader), pool, run.tta(args.run.tta))?;
     print!("{}", e.confusion_table(&run.state.classes));
@@ -91,7 +97,7 @@ pub fn predict(args: PredictArgs) -> Result<Finish> {
     let run = args.run.open()?;
     let mut pixels = Vec::new();
     for path in &args.images {
-        pixels.extend(read_image(path, run.state.shape)?);
+        pixels.extend(read_image(path, run.state.shape, args.resize)?);
     }
     let predictions = run.predict(&pixels, run.tta(args.run.tta))?;
     for (path, p) in args.images.iter().zip(predictions) {
