@@ -23,4 +23,5 @@ mod pil_parity;
 mod roundtrip;
 mod shared_jpeg;
 mod stream;
+mod torch_load;
 mod train;
