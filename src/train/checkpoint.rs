@@ -145,8 +145,9 @@ pub fn remove_stale_temporaries(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The checksum the metadata carries: every tensor, by name, with its dtype, shape and bytes.
-fn checksum<'a, V: View + 'a>(tensors: impl IntoIterator<Item = (&'a str, V)>) -> String {
+/// The checksum the metadata carries: every tensor, by name, with its dtype, shape and bytes
+/// (xxh3 of name, a zero byte, the dtype's name, the dims as u64, the data, in name order).
+pub fn checksum<'a, V: View + 'a>(tensors: impl IntoIterator<Item = (&'a str, V)>) -> String {
     let mut sorted: Vec<(&str, V)> = tensors.into_iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     let mut h = xxhash_rust::xxh3::Xxh3::new();

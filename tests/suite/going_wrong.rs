@@ -9,28 +9,13 @@ use assert_cmd::Command;
 use candle_core::Device;
 use safetensors::tensor::{SafeTensors, TensorView};
 
-use crate::common::{checkpoint_bits, synthetic_store};
+use cifar_stream::train::checkpoint;
+
+use crate::common::{checkpoint_bits, synthetic_store, tiny_run};
 
 /// A small `tiny` run on `data` in `dir` with `extra` flags.
 fn stream_train(dir: &Path, data: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
-    Command::cargo_bin("stream-train")
-        .unwrap()
-        .current_dir(dir)
-        .args([
-            "--preset",
-            "tiny",
-            "--widths",
-            "4,8,16",
-            "--stem-width",
-            "8",
-            "--batch-size",
-            "20",
-            "-q",
-            "--data",
-        ])
-        .arg(data)
-        .args(extra)
-        .assert()
+    tiny_run(dir, data).args(extra).assert()
 }
 
 fn stderr(assert: &assert_cmd::assert::Assert) -> String {
@@ -97,24 +82,6 @@ fn a_diverging_run_from_scratch_leaves_no_checkpoint() {
     assert!(!run.join("checkpoint.safetensors").exists());
 }
 
-/// The checkpoint's checksum, computed here from its definition (every tensor by name: name, a
-/// zero byte, dtype, shape, bytes; xxh3) so a test can write a file the trainer never would.
-fn checksum(tensors: &[(String, TensorView)]) -> String {
-    let mut sorted: Vec<&(String, TensorView)> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for (name, t) in sorted {
-        h.update(name.as_bytes());
-        h.update(&[0]);
-        h.update(format!("{:?}", t.dtype()).as_bytes());
-        for d in t.shape() {
-            h.update(&(*d as u64).to_le_bytes());
-        }
-        h.update(t.data());
-    }
-    format!("{:016x}", h.digest())
-}
-
 /// Rewrites the checkpoint of run `dir` with `name`'s first value set to NaN, checksum and all.
 fn poison(dir: &Path, name: &str) {
     let path = dir.join("checkpoint.safetensors");
@@ -133,7 +100,8 @@ fn poison(dir: &Path, name: &str) {
         .iter()
         .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
-    meta.insert("checksum".into(), checksum(&views));
+    let named = views.iter().map(|(n, v)| (n.as_str(), v));
+    meta.insert("checksum".into(), checkpoint::checksum(named));
     let out = safetensors::serialize(views, Some(meta)).unwrap();
     std::fs::write(&path, out).unwrap();
 }

@@ -74,37 +74,7 @@ fn files_of(src: &Path, m: &str) -> Vec<PathBuf> {
 
 /// The top-level modules a piece of Rust refers to through `crate::`.
 fn crate_references(code: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in code.lines() {
-        // Comments may name any module (doc links); only code is a dependency.
-        let line = line.split("//").next().unwrap();
-        let mut rest = line;
-        while let Some(at) = rest.find("crate::") {
-            let after = &rest[at + "crate::".len()..];
-            if let Some(group) = after.strip_prefix('{') {
-                // `crate::{a, b::c, d::{e, f}}`: the top-level names at depth 0.
-                let (mut depth, mut name) = (0, String::new());
-                for ch in group.chars() {
-                    match ch {
-                        '{' => depth += 1,
-                        '}' if depth == 0 => break,
-                        '}' => depth -= 1,
-                        ',' if depth == 0 => {
-                            out.extend(first_ident(&name));
-                            name.clear();
-                        }
-                        c if depth == 0 => name.push(c),
-                        _ => {}
-                    }
-                }
-                out.extend(first_ident(&name));
-            } else {
-                out.extend(first_ident(after));
-            }
-            rest = after;
-        }
-    }
-    out
+    references_through(code, "crate::")
 }
 
 fn first_ident(s: &str) -> Option<String> {

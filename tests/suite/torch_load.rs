@@ -8,10 +8,10 @@ use std::path::Path;
 use std::process::Command;
 
 use candle_core::Device;
-use cifar_stream::store::{Images, Reader, Split};
+use cifar_stream::store::{Reader, Split};
 use cifar_stream::train::{SavedRun, Tta};
 
-use crate::common::synthetic_store;
+use crate::common::{synthetic_store, tiny_run};
 
 fn torch_available() -> bool {
     let ok = Command::new("python3")
@@ -36,28 +36,8 @@ fn pytorch_classifies_a_loaded_run_as_predict_does() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let data = synthetic_store(tmp.path(), 4);
-    assert_cmd::Command::cargo_bin("stream-train")
-        .unwrap()
-        .current_dir(tmp.path())
-        .args([
-            "--preset",
-            "tiny",
-            "--widths",
-            "4,8,16",
-            "--stem-width",
-            "8",
-        ])
-        .args([
-            "--batch-size",
-            "20",
-            "--epochs",
-            "2",
-            "--ema-decay",
-            "0.9",
-            "-q",
-        ])
-        .arg("--data")
-        .arg(&data)
+    tiny_run(tmp.path(), &data)
+        .args(["--epochs", "2", "--ema-decay", "0.9"])
         .assert()
         .success();
     let run = tmp.path().join("runs/tiny");

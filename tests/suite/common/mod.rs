@@ -171,3 +171,21 @@ pub fn wait_or_kill(child: &mut Child, limit: Duration, what: &str) -> ExitStatu
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// `stream-train` in `dir` training a small `tiny` (widths 4/8/16, stem 8, batch 20, quiet) on
+/// the store in `data`: what the tests that need a run folder start from; add flags to it.
+pub fn tiny_run(dir: &Path, data: &Path) -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("stream-train").unwrap();
+    c.current_dir(dir)
+        .args([
+            "--preset",
+            "tiny",
+            "--widths",
+            "4,8,16",
+            "--stem-width",
+            "8",
+        ])
+        .args(["--batch-size", "20", "-q", "--data"])
+        .arg(data);
+    c
+}
