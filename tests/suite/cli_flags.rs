@@ -171,7 +171,7 @@ fn each_command_lists_exactly_the_flags_it_reads() {
         ),
         (
             &["predict"],
-            set(&[&["--checkpoint", "--raw", "--tta", "--device"]]),
+            set(&[&["--checkpoint", "--raw", "--tta", "--device", "--resize"]]),
         ),
         (
             &["augment-preview"],
