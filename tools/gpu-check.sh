@@ -86,6 +86,8 @@ table() {
   {
     echo "gpu-check $(date -u +%F) on ${R[card]:-?}, $(nproc) cores, $(($(date +%s) - START)) s"
     row "CUDA ops vs CPU ops (check-ops)" "${R[ops-test]:-n/a}"
+    row "seed b128 step split f32 (ncu kernel time)" "${R[split-f32]:-n/a}"
+    row "  the same bf16 (top 10 kernels: split-*-ncu.log.top10)" "${R[split-bf16]:-n/a}"
     row "CPU/GPU parity f32, no TF32 (seed, 16 images)" "${R[parity]:-n/a}"
     row "  the same with TF32 (as trained)" "${R[parity-tf32]:-n/a}"
     row "candle step-bench seed b128 f32 (images/s)" "${R[step]:-n/a}"
@@ -137,6 +139,37 @@ table
 #    nothing else can test them. On a failure the rest still runs (and says how far off it is).
 run ops-test 90 "$ST" check-ops --device cuda
 R[ops-test]=$(sed -n 's/^check-ops: //p' "$OUT/ops-test.log" 2>/dev/null | tail -1); table
+
+# 0b. The split of a seed step (issue 20: measured before the step changes): the GPU's kernel time
+#     against the step's wall time. ncu times every kernel of step-bench's 3 steps (2 warm-up + 1,
+#     the same kernels each; reported as their mean); batch 1 launches the same kernels with next
+#     to no work in them, so its step time is about the host's dispatch alone. (ncu reads counters
+#     on Firecracker machines only: on gVisor this row says n/a.)
+for p in f32 bf16; do
+  run "split-$p-b128" 60 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 50 --precision $p
+  run "split-$p-b1" 60 "$ST" step-bench --preset seed --device cuda --batch-size 1 --steps 50 --precision $p
+  run "split-$p-ncu" 150 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+    "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 1 --precision $p
+  R[split-$p]=$($PY - "$OUT/split-$p-ncu.log" "$(last "split-$p-b128" 'images/s:')" "$(last "split-$p-b1" 'images/s:')" <<'PY' 2>>"$OUT/split-$p.err"
+import csv, collections, sys
+rows = list(csv.reader(l for l in open(sys.argv[1]) if l.startswith('"')))
+head, body = rows[0], rows[1:]
+name, value = head.index("Kernel Name"), head.index("Metric Value")
+ns = collections.Counter()
+for r in body:
+    ns[r[name]] += float(r[value].replace(",", ""))
+steps = 3
+gpu_ms = sum(ns.values()) / steps / 1e6
+wall_ms = 128 / float(sys.argv[2]) * 1e3
+host_ms = 1 / float(sys.argv[3]) * 1e3 if sys.argv[3] else float("nan")
+with open(sys.argv[1] + ".top10", "w") as f:
+    for k, v in ns.most_common(10):
+        f.write(f"{v / steps / 1e6:8.3f} ms/step  {k[:120]}\n")
+print(f"GPU {gpu_ms:.1f} of {wall_ms:.1f} ms = busy {100 * gpu_ms / wall_ms:.0f}%, "
+      f"{len(body) / steps:.0f} kernels/step, host alone (b1) {host_ms:.1f} ms")
+PY
+); table
+done
 
 run prep 90 "$W/prep-dataset" --source "$CARRY/cifar10-jpeg.tar.gz" --out "$W/data" -q
 
