@@ -103,8 +103,9 @@ fn main() {
     c.runs = tmp.path().join("runs");
     c.epochs = epochs;
     c.batch_size = 20;
-    c.model.widths = vec![4, 8, 16];
-    c.model.stem_width = 8;
+    let m = c.model.se_resnet_d_mut().expect("tiny is an SE-ResNet-D");
+    m.widths = vec![4, 8, 16];
+    m.stem_width = 8;
     c.ema_decay = 0.99;
     c.save_every_steps = Some(3);
     let mut trainer = Trainer::new(c, Device::Cpu).unwrap();

@@ -18,12 +18,14 @@
 //!                                                                           │ host batches
 //!                                                                           ▼
 //!  train::Trainer (own thread, one run folder: train::RunDir): h2d → train::Learner::step
-//!    ├─ model::SeResNetD forward/backward (candle) through ops::conv2d, ops::BatchNorm,
-//!    │  ops::block_tail, ops::squeeze: on the CPU im2col + GEMM and fused passes with
-//!    │  hand-written backward passes; on CUDA this crate's kernels and cuDNN (ops::Kernels::route)
+//!    ├─ model::Network (model::SeResNetD, or the whitened net of `fast`) forward/backward
+//!    │  (candle) through ops::conv2d, ops::BatchNorm, ops::block_tail, ops::squeeze, ops::gelu,
+//!    │  ops::max_pool2: on the CPU im2col + GEMM and fused passes with hand-written backward
+//!    │  passes; on CUDA this crate's kernels and cuDNN (ops::Kernels::route)
 //!    ├─ dist::Collective::average (data-parallel ranks; the identity alone)
-//!    ├─ train::Sgd (Nesterov, L2)   ├─ train::Schedule::lr_at (cosine restarts / multi-step)
-//!    ├─ train::Ema                  └─ train::evaluate (raw + EMA, train::Tta) every eval_every
+//!    ├─ train::Sgd (Nesterov, L2)   ├─ train::Schedule::lr_at (cosine restarts / multi-step /
+//!    │                              │  triangle)
+//!    ├─ train::Ema / train::Lookahead └─ train::evaluate (raw + EMA, train::Tta) every eval_every
 //!    └─ train::Snapshot (checkpoint: Learner::state + train::State, atomic) + train::metrics
 //!  train::SavedRun: eval / predict on a finished run
 //!  telemetry: tracing spans (read, augment, send, wait, …) → per-epoch profile, Chrome trace

@@ -33,6 +33,9 @@ if [ "${1:-}" = "--prepare" ]; then
   strip -o "$CARRY/prep-dataset" target/release/prep-dataset
   gzip -9 -f "$CARRY/prep-dataset"
   install -m 0644 "$SHARED/datasets/cifar10-jpeg.tar.gz" "$CARRY/"
+  # airbench94 for the fast preset's yardstick (the GPU machine cannot fetch it); optional.
+  [ -f "$CARRY/airbench.tar.gz" ] || { pip download --no-deps --no-binary :all: -d "$CARRY/pip" airbench==0.1.8 \
+    && mv "$CARRY"/pip/airbench-*.tar.gz "$CARRY/airbench.tar.gz" && rm -rf "$CARRY/pip"; } || echo "warning: no airbench sdist: the fast-vs-airbench stage will be skipped"
   # What travels: tracked and untracked-but-not-ignored files, plus the carry folder.
   tree=$(git ls-files -co --exclude-standard -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
   carry=$(du -cb "$CARRY" | tail -1 | cut -f1)
@@ -111,6 +114,8 @@ table() {
     row "bf16 vs f32 step (seed, 16 images)" "${R[parity-bf16]:-n/a}"
     row "tiny preset f32: final test accuracy" "${R[tiny-f32]:-n/a} in ${R[tiny-f32.s]:-?} s"
     row "tiny preset bf16: final test accuracy" "${R[tiny-bf16]:-n/a} in ${R[tiny-bf16.s]:-?} s"
+    row "--preset fast, 5 seeds: final test accuracy" "${R[fast]:-n/a}, ${R[fast-s]:-?} s per run (whole process)"
+    row "airbench94 (PyPI) on the same images" "${R[airbench]:-n/a}"
     row "--pipeline-only, seed augmentation (images/s)" "${R[pipeline]:-n/a}"
     echo "logs: $OUT/*.log; per-stage profile of the real steps: $OUT/loop.log, $OUT/profile.jsonl, $OUT/trace.json"
   } > "$OUT/summary.txt"
@@ -247,6 +252,31 @@ for p in f32 bf16; do
   run "tiny-$p" 120 "$ST" --preset tiny --device cuda --data "$W/data" --runs "$W/runs" --name "tiny-$p" --precision $p -q
   R[tiny-$p]=$(final "tiny-$p"); table
 done
+
+# 5b. --preset fast (issue 23) against airbench94 from its PyPI package, on the same images: five
+#     seeds each, final test accuracy (with TTA) and training seconds. airbench reads
+#     cifar10/{train,test}.pt (tools/airbench_data.py writes them from the store).
+if [ -f "$CARRY/airbench.tar.gz" ]; then
+  for seed in 0 1 2 3 4; do
+    run "fast-$seed" 120 "$ST" --preset fast --device cuda --data "$W/data" --runs "$W/runs" \
+      --name "fast-$seed" --seed $seed -q
+  done
+  R[fast]=$(for seed in 0 1 2 3 4; do final "fast-$seed" | cut -d% -f1; done | awk '{ s += $1; n++ } END { if (n) printf "%.2f%% mean of %d", s / n, n }')
+  R[fast-s]=$(for seed in 0 1 2 3 4; do echo "${R[fast-$seed.s]:-}"; done | awk '$1 { s += $1; n++ } END { if (n) printf "%.1f", s / n }')
+  table
+  mkdir -p "$W/ab" && $PY tools/airbench_data.py "$W/data" "$W/ab/cifar10" > "$OUT/airbench-data.log" 2>&1
+  $PY -m pip install --no-index --no-deps --target "$W/py" "$CARRY/airbench.tar.gz" >> "$OUT/airbench-data.log" 2>&1
+  (cd "$W/ab" && PYTHONPATH="$W/py" run airbench 240 $PY -c '
+import airbench, statistics, time
+airbench.warmup94()
+accs, secs = [], []
+for run in range(5):
+    t = time.perf_counter(); model = airbench.train94(run=run); secs.append(time.perf_counter() - t)
+    accs.append(airbench.evaluate(model, airbench.CifarLoader("cifar10", train=False, batch_size=2000), tta_level=2))
+print(f"airbench94: {100 * statistics.mean(accs):.2f}% mean of 5 (sd {100 * statistics.stdev(accs):.2f}), {statistics.mean(secs):.2f} s per run (wall, with its evaluation)")
+')
+  R[airbench]=$(sed -n 's/^airbench94: //p' "$OUT/airbench.log" 2>/dev/null | tail -1); table
+fi
 
 # 6. The loader alone on this machine's cores.
 run pipeline 60 "$ST" --preset seed --data "$W/data" --pipeline-only --epochs 1 -q

@@ -10,6 +10,10 @@ use super::policy::{pba, Canvas, PolicyOps};
 use crate::seed;
 use crate::store::{Header, Shape};
 
+/// The seed stream of each image's first flip under the alternating flip: independent of the
+/// epoch, so every other epoch mirrors the same images.
+const FLIP_STREAM: u64 = 0x666c_6970;
+
 /// Which policy ops run before crop / flip / cutout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -44,6 +48,10 @@ pub struct AugmentConfig {
     pub crop_fill: PadFill,
     /// Random horizontal flip (p = 0.5) on/off.
     pub flip: bool,
+    /// With `flip`: each image is mirrored on every other epoch instead of by a fresh coin each
+    /// epoch (airbench's alternating flip): a coin per image picks whether its first epoch is.
+    #[serde(default)]
+    pub alternating_flip: bool,
     /// Cutout holes per image (0 = off).
     pub cutout_holes: usize,
     /// Cutout square side in pixels.
@@ -61,6 +69,7 @@ impl AugmentConfig {
             crop_padding: 4,
             crop_fill: PadFill::Mean,
             flip: true,
+            alternating_flip: false,
             cutout_holes: 3,
             cutout_length: 4,
         }
@@ -111,6 +120,7 @@ pub struct Augmenter {
     policy: PolicyOps,
     crop: Option<(usize, PadFill)>,
     flip: bool,
+    alternating_flip: bool,
     cutout: Option<(usize, usize)>,
     seed: u64,
     shape: Shape,
@@ -155,6 +165,7 @@ impl Augmenter {
                 .crop
                 .then_some((config.crop_padding, config.crop_fill)),
             flip: config.flip,
+            alternating_flip: config.alternating_flip,
             cutout: (config.cutout_holes > 0 && config.cutout_length > 0)
                 .then_some((config.cutout_holes, config.cutout_length)),
             seed,
@@ -215,7 +226,7 @@ impl Augmenter {
     pub fn augment_into(&self, src: &[u8], epoch: usize, index: usize, out: &mut [f32]) {
         let mut rng = seed::rng(self.seed, &[epoch as u64, index as u64]);
         if matches!(self.policy, PolicyOps::None) {
-            self.crop_flip_normalise(src, &mut rng, out);
+            self.crop_flip_normalise(src, (epoch, index), &mut rng, out);
         } else {
             BUFFERS.with(|b| {
                 let b = &mut *b.borrow_mut();
@@ -229,7 +240,7 @@ impl Augmenter {
                     scratch: &mut b.scratch,
                 };
                 self.policy.apply(epoch, &mut rng, &mut b.work, &mut canvas);
-                self.crop_flip_normalise(&b.work, &mut rng, out);
+                self.crop_flip_normalise(&b.work, (epoch, index), &mut rng, out);
             });
         }
         if let Some((holes, length)) = self.cutout {
@@ -241,8 +252,28 @@ impl Augmenter {
         }
     }
 
-    /// Pad-and-crop, flip and normalisation fused into one pass writing CHW.
-    fn crop_flip_normalise(&self, img: &[u8], rng: &mut fastrand::Rng, out: &mut [f32]) {
+    /// Whether image `index` is mirrored in epoch `epoch`.
+    fn flips(&self, (epoch, index): (usize, usize), rng: &mut fastrand::Rng) -> bool {
+        if !self.flip {
+            return false;
+        }
+        if self.alternating_flip {
+            let first = seed::rng(self.seed, &[FLIP_STREAM, index as u64]).bool();
+            first ^ (epoch % 2 == 1)
+        } else {
+            rng.bool()
+        }
+    }
+
+    /// Pad-and-crop, flip and normalisation fused into one pass writing CHW, for image `at` =
+    /// `(epoch, index)`.
+    fn crop_flip_normalise(
+        &self,
+        img: &[u8],
+        at: (usize, usize),
+        rng: &mut fastrand::Rng,
+        out: &mut [f32],
+    ) {
         let (w, h, c) = (
             self.shape.width as isize,
             self.shape.height as isize,
@@ -253,7 +284,7 @@ impl Augmenter {
             Some((p, _)) => (rng.usize(0..=2 * p) as isize, rng.usize(0..=2 * p) as isize),
             None => (0, 0),
         };
-        let flip = self.flip && rng.bool();
+        let flip = self.flips(at, rng);
         let pad = pad as isize;
         let plane = (w * h) as usize;
         for y in 0..h {

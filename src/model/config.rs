@@ -163,6 +163,7 @@ impl ModelConfig {
                 cout,
                 kernel: k,
                 stride,
+                pad: k / 2,
                 in_hw: hw,
                 out_hw,
                 params: cin * cout * k * k
@@ -238,6 +239,7 @@ impl ModelConfig {
             cout: self.num_classes,
             kernel: 1,
             stride: 1,
+            pad: 0,
             in_hw: (1, 1),
             out_hw: (1, 1),
             params: cin * self.num_classes + self.num_classes,
@@ -246,54 +248,14 @@ impl ModelConfig {
         t
     }
 
-    /// The distinct convolution geometries over spatial maps (the SE gate's 1×1 maps and the
-    /// classifier left out) for an input of `height × width`, each with how many layers have it,
-    /// in a stable order: what a per-op benchmark needs to time.
+    /// The distinct convolution geometries of [`conv_shapes`] for an input of `height × width`.
     pub fn conv_shapes(&self, height: usize, width: usize) -> Vec<(ConvShape, usize)> {
-        let mut shapes = std::collections::BTreeMap::new();
-        for l in self.layers(height, width) {
-            if l.kind == "linear" || (l.kernel == 1 && l.out_hw == (1, 1)) {
-                continue;
-            }
-            let shape = ConvShape {
-                kernel: l.kernel,
-                cin: l.cin,
-                cout: l.cout,
-                out_hw: l.out_hw,
-                stride: l.stride,
-                in_hw: l.in_hw,
-            };
-            *shapes.entry(shape).or_insert(0usize) += 1;
-        }
-        shapes.into_iter().collect()
+        conv_shapes(&self.layers(height, width))
     }
 
-    /// The layer table as text, then `parameters: N`, `macs: N` and `flops: N` (per image).
+    /// The layer table as text ([`summary`]).
     pub fn summary(&self, height: usize, width: usize) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        let row = |out: &mut String, cells: [&dyn std::fmt::Display; 7]| {
-            let [a, b, c, d, e, f, g] = cells;
-            let _ = writeln!(out, "{a:<24} {b:>8} {c:>6} {d:>6} {e:>9} {f:>12} {g:>14}");
-        };
-        row(
-            &mut out,
-            [
-                &"layer", &"kind", &"in", &"out", &"output", &"params", &"macs",
-            ],
-        );
-        for l in self.layers(height, width) {
-            let hw = format!("{}x{}", l.out_hw.0, l.out_hw.1);
-            row(
-                &mut out,
-                [&l.name, &l.kind, &l.cin, &l.cout, &hw, &l.params, &l.macs],
-            );
-        }
-        let macs = self.macs(height, width);
-        let _ = writeln!(out, "parameters: {}", self.parameter_count());
-        let _ = writeln!(out, "macs: {macs}");
-        let _ = writeln!(out, "flops: {}", 2 * macs);
-        out
+        summary(&self.layers(height, width))
     }
 
     /// Trainable parameters (conv/linear weights and biases, BatchNorm scales and shifts).
@@ -305,6 +267,57 @@ impl ModelConfig {
     pub fn macs(&self, height: usize, width: usize) -> usize {
         self.layers(height, width).iter().map(|l| l.macs).sum()
     }
+}
+
+/// The distinct geometries of a layer table's convolutions over spatial maps with padding
+/// `kernel / 2` (1×1 maps, the classifier and other paddings left out), each with how many
+/// layers have it, in a stable order: what a per-op benchmark needs to time.
+pub fn conv_shapes(layers: &[Layer]) -> Vec<(ConvShape, usize)> {
+    let mut shapes = std::collections::BTreeMap::new();
+    for l in layers {
+        if l.kind == "linear" || (l.kernel == 1 && l.out_hw == (1, 1)) || l.pad != l.kernel / 2 {
+            continue;
+        }
+        let shape = ConvShape {
+            kernel: l.kernel,
+            cin: l.cin,
+            cout: l.cout,
+            out_hw: l.out_hw,
+            stride: l.stride,
+            in_hw: l.in_hw,
+        };
+        *shapes.entry(shape).or_insert(0usize) += 1;
+    }
+    shapes.into_iter().collect()
+}
+
+/// A layer table as text, then `parameters: N`, `macs: N` and `flops: N` (per image).
+pub fn summary(layers: &[Layer]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let row = |out: &mut String, cells: [&dyn std::fmt::Display; 7]| {
+        let [a, b, c, d, e, f, g] = cells;
+        let _ = writeln!(out, "{a:<24} {b:>8} {c:>6} {d:>6} {e:>9} {f:>12} {g:>14}");
+    };
+    row(
+        &mut out,
+        [
+            &"layer", &"kind", &"in", &"out", &"output", &"params", &"macs",
+        ],
+    );
+    for l in layers {
+        let hw = format!("{}x{}", l.out_hw.0, l.out_hw.1);
+        row(
+            &mut out,
+            [&l.name, &l.kind, &l.cin, &l.cout, &hw, &l.params, &l.macs],
+        );
+    }
+    let macs: usize = layers.iter().map(|l| l.macs).sum();
+    let params: usize = layers.iter().map(|l| l.params).sum();
+    let _ = writeln!(out, "parameters: {params}");
+    let _ = writeln!(out, "macs: {macs}");
+    let _ = writeln!(out, "flops: {}", 2 * macs);
+    out
 }
 
 /// One row of the layer table.
@@ -322,6 +335,8 @@ pub struct Layer {
     pub kernel: usize,
     /// Stride (1 for the linear layer).
     pub stride: usize,
+    /// Zero padding on every side (`kernel / 2` but for a valid convolution).
+    pub pad: usize,
     /// Input height and width (after the shortcut's pooling, for a shortcut conv).
     pub in_hw: (usize, usize),
     /// Output height and width.

@@ -1,10 +1,20 @@
-//! The model: SE-ResNet-D (ResNet-50-D with Squeeze-and-Excitation) on candle.
+//! The models on candle: SE-ResNet-D (ResNet-50-D with Squeeze-and-Excitation, the report's
+//! network) and airbench94's whitened conv net, behind one [`Network`] described by an
+//! [`Architecture`].
 
+mod compute;
 mod config;
 mod init;
+mod mode;
+mod network;
 mod precision;
 mod resnet_d;
+mod whitened;
 
-pub use config::{ConvShape, Layer, ModelConfig};
+pub use compute::Compute;
+pub use config::{conv_shapes, summary, ConvShape, Layer, ModelConfig};
+pub use mode::Mode;
+pub use network::{build_network, Architecture, Network};
 pub use precision::Precision;
-pub use resnet_d::{build, build_as, is_running_statistic, sorted_vars, Mode, SeResNetD};
+pub use resnet_d::{build, build_as, is_running_statistic, sorted_vars, SeResNetD};
+pub use whitened::{whitening_filters, WhitenedConfig, WhitenedNet};

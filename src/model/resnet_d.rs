@@ -1,56 +1,16 @@
 //! SE-ResNet-D on candle: a three-conv stem, bottleneck stages with the stride on the 3×3 conv,
 //! average-pool shortcuts, Squeeze-and-Excitation in every block, dropout, linear classifier.
 
-use std::sync::Arc;
-
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{Init, Linear, VarBuilder, VarMap};
 
+use super::compute::Compute;
 use super::config::ModelConfig;
 use super::init::SeededInit;
+use super::mode::Mode;
 use super::precision::Precision;
-use crate::dist::Collective;
-use crate::ops::{self, BatchNorm, Conv2d, Kernels, Options, Statistics};
+use crate::ops::{self, BatchNorm, Conv2d, Kernels, Options};
 use crate::seed;
-
-/// Whether a forward pass trains (batch statistics, dropout) or evaluates (running statistics).
-#[derive(Clone, Copy)]
-pub enum Mode<'a> {
-    /// Training: BatchNorm uses and updates batch statistics; dropout draws its mask from `seed`.
-    Train {
-        /// Seed of this step's dropout mask.
-        dropout_seed: u64,
-        /// Synchronised BatchNorm: statistics over every rank of this collective (`None`: each
-        /// batch's own, as DDP's default).
-        batch_norm_sync: Option<&'a Arc<dyn Collective>>,
-    },
-    /// Evaluation: running statistics, no dropout.
-    Eval,
-}
-
-impl Mode<'static> {
-    /// Training with each batch's own BatchNorm statistics and dropout drawn from `dropout_seed`.
-    pub fn train(dropout_seed: u64) -> Mode<'static> {
-        Mode::Train {
-            dropout_seed,
-            batch_norm_sync: None,
-        }
-    }
-}
-
-impl<'a> Mode<'a> {
-    /// The statistics BatchNorm normalises with in this mode.
-    fn statistics(self) -> Statistics<'a> {
-        match self {
-            Mode::Train {
-                batch_norm_sync, ..
-            } => Statistics::Batch {
-                sync: batch_norm_sync,
-            },
-            Mode::Eval => Statistics::Running,
-        }
-    }
-}
 
 struct ConvBn {
     conv: Conv2d,
@@ -129,9 +89,7 @@ pub struct SeResNetD {
     stem: Vec<ConvBn>,
     blocks: Vec<Bottleneck>,
     fc: Linear,
-    ops: Options,
-    /// Dtype of activations and of weights at use; `None` computes in the variables' own.
-    compute: Option<DType>,
+    compute: Compute,
 }
 
 impl SeResNetD {
@@ -196,52 +154,55 @@ impl SeResNetD {
             stem,
             blocks,
             fc,
-            ops: Kernels::default().into(),
-            compute: None,
+            compute: Compute::default(),
         })
     }
 
     /// Chooses the convolution/BatchNorm implementation (the weights are unchanged).
     pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.ops.kernels = kernels;
+        self.compute.set_kernels(kernels);
     }
 
     /// The convolution/BatchNorm implementation in use.
     pub fn kernels(&self) -> Kernels {
-        self.ops.kernels
+        self.compute.ops.kernels
     }
 
     /// Allows (or forbids) TF32 tensor cores for f32 convolutions and products on CUDA.
     pub fn set_tf32(&mut self, tf32: bool) {
-        self.ops.tf32 = tf32;
+        self.compute.set_tf32(tf32);
     }
 
     /// The ops' settings: kernels and TF32.
     pub fn ops(&self) -> Options {
-        self.ops
+        self.compute.ops
     }
 
     /// Chooses the compute precision (the variables stay in their own dtype).
     pub fn set_precision(&mut self, precision: Precision) {
-        self.compute = match precision {
-            Precision::F32 => None,
-            p => Some(p.dtype()),
-        };
+        self.compute.set_precision(precision);
     }
 
     /// Computes in `dtype` with the variables as master weights (`None`: in the variables' own
     /// dtype). [`Precision`] is the choice users make; this also takes f16, which candle's CPU
     /// matmul supports and bf16 not, so the mixed-precision path has CPU tests.
     pub fn set_compute_dtype(&mut self, dtype: Option<DType>) {
-        self.compute = dtype;
+        self.compute.dtype = dtype;
     }
 
     /// The compute precision in use (`F32` also when computing in the variables' own dtype).
     pub fn precision(&self) -> Precision {
-        match self.compute {
-            Some(DType::BF16) => Precision::Bf16,
-            _ => Precision::F32,
-        }
+        self.compute.precision()
+    }
+
+    /// How it computes.
+    pub fn compute(&self) -> &Compute {
+        &self.compute
+    }
+
+    /// How it computes, to change.
+    pub fn compute_mut(&mut self) -> &mut Compute {
+        &mut self.compute
     }
 
     /// The architecture.
@@ -257,14 +218,15 @@ impl SeResNetD {
     /// Logits `[batch, classes]` for images `[batch, C, H, W]`, in the variables' dtype whatever
     /// the compute precision.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.ops.apply_to_gemm(x.device());
+        let ops = self.compute.ops;
+        ops.apply_to_gemm(x.device());
         let masters = self.fc.weight().dtype();
-        let mut x = x.to_dtype(self.compute.unwrap_or(masters))?;
+        let mut x = x.to_dtype(self.compute.dtype.unwrap_or(masters))?;
         for layer in &self.stem {
-            x = layer.forward(&x, mode, true, self.ops)?;
+            x = layer.forward(&x, mode, true, ops)?;
         }
         for block in &self.blocks {
-            x = block.forward(&x, mode, self.ops)?;
+            x = block.forward(&x, mode, ops)?;
         }
         let mut x = x.to_dtype(masters)?.mean((2, 3))?;
         if let Mode::Train { dropout_seed, .. } = mode {
@@ -307,12 +269,24 @@ pub fn build_as(
     device: &Device,
     dtype: DType,
 ) -> Result<(SeResNetD, VarMap)> {
+    seeded(seed, device, dtype, |vb| SeResNetD::new(config, vb))
+}
+
+/// A network made by `make` from a builder whose variables (kept in the returned map) draw
+/// their initial values from `seed`.
+pub(super) fn seeded<M>(
+    seed: u64,
+    device: &Device,
+    dtype: DType,
+    make: impl FnOnce(VarBuilder) -> Result<M>,
+) -> Result<(M, VarMap)> {
     let varmap = VarMap::new();
     let init = SeededInit::new(seed, varmap.clone());
-    let model = SeResNetD::new(
-        config,
-        VarBuilder::from_backend(Box::new(init), dtype, device.clone()),
-    )?;
+    let model = make(VarBuilder::from_backend(
+        Box::new(init),
+        dtype,
+        device.clone(),
+    ))?;
     Ok((model, varmap))
 }
 

@@ -9,7 +9,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::batch_norm::{AffineOp, Stats, TrainOp};
 use super::kernels::{Kernels, Options, Route};
-use super::{conv, tail};
+use super::{conv, gelu as gelu_op, max_pool, tail};
 use crate::dist::Collective;
 
 /// `conv2d(x, w)` for `x: [n, c, h, w]`, `w: [k, c, kh, kw]`, square stride and zero padding.
@@ -83,6 +83,40 @@ pub fn squeeze(x: &Tensor, ops: impl Into<Options>) -> Result<Tensor> {
     }
 }
 
+/// GELU, exact (erf) form, as PyTorch's `nn.GELU()`: one pass each way on the CPU fast path,
+/// candle's `gelu_erf` elsewhere.
+pub fn gelu(x: &Tensor, ops: impl Into<Options>) -> Result<Tensor> {
+    match ops.into().kernels.route(x) {
+        Route::Cpu => x
+            .contiguous()?
+            .apply_op1_arc(Arc::new(Box::new(gelu_op::Gelu))),
+        _ => x.gelu_erf(),
+    }
+}
+
+/// 2×2 max-pooling with stride 2 of `x: [n, c, h, w]` into `[n, c, h/2, w/2]` (odd sizes drop
+/// their last row or column, as PyTorch's `MaxPool2d(2)`): one pass each way on the CPU fast
+/// path; elsewhere a max over each window's two axes. Not candle's `max_pool2d`: its backward
+/// gives the maximum a quarter of the gradient (it scales by the window's mean of the
+/// arg-max mask instead of dividing by it) and picks wrong windows on odd sizes.
+pub fn max_pool2(x: &Tensor, ops: impl Into<Options>) -> Result<Tensor> {
+    match ops.into().kernels.route(x) {
+        Route::Cpu => x
+            .contiguous()?
+            .apply_op1_arc(Arc::new(Box::new(max_pool::MaxPool2))),
+        _ => {
+            let (n, c, h, w) = x.dims4()?;
+            let (oh, ow) = (h / 2, w / 2);
+            x.narrow(2, 0, 2 * oh)?
+                .narrow(3, 0, 2 * ow)?
+                .contiguous()?
+                .reshape((n, c, oh, 2, ow, 2))?
+                .max(5)?
+                .max(3)
+        }
+    }
+}
+
 /// A convolution layer's weight and geometry.
 pub struct Conv2d {
     weight: Tensor,
@@ -103,14 +137,24 @@ impl Conv2d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let std = (2.0 / (cout * k * k) as f64).sqrt();
-        let weight = vb.get_with_hints(
-            (cout, cin, k, k),
-            "weight",
-            Init::Randn {
-                mean: 0.0,
-                stdev: std,
-            },
-        )?;
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        };
+        Conv2d::with_init(cin, cout, k, stride, bias, init, vb)
+    }
+
+    /// [`Conv2d::new`] with the weight drawn from `init`.
+    pub fn with_init(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        bias: bool,
+        init: Init,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints((cout, cin, k, k), "weight", init)?;
         let bias = if bias {
             Some(vb.get_with_hints(cout, "bias", Init::Const(0.0))?)
         } else {
@@ -124,10 +168,30 @@ impl Conv2d {
         })
     }
 
+    /// The same layer with another zero padding on every side (`new` pads `k/2`).
+    pub fn with_padding(self, pad: usize) -> Self {
+        Conv2d { pad, ..self }
+    }
+
+    /// The weight, `[cout, cin, k, k]` (a variable of the builder's map).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// Applies the convolution (and bias) in `x`'s dtype, casting the weights to it (their
     /// gradients flow back to the variables' own dtype).
     pub fn forward(&self, x: &Tensor, ops: Options) -> Result<Tensor> {
-        let w = self.weight.to_dtype(x.dtype())?;
+        self.apply(x, &self.weight, ops)
+    }
+
+    /// [`Conv2d::forward`] with the weight held fixed: no gradient is computed for it (a filter
+    /// bank that never trains; the bias still does).
+    pub fn forward_fixed_weight(&self, x: &Tensor, ops: Options) -> Result<Tensor> {
+        self.apply(x, &self.weight.detach(), ops)
+    }
+
+    fn apply(&self, x: &Tensor, weight: &Tensor, ops: Options) -> Result<Tensor> {
+        let w = weight.to_dtype(x.dtype())?;
         let y = conv2d(x, &w, self.stride, self.pad, ops)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?.reshape((1, (), 1, 1))?),
@@ -185,6 +249,25 @@ impl BatchNorm {
             eps,
             momentum: stock.momentum(),
             stock,
+        })
+    }
+
+    /// The same layer with another running-statistics momentum (PyTorch's meaning: the weight of
+    /// each new batch; `new` uses 0.1).
+    pub fn with_momentum(self, momentum: f64) -> Result<Self> {
+        let stock = candle_nn::BatchNorm::new_with_momentum(
+            self.weight.dim(0)?,
+            self.running_mean.as_tensor().clone(),
+            self.running_var.as_tensor().clone(),
+            self.weight.clone(),
+            self.bias.clone(),
+            self.eps,
+            momentum,
+        )?;
+        Ok(BatchNorm {
+            momentum,
+            stock,
+            ..self
         })
     }
 

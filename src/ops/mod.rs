@@ -16,11 +16,13 @@ mod batch_norm_cpu;
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod gelu;
 mod gemm;
 mod host;
 mod kernels;
 mod layers;
 pub mod lowered;
+mod max_pool;
 #[cfg(feature = "cuda")]
 mod squeeze;
 mod tail;
@@ -28,4 +30,4 @@ mod tail;
 pub use batch_norm::Stats;
 pub use conv::Geometry;
 pub use kernels::{Kernels, Options, Route};
-pub use layers::{block_tail, conv2d, squeeze, BatchNorm, Conv2d, Statistics};
+pub use layers::{block_tail, conv2d, gelu, max_pool2, squeeze, BatchNorm, Conv2d, Statistics};

@@ -41,6 +41,18 @@ impl Ema {
         &self.pairs
     }
 
+    /// A lookahead pull: `ema ← ema + (1−d)·(live − ema)` (PyTorch's `lerp_`, exact where the
+    /// two agree, so a frozen tensor stays bit for bit), then `live ← ema`.
+    pub fn pull(&self, d: f64) -> Result<()> {
+        for (e, l) in &self.pairs {
+            let (e_t, l_t) = (e.as_tensor(), l.as_tensor());
+            let next = (e_t + ((l_t - e_t)? * (1.0 - d))?)?.detach();
+            e.set(&next)?;
+            l.set(&next)?;
+        }
+        Ok(())
+    }
+
     /// Update number `t` (0-based: the global training step it follows).
     pub fn update(&self, t: usize) -> Result<()> {
         let d = self.decay_at(t);

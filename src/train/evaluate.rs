@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use super::error::Result;
 use crate::augment::Augmenter;
 use crate::dist::Collective;
-use crate::model::SeResNetD;
+use crate::model::Network;
 use crate::store::Images;
 use crate::stream::{Loader, LoaderConfig, Shard};
 use crate::train::Tta;
@@ -60,7 +60,7 @@ impl Evaluation {
 /// `tta`'s views), reading and normalising on `pool`. With several ranks in `world`, each takes
 /// its share of the images and every rank gets the totals.
 pub fn evaluate(
-    model: &SeResNetD,
+    model: &Network,
     images: Arc<dyn Images + Send + Sync>,
     augmenter: Arc<Augmenter>,
     pool: Arc<rayon::ThreadPool>,
@@ -69,7 +69,7 @@ pub fn evaluate(
     world: &dyn Collective,
 ) -> Result<Evaluation> {
     let device: Device = model.device().clone();
-    let classes = model.config().num_classes;
+    let classes = model.num_classes();
     let shape = images.shape();
     // Each rank its own images, all of them once (no padding to even shares).
     let config = LoaderConfig {

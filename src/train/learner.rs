@@ -1,7 +1,7 @@
 //! What one training step changes: the weights, their EMA and the optimizer's momentum; in
 //! data-parallel training, also the averaging of gradients over the ranks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use super::error::{Result, StateError};
 use super::net::Net;
 use super::sgd::Sgd;
 use crate::dist::{Collective, Local};
-use crate::model::{is_running_statistic, Mode, SeResNetD};
+use crate::model::{is_running_statistic, Architecture, Mode, Network};
 use crate::train::config::TrainConfig;
 
 /// The parts of a learner's state ([`Learner::state`]), each a prefix of its tensors' names.
@@ -44,8 +44,13 @@ impl Part {
 /// [`Learner::state`].
 pub struct Learner {
     net: Net,
+    /// The EMA of the weights, or with lookahead the slow copy (updated only by
+    /// [`Learner::pull_lookahead`]).
     ema: Option<(Net, Ema)>,
+    lookahead: bool,
     sgd: Sgd,
+    /// What decides which variables train in which epoch.
+    arch: Architecture,
     label_smoothing: f64,
     steps: usize,
     /// The optimizer and EMA run as fused kernels (CUDA with the fast kernels).
@@ -63,11 +68,23 @@ impl Learner {
     /// optimizer with empty momentum buffers.
     pub fn new(config: &TrainConfig, device: &Device) -> Result<Learner> {
         let net = Net::new(config, device)?;
-        // SGD over the trainable variables, not the BatchNorm statistics.
+        // SGD over the trainable variables: not the BatchNorm statistics, nor what the
+        // architecture keeps fixed.
         let params: Vec<(String, Var)> = net
             .named()
             .into_iter()
-            .filter(|(n, _)| !is_running_statistic(n))
+            .filter(|(n, _)| !is_running_statistic(n) && !config.model.is_frozen(n))
+            .collect();
+        // BatchNorm shifts: the biases beside running statistics.
+        let names: BTreeSet<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+        let shifts: BTreeSet<String> = net
+            .named()
+            .into_iter()
+            .filter_map(|(n, _)| {
+                let layer = n.strip_suffix(".running_mean")?;
+                let bias = format!("{layer}.bias");
+                names.contains(bias.as_str()).then_some(bias)
+            })
             .collect();
         let sgd = Sgd::new(
             params,
@@ -75,8 +92,10 @@ impl Learner {
             config.optim.nesterov,
             config.optim.weight_decay,
             config.optim.no_decay_bn_bias,
-        );
-        let ema = if config.ema_decay > 0.0 {
+        )
+        .with_rate_factor(shifts, config.optim.bn_bias_rate_factor);
+        let lookahead = config.lookahead.is_some();
+        let ema = if config.ema_decay > 0.0 || lookahead {
             let copy = Net::new(config, device)?;
             let ema = Ema::new(config.ema_decay, copy.vars(), net.vars())?;
             Some((copy, ema))
@@ -86,7 +105,9 @@ impl Learner {
         Ok(Learner {
             net,
             ema,
+            lookahead,
             sgd,
+            arch: config.model.clone(),
             label_smoothing: config.label_smoothing,
             steps: 0,
             fused: config.kernels == crate::ops::Kernels::Fast,
@@ -223,11 +244,42 @@ impl Learner {
         };
         self.average_gradients(&mut grads)?;
         let _o = tracing::info_span!("optimizer").entered();
-        let ema = self.ema.as_ref().map(|(_, ema)| (ema, self.steps));
+        let ema = match &self.ema {
+            Some((_, ema)) if !self.lookahead => Some((ema, self.steps)),
+            _ => None,
+        };
         self.sgd.step_with_ema(&grads, lr, ema, self.fused)?;
         drop(_o);
         self.steps += 1;
         Ok((logits, loss))
+    }
+
+    /// Freezes what the architecture leaves alone in epoch `epoch` (0-based) and only that:
+    /// call it before the epoch's steps (the [`Trainer`](super::Trainer) does at every epoch,
+    /// resumed or not).
+    pub fn freeze_for_epoch(&mut self, epoch: usize) {
+        let frozen = self
+            .sgd
+            .params()
+            .iter()
+            .filter(|(n, _)| self.arch.is_frozen_in(n, epoch))
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.sgd.set_frozen(frozen);
+        let arch = &self.arch;
+        self.net
+            .model
+            .set_frozen(&|name| arch.is_frozen_in(name, epoch));
+    }
+
+    /// With lookahead, pulls the live weights and the slow copy together with the slow copy's
+    /// weight `decay` ([`Ema::pull`]); nothing to do without lookahead.
+    pub fn pull_lookahead(&mut self, decay: f64) -> Result<()> {
+        if let (true, Some((_, ema))) = (self.lookahead, &self.ema) {
+            let _o = tracing::info_span!("optimizer").entered();
+            ema.pull(decay)?;
+        }
+        Ok(())
     }
 
     /// Optimizer steps taken (including those before a resume).
@@ -292,17 +344,39 @@ impl Learner {
 
     /// Whether the learner keeps an EMA of its weights.
     pub fn has_ema(&self) -> bool {
-        self.ema.is_some()
+        self.ema.is_some() && !self.lookahead
     }
 
     /// The live (raw) network.
-    pub fn model(&self) -> &SeResNetD {
+    pub fn model(&self) -> &Network {
         &self.net.model
     }
 
     /// The EMA network, when the run keeps one.
-    pub fn ema_model(&self) -> Option<&SeResNetD> {
-        self.ema.as_ref().map(|(net, _)| &net.model)
+    pub fn ema_model(&self) -> Option<&Network> {
+        self.ema
+            .as_ref()
+            .filter(|_| !self.lookahead)
+            .map(|(net, _)| &net.model)
+    }
+
+    /// The whitened net's first layer, if this learner trains one: its filters come from the
+    /// training images (`images`: `n` normalised CHW images of `shape`), in the live weights
+    /// and their averaged copy. A resumed run keeps its saved filters instead.
+    pub fn whiten_from(&self, images: &[f32], shape: (usize, usize, usize)) -> Result<()> {
+        let Some(net) = self.net.model.as_whitened() else {
+            return Ok(());
+        };
+        let c = net.config();
+        let d = shape.0 * c.whiten_kernel * c.whiten_kernel;
+        let filters = crate::model::whitening_filters(images, shape, c.whiten_kernel, c.whiten_eps);
+        let k = c.whiten_kernel;
+        let filters = Tensor::from_vec(filters, (2 * d, shape.0, k, k), net.device())?;
+        net.set_whitening(&filters)?;
+        if let Some(twin) = self.ema.as_ref().and_then(|(c, _)| c.model.as_whitened()) {
+            twin.set_whitening(&filters)?;
+        }
+        Ok(())
     }
 }
 

@@ -12,6 +12,7 @@ mod error;
 mod evaluate;
 pub mod finite;
 mod learner;
+pub mod lookahead;
 pub mod loss;
 pub mod metrics;
 mod net;
@@ -30,6 +31,7 @@ pub use epoch_sums::EpochSums;
 pub use error::{Error, Result, StateError};
 pub use evaluate::{evaluate, Evaluation};
 pub use learner::{Learner, Part};
+pub use lookahead::Lookahead;
 pub use metrics::EpochMetrics;
 pub use net::Net;
 pub use outcome::{

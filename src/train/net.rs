@@ -7,13 +7,15 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use super::error::{Error, Result, StateError};
-use crate::model::{self, sorted_vars, SeResNetD};
+use candle_core::DType;
+
+use crate::model::{self, sorted_vars, Network};
 use crate::train::config::TrainConfig;
 
 /// A model plus its variables.
 pub struct Net {
     /// The layers.
-    pub model: SeResNetD,
+    pub model: Network,
     /// The variables (parameters and BatchNorm statistics).
     pub vars: VarMap,
 }
@@ -22,10 +24,12 @@ impl Net {
     /// A freshly initialised network, computing with `config`'s kernels and precision.
     pub fn new(config: &TrainConfig, device: &Device) -> Result<Net> {
         config.precision.check(device).map_err(Error::Unsupported)?;
-        let (mut model, vars) = model::build(&config.model, config.seed, device)?;
-        model.set_kernels(config.kernels);
-        model.set_precision(config.precision);
-        model.set_tf32(config.tf32);
+        let (mut model, vars) =
+            model::build_network(&config.model, config.seed, device, DType::F32)?;
+        let compute = model.compute_mut();
+        compute.set_kernels(config.kernels);
+        compute.set_precision(config.precision);
+        compute.set_tf32(config.tf32);
         Ok(Net { model, vars })
     }
 

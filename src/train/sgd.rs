@@ -2,7 +2,7 @@
 //! (dampening 0): `g ← ∇ + wd·p`, `b ← μ·b + g` (first step `b ← g`),
 //! `g ← g + μ·b` with Nesterov else `g ← b`, `p ← p − lr·g`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
 
@@ -16,6 +16,11 @@ pub struct Sgd {
     weight_decay: f64,
     no_decay_bn_bias: bool,
     buffers: BTreeMap<String, Tensor>,
+    /// Parameters whose rate is multiplied, and weight decay divided, by `.1` (airbench's
+    /// BatchNorm shifts at 64× the rate with the same product of rate and decay).
+    scaled: (BTreeSet<String>, f64),
+    /// Parameters left alone for now (as PyTorch's `requires_grad = False`).
+    frozen: BTreeSet<String>,
 }
 
 impl Sgd {
@@ -34,16 +39,38 @@ impl Sgd {
             weight_decay,
             no_decay_bn_bias,
             buffers: BTreeMap::new(),
+            scaled: (BTreeSet::new(), 1.0),
+            frozen: BTreeSet::new(),
         }
     }
 
-    /// Weight decay applied to the parameter `name` of `rank` dimensions.
-    fn decay_for(&self, rank: usize) -> f64 {
+    /// The parameters `names` step at `factor` times the rate, with the weight decay divided by
+    /// it.
+    pub fn with_rate_factor(self, names: BTreeSet<String>, factor: f64) -> Self {
+        Sgd {
+            scaled: (names, factor),
+            ..self
+        }
+    }
+
+    /// From now on, the parameters `names` (and only they) are not updated.
+    pub fn set_frozen(&mut self, names: BTreeSet<String>) {
+        self.frozen = names;
+    }
+
+    /// `(rate, weight decay)` of the parameter `name` of `rank` dimensions at base rate `lr`.
+    fn rates(&self, name: &str, rank: usize, lr: f64) -> (f64, f64) {
         // BatchNorm scales/shifts and biases are the one-dimensional parameters.
-        if self.no_decay_bn_bias && rank <= 1 {
+        let wd = if self.no_decay_bn_bias && rank <= 1 {
             0.0
         } else {
             self.weight_decay
+        };
+        let (names, factor) = &self.scaled;
+        if names.contains(name) {
+            (lr * factor, wd / factor)
+        } else {
+            (lr, wd)
         }
     }
 
@@ -51,7 +78,10 @@ impl Sgd {
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         for (name, var) in &self.params {
             let Some(grad) = grads.get(var) else { continue };
-            let wd = self.decay_for(var.rank());
+            if self.frozen.contains(name) {
+                continue;
+            }
+            let (lr, wd) = self.rates(name, var.rank(), lr);
             let mut g = if wd != 0.0 {
                 (grad + (var.as_tensor() * wd)?)?
             } else {
@@ -115,6 +145,10 @@ impl Sgd {
         let mut done = std::collections::HashSet::new();
         for (name, var) in &self.params {
             let Some(grad) = grads.get(var) else { continue };
+            if self.frozen.contains(name) {
+                continue;
+            }
+            let (lr, weight_decay) = self.rates(name, var.rank(), lr);
             let first = self.momentum != 0.0 && !self.buffers.contains_key(name);
             if first {
                 self.buffers
@@ -127,7 +161,7 @@ impl Sgd {
                 .map(|(e, d)| (e.as_tensor(), d));
             let set = SgdSettings {
                 lr,
-                weight_decay: self.decay_for(var.rank()),
+                weight_decay,
                 momentum: self.momentum,
                 nesterov: self.nesterov,
                 first,
@@ -211,5 +245,33 @@ mod tests {
         let loss = (bias.as_tensor() * 0.0).unwrap().sum_all().unwrap();
         sgd.step(&loss.backward().unwrap(), 1.0).unwrap();
         assert_eq!(bias.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0]);
+    }
+
+    #[test]
+    fn scaled_parameters_step_faster_with_less_decay_and_frozen_ones_not_at_all() {
+        let dev = Device::Cpu;
+        let (a, b, c) = (
+            Var::from_vec(vec![1.0f32], 1, &dev).unwrap(),
+            Var::from_vec(vec![1.0f32], 1, &dev).unwrap(),
+            Var::from_vec(vec![1.0f32], 1, &dev).unwrap(),
+        );
+        let params = vec![
+            ("a".to_string(), a.clone()),
+            ("b".to_string(), b.clone()),
+            ("c".to_string(), c.clone()),
+        ];
+        let mut sgd = Sgd::new(params, 0.0, false, 0.5, false)
+            .with_rate_factor(["b".to_string()].into(), 4.0);
+        sgd.set_frozen(["c".to_string()].into());
+        let loss = ((a.as_tensor() + b.as_tensor()).unwrap() + c.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        sgd.step(&loss.backward().unwrap(), 0.1).unwrap();
+        let v = |x: &Var| x.as_tensor().to_vec1::<f32>().unwrap()[0];
+        // a: 1 − 0.1·(1 + 0.5); b: 1 − 0.4·(1 + 0.125); c unchanged.
+        assert!((v(&a) - 0.85).abs() < 1e-6, "{}", v(&a));
+        assert!((v(&b) - 0.55).abs() < 1e-6, "{}", v(&b));
+        assert_eq!(v(&c), 1.0);
     }
 }

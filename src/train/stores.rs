@@ -24,17 +24,18 @@ impl Stores {
         let train = Arc::new(Reader::open(Split::Train.path_in(&config.data))?);
         let test = Arc::new(Reader::open(Split::Test.path_in(&config.data))?);
         let header = train.header().clone();
-        if header.classes.len() != config.model.num_classes {
+        if header.classes.len() != config.model.num_classes() {
             return Err(Error::Unsupported(format!(
                 "the store has {} classes, the model {}",
                 header.classes.len(),
-                config.model.num_classes
+                config.model.num_classes()
             )));
         }
-        if header.shape.channels as usize != config.model.in_channels {
+        if header.shape.channels as usize != config.model.in_channels() {
             return Err(Error::Unsupported(format!(
                 "the store's images have {} channels, the model takes {}",
-                header.shape.channels, config.model.in_channels
+                header.shape.channels,
+                config.model.in_channels()
             )));
         }
         if test.shape() != header.shape || test.classes() != header.classes {

@@ -24,7 +24,7 @@ use super::run_dir::RunDir;
 use super::stores::Stores;
 use crate::augment::Augmenter;
 use crate::dist::Collective;
-use crate::model::SeResNetD;
+use crate::model::Network;
 use crate::seed;
 use crate::stream::{Loader, LoaderConfig, Shard, StreamError};
 use crate::train::config::TrainConfig;
@@ -181,6 +181,7 @@ impl Trainer {
         };
         let e = epoch.stats().epoch;
         debug_assert_eq!(e, self.next_epoch);
+        self.learner.freeze_for_epoch(e);
         let started = Instant::now();
         observer.epoch_start(e, self.batches_per_epoch - self.batch);
         let mut complete = true;
@@ -283,10 +284,11 @@ impl Trainer {
     fn last_lr(&self) -> f64 {
         match self.learner.steps() {
             0 => 0.0,
-            steps => self
-                .config
-                .schedule
-                .lr_at(steps - 1, self.batches_per_epoch),
+            steps => {
+                self.config
+                    .schedule
+                    .lr_at(steps - 1, self.batches_per_epoch, self.config.epochs)
+            }
         }
     }
 
@@ -295,10 +297,11 @@ impl Trainer {
     /// to the epoch's running sums. Only [`Trainer::train_epoch`] calls it, with the batch its
     /// loader gave for that position.
     fn step(&mut self, x: &Tensor, y: &Tensor) -> Result<()> {
-        let lr = self
-            .config
-            .schedule
-            .lr_at(self.learner.steps(), self.batches_per_epoch);
+        let lr = self.config.schedule.lr_at(
+            self.learner.steps(),
+            self.batches_per_epoch,
+            self.config.epochs,
+        );
         // Each rank draws its own masks for its own images (one process: as it always has).
         let mut parts = vec![DROPOUT_STREAM, self.next_epoch as u64, self.batch as u64];
         if self.world.size() > 1 {
@@ -308,6 +311,12 @@ impl Trainer {
         let (logits, loss) = self.learner.step(x, y, lr, dropout_seed)?;
         self.sums.add(&logits, &loss, y)?;
         self.batch += 1;
+        if let Some(lookahead) = &self.config.lookahead {
+            let total = self.batches_per_epoch * self.config.epochs;
+            if let Some(decay) = lookahead.decay_after(self.learner.steps(), total) {
+                self.learner.pull_lookahead(decay)?;
+            }
+        }
         Ok(())
     }
 
@@ -348,7 +357,7 @@ impl Trainer {
     /// Evaluates the raw weights and the EMA on the test split (with the run's TTA); a
     /// non-finite test loss is a diverged run ([`Error::Diverged`]).
     pub fn evaluate(&self) -> Result<TestEvaluation> {
-        let eval = |model: &SeResNetD| {
+        let eval = |model: &Network| {
             let _s = tracing::info_span!("eval").entered();
             evaluate(
                 model,

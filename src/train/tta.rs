@@ -3,7 +3,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::model::{Mode, SeResNetD};
+use crate::model::{Mode, Network};
 
 /// Views of each test image whose logits are averaged.
 #[derive(
@@ -17,7 +17,7 @@ use crate::model::{Mode, SeResNetD};
     serde::Serialize,
     serde::Deserialize,
 )]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Tta {
     /// The image as it is.
     #[default]
@@ -25,6 +25,10 @@ pub enum Tta {
     /// The image and its left-right mirror (the view training's random flip already shows the
     /// model): mean of the two logits, at twice the evaluation cost.
     Flip,
+    /// airbench's level 2: half the flip view's logits, plus a quarter each of the flip view of
+    /// the image moved one pixel down-right and one up-left (reflected at the border), at six
+    /// times the evaluation cost.
+    FlipTranslate,
 }
 
 impl Tta {
@@ -33,30 +37,51 @@ impl Tta {
         match self {
             Tta::None => "none",
             Tta::Flip => "flip",
+            Tta::FlipTranslate => "flip-translate",
         }
     }
 }
 
 impl Tta {
     /// Eval-mode logits of `x` (`[n, c, h, w]`) under this test-time augmentation.
-    pub fn logits(self, model: &SeResNetD, x: &Tensor) -> Result<Tensor> {
-        let plain = model.forward(x, Mode::Eval)?;
+    pub fn logits(self, model: &Network, x: &Tensor) -> Result<Tensor> {
+        let flip = |x: &Tensor| -> Result<Tensor> {
+            let plain = model.forward(x, Mode::Eval)?;
+            let mirrored = model.forward(&x.flip(&[3])?, Mode::Eval)?;
+            (plain + mirrored)? * 0.5
+        };
         match self {
-            Tta::None => Ok(plain),
-            Tta::Flip => {
-                let mirrored = model.forward(&x.flip(&[3])?, Mode::Eval)?;
-                (plain + mirrored)? * 0.5
+            Tta::None => model.forward(x, Mode::Eval),
+            Tta::Flip => flip(x),
+            Tta::FlipTranslate => {
+                let moved = (flip(&shift(x, 1)?)? + flip(&shift(x, -1)?)?)?;
+                (flip(x)? * 0.5)? + (moved * 0.25)?
             }
         }
     }
+}
+
+/// `x: [n, c, h, w]` moved `by` pixels (±1) down and right, the uncovered row and column
+/// reflected from inside the image (PyTorch's `reflect` padding, then a crop).
+fn shift(x: &Tensor, by: i32) -> Result<Tensor> {
+    let mut x = x.clone();
+    for dim in [2, 3] {
+        let n = x.dim(dim)?;
+        x = if by > 0 {
+            Tensor::cat(&[x.narrow(dim, 1, 1)?, x.narrow(dim, 0, n - 1)?], dim)?
+        } else {
+            Tensor::cat(&[x.narrow(dim, 1, n - 1)?, x.narrow(dim, n - 2, 1)?], dim)?
+        };
+    }
+    Ok(x)
 }
 
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor};
 
-    use super::Tta;
-    use crate::model::{build, Mode, ModelConfig};
+    use super::{shift, Tta};
+    use crate::model::{build, Mode, ModelConfig, Network};
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -75,6 +100,7 @@ mod tests {
     fn flip_averages_the_logits_of_the_image_and_its_left_right_mirror() {
         let dev = Device::Cpu;
         let (model, _) = build(&ModelConfig::tiny(), 3, &dev).unwrap();
+        let model = Network::SeResnetD(model);
         let x = Tensor::randn(0f32, 1., (2, 3, 32, 32), &dev).unwrap();
         let plain = model.forward(&x, Mode::Eval).unwrap();
         assert!(max_abs_diff(&Tta::None.logits(&model, &x).unwrap(), &plain) == 0.0);
@@ -94,5 +120,26 @@ mod tests {
         let plain = model.forward(&symmetric, Mode::Eval).unwrap();
         let flip = Tta::Flip.logits(&model, &symmetric).unwrap();
         assert!(max_abs_diff(&flip, &plain) < 1e-5);
+    }
+
+    #[test]
+    fn shifts_move_by_one_pixel_and_reflect_at_the_border() {
+        let dev = Device::Cpu;
+        // One 3×3 plane 0..9.
+        let x = Tensor::arange(0f32, 9., &dev)
+            .unwrap()
+            .reshape((1, 1, 3, 3))
+            .unwrap();
+        let rows = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // Down-right: row −1 is row 1, column −1 is column 1.
+        assert_eq!(
+            rows(shift(&x, 1).unwrap()),
+            [4., 3., 4., 1., 0., 1., 4., 3., 4.]
+        );
+        // Up-left: row 3 is row 1, column 3 is column 1.
+        assert_eq!(
+            rows(shift(&x, -1).unwrap()),
+            [4., 5., 4., 7., 8., 7., 4., 5., 4.]
+        );
     }
 }

@@ -235,3 +235,46 @@ fn shapes_other_than_32x32_work() {
     assert_eq!(batch.images.len(), 2 * 720);
     assert!(batch.images.iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn alternating_flip_mirrors_each_image_on_exactly_every_other_epoch() {
+    let imgs = images(2);
+    let config = AugmentConfig {
+        crop: false,
+        cutout_holes: 0,
+        alternating_flip: true,
+        ..AugmentConfig::with_policy(PolicyName::Basic)
+    };
+    let aug = Augmenter::new(&config, 10, 5, imgs.shape, &MEAN, &STD);
+    let mut first_flipped = 0;
+    for i in 0..20 {
+        let src = &imgs.pixels[i * 3072..(i + 1) * 3072];
+        let plain = normalise(src);
+        let mut mirrored_src = src.to_vec();
+        ops::hflip(&mut mirrored_src, imgs.shape);
+        let mirrored = normalise(&mirrored_src);
+        assert_ne!(
+            plain, mirrored,
+            "image {i} is its own mirror: a useless probe"
+        );
+        let flipped_in = |epoch: usize| {
+            let mut out = vec![0f32; 3072];
+            aug.augment_into(src, epoch, i, &mut out);
+            assert!(out == plain || out == mirrored, "image {i}, epoch {epoch}");
+            out == mirrored
+        };
+        let first = flipped_in(0);
+        for epoch in 1..6 {
+            assert_eq!(
+                flipped_in(epoch),
+                first ^ (epoch % 2 == 1),
+                "image {i}, epoch {epoch}"
+            );
+        }
+        first_flipped += first as usize;
+    }
+    assert!(
+        first_flipped > 3 && first_flipped < 17,
+        "the first epoch's flip is a fair coin per image ({first_flipped}/20)"
+    );
+}

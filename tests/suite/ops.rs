@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cifar_stream::model::{build, sorted_vars, Mode, ModelConfig};
-use cifar_stream::ops::{block_tail, conv2d, BatchNorm, Kernels, Statistics};
+use cifar_stream::ops::{block_tail, conv2d, gelu, max_pool2, BatchNorm, Kernels, Statistics};
 use cifar_stream::train::diag::CONV_SHAPES;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
@@ -449,4 +449,67 @@ fn the_fast_relus_keep_a_nan_as_pytorchs_do() {
         .to_vec1::<f32>()
         .unwrap();
     assert!(y[5].is_nan() && y[7] == 0.0, "{y:?}");
+}
+
+/// Output and input gradient of `sum(op(x) * probe)`.
+fn unary_grads(x: &Tensor, op: impl Fn(&Tensor) -> Tensor) -> [Tensor; 2] {
+    let xv = Var::from_tensor(x).unwrap();
+    let y = op(xv.as_tensor());
+    let probe = random(y.dims(), 98);
+    let g = (&y * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    [y, g.get(xv.as_tensor()).unwrap().clone()]
+}
+
+#[test]
+fn gelu_matches_candles_exact_gelu_and_its_gradient() {
+    let x = (random(&[3, 5, 7, 9], 11) * 4.0).unwrap();
+    let fast = unary_grads(&x, |t| gelu(t, Kernels::Fast).unwrap());
+    let stock = unary_grads(&x, |t| t.gelu_erf().unwrap());
+    for (name, f, s) in [("y", &fast[0], &stock[0]), ("dx", &fast[1], &stock[1])] {
+        let e = rel_err(f, s);
+        assert!(e < 1e-5, "gelu {name}: {e}");
+    }
+}
+
+#[test]
+fn max_pool_routes_agree_with_a_hand_reference_and_floor_odd_maps_as_pytorch() {
+    for (h, w) in [(8, 6), (7, 9), (31, 31), (3, 3)] {
+        let x = random(&[2, 3, h, w], (h * w) as u64);
+        let (oh, ow) = (h / 2, w / 2);
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let probe = random(&[2, 3, oh, ow], 98)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        // By hand: each window's maximum, which alone takes the window's gradient.
+        let (mut y, mut dx) = (vec![0f32; 6 * oh * ow], vec![0f32; xs.len()]);
+        for p in 0..6 {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let at = |dy: usize, dx: usize| p * h * w + (2 * oy + dy) * w + 2 * ox + dx;
+                    let best = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)]
+                        .into_iter()
+                        .max_by(|&a, &b| xs[a].total_cmp(&xs[b]))
+                        .unwrap();
+                    let o = (p * oh + oy) * ow + ox;
+                    y[o] = xs[best];
+                    dx[best] = probe[o];
+                }
+            }
+        }
+        for k in [Kernels::Fast, Kernels::Stock] {
+            let [got_y, got_dx] = unary_grads(&x, |t| max_pool2(t, k).unwrap());
+            assert_eq!(got_y.dims(), [2, 3, oh, ow]);
+            let got_y = got_y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got_dx = got_dx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got_y, y, "{k:?} {h}x{w}: output");
+            assert_eq!(got_dx, dx, "{k:?} {h}x{w}: gradient");
+        }
+    }
 }

@@ -28,8 +28,9 @@ fn micro(data: &Path, runs: &Path, name: &str, epochs: usize) -> TrainConfig {
     c.epochs = epochs;
     c.batch_size = 20;
     c.eval_batch_size = 100;
-    c.model.widths = vec![4, 8, 16];
-    c.model.stem_width = 8;
+    let m = c.model.se_resnet_d_mut().unwrap();
+    m.widths = vec![4, 8, 16];
+    m.stem_width = 8;
     c.schedule.lr = 0.1;
     c.schedule.restart_every = epochs as f64;
     c.ema_decay = 0.9;
@@ -350,4 +351,83 @@ fn a_second_trainer_cannot_take_a_run_folder_in_use() {
     );
     drop(first);
     assert!(Trainer::resume(&config.run_dir(), config.clone(), Device::Cpu).is_ok());
+}
+
+/// The `fast-cpu` preset (whitened net, lookahead, alternating flip, flip + translate TTA) made
+/// small enough for seconds: narrow groups, a pull every 2 steps, the whitening bias frozen
+/// after the first epoch.
+fn fast_micro(data: &Path, runs: &Path, name: &str, epochs: usize) -> TrainConfig {
+    let mut c = TrainConfig::preset("fast-cpu").unwrap();
+    c.data = data.to_path_buf();
+    c.runs = runs.to_path_buf();
+    c.name = name.into();
+    c.epochs = epochs;
+    c.eval_every = epochs;
+    c.batch_size = 20;
+    c.eval_batch_size = 100;
+    let cifar_stream::model::Architecture::Whitened(m) = &mut c.model else {
+        panic!("fast-cpu is the whitened net")
+    };
+    m.widths = vec![8, 16, 16];
+    m.whiten_bias_epochs = 1.0;
+    c.lookahead.as_mut().unwrap().every = 2;
+    c
+}
+
+#[test]
+fn the_fast_preset_learns_the_synthetic_classes_with_frozen_whitening() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    store(&data, 24);
+    let config = fast_micro(&data, tmp.path(), "fast", 4);
+    let mut t = trainer(&config, false);
+    let whiten = |t: &Trainer| {
+        let state = t.learner().state();
+        let w = &state
+            .iter()
+            .find(|(n, _)| n == "model.whiten.weight")
+            .unwrap()
+            .1;
+        w.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let filters = whiten(&t);
+    assert!(
+        filters.iter().any(|&v| v != 0.0),
+        "filters set from the data"
+    );
+    let outcome = t.fit(&mut Silent).unwrap();
+    assert_eq!(whiten(&t), filters, "the whitening filters never train");
+    let last = outcome.history.last().unwrap();
+    assert!(
+        last.test_acc.unwrap() > 0.3,
+        "test accuracy {:?} (chance is 0.10)",
+        outcome.history
+    );
+    // Lookahead, not an EMA: one model, one accuracy.
+    assert!(!outcome.ema && last.ema_test_acc == last.test_acc);
+}
+
+#[test]
+fn a_fast_run_stopped_mid_epoch_resumes_exactly_with_its_lookahead_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    store(&data, 8); // 80 images: 4 steps of 20 per epoch
+    let whole = fast_micro(&data, tmp.path(), "whole", 3);
+    let full = run(&whole, false, &mut Silent);
+    // Stopped after step 5 (between two pulls, after the bias froze), resumed to the end.
+    let config = fast_micro(&data, tmp.path(), "stopped", 3);
+    let mut stopping = trainer(&config, false);
+    let mut observer = InterruptAt {
+        after: 5,
+        steps: 0,
+        cancel: stopping.cancel_flag(),
+    };
+    assert!(stopping.fit(&mut observer).unwrap().interrupted);
+    drop(stopping);
+    let resumed = run(&config, true, &mut Silent);
+    assert_eq!(keys(&full.history), keys(&resumed.history));
+    assert_eq!(
+        checkpoint_bits(&whole.run_dir()),
+        checkpoint_bits(&config.run_dir())
+    );
 }

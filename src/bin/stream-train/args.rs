@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 
-use cifar_stream::model::Precision;
+use cifar_stream::model::{Architecture, Precision};
 use cifar_stream::ops::Kernels;
 use cifar_stream::train::config::{Origin, TrainConfig};
 use cifar_stream::train::ScheduleKind;
@@ -26,13 +26,19 @@ pub fn positive(s: &str) -> Result<usize, String> {
 pub trait Apply {
     /// Writes the flags that were given into `c`.
     fn apply(&self, c: &mut TrainConfig);
+
+    /// Why the flags given do not fit the configuration they were applied to, if they do not.
+    fn refuses(&self, _c: &TrainConfig) -> Option<String> {
+        None
+    }
 }
 
 /// Where the configuration starts: a preset, then a TOML file over it.
 #[derive(Args)]
 #[group(id = "config_source", multiple = true)]
 pub struct ConfigSource {
-    /// Starting point: seed (the report's best row), seed-a, seed-b, tiny (small CPU model).
+    /// Starting point: seed (the report's best row), seed-a, seed-b, tiny (small CPU model),
+    /// fast (airbench94's recipe, for a GPU), fast-cpu (its CPU size).
     #[arg(long, default_value = "seed")]
     pub preset: String,
     /// TOML file whose keys override the preset (same names as the run's config.toml).
@@ -47,11 +53,15 @@ impl ConfigSource {
             Some(dir) => Origin::Run(dir),
             None => Origin::Preset(&self.preset),
         };
-        Ok(TrainConfig::layered(origin, self.config.as_deref(), |c| {
+        let c = TrainConfig::layered(origin, self.config.as_deref(), |c| {
             for g in groups {
                 g.apply(c);
             }
-        })?)
+        })?;
+        if let Some(why) = groups.iter().find_map(|g| g.refuses(&c)) {
+            anyhow::bail!(why);
+        }
+        Ok(c)
     }
 }
 
@@ -97,9 +107,27 @@ pub struct ModelFlags {
 
 impl Apply for ModelFlags {
     fn apply(&self, c: &mut TrainConfig) {
-        set!(self, c: stem_width => model.stem_width, se_ratio => model.se_ratio,
-            dropout => model.dropout, blocks => model.blocks, widths => model.widths);
-        c.model.zero_init_last_bn |= self.zero_init_last_bn;
+        match &mut c.model {
+            Architecture::SeResnetD(m) => {
+                set!(self, m: stem_width => stem_width, se_ratio => se_ratio,
+                    dropout => dropout, blocks => blocks, widths => widths);
+                m.zero_init_last_bn |= self.zero_init_last_bn;
+            }
+            Architecture::Whitened(m) => set!(self, m: widths => widths),
+        }
+    }
+
+    fn refuses(&self, c: &TrainConfig) -> Option<String> {
+        let resnet_only = self.stem_width.is_some()
+            || self.se_ratio.is_some()
+            || self.dropout.is_some()
+            || self.blocks.is_some()
+            || self.zero_init_last_bn;
+        (resnet_only && c.model.se_resnet_d().is_none()).then(|| {
+            "--stem-width, --se-ratio, --dropout, --blocks and --zero-init-last-bn set an \
+             SE-ResNet-D; this preset's network is the whitened net (only --widths applies)"
+                .to_string()
+        })
     }
 }
 

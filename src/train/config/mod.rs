@@ -19,9 +19,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::augment::ops::PadFill;
 use crate::augment::{AugmentConfig, PolicyName};
-use crate::model::{ModelConfig, Precision};
+use crate::model::{Architecture, ModelConfig, Precision, WhitenedConfig};
 use crate::ops::Kernels;
+use crate::train::lookahead::Lookahead;
 use crate::train::schedule::{Schedule, ScheduleKind};
 use crate::train::tta::Tta;
 
@@ -82,6 +84,10 @@ pub struct OptimConfig {
     pub weight_decay: f64,
     /// No weight decay on BatchNorm parameters and biases.
     pub no_decay_bn_bias: bool,
+    /// BatchNorm shifts step at this many times the rate, with the weight decay divided by it
+    /// (airbench: 64).
+    #[serde(default = "one_f64")]
+    pub bn_bias_rate_factor: f64,
 }
 
 /// Everything a training run needs.
@@ -119,6 +125,9 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// EMA decay per step (0 disables the EMA).
     pub ema_decay: f64,
+    /// Lookahead averaging instead of an EMA (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookahead: Option<Lookahead>,
     /// Label smoothing of the training loss (0 = plain cross-entropy).
     #[serde(default)]
     pub label_smoothing: f64,
@@ -143,8 +152,8 @@ pub struct TrainConfig {
     /// schedule counts the epoch as this many steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_train_batches: Option<usize>,
-    /// Architecture.
-    pub model: ModelConfig,
+    /// Architecture (`arch` names it; absent: SE-ResNet-D).
+    pub model: Architecture,
     /// Optimizer.
     pub optim: OptimConfig,
     /// Learning-rate schedule.
@@ -157,7 +166,7 @@ pub struct TrainConfig {
 pub const CONFIG_FILE: &str = "config.toml";
 
 /// The presets `--preset` accepts.
-pub const PRESETS: [&str; 4] = ["seed", "seed-a", "seed-b", "tiny"];
+pub const PRESETS: [&str; 6] = ["seed", "seed-a", "seed-b", "tiny", "fast", "fast-cpu"];
 
 impl TrainConfig {
     /// Resolves a configuration: `origin`, then the keys of the TOML file `file` over it, then
@@ -191,7 +200,8 @@ impl TrainConfig {
         })
     }
 
-    /// A preset by name: `seed` (the report's best row), `seed-a`, `seed-b`, `tiny`.
+    /// A preset by name: `seed` (the report's best row), `seed-a`, `seed-b`, `tiny`, `fast`
+    /// (airbench94's recipe, for a GPU) and `fast-cpu` (its CPU size).
     pub fn preset(name: &str) -> Result<TrainConfig, Error> {
         let recipe = TrainConfig {
             preset: name.to_string(),
@@ -208,6 +218,7 @@ impl TrainConfig {
             save_every_steps: None,
             eval_every: 1,
             ema_decay: 0.999,
+            lookahead: None,
             label_smoothing: 0.0,
             kernels: Kernels::Fast,
             tta: Tta::None,
@@ -215,12 +226,13 @@ impl TrainConfig {
             tf32: true,
             sync_bn: false,
             limit_train_batches: None,
-            model: ModelConfig::resnet50(),
+            model: ModelConfig::resnet50().into(),
             optim: OptimConfig {
                 momentum: 0.9,
                 nesterov: true,
                 weight_decay: 5e-5,
                 no_decay_bn_bias: false,
+                bn_bias_rate_factor: 1.0,
             },
             schedule: Schedule {
                 kind: ScheduleKind::Cosine,
@@ -231,6 +243,9 @@ impl TrainConfig {
                 milestones: vec![115.0, 172.0],
                 gamma: 0.1,
                 warmup_epochs: 0.0,
+                start_factor: 0.0,
+                peak_at: 0.0,
+                end_factor: 0.0,
             },
             augment: AugmentConfig::recipe(),
         };
@@ -240,16 +255,24 @@ impl TrainConfig {
             "seed-a" => {
                 c.schedule.lr = 0.001;
                 c.optim.weight_decay = 1e-4;
-                c.model.stem_width = 64;
+                c.model = ModelConfig {
+                    stem_width: 64,
+                    ..ModelConfig::resnet50()
+                }
+                .into();
                 c.augment.cutout_holes = 1;
                 c.augment.cutout_length = 8;
             }
             "seed-b" => {
                 c.schedule.lr = 0.1;
-                c.model.se_ratio = 0.0625;
+                c.model = ModelConfig {
+                    se_ratio: 0.0625,
+                    ..ModelConfig::resnet50()
+                }
+                .into();
             }
             "tiny" => {
-                c.model = ModelConfig::tiny();
+                c.model = ModelConfig::tiny().into();
                 c.data = PathBuf::from("datasets/synthetic");
                 // Sized for real CIFAR-10 on a 2-core CPU: eight epochs, one cosine cycle, in
                 // 14-15 minutes (see the README); the synthetic demo store takes seconds.
@@ -271,6 +294,7 @@ impl TrainConfig {
                 c.augment.crop = false;
                 c.optim.weight_decay = 5e-4;
             }
+            "fast" | "fast-cpu" => c.make_fast(name == "fast-cpu"),
             other => {
                 return Err(Error::UnknownPreset {
                     name: other.to_string(),
@@ -278,6 +302,62 @@ impl TrainConfig {
             }
         }
         Ok(c)
+    }
+
+    /// airbench94's recipe (KellerJordan/cifar10-airbench) on this crate's parts: the whitened
+    /// net, batch 1024, ten epochs of one triangle from 0.2× to the peak at 23% and down to
+    /// 0.07×, Nesterov momentum 0.85, label smoothing 0.2, lookahead instead of an EMA,
+    /// alternating flip and 2-pixel reflected translation, flip + translate at test time, bf16.
+    /// `small`: the CPU size (`fast-cpu`): narrower groups, five epochs, batch 512, f32.
+    fn make_fast(&mut self, small: bool) {
+        self.model = Architecture::Whitened(WhitenedConfig::airbench94());
+        self.epochs = 10;
+        self.batch_size = 1024;
+        self.precision = Precision::Bf16;
+        if small {
+            // Sized for the 2-core CPU: narrower groups (a quarter of the compute of the wide
+            // ones), half the epochs, batch 512 for twice the steps; see docs/fast.md.
+            self.model = Architecture::Whitened(WhitenedConfig {
+                widths: vec![32, 128, 128],
+                ..WhitenedConfig::airbench94()
+            });
+            self.epochs = 5;
+            self.batch_size = 512;
+            self.precision = Precision::F32;
+        }
+        self.eval_batch_size = 1024;
+        // airbench's rate, 11.5 per 1024 images on the summed loss over its "kilostep" scale
+        // 1024·(1 + 1/(1 − momentum)), is 11.5·batch/7850.7 on the batch's mean loss (1.5 at
+        // 1024): set for the preset's batch, to be scaled with it. Its decay, 0.0153·batch/7850.7
+        // per step whatever the rate, is an L2 factor of 0.0153/11.5 on that rate.
+        let momentum = 0.85;
+        let kilo = 1024.0 * (1.0 + 1.0 / (1.0 - momentum));
+        self.schedule = Schedule {
+            kind: ScheduleKind::Triangle,
+            lr: 11.5 * self.batch_size as f64 / kilo,
+            start_factor: 0.2,
+            peak_at: 0.23,
+            end_factor: 0.07,
+            warmup_epochs: 0.0,
+            ..self.schedule.clone()
+        };
+        self.optim = OptimConfig {
+            momentum,
+            nesterov: true,
+            weight_decay: 0.0153 / 11.5,
+            no_decay_bn_bias: false,
+            bn_bias_rate_factor: 64.0,
+        };
+        self.label_smoothing = 0.2;
+        self.ema_decay = 0.0;
+        self.lookahead = Some(Lookahead::airbench());
+        self.tta = Tta::FlipTranslate;
+        // Six forward passes per test image: only after the last epoch.
+        self.eval_every = self.epochs;
+        self.augment = AugmentConfig::with_policy(PolicyName::Basic);
+        self.augment.crop_padding = 2;
+        self.augment.crop_fill = PadFill::Reflect;
+        self.augment.alternating_flip = true;
     }
 
     /// Applies the keys of a TOML document over this configuration (unknown keys are errors).
@@ -321,6 +401,10 @@ fn one() -> usize {
     1
 }
 
+fn one_f64() -> f64 {
+    1.0
+}
+
 fn yes() -> bool {
     true
 }
@@ -343,21 +427,23 @@ mod tests {
     #[test]
     fn presets_match_the_report_rows() {
         let s = TrainConfig::preset("seed").unwrap();
+        let resnet = |c: &TrainConfig| c.model.se_resnet_d().unwrap().clone();
+        let (sm, am, bm) = (
+            resnet(&s),
+            resnet(&TrainConfig::preset("seed-a").unwrap()),
+            resnet(&TrainConfig::preset("seed-b").unwrap()),
+        );
         assert_eq!(
             (
                 s.schedule.lr,
                 s.optim.weight_decay,
-                s.model.se_ratio,
-                s.model.stem_width
+                sm.se_ratio,
+                sm.stem_width
             ),
             (0.01, 5e-5, 0.25, 128)
         );
         assert_eq!(
-            (
-                s.augment.cutout_holes,
-                s.augment.cutout_length,
-                s.model.dropout
-            ),
+            (s.augment.cutout_holes, s.augment.cutout_length, sm.dropout),
             (3, 4, 0.25)
         );
         assert_eq!(
@@ -370,8 +456,8 @@ mod tests {
             (
                 a.schedule.lr,
                 a.optim.weight_decay,
-                a.model.se_ratio,
-                a.model.stem_width
+                am.se_ratio,
+                am.stem_width
             ),
             (0.001, 1e-4, 0.25, 64)
         );
@@ -381,8 +467,8 @@ mod tests {
             (
                 b.schedule.lr,
                 b.optim.weight_decay,
-                b.model.se_ratio,
-                b.model.stem_width
+                bm.se_ratio,
+                bm.stem_width
             ),
             (0.1, 5e-5, 0.0625, 128)
         );
@@ -396,9 +482,12 @@ mod tests {
             .merge_toml("epochs = 7\n[model]\nblocks = [2, 1, 1]\n[schedule]\nlr = 0.2\n")
             .unwrap();
         assert_eq!(merged.epochs, 7);
-        assert_eq!(merged.model.blocks, vec![2, 1, 1]);
+        assert_eq!(merged.model.se_resnet_d().unwrap().blocks, vec![2, 1, 1]);
         assert_eq!(merged.schedule.lr, 0.2);
-        assert_eq!(merged.model.widths, s.model.widths);
+        assert_eq!(
+            merged.model.se_resnet_d().unwrap().widths,
+            s.model.se_resnet_d().unwrap().widths
+        );
         assert_eq!(
             TrainConfig::preset("seed").unwrap().merge_toml("").unwrap(),
             TrainConfig::preset("seed").unwrap()

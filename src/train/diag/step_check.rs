@@ -18,17 +18,18 @@ fn step(config: &TrainConfig, side: Side, batch: usize) -> Result<Vec<(String, T
         .check(side.device)
         .map_err(Error::Unsupported)?;
     let (mut model, vars) =
-        crate::model::build_as(&config.model, config.seed, side.device, side.dtype)?;
-    model.set_kernels(side.kernels);
-    model.set_precision(side.precision);
-    model.set_tf32(side.tf32);
+        crate::model::build_network(&config.model, config.seed, side.device, side.dtype)?;
+    let compute = model.compute_mut();
+    compute.set_kernels(side.kernels);
+    compute.set_precision(side.precision);
+    compute.set_tf32(side.tf32);
     let net = Net { model, vars };
     let device = side.device;
     let len = 3 * 32 * 32;
     let mut rng = seed::rng(config.seed, &[0x7061_7269_7479]);
     let pixels: Vec<f32> = (0..batch * len).map(|_| rng.f32() * 2.0 - 1.0).collect();
     let labels: Vec<u32> = (0..batch)
-        .map(|_| rng.u32(0..config.model.num_classes as u32))
+        .map(|_| rng.u32(0..config.model.num_classes() as u32))
         .collect();
     let x = Tensor::from_vec(pixels, (batch, 3, 32, 32), device)?.to_dtype(side.dtype)?;
     let y = Tensor::from_vec(labels, batch, device)?;

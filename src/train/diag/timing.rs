@@ -44,7 +44,7 @@ pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<
         .collect();
     let x = Tensor::from_vec(pixels, shape.nchw(b), device)?;
     let labels: Vec<u32> = (0..b)
-        .map(|_| rng.u32(0..config.model.num_classes as u32))
+        .map(|_| rng.u32(0..config.model.num_classes() as u32))
         .collect();
     let y = Tensor::from_vec(labels, b, device)?;
     let mut start = Instant::now();
@@ -59,8 +59,8 @@ pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<
     Ok(StepRate {
         images_per_second: (steps * b) as f64 / start.elapsed().as_secs_f64(),
         memory_peak: crate::device::memory_peak(device)?,
-        kernels: learner.model().kernels().name(),
-        precision: learner.model().precision().name(),
+        kernels: learner.model().compute().ops.kernels.name(),
+        precision: learner.model().compute().precision().name(),
     })
 }
 

@@ -20,6 +20,9 @@ use crate::train::learner::Learner;
 use crate::train::run_dir::{split_run_dir, RunDir};
 use crate::train::stores::Stores;
 
+/// Training images the whitening filters are computed from (airbench94's 5,000).
+pub const WHITEN_IMAGES: usize = 5000;
+
 impl Trainer {
     /// Starts a new run in `config.run_dir()`: refuses a folder that already holds one, writes
     /// the resolved `config.toml` there, opens the store and builds fresh weights.
@@ -37,9 +40,36 @@ impl Trainer {
         // Every rank looks, so that all refuse together.
         RunDir::refuse_saved(&config.run_dir())?;
         let mut trainer = Trainer::open(config, device, world)?;
+        trainer.whiten()?;
         trainer.learner.broadcast_from_main()?;
         trainer.write_config()?;
         Ok(trainer)
+    }
+
+    /// Gives a whitened net its first layer's filters from [`WHITEN_IMAGES`] training images
+    /// evenly spaced through the store (a store may be sorted by class), as the network sees
+    /// them (normalised, not augmented); other networks have nothing to do. Every rank computes
+    /// the same filters from the same images.
+    fn whiten(&self) -> Result<()> {
+        if self.learner.model().as_whitened().is_none() {
+            return Ok(());
+        }
+        let shape = self.stores.header.shape;
+        let len = shape.image_len();
+        let total = self.stores.train.len();
+        let n = WHITEN_IMAGES.min(total);
+        let mut images = vec![0.0f32; n * len];
+        for (i, out) in images.chunks_exact_mut(len).enumerate() {
+            let index = i * total / n.max(1);
+            self.eval_augmenter
+                .augment_into(self.stores.train.image(index), 0, index, out);
+        }
+        let chw = (
+            shape.channels as usize,
+            shape.height as usize,
+            shape.width as usize,
+        );
+        self.learner.whiten_from(&images, chw)
     }
 
     /// Continues the run saved in `dir` exactly where its checkpoint left it: at the next batch

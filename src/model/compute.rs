@@ -1,0 +1,53 @@
+//! How a network computes, whatever its layers: the ops' settings (kernels, TF32) and the dtype
+//! of activations (the variables stay their own dtype as master weights).
+
+use candle_core::DType;
+
+use super::precision::Precision;
+use crate::ops::{Kernels, Options};
+
+/// The ops' settings and the compute dtype of one network.
+#[derive(Clone, Copy, Debug)]
+pub struct Compute {
+    /// Kernels and TF32.
+    pub ops: Options,
+    /// Dtype of activations and of weights at use; `None` computes in the variables' own.
+    pub dtype: Option<DType>,
+}
+
+impl Default for Compute {
+    fn default() -> Self {
+        Compute {
+            ops: Kernels::default().into(),
+            dtype: None,
+        }
+    }
+}
+
+impl Compute {
+    /// Chooses the convolution/BatchNorm implementation (the weights are unchanged).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.ops.kernels = kernels;
+    }
+
+    /// Allows (or forbids) TF32 tensor cores for f32 convolutions and products on CUDA.
+    pub fn set_tf32(&mut self, tf32: bool) {
+        self.ops.tf32 = tf32;
+    }
+
+    /// Chooses the compute precision (the variables stay in their own dtype).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.dtype = match precision {
+            Precision::F32 => None,
+            p => Some(p.dtype()),
+        };
+    }
+
+    /// The compute precision in use (`F32` also when computing in the variables' own dtype).
+    pub fn precision(&self) -> Precision {
+        match self.dtype {
+            Some(DType::BF16) => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
+}
