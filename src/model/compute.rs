@@ -1,7 +1,7 @@
 //! How a network computes, whatever its layers: the ops' settings (kernels, TF32) and the dtype
 //! of activations (the variables stay their own dtype as master weights).
 
-use candle_core::DType;
+use candle_core::{DType, Result, Tensor};
 
 use super::precision::Precision;
 use crate::ops::{Kernels, Options};
@@ -41,6 +41,14 @@ impl Compute {
             Precision::F32 => None,
             p => Some(p.dtype()),
         };
+    }
+
+    /// A forward pass's input in the compute dtype (`masters`: the variables' own, when there
+    /// is none), with candle's GEMM set as these ops want it (cuBLAS's TF32 flag is
+    /// process-wide, so it is set at every forward).
+    pub fn input(&self, x: &Tensor, masters: DType) -> Result<Tensor> {
+        self.ops.apply_to_gemm(x.device());
+        x.to_dtype(self.dtype.unwrap_or(masters))
     }
 
     /// The compute precision in use (`F32` also when computing in the variables' own dtype).

@@ -123,19 +123,7 @@ impl ModelConfig {
                 format!("{} must be in [0, 1]", self.se_ratio),
             );
         }
-        if !(2..=100_000).contains(&self.num_classes) {
-            return bad(
-                "model.num_classes",
-                format!("{} must be 2 to 100000", self.num_classes),
-            );
-        }
-        if !(1..=4).contains(&self.in_channels) {
-            return bad(
-                "model.in_channels",
-                format!("{} must be 1 to 4", self.in_channels),
-            );
-        }
-        Ok(())
+        validate_io(self.num_classes, self.in_channels)
     }
 
     /// The layer table for an input of `height × width`: one row per conv / linear layer.
@@ -267,6 +255,23 @@ impl ModelConfig {
     pub fn macs(&self, height: usize, width: usize) -> usize {
         self.layers(height, width).iter().map(|l| l.macs).sum()
     }
+}
+
+/// Checks a network's classes and input channels, naming the offending key.
+pub(super) fn validate_io(
+    num_classes: usize,
+    in_channels: usize,
+) -> Result<(), (&'static str, String)> {
+    if !(2..=100_000).contains(&num_classes) {
+        return Err((
+            "model.num_classes",
+            format!("{num_classes} must be 2 to 100000"),
+        ));
+    }
+    if !(1..=4).contains(&in_channels) {
+        return Err(("model.in_channels", format!("{in_channels} must be 1 to 4")));
+    }
+    Ok(())
 }
 
 /// The distinct geometries of a layer table's convolutions over spatial maps with padding

@@ -219,9 +219,8 @@ impl SeResNetD {
     /// the compute precision.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let ops = self.compute.ops;
-        ops.apply_to_gemm(x.device());
         let masters = self.fc.weight().dtype();
-        let mut x = x.to_dtype(self.compute.dtype.unwrap_or(masters))?;
+        let mut x = self.compute.input(x, masters)?;
         for layer in &self.stem {
             x = layer.forward(&x, mode, true, ops)?;
         }

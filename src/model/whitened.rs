@@ -9,7 +9,7 @@ use candle_nn::{Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::compute::Compute;
-use super::config::{Layer, MAX_WIDTH};
+use super::config::{validate_io, Layer, MAX_WIDTH};
 use super::mode::Mode;
 use crate::ops::{self, BatchNorm, Conv2d, Options};
 
@@ -102,19 +102,7 @@ impl WhitenedConfig {
                 format!("{} must be positive", self.logit_scale),
             );
         }
-        if !(2..=100_000).contains(&self.num_classes) {
-            return bad(
-                "model.num_classes",
-                format!("{} must be 2 to 100000", self.num_classes),
-            );
-        }
-        if !(1..=4).contains(&self.in_channels) {
-            return bad(
-                "model.in_channels",
-                format!("{} must be 1 to 4", self.in_channels),
-            );
-        }
-        Ok(())
+        validate_io(self.num_classes, self.in_channels)
     }
 
     /// The layer table for an input of `height × width`.
@@ -325,9 +313,8 @@ impl WhitenedNet {
     /// Logits `[batch, classes]` for images `[batch, C, H, W]`, in the variables' dtype.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let ops = self.compute.ops;
-        ops.apply_to_gemm(x.device());
         let masters = self.fc.weight().dtype();
-        let x = x.to_dtype(self.compute.dtype.unwrap_or(masters))?;
+        let x = self.compute.input(x, masters)?;
         let mut x = ops::gelu(&self.whiten.forward_fixed_weight(&x, ops)?, ops)?;
         if !self.whiten_bias_trains {
             x = x.detach();
