@@ -98,7 +98,9 @@ pub fn gelu(x: &Tensor, ops: impl Into<Options>) -> Result<Tensor> {
 /// their last row or column, as PyTorch's `MaxPool2d(2)`): one pass each way on the CPU fast
 /// path; elsewhere a max over each window's two axes. Not candle's `max_pool2d`: its backward
 /// gives the maximum a quarter of the gradient (it scales by the window's mean of the
-/// arg-max mask instead of dividing by it) and picks wrong windows on odd sizes.
+/// arg-max mask instead of dividing by it) and picks wrong windows on odd sizes. On that route
+/// exact ties in a window (rare in f32, less so in bf16) each get the gradient; PyTorch and the
+/// CPU op give it to the first.
 pub fn max_pool2(x: &Tensor, ops: impl Into<Options>) -> Result<Tensor> {
     match ops.into().kernels.route(x) {
         Route::Cpu => x

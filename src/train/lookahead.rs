@@ -27,12 +27,13 @@ impl Lookahead {
 
     /// The slow copy's weight in the pull after step number `step` (1-based) of a run of
     /// `total` steps, if that step ends with one: `decay · (step/total)³` every `every` steps,
-    /// and 1 (the live weights become the slow copy) after the last.
+    /// the last step included (airbench pulls there first), else 1 after the last step (the
+    /// live weights become the slow copy).
     pub fn decay_after(&self, step: usize, total: usize) -> Option<f64> {
-        if step >= total {
-            Some(1.0)
-        } else if self.every > 0 && step.is_multiple_of(self.every) {
+        if step <= total && self.every > 0 && step.is_multiple_of(self.every) {
             Some(self.decay * (step as f64 / total.max(1) as f64).powi(3))
+        } else if step >= total {
+            Some(1.0)
         } else {
             None
         }
@@ -52,7 +53,10 @@ mod tests {
         assert_eq!(l.decay_after(4, 100), None);
         assert!((l.decay_after(5, 100).unwrap() - 0.8 * 0.05f64.powi(3)).abs() < 1e-15);
         assert!((l.decay_after(50, 100).unwrap() - 0.1).abs() < 1e-12);
-        assert_eq!(l.decay_after(100, 100), Some(1.0));
+        // The last step pulls on its schedule when it falls on one (after which live = slow, as
+        // a final pull of weight 1 leaves it), else with weight 1.
+        assert!((l.decay_after(100, 100).unwrap() - 0.8).abs() < 1e-15);
+        assert_eq!(l.decay_after(98, 98), Some(1.0));
         assert_eq!(l.decay_after(101, 100), Some(1.0));
     }
 }

@@ -511,6 +511,34 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_presets_are_airbench94_and_refuse_an_ema_beside_lookahead() {
+        let f = TrainConfig::preset("fast").unwrap();
+        let Architecture::Whitened(m) = &f.model else {
+            panic!("fast is the whitened net")
+        };
+        assert_eq!(
+            (m.widths.as_slice(), f.batch_size, f.epochs),
+            (&[64, 256, 256][..], 1024, 10)
+        );
+        // 11.5 per 1024 images over the kilostep scale 1024·(1 + 1/0.15), on the mean loss.
+        assert!((f.schedule.lr - 11.5 * 1024.0 / (1024.0 * (1.0 + 1.0 / 0.15))).abs() < 1e-12);
+        assert!((f.optim.weight_decay - 0.0153 / 11.5).abs() < 1e-15);
+        assert_eq!(f.optim.bn_bias_rate_factor, 64.0);
+        let cpu = TrainConfig::preset("fast-cpu").unwrap();
+        assert!(
+            (cpu.schedule.lr - f.schedule.lr / 2.0).abs() < 1e-12,
+            "half the batch"
+        );
+        assert!(cpu.validate().is_ok() && f.validate().is_ok());
+        let e = cpu
+            .merge_toml("ema_decay = 0.99")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("lookahead"), "{e}");
+    }
+
+    #[test]
     fn layers_apply_in_order_preset_or_run_then_file_then_flags() {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("over.toml");

@@ -72,6 +72,26 @@ impl TrainConfig {
         rule(below(c.ema_decay, 0.0, 1.0), "ema_decay", || {
             format!("{} must be in [0, 1) (0 turns the EMA off)", c.ema_decay)
         })?;
+        if let Some(l) = &c.lookahead {
+            rule(c.ema_decay == 0.0, "lookahead", || {
+                format!(
+                    "an EMA (ema_decay {}) and lookahead cannot both average the weights: \
+                     set ema_decay = 0 or drop [lookahead]",
+                    c.ema_decay
+                )
+            })?;
+            rule(l.every >= 1, "lookahead.every", || {
+                format!("{} must be at least 1", l.every)
+            })?;
+            rule(within(l.decay, 0.0, 1.0), "lookahead.decay", || {
+                format!("{} must be in [0, 1]", l.decay)
+            })?;
+        }
+        rule(
+            rate_factor_ok(c.optim.bn_bias_rate_factor),
+            "optim.bn_bias_rate_factor",
+            || format!("{} must be in (0, 10000]", c.optim.bn_bias_rate_factor),
+        )?;
         rule(
             below(c.label_smoothing, 0.0, 1.0),
             "label_smoothing",
@@ -150,4 +170,9 @@ impl TrainConfig {
         )?;
         Ok(())
     }
+}
+
+/// A rate factor multiplies the rate and divides the weight decay: positive and finite.
+fn rate_factor_ok(f: f64) -> bool {
+    f.is_finite() && f > 0.0 && f <= 10_000.0
 }
