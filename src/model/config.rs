@@ -220,19 +220,7 @@ impl ModelConfig {
                 (h, w, cin) = (h2, w2, out);
             }
         }
-        t.push(Layer {
-            name: "fc".into(),
-            kind: "linear",
-            cin,
-            cout: self.num_classes,
-            kernel: 1,
-            stride: 1,
-            pad: 0,
-            in_hw: (1, 1),
-            out_hw: (1, 1),
-            params: cin * self.num_classes + self.num_classes,
-            macs: cin * self.num_classes,
-        });
+        t.push(Layer::classifier(cin, self.num_classes, true));
         t
     }
 
@@ -350,6 +338,25 @@ pub struct Layer {
     pub params: usize,
     /// Multiply-accumulates per image.
     pub macs: usize,
+}
+
+impl Layer {
+    /// The row of the linear classifier `fc`: `cin` features to `classes` logits.
+    pub fn classifier(cin: usize, classes: usize, bias: bool) -> Layer {
+        Layer {
+            name: "fc".into(),
+            kind: "linear",
+            cin,
+            cout: classes,
+            kernel: 1,
+            stride: 1,
+            pad: 0,
+            in_hw: (1, 1),
+            out_hw: (1, 1),
+            params: cin * classes + if bias { classes } else { 0 },
+            macs: cin * classes,
+        }
+    }
 }
 
 /// A convolution's geometry (square kernel and stride, padding `kernel / 2`).

@@ -144,19 +144,7 @@ impl WhitenedConfig {
             t.push(conv(format!("group{g}.conv2"), w, hw));
             cin = w;
         }
-        t.push(Layer {
-            name: "fc".into(),
-            kind: "linear",
-            cin,
-            cout: self.num_classes,
-            kernel: 1,
-            stride: 1,
-            pad: 0,
-            in_hw: (1, 1),
-            out_hw: (1, 1),
-            params: cin * self.num_classes,
-            macs: cin * self.num_classes,
-        });
+        t.push(Layer::classifier(cin, self.num_classes, false));
         t
     }
 
