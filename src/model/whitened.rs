@@ -265,6 +265,14 @@ impl WhitenedNet {
         })
     }
 
+    /// The whitening filters for `images` (`n` normalised CHW images of `shape`), shaped as this
+    /// net's first layer, on its device ([`whitening_filters`]).
+    pub fn whitening_for(&self, images: &[f32], shape: (usize, usize, usize)) -> Result<Tensor> {
+        let (c, k) = (shape.0, self.config.whiten_kernel);
+        let filters = whitening_filters(images, shape, k, self.config.whiten_eps);
+        Tensor::from_vec(filters, (2 * c * k * k, c, k, k), self.device())
+    }
+
     /// Sets the whitening filters from `filters` (`[2·c·k², c, k, k]`, see [`whitening_filters`]).
     pub fn set_whitening(&self, filters: &Tensor) -> Result<()> {
         let w = self.whiten.weight();

@@ -16,12 +16,12 @@ fn erf(x: f32) -> f32 {
 }
 
 /// `x · Φ(x)`, Φ the standard normal CDF; NaN stays NaN.
-pub(super) fn gelu_value(x: f32) -> f32 {
+fn gelu_value(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// `d/dx x·Φ(x) = Φ(x) + x·φ(x)`.
-pub(super) fn gelu_slope(x: f32) -> f32 {
+fn gelu_slope(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
         + x * FRAC_1_SQRT_2PI * (-0.5 * x * x).exp()
 }

@@ -367,11 +367,7 @@ impl Learner {
         let Some(net) = self.net.model.as_whitened() else {
             return Ok(());
         };
-        let c = net.config();
-        let d = shape.0 * c.whiten_kernel * c.whiten_kernel;
-        let filters = crate::model::whitening_filters(images, shape, c.whiten_kernel, c.whiten_eps);
-        let k = c.whiten_kernel;
-        let filters = Tensor::from_vec(filters, (2 * d, shape.0, k, k), net.device())?;
+        let filters = net.whitening_for(images, shape)?;
         net.set_whitening(&filters)?;
         if let Some(twin) = self.ema.as_ref().and_then(|(c, _)| c.model.as_whitened()) {
             twin.set_whitening(&filters)?;

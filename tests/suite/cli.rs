@@ -335,26 +335,7 @@ fn train_then_eval_predict_and_resume_from_the_cli() {
         .arg(&data)
         .assert()
         .success();
-    let train = |extra: &[&str]| {
-        Command::cargo_bin("stream-train")
-            .unwrap()
-            .current_dir(tmp.path())
-            .args([
-                "--preset",
-                "tiny",
-                "--widths",
-                "4,8,16",
-                "--stem-width",
-                "8",
-                "--batch-size",
-                "20",
-                "-q",
-                "--data",
-            ])
-            .arg(&data)
-            .args(extra)
-            .assert()
-    };
+    let train = |extra: &[&str]| tiny_run(tmp.path(), &data).args(extra).assert();
     let out = train(&["--epochs", "1", "--ema-decay", "0.99"]).success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(
