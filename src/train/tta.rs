@@ -45,13 +45,16 @@ impl Tta {
 impl Tta {
     /// Eval-mode logits of `x` (`[n, c, h, w]`) under this test-time augmentation.
     pub fn logits(self, model: &Network, x: &Tensor) -> Result<Tensor> {
+        // Detached at once: a view's logits would otherwise keep its whole forward graph (every
+        // activation of the batch) alive until the last view is done.
+        let view = |x: &Tensor| -> Result<Tensor> { Ok(model.forward(x, Mode::Eval)?.detach()) };
         let flip = |x: &Tensor| -> Result<Tensor> {
-            let plain = model.forward(x, Mode::Eval)?;
-            let mirrored = model.forward(&x.flip(&[3])?, Mode::Eval)?;
+            let plain = view(x)?;
+            let mirrored = view(&x.flip(&[3])?)?;
             (plain + mirrored)? * 0.5
         };
         match self {
-            Tta::None => model.forward(x, Mode::Eval),
+            Tta::None => view(x),
             Tta::Flip => flip(x),
             Tta::FlipTranslate => {
                 let moved = (flip(&shift(x, 1)?)? + flip(&shift(x, -1)?)?)?;
@@ -120,6 +123,20 @@ mod tests {
         let plain = model.forward(&symmetric, Mode::Eval).unwrap();
         let flip = Tta::Flip.logits(&model, &symmetric).unwrap();
         assert!(max_abs_diff(&flip, &plain) < 1e-5);
+    }
+
+    #[test]
+    fn evaluation_logits_hold_no_graph() {
+        // A graph behind the logits would keep every activation of every view alive (a
+        // fast-cpu evaluation peaked at 6.2 GB for it, against 1.3 GB without).
+        let dev = Device::Cpu;
+        let (model, _) = build(&ModelConfig::tiny(), 3, &dev).unwrap();
+        let model = Network::SeResnetD(model);
+        let x = Tensor::randn(0f32, 1., (2, 3, 32, 32), &dev).unwrap();
+        assert!(model.forward(&x, Mode::Eval).unwrap().track_op());
+        for tta in [Tta::None, Tta::Flip, Tta::FlipTranslate] {
+            assert!(!tta.logits(&model, &x).unwrap().track_op(), "{tta:?}");
+        }
     }
 
     #[test]
