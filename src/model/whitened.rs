@@ -311,7 +311,7 @@ impl WhitenedNet {
         let ops = self.compute.ops;
         let masters = self.fc.weight().dtype();
         let x = self.compute.input(x, masters)?;
-        let mut x = ops::gelu(&self.whiten.forward_fixed_weight(&x, ops)?, ops)?;
+        let mut x = self.whiten.forward_fixed_weight_gelu(&x, ops)?;
         if !self.whiten_bias_trains {
             x = x.detach();
         }

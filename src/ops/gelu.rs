@@ -1,7 +1,7 @@
 //! GELU (the exact, erf form: PyTorch's `nn.GELU()` default) as one pass each way on the CPU.
 //! Through candle's generic ops its backward is about ten elementwise passes, each allocating.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::host::{contiguous_f32, with_f32};
@@ -68,4 +68,88 @@ fn gelu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
         })
     })?;
     Tensor::from_vec(dx, x.shape(), x.device())
+}
+
+/// The candle op on `(x, bias)`: `gelu(x + bias[c])` for `x: [n, c, …]`, so a layer's bias
+/// costs no pass of its own and its gradient (a per-channel sum) is taken in parallel in the
+/// same pass as GELU's.
+pub(super) struct GeluBias;
+
+/// `(channels, plane)` of a contiguous `[n, c, …]` layout against a bias of `c` values.
+fn channels(l: &Layout, bias: usize) -> Result<(usize, usize)> {
+    let dims = l.dims();
+    if dims.len() < 2 || dims[1] != bias {
+        candle_core::bail!("gelu with bias: {dims:?} against a bias of {bias} channels");
+    }
+    Ok((dims[1], dims[2..].iter().product()))
+}
+
+impl CustomOp2 for GeluBias {
+    fn name(&self) -> &'static str {
+        "cifar-stream-gelu-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (c, plane) = channels(l1, b.len())?;
+        let mut y = vec![0.0f32; x.len()];
+        y.par_chunks_mut(plane.max(1))
+            .zip(x.par_chunks(plane.max(1)))
+            .enumerate()
+            .for_each(|(i, (yp, xp))| {
+                let shift = b[i % c];
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    *o = gelu_value(v + shift);
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let bias = b.flatten_all()?.to_vec1::<f32>()?;
+        let (c, plane) = channels(x.layout(), bias.len())?;
+        let (dx, sums) = with_f32(x, |xs| {
+            with_f32(dy, |ds| {
+                let mut dx = vec![0.0f32; xs.len()];
+                // One sum per (image, channel) plane, added in plane order below: the same
+                // bias gradient whatever the thread count.
+                let sums: Vec<f64> = dx
+                    .par_chunks_mut(plane.max(1))
+                    .zip(xs.par_chunks(plane.max(1)).zip(ds.par_chunks(plane.max(1))))
+                    .enumerate()
+                    .map(|(i, (op, (xp, dp)))| {
+                        let shift = bias[i % c];
+                        let mut sum = 0.0f64;
+                        for ((o, &v), &g) in op.iter_mut().zip(xp).zip(dp) {
+                            *o = g * gelu_slope(v + shift);
+                            sum += *o as f64;
+                        }
+                        sum
+                    })
+                    .collect();
+                Ok((dx, sums))
+            })
+        })?;
+        let mut db = vec![0.0f64; c];
+        for (i, s) in sums.iter().enumerate() {
+            db[i % c] += s;
+        }
+        let db: Vec<f32> = db.into_iter().map(|v| v as f32).collect();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(db, b.shape(), b.device())?),
+        ))
+    }
 }

@@ -94,6 +94,24 @@ pub fn gelu(x: &Tensor, ops: impl Into<Options>) -> Result<Tensor> {
     }
 }
 
+/// `gelu(x + bias)` with one bias per channel of `x: [n, c, …]`: on the CPU fast path one pass
+/// each way (the bias's gradient summed in GELU's backward pass), elsewhere a broadcast add then
+/// [`gelu`].
+pub fn gelu_with_bias(x: &Tensor, bias: &Tensor, ops: impl Into<Options>) -> Result<Tensor> {
+    let ops = ops.into();
+    let bias = bias.to_dtype(x.dtype())?;
+    match ops.kernels.route(x) {
+        Route::Cpu => x
+            .contiguous()?
+            .apply_op2_arc(&bias.contiguous()?, Arc::new(Box::new(gelu_op::GeluBias))),
+        _ => {
+            let c = bias.elem_count();
+            let shape: Vec<usize> = (0..x.rank()).map(|d| if d == 1 { c } else { 1 }).collect();
+            gelu(&x.broadcast_add(&bias.reshape(shape)?)?, ops)
+        }
+    }
+}
+
 /// 2×2 max-pooling with stride 2 of `x: [n, c, h, w]` into `[n, c, h/2, w/2]` (odd sizes drop
 /// their last row or column, as PyTorch's `MaxPool2d(2)`): one pass each way on the CPU fast
 /// path; elsewhere a max over each window's two axes. Not candle's `max_pool2d`: its backward
@@ -186,10 +204,16 @@ impl Conv2d {
         self.apply(x, &self.weight, ops)
     }
 
-    /// [`Conv2d::forward`] with the weight held fixed: no gradient is computed for it (a filter
-    /// bank that never trains; the bias still does).
-    pub fn forward_fixed_weight(&self, x: &Tensor, ops: Options) -> Result<Tensor> {
-        self.apply(x, &self.weight.detach(), ops)
+    /// `gelu(conv(x) + bias)` with the weight held fixed (a filter bank that never trains: no
+    /// gradient is computed for it; the bias still trains), the bias and GELU in one op
+    /// ([`gelu_with_bias`]).
+    pub fn forward_fixed_weight_gelu(&self, x: &Tensor, ops: Options) -> Result<Tensor> {
+        let w = self.weight.detach().to_dtype(x.dtype())?;
+        let y = conv2d(x, &w, self.stride, self.pad, ops)?;
+        match &self.bias {
+            Some(b) => gelu_with_bias(&y, b, ops),
+            None => gelu(&y, ops),
+        }
     }
 
     fn apply(&self, x: &Tensor, weight: &Tensor, ops: Options) -> Result<Tensor> {

@@ -30,4 +30,6 @@ mod tail;
 pub use batch_norm::Stats;
 pub use conv::Geometry;
 pub use kernels::{Kernels, Options, Route};
-pub use layers::{block_tail, conv2d, gelu, max_pool2, squeeze, BatchNorm, Conv2d, Statistics};
+pub use layers::{
+    block_tail, conv2d, gelu, gelu_with_bias, max_pool2, squeeze, BatchNorm, Conv2d, Statistics,
+};

@@ -5,7 +5,9 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cifar_stream::model::{build, sorted_vars, Mode, ModelConfig};
-use cifar_stream::ops::{block_tail, conv2d, gelu, max_pool2, BatchNorm, Kernels, Statistics};
+use cifar_stream::ops::{
+    block_tail, conv2d, gelu, gelu_with_bias, max_pool2, BatchNorm, Kernels, Statistics,
+};
 use cifar_stream::train::diag::CONV_SHAPES;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
@@ -473,6 +475,30 @@ fn gelu_matches_candles_exact_gelu_and_its_gradient() {
     for (name, f, s) in [("y", &fast[0], &stock[0]), ("dx", &fast[1], &stock[1])] {
         let e = rel_err(f, s);
         assert!(e < 1e-5, "gelu {name}: {e}");
+    }
+}
+
+#[test]
+fn gelu_with_bias_matches_a_broadcast_add_then_gelu_in_value_and_both_gradients() {
+    let x = Var::from_tensor(&(random(&[3, 5, 7, 9], 12) * 3.0).unwrap()).unwrap();
+    let b = Var::from_tensor(&random(&[5], 13)).unwrap();
+    let probe = random(&[3, 5, 7, 9], 14);
+    let run = |k: Kernels| {
+        let y = gelu_with_bias(x.as_tensor(), b.as_tensor(), k).unwrap();
+        let g = (&y * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let dx = g.get(x.as_tensor()).unwrap().clone();
+        [y, dx, g.get(b.as_tensor()).unwrap().clone()]
+    };
+    let (fast, stock) = (run(Kernels::Fast), run(Kernels::Stock));
+    for (name, i) in [("y", 0), ("dx", 1), ("dbias", 2)] {
+        assert_eq!(fast[i].dims(), stock[i].dims(), "{name}");
+        let e = rel_err(&fast[i], &stock[i]);
+        assert!(e < 1e-5, "gelu with bias {name}: {e}");
     }
 }
 
