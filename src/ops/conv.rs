@@ -100,29 +100,15 @@ impl Geometry {
     }
 }
 
-/// Columns a product should have at least: below this the GEMM's packing and edge tiles cost
-/// more than its arithmetic, so small feature maps are batched several images to a product.
-const MIN_COLUMNS: usize = 448;
-
-impl Geometry {
-    /// Images unfolded side by side into one patch matrix (one product per group).
-    fn group(&self) -> usize {
-        MIN_COLUMNS
-            .div_ceil(self.pixels().max(1))
-            .clamp(1, self.n.max(1))
-    }
-}
-
-/// Unfolds one image `[c, h, w]` into its block of a patch matrix `[c·kh·kw, ·]` whose rows are
-/// `ld` apart (`cols` starts at the block's first column).
-fn im2col(g: &Geometry, img: &[f32], cols: &mut [f32], ld: usize) {
+/// Unfolds one image `[c, h, w]` into its patch matrix `[c·kh·kw, ho·wo]`.
+fn im2col(g: &Geometry, img: &[f32], cols: &mut [f32]) {
     let (ho, wo, s) = (g.ho(), g.wo(), g.stride);
     let mut row = 0;
     for c in 0..g.c {
         let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                let out = &mut cols[row * ld..row * ld + ho * wo];
+                let out = &mut cols[row * ho * wo..(row + 1) * ho * wo];
                 let (lo, hi) = g.valid(kx, wo, g.w);
                 for oy in 0..ho {
                     let line = &mut out[oy * wo..(oy + 1) * wo];
@@ -149,16 +135,16 @@ fn im2col(g: &Geometry, img: &[f32], cols: &mut [f32], ld: usize) {
     }
 }
 
-/// Folds one image's block of a patch-matrix gradient (rows `ld` apart) back onto its image
-/// gradient `[c, h, w]` (adds; `img` starts zeroed).
-fn col2im(g: &Geometry, cols: &[f32], ld: usize, img: &mut [f32]) {
+/// Folds a patch-matrix gradient back onto one image gradient `[c, h, w]` (adds; `img` starts
+/// zeroed).
+fn col2im(g: &Geometry, cols: &[f32], img: &mut [f32]) {
     let (ho, wo, s) = (g.ho(), g.wo(), g.stride);
     let mut row = 0;
     for c in 0..g.c {
         let plane = &mut img[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                let src = &cols[row * ld..row * ld + ho * wo];
+                let src = &cols[row * ho * wo..(row + 1) * ho * wo];
                 let (lo, hi) = g.valid(kx, wo, g.w);
                 row += 1;
                 if lo >= hi {
@@ -187,73 +173,33 @@ fn col2im(g: &Geometry, cols: &[f32], ld: usize, img: &mut [f32]) {
     }
 }
 
-/// The patch matrix `[c·kh·kw, count·ho·wo]` of `count` consecutive images, image `i` in
-/// columns `[i·pixels, (i+1)·pixels)`. A single pointwise image is its own patch matrix.
-fn unfold<'a>(g: &Geometry, images: &'a [f32], count: usize, cols: &'a mut [f32]) -> Mat<'a> {
-    let (chw, pixels, patch) = (g.c * g.h * g.w, g.pixels(), g.patch());
-    let width = count * pixels;
-    if g.is_pointwise() && count == 1 {
-        return Mat::new(&images[..chw], patch, pixels);
-    }
-    for i in 0..count {
-        let img = &images[i * chw..(i + 1) * chw];
-        if g.is_pointwise() {
-            for r in 0..patch {
-                cols[r * width + i * pixels..r * width + (i + 1) * pixels]
-                    .copy_from_slice(&img[r * pixels..(r + 1) * pixels]);
-            }
-        } else {
-            im2col(g, img, &mut cols[i * pixels..], width);
-        }
-    }
-    Mat::new(&cols[..patch * width], patch, width)
-}
-
-/// Scratch one thread reuses across the groups it computes.
-#[derive(Default)]
-struct Scratch {
-    cols: Vec<f32>,
-    dcols: Vec<f32>,
-    side: Vec<f32>,
-}
-
-/// `buf` grown to at least `len` (contents unspecified).
-fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    &mut buf[..len]
-}
-
-/// Forward: `y = W · unfold(x)`, a group of images per product, groups in parallel.
+/// Forward: `y[n] = W · im2col(x[n])` for every image, in parallel.
 pub fn forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
-    let (chw, kp, patch, pixels) = (g.c * g.h * g.w, g.k * g.pixels(), g.patch(), g.pixels());
-    let group = g.group();
+    let (chw, kp, patch) = (g.c * g.h * g.w, g.k * g.pixels(), g.patch());
     let mut y = vec![0.0f32; g.n * kp];
     let weights = Mat::new(wt, g.k, patch);
-    y.par_chunks_mut((group * kp).max(1))
-        .enumerate()
-        .for_each_init(Scratch::default, |scratch, (j, out)| {
-            let count = out.len() / kp.max(1);
-            let first = j * group;
-            let width = count * pixels;
-            let cols = sized(&mut scratch.cols, patch * width);
-            let patches = unfold(g, &x[first * chw..(first + count) * chw], count, cols);
-            if count == 1 {
-                matmul(out, weights, patches, false);
-                return;
-            }
-            // The product's columns run image by image; each image's output is `[k, pixels]`.
-            let wide = sized(&mut scratch.side, g.k * width);
-            matmul(wide, weights, patches, false);
-            for (i, img) in out.chunks_mut(kp).enumerate() {
-                for (k, line) in img.chunks_mut(pixels).enumerate() {
-                    line.copy_from_slice(
-                        &wide[k * width + i * pixels..k * width + (i + 1) * pixels],
-                    );
+    y.par_chunks_mut(kp.max(1)).enumerate().for_each_init(
+        || {
+            vec![
+                0.0f32;
+                if g.is_pointwise() {
+                    0
+                } else {
+                    patch * g.pixels()
                 }
-            }
-        });
+            ]
+        },
+        |cols, (i, out)| {
+            let img = &x[i * chw..(i + 1) * chw];
+            let patches = if g.is_pointwise() {
+                Mat::new(img, patch, g.pixels())
+            } else {
+                im2col(g, img, cols);
+                Mat::new(cols, patch, g.pixels())
+            };
+            matmul(out, weights, patches, false);
+        },
+    );
     y
 }
 
@@ -272,7 +218,6 @@ pub fn backward(
     let (chw, kp, patch, pixels) = (g.c * g.h * g.w, g.k * g.pixels(), g.patch(), g.pixels());
     let chunks = (rayon::current_num_threads() * 2).clamp(1, g.n.max(1));
     let per = g.n.div_ceil(chunks).max(1);
-    let group = g.group();
     let mut dx = if want_dx {
         vec![0.0f32; g.n * chw]
     } else {
@@ -281,51 +226,37 @@ pub fn backward(
     let weights = Mat::new(wt, g.k, patch);
     let work = |first: usize, dx_chunk: Option<&mut [f32]>| -> Vec<f32> {
         let mut dw = vec![0.0f32; g.k * patch];
-        let mut scratch = Scratch::default();
+        let pointwise = g.is_pointwise();
+        let mut cols = vec![0.0f32; if pointwise { 0 } else { patch * pixels }];
+        let mut dcols = vec![
+            0.0f32;
+            if want_dx && !pointwise {
+                patch * pixels
+            } else {
+                0
+            }
+        ];
         let mut dx_chunk = dx_chunk;
         let last = (first + per).min(g.n);
-        let mut start = first;
-        while start < last {
-            let count = group.min(last - start);
-            let width = count * pixels;
-            let grads = &dy[start * kp..(start + count) * kp];
-            // The output gradient laid out as the product's columns: `[k, count·pixels]`.
-            let grad = if count == 1 {
-                Mat::new(grads, g.k, pixels)
+        for i in first..last {
+            let img = &x[i * chw..(i + 1) * chw];
+            let grad = Mat::new(&dy[i * kp..(i + 1) * kp], g.k, pixels);
+            let patches = if pointwise {
+                Mat::new(img, patch, pixels)
             } else {
-                let wide = sized(&mut scratch.side, g.k * width);
-                for (i, img) in grads.chunks(kp).enumerate() {
-                    for (k, line) in img.chunks(pixels).enumerate() {
-                        wide[k * width + i * pixels..k * width + (i + 1) * pixels]
-                            .copy_from_slice(line);
-                    }
-                }
-                Mat::new(wide, g.k, width)
+                im2col(g, img, &mut cols);
+                Mat::new(&cols, patch, pixels)
             };
-            let cols = sized(&mut scratch.cols, patch * width);
-            let patches = unfold(g, &x[start * chw..(start + count) * chw], count, cols);
             matmul(&mut dw, grad, patches.t(), true);
             if let Some(dxc) = dx_chunk.as_deref_mut() {
-                let dimgs = &mut dxc[(start - first) * chw..(start - first + count) * chw];
-                if g.is_pointwise() && count == 1 {
-                    matmul(dimgs, weights.t(), grad, false);
+                let dimg = &mut dxc[(i - first) * chw..(i - first + 1) * chw];
+                if pointwise {
+                    matmul(dimg, weights.t(), grad, false);
                 } else {
-                    let dcols = sized(&mut scratch.dcols, patch * width);
-                    matmul(dcols, weights.t(), grad, false);
-                    for (i, dimg) in dimgs.chunks_mut(chw).enumerate() {
-                        if g.is_pointwise() {
-                            for (r, line) in dimg.chunks_mut(pixels).enumerate() {
-                                line.copy_from_slice(
-                                    &dcols[r * width + i * pixels..r * width + (i + 1) * pixels],
-                                );
-                            }
-                        } else {
-                            col2im(g, &dcols[i * pixels..], width, dimg);
-                        }
-                    }
+                    matmul(&mut dcols, weights.t(), grad, false);
+                    col2im(g, &dcols, dimg);
                 }
             }
-            start += count;
         }
         dw
     };
@@ -501,22 +432,20 @@ mod tests {
     }
 
     #[test]
-    fn grouped_products_match_the_definition_with_a_partial_last_group() {
-        // 160 output pixels: three images to a product, so 7 images make groups of 3, 3 and 1;
-        // the 1×1 case is a pointwise conv batched the same way, the 24×24 one a lone image.
-        for (h, w, kh, pad, n) in [(10, 16, 3, 1, 7), (10, 16, 1, 0, 7), (24, 24, 3, 1, 3)] {
+    fn backward_matches_the_definition_on_any_thread_count() {
+        // 7 images: the backward pass's chunks (from the thread count) split them unevenly.
+        for (h, w, kh, stride, pad) in [(10, 16, 3, 1, 1), (10, 16, 1, 1, 0), (10, 16, 3, 2, 1)] {
             let g = Geometry {
-                n,
+                n: 7,
                 c: 3,
                 h,
                 w,
                 k: 5,
                 kh,
                 kw: kh,
-                stride: 1,
+                stride,
                 pad,
             };
-            assert!(g.group() < g.n || g.pixels() >= MIN_COLUMNS, "{g:?}");
             let x: Vec<f32> = (0..g.n * g.c * h * w)
                 .map(|i| (i as f32 * 0.37).sin())
                 .collect();
@@ -535,14 +464,21 @@ mod tests {
                     );
                 }
             };
-            close(&forward(&g, &x, &wt), &naive(&g, &x, &wt), "y");
             let (want_dx, want_dw) = naive_backward(&g, &x, &wt, &dy);
-            let (dx, dw) = backward(&g, &x, &wt, &dy, true);
-            close(&dx.unwrap(), &want_dx, "dx");
-            close(&dw, &want_dw, "dw");
-            let (none, dw_only) = backward(&g, &x, &wt, &dy, false);
-            assert!(none.is_none());
-            close(&dw_only, &want_dw, "dw alone");
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let (dx, dw) = backward(&g, &x, &wt, &dy, true);
+                    close(&dx.unwrap(), &want_dx, "dx");
+                    close(&dw, &want_dw, "dw");
+                    let (none, dw_only) = backward(&g, &x, &wt, &dy, false);
+                    assert!(none.is_none());
+                    close(&dw_only, &want_dw, "dw alone");
+                });
+            }
         }
     }
 
@@ -566,9 +502,9 @@ mod tests {
                 .map(|i| (i as f32 * 0.4).cos())
                 .collect();
             let mut cols = vec![0.0; c.len()];
-            im2col(&g, &x, &mut cols, g.pixels());
+            im2col(&g, &x, &mut cols);
             let mut back = vec![0.0; x.len()];
-            col2im(&g, &c, g.pixels(), &mut back);
+            col2im(&g, &c, &mut back);
             let lhs: f64 = cols.iter().zip(&c).map(|(a, b)| (*a * *b) as f64).sum();
             let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (*a * *b) as f64).sum();
             assert!((lhs - rhs).abs() < 1e-3, "{g:?}: {lhs} vs {rhs}");

@@ -120,25 +120,39 @@ impl CustomOp2 for GeluBias {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let bias = b.flatten_all()?.to_vec1::<f32>()?;
         let (c, plane) = channels(x.layout(), bias.len())?;
+        // The whitening layer's input is the image through a fixed filter bank: no gradient.
+        let want_dx = x.track_op();
         let (dx, sums) = with_f32(x, |xs| {
             with_f32(dy, |ds| {
-                let mut dx = vec![0.0f32; xs.len()];
+                let mut dx = vec![0.0f32; if want_dx { xs.len() } else { 0 }];
                 // One sum per (image, channel) plane, added in plane order below: the same
                 // bias gradient whatever the thread count.
-                let sums: Vec<f64> = dx
-                    .par_chunks_mut(plane.max(1))
-                    .zip(xs.par_chunks(plane.max(1)).zip(ds.par_chunks(plane.max(1))))
-                    .enumerate()
-                    .map(|(i, (op, (xp, dp)))| {
-                        let shift = bias[i % c];
-                        let mut sum = 0.0f64;
-                        for ((o, &v), &g) in op.iter_mut().zip(xp).zip(dp) {
-                            *o = g * gelu_slope(v + shift);
-                            sum += *o as f64;
+                let plane_sum = |i: usize, xp: &[f32], dp: &[f32], mut out: Option<&mut [f32]>| {
+                    let shift = bias[i % c];
+                    let mut sum = 0.0f64;
+                    for (j, (&v, &g)) in xp.iter().zip(dp).enumerate() {
+                        let d = g * gelu_slope(v + shift);
+                        if let Some(o) = out.as_deref_mut() {
+                            o[j] = d;
                         }
-                        sum
-                    })
-                    .collect();
+                        sum += d as f64;
+                    }
+                    sum
+                };
+                let p = plane.max(1);
+                let sums: Vec<f64> = if want_dx {
+                    dx.par_chunks_mut(p)
+                        .zip(xs.par_chunks(p).zip(ds.par_chunks(p)))
+                        .enumerate()
+                        .map(|(i, (op, (xp, dp)))| plane_sum(i, xp, dp, Some(op)))
+                        .collect()
+                } else {
+                    xs.par_chunks(p)
+                        .zip(ds.par_chunks(p))
+                        .enumerate()
+                        .map(|(i, (xp, dp))| plane_sum(i, xp, dp, None))
+                        .collect()
+                };
                 Ok((dx, sums))
             })
         })?;
@@ -147,9 +161,9 @@ impl CustomOp2 for GeluBias {
             db[i % c] += s;
         }
         let db: Vec<f32> = db.into_iter().map(|v| v as f32).collect();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
-            Some(Tensor::from_vec(db, b.shape(), b.device())?),
-        ))
+        let dx = want_dx
+            .then(|| Tensor::from_vec(dx, x.shape(), x.device()))
+            .transpose()?;
+        Ok((dx, Some(Tensor::from_vec(db, b.shape(), b.device())?)))
     }
 }

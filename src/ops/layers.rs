@@ -99,13 +99,19 @@ pub fn gelu(x: &Tensor, ops: impl Into<Options>) -> Result<Tensor> {
 /// [`gelu`].
 pub fn gelu_with_bias(x: &Tensor, bias: &Tensor, ops: impl Into<Options>) -> Result<Tensor> {
     let ops = ops.into();
+    let c = bias.elem_count();
+    if x.rank() < 2 || x.dim(1)? != c {
+        candle_core::bail!(
+            "gelu with bias: input {:?} against a bias of {c} channels",
+            x.dims()
+        );
+    }
     let bias = bias.to_dtype(x.dtype())?;
     match ops.kernels.route(x) {
         Route::Cpu => x
             .contiguous()?
             .apply_op2_arc(&bias.contiguous()?, Arc::new(Box::new(gelu_op::GeluBias))),
         _ => {
-            let c = bias.elem_count();
             let shape: Vec<usize> = (0..x.rank()).map(|d| if d == 1 { c } else { 1 }).collect();
             gelu(&x.broadcast_add(&bias.reshape(shape)?)?, ops)
         }

@@ -43,7 +43,8 @@ impl Tta {
 }
 
 impl Tta {
-    /// Eval-mode logits of `x` (`[n, c, h, w]`) under this test-time augmentation.
+    /// Eval-mode logits of `x` (`[n, c, h, w]`) under this test-time augmentation, detached
+    /// (no gradient flows back through them).
     pub fn logits(self, model: &Network, x: &Tensor) -> Result<Tensor> {
         // Detached at once: a view's logits would otherwise keep its whole forward graph (every
         // activation of the batch) alive until the last view is done.

@@ -500,6 +500,29 @@ fn gelu_with_bias_matches_a_broadcast_add_then_gelu_in_value_and_both_gradients(
         let e = rel_err(&fast[i], &stock[i]);
         assert!(e < 1e-5, "gelu with bias {name}: {e}");
     }
+    // A fixed input (the whitening layer's case) still trains the bias, and gets no gradient.
+    let fixed = x.as_tensor().detach();
+    let y = gelu_with_bias(&fixed, b.as_tensor(), Kernels::Fast).unwrap();
+    let g = (&y * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g.get(&fixed).is_none());
+    let db = g.get(b.as_tensor()).unwrap();
+    assert!(rel_err(db, &stock[2]) < 1e-5);
+    // The bias gradient is summed in plane order: the same bits on any number of threads.
+    let bits = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| run(Kernels::Fast)[2].to_vec1::<f32>().unwrap())
+    };
+    assert_eq!(bits(1), bits(3));
+    let mismatched = gelu_with_bias(x.as_tensor(), &random(&[4], 15), Kernels::Stock);
+    assert!(mismatched.unwrap_err().to_string().contains("4 channels"));
 }
 
 #[test]
