@@ -331,15 +331,15 @@ impl CustomOp2 for Conv2dOp {
 mod tests {
     use super::*;
 
-    /// Direct convolution, the definition.
-    fn naive(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    /// Every tap of the convolution that lands inside the image, as `(y index, x index,
+    /// w index)` of the flat NCHW output, input and weight.
+    fn taps(g: &Geometry) -> Vec<(usize, usize, usize)> {
         let (ho, wo) = (g.ho(), g.wo());
-        let mut y = vec![0.0; g.n * g.k * ho * wo];
+        let mut taps = Vec::new();
         for n in 0..g.n {
             for k in 0..g.k {
                 for oy in 0..ho {
                     for ox in 0..wo {
-                        let mut s = 0.0;
                         for c in 0..g.c {
                             for ky in 0..g.kh {
                                 for kx in 0..g.kw {
@@ -349,15 +349,26 @@ mod tests {
                                     {
                                         continue;
                                     }
-                                    s += x[((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize]
-                                        * w[((k * g.c + c) * g.kh + ky) * g.kw + kx];
+                                    taps.push((
+                                        ((n * g.k + k) * ho + oy) * wo + ox,
+                                        ((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize,
+                                        ((k * g.c + c) * g.kh + ky) * g.kw + kx,
+                                    ));
                                 }
                             }
                         }
-                        y[((n * g.k + k) * ho + oy) * wo + ox] = s;
                     }
                 }
             }
+        }
+        taps
+    }
+
+    /// Direct convolution, the definition.
+    fn naive(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let mut y = vec![0.0; g.n * g.k * g.pixels()];
+        for (yi, xi, wi) in taps(g) {
+            y[yi] += x[xi] * w[wi];
         }
         y
     }
@@ -398,35 +409,12 @@ mod tests {
         }
     }
 
-    /// The gradients by their definition: every output tap's contribution, one at a time.
+    /// The gradients by their definition: every tap's contribution, one at a time.
     fn naive_backward(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let (ho, wo) = (g.ho(), g.wo());
         let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
-        for n in 0..g.n {
-            for k in 0..g.k {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let d = dy[((n * g.k + k) * ho + oy) * wo + ox];
-                        for c in 0..g.c {
-                            for ky in 0..g.kh {
-                                for kx in 0..g.kw {
-                                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let xi =
-                                        ((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize;
-                                    let wi = ((k * g.c + c) * g.kh + ky) * g.kw + kx;
-                                    dx[xi] += d * w[wi];
-                                    dw[wi] += d * x[xi];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+        for (yi, xi, wi) in taps(g) {
+            dx[xi] += dy[yi] * w[wi];
+            dw[wi] += dy[yi] * x[xi];
         }
         (dx, dw)
     }

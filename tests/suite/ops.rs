@@ -453,17 +453,16 @@ fn the_fast_relus_keep_a_nan_as_pytorchs_do() {
     assert!(y[5].is_nan() && y[7] == 0.0, "{y:?}");
 }
 
+/// The gradients of `sum(y * probe)`.
+fn probed(y: &Tensor, probe: &Tensor) -> candle_core::backprop::GradStore {
+    (y * probe).unwrap().sum_all().unwrap().backward().unwrap()
+}
+
 /// Output and input gradient of `sum(op(x) * probe)`.
 fn unary_grads(x: &Tensor, op: impl Fn(&Tensor) -> Tensor) -> [Tensor; 2] {
     let xv = Var::from_tensor(x).unwrap();
     let y = op(xv.as_tensor());
-    let probe = random(y.dims(), 98);
-    let g = (&y * &probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let g = probed(&y, &random(y.dims(), 98));
     [y, g.get(xv.as_tensor()).unwrap().clone()]
 }
 
@@ -485,12 +484,7 @@ fn gelu_with_bias_matches_a_broadcast_add_then_gelu_in_value_and_both_gradients(
     let probe = random(&[3, 5, 7, 9], 14);
     let run = |k: Kernels| {
         let y = gelu_with_bias(x.as_tensor(), b.as_tensor(), k).unwrap();
-        let g = (&y * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g = probed(&y, &probe);
         let dx = g.get(x.as_tensor()).unwrap().clone();
         [y, dx, g.get(b.as_tensor()).unwrap().clone()]
     };
@@ -502,13 +496,10 @@ fn gelu_with_bias_matches_a_broadcast_add_then_gelu_in_value_and_both_gradients(
     }
     // A fixed input (the whitening layer's case) still trains the bias, and gets no gradient.
     let fixed = x.as_tensor().detach();
-    let y = gelu_with_bias(&fixed, b.as_tensor(), Kernels::Fast).unwrap();
-    let g = (&y * &probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let g = probed(
+        &gelu_with_bias(&fixed, b.as_tensor(), Kernels::Fast).unwrap(),
+        &probe,
+    );
     assert!(g.get(&fixed).is_none());
     let db = g.get(b.as_tensor()).unwrap();
     assert!(rel_err(db, &stock[2]) < 1e-5);
