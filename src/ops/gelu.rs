@@ -127,17 +127,20 @@ impl CustomOp2 for GeluBias {
                 let mut dx = vec![0.0f32; if want_dx { xs.len() } else { 0 }];
                 // One sum per (image, channel) plane, added in plane order below: the same
                 // bias gradient whatever the thread count.
-                let plane_sum = |i: usize, xp: &[f32], dp: &[f32], mut out: Option<&mut [f32]>| {
+                let plane_sum = |i: usize, xp: &[f32], dp: &[f32], out: Option<&mut [f32]>| {
                     let shift = bias[i % c];
-                    let mut sum = 0.0f64;
-                    for (j, (&v, &g)) in xp.iter().zip(dp).enumerate() {
-                        let d = g * gelu_slope(v + shift);
-                        if let Some(o) = out.as_deref_mut() {
-                            o[j] = d;
-                        }
-                        sum += d as f64;
+                    let grad = |(&v, &g): (&f32, &f32)| g * gelu_slope(v + shift);
+                    match out {
+                        Some(o) => o
+                            .iter_mut()
+                            .zip(xp.iter().zip(dp).map(grad))
+                            .map(|(o, d)| {
+                                *o = d;
+                                d as f64
+                            })
+                            .sum(),
+                        None => xp.iter().zip(dp).map(grad).map(f64::from).sum::<f64>(),
                     }
-                    sum
                 };
                 let p = plane.max(1);
                 let sums: Vec<f64> = if want_dx {

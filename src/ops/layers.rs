@@ -214,17 +214,20 @@ impl Conv2d {
     /// gradient is computed for it; the bias still trains), the bias and GELU in one op
     /// ([`gelu_with_bias`]).
     pub fn forward_fixed_weight_gelu(&self, x: &Tensor, ops: Options) -> Result<Tensor> {
-        let w = self.weight.detach().to_dtype(x.dtype())?;
-        let y = conv2d(x, &w, self.stride, self.pad, ops)?;
+        let y = self.convolve(x, &self.weight.detach(), ops)?;
         match &self.bias {
             Some(b) => gelu_with_bias(&y, b, ops),
             None => gelu(&y, ops),
         }
     }
 
+    /// The convolution alone, in `x`'s dtype.
+    fn convolve(&self, x: &Tensor, weight: &Tensor, ops: Options) -> Result<Tensor> {
+        conv2d(x, &weight.to_dtype(x.dtype())?, self.stride, self.pad, ops)
+    }
+
     fn apply(&self, x: &Tensor, weight: &Tensor, ops: Options) -> Result<Tensor> {
-        let w = weight.to_dtype(x.dtype())?;
-        let y = conv2d(x, &w, self.stride, self.pad, ops)?;
+        let y = self.convolve(x, weight, ops)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?.reshape((1, (), 1, 1))?),
             None => Ok(y),
