@@ -24,7 +24,7 @@
 //!    │  passes; on CUDA this crate's kernels and cuDNN (ops::Kernels::route)
 //!    ├─ dist::Collective::average (data-parallel ranks; the identity alone)
 //!    ├─ train::Sgd (Nesterov, L2)   ├─ train::Schedule::lr_at (cosine restarts / multi-step /
-//!    │                              │  triangle)
+//!    │  + train::Muon (filters)     │  triangle)
 //!    ├─ train::Ema / train::Lookahead └─ train::evaluate (raw + EMA, train::Tta) every eval_every
 //!    └─ train::Snapshot (checkpoint: Learner::state + train::State, atomic) + train::metrics
 //!  train::SavedRun: eval / predict on a finished run

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The `fast` recipe (airbench94's, KellerJordan/cifar10-airbench) in PyTorch, on the CPU or a GPU:
-the yardstick `stream-train --preset fast` / `fast-cpu` is held against.
+"""The `fast` recipes (airbench94's and airbench94_muon's, KellerJordan/cifar10-airbench) in PyTorch,
+on the CPU or a GPU: the yardstick `stream-train --preset fast` / `fast-muon` / `fast-cpu` is held
+against.
 
 Not part of CI: needs torch. Reads a prepped store (tools/cifar_store.py) so both sides see the
 same pixels; with `--binary` the recipe's values come from `stream-train --print-config`, so both
@@ -17,7 +18,10 @@ linear layer times 1/9; identity ("dirac") initialisation of each conv's first f
 SGD on the summed label-smoothed loss with a triangular schedule, BN biases at 64× the rate;
 lookahead every 5 steps towards a slow copy with a cubic weight schedule; alternating flip (each
 image flipped on every other epoch) and 2-pixel reflect-padded translation; test-time
-augmentation by mirror and 1-pixel translations.
+augmentation by mirror and 1-pixel translations. With `[optim.muon]` in the configuration
+(airbench94_muon, `fast-muon`, `fast-cpu`): Muon on the conv filters, SGD on the biases and a
+unit-std head, every rate falling linearly to zero (the whitening bias's over its own epochs), no
+lookahead.
 """
 import argparse
 import math
@@ -91,6 +95,38 @@ class Net(nn.Module):
         self.whiten.weight.copy_(torch.cat([filters, -filters]).float())
 
 
+def newton_schulz(g, steps=3, eps=1e-7):
+    """airbench94_muon's quintic Newton-Schulz iteration: roughly U V^T of g's SVD (f32 here)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (g.norm() + eps)
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        m = x @ x.T
+        x = a * x + (b * m + c * m @ m) @ x
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """airbench94_muon's Muon: Nesterov momentum, weights renormalised, orthogonalised update."""
+
+    def __init__(self, params, lr, momentum, steps):
+        super().__init__(params, dict(lr=lr, momentum=momentum, steps=steps))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                buf.mul_(group["momentum"]).add_(p.grad)
+                g = p.grad.add(buf, alpha=group["momentum"])
+                p.mul_(len(p) ** 0.5 / p.norm())
+                p.add_(newton_schulz(g.reshape(len(g), -1), group["steps"]).view(g.shape), alpha=-group["lr"])
+
+
 def triangle(step, total, start, peak, end):
     p = int(peak * total)
     if step < p:
@@ -105,20 +141,26 @@ def recipe(args):
                              check=True, capture_output=True, text=True).stdout
         c = tomllib.loads(out)
         m, o, s = c["model"], c["optim"], c["schedule"]
-        if m.get("arch") != "whitened" or s["kind"] != "triangle" or not c.get("lookahead"):
-            sys.exit(f"--preset {args.preset}: not the whitened net with a triangle and lookahead")
+        muon = o.get("muon")
+        if m.get("arch") != "whitened" or s["kind"] != "triangle" or not (c.get("lookahead") or muon):
+            sys.exit(f"--preset {args.preset}: not the whitened net with a triangle and lookahead or Muon")
+        look = c.get("lookahead") or dict(every=0, decay=0.0)
         return dict(widths=m["widths"], epochs=c["epochs"], batch_size=c["batch_size"], lr=s["lr"],
                     start=s["start_factor"], peak=s["peak_at"], end=s["end_factor"], momentum=o["momentum"],
                     weight_decay=o["weight_decay"], bias_factor=o["bn_bias_rate_factor"],
+                    whiten_factor=o.get("whiten_bias_rate_factor", 1.0),
+                    whiten_to_zero=o.get("whiten_bias_to_zero", False), muon=muon,
+                    head_std=m.get("head_std"),
                     label_smoothing=c["label_smoothing"], whiten_bias_epochs=m["whiten_bias_epochs"],
                     bn_momentum=m["batch_norm_momentum"], logit_scale=m["logit_scale"], whiten_eps=m["whiten_eps"],
-                    every=c["lookahead"]["every"], decay=c["lookahead"]["decay"], translate=c["augment"]["crop_padding"],
+                    every=look["every"], decay=look["decay"], translate=c["augment"]["crop_padding"],
                     tta={"none": 0, "flip": 1, "flip-translate": 2}[c["tta"]], seed=c["seed"])
     # airbench94's hyperparameters (its airbench/utils.py), with its rate on the summed loss
     # turned into one on the mean, and its decay per step into an L2 factor on that rate.
     kilo = 1024 * (1 + 1 / (1 - 0.85))
     return dict(widths=[64, 256, 256], epochs=9.9, batch_size=1024, lr=11.5 * 1024 / kilo, start=0.2, peak=0.23,
                 end=0.07, momentum=0.85, weight_decay=0.0153 / 11.5, bias_factor=64.0, label_smoothing=0.2,
+                whiten_factor=1.0, whiten_to_zero=False, muon=None, head_std=None,
                 whiten_bias_epochs=3, bn_momentum=0.4, logit_scale=1 / 9, whiten_eps=5e-4, every=5,
                 decay=0.95**5, translate=2, tta=2, seed=0)
 
@@ -153,11 +195,31 @@ def main():
     lr, wd, f = r["lr"], r["weight_decay"], r["bias_factor"]
     biases = [p for n, p in net.named_parameters() if "norm" in n and p.requires_grad]
     others = [p for n, p in net.named_parameters() if "norm" not in n and p.requires_grad]
-    opt = torch.optim.SGD(
-        [dict(params=biases, lr=lr * f, weight_decay=wd / f), dict(params=others, lr=lr, weight_decay=wd)],
-        momentum=r["momentum"], nesterov=True)
-    for g in opt.param_groups:
-        g["initial_lr"] = g["lr"]
+    if r["head_std"]:
+        # airbench94_muon's `w *= 1 / w.std()`.
+        with torch.no_grad():
+            net.fc.weight.mul_(r["head_std"] / net.fc.weight.std())
+    # stream-train's rates are on the batch's mean loss; this loss is the mean too. The factors
+    # multiply the rate and divide the L2 factor (the same decay per step).
+    wf = r["whiten_factor"]
+    groups = [dict(params=biases, lr=lr * f, weight_decay=wd / f),
+              dict(params=[net.whiten.bias], lr=lr * wf, weight_decay=wd / wf)]
+    if r["muon"]:
+        filters = [p for p in others if p.ndim == 4]
+        rest = [p for n, p in net.named_parameters() if p.ndim != 4 and "norm" not in n and n != "whiten.bias"
+                and p.requires_grad]
+        groups.append(dict(params=rest, lr=lr, weight_decay=wd))
+        muon = Muon(filters, r["muon"]["lr"], r["muon"]["momentum"], r["muon"]["steps"])
+    else:
+        rest = [p for n, p in net.named_parameters() if "norm" not in n and n != "whiten.bias" and p.requires_grad]
+        groups.append(dict(params=rest, lr=lr, weight_decay=wd))
+        muon = None
+    opt = torch.optim.SGD(groups, momentum=r["momentum"], nesterov=True)
+    opts = [opt] + ([muon] if muon else [])
+    whiten_steps = math.ceil(r["whiten_bias_epochs"] * per_epoch)
+    for o in opts:
+        for g in o.param_groups:
+            g["initial_lr"] = g["lr"]
     slow = {k: v.clone() for k, v in net.state_dict().items()}
 
     @torch.no_grad()
@@ -190,15 +252,20 @@ def main():
                 x = x.flip(-1)
             x = x.contiguous(memory_format=torch.channels_last)
             frac = triangle(step, total, r["start"], r["peak"], r["end"])
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * frac
+            for o in opts:
+                for g in o.param_groups:
+                    g["lr"] = g["initial_lr"] * frac
+            if r["whiten_to_zero"]:
+                opt.param_groups[1]["lr"] = opt.param_groups[1]["initial_lr"] * max(1 - step / whiten_steps, 0)
             loss = F.cross_entropy(net(x), labels[idx], label_smoothing=r["label_smoothing"])
-            opt.zero_grad(set_to_none=True)
+            for o in opts:
+                o.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            for o in opts:
+                o.step()
             step += 1
             seen += len(idx)
-            if step % r["every"] == 0:
+            if r["every"] and step % r["every"] == 0:
                 lookahead(r["decay"] * (step / total) ** 3)
             if args.steps and step == 2:
                 timed = time.perf_counter()
@@ -211,7 +278,8 @@ def main():
         print(f"epoch {epoch + 1}: train loss {loss.item():.4f}  {seen / (time.perf_counter() - t0):.0f} img/s", flush=True)
         if step >= total:
             break
-    lookahead(1.0)
+    if r["every"]:
+        lookahead(1.0)
     train_s = time.perf_counter() - start
 
     @torch.no_grad()

@@ -116,6 +116,7 @@ table() {
     row "tiny preset f32: final test accuracy" "${R[tiny-f32]:-n/a} in ${R[tiny-f32.s]:-?} s"
     row "tiny preset bf16: final test accuracy" "${R[tiny-bf16]:-n/a} in ${R[tiny-bf16.s]:-?} s"
     row "--preset fast, 5 seeds: final test accuracy" "${R[fast]:-n/a}, ${R[fast-s]:-?} s per run (whole process)"
+    row "--preset fast-muon, 5 seeds: final test accuracy" "${R[muon]:-n/a}, ${R[muon-s]:-?} s per run (whole process)"
     row "airbench94 (PyPI) on the same images" "${R[airbench]:-n/a}"
     row "--pipeline-only, seed augmentation (images/s)" "${R[pipeline]:-n/a}"
     echo "logs: $OUT/*.log; per-stage profile of the real steps: $OUT/loop.log, $OUT/profile.jsonl, $OUT/trace.json"
@@ -268,6 +269,15 @@ if [ -f "$CARRY/airbench.tar.gz" ]; then
   done
   R[fast]=$(for seed in 0 1 2 3 4; do final "fast-$seed" | cut -d% -f1; done | awk '{ s += $1; n++ } END { if (n) printf "%.2f%% mean of %d", s / n, n }')
   R[fast-s]=$(for seed in 0 1 2 3 4; do echo "${R[fast-$seed.s]:-}"; done | awk '$1 { s += $1; n++ } END { if (n) printf "%.1f", s / n }')
+  table
+  # airbench94_muon's recipe (Muon on the filters, batch 2000, 8 epochs): its own call,
+  # GPU_CHECK_ONLY="muon-0 muon-1 muon-2 muon-3 muon-4".
+  for seed in 0 1 2 3 4; do
+    run "muon-$seed" 120 "$ST" --preset fast-muon --device cuda --data "$W/data" --runs "$W/runs" \
+      --name "muon-$seed" --seed $seed -q
+  done
+  R[muon]=$(for seed in 0 1 2 3 4; do final "muon-$seed" | cut -d% -f1; done | awk '{ s += $1; n++ } END { if (n) printf "%.2f%% mean of %d", s / n, n }')
+  R[muon-s]=$(for seed in 0 1 2 3 4; do echo "${R[muon-$seed.s]:-}"; done | awk '$1 { s += $1; n++ } END { if (n) printf "%.1f", s / n }')
   table
   # A pure-Python sdist: unpacked, not built (pip could not fetch setuptools there).
   mkdir -p "$W/ab" && tar -xzf "$CARRY/airbench.tar.gz" -C "$W/ab"

@@ -17,4 +17,4 @@ pub use mode::Mode;
 pub use network::{build_network, Architecture, Network};
 pub use precision::Precision;
 pub use resnet_d::{build, build_as, is_running_statistic, sorted_vars, SeResNetD};
-pub use whitened::{whitening_filters, WhitenedConfig, WhitenedNet};
+pub use whitened::{whitening_filters, WhitenedConfig, WhitenedNet, WHITEN_BIAS};

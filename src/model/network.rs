@@ -135,7 +135,8 @@ impl Architecture {
             Architecture::SeResnetD(_) => false,
             Architecture::Whitened(c) => {
                 WhitenedConfig::is_frozen(name)
-                    || (name == "whiten.bias" && epoch as f64 >= c.whiten_bias_epochs)
+                    || (name == super::whitened::WHITEN_BIAS
+                        && epoch as f64 >= c.whiten_bias_epochs)
             }
         }
     }
@@ -195,7 +196,7 @@ impl Network {
     /// whole; SE-ResNet-D trains everything.
     pub fn set_frozen(&mut self, frozen: &dyn Fn(&str) -> bool) {
         if let Network::Whitened(m) = self {
-            m.set_whiten_bias_trains(!frozen("whiten.bias"));
+            m.set_whiten_bias_trains(!frozen(super::whitened::WHITEN_BIAS));
         }
     }
 

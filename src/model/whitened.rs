@@ -29,13 +29,21 @@ pub struct WhitenedConfig {
     pub whiten_bias_epochs: f64,
     /// BatchNorm running-statistics momentum (PyTorch's meaning; airbench94 uses 0.4).
     pub batch_norm_momentum: f64,
-    /// Factor on the logits (airbench94: 1/9).
+    /// Factor on the logits (airbench94: 1/9; airbench94_muon: 1/width).
     pub logit_scale: f64,
+    /// The linear layer's weights rescaled to this standard deviation after their uniform
+    /// draw (airbench94_muon: 1; absent: PyTorch's ±1/√fan_in left as drawn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_std: Option<f64>,
     /// Output classes.
     pub num_classes: usize,
     /// Input channels.
     pub in_channels: usize,
 }
+
+/// The whitening layer's bias: the one variable of that layer that trains (for
+/// `whiten_bias_epochs`).
+pub const WHITEN_BIAS: &str = "whiten.bias";
 
 impl WhitenedConfig {
     /// airbench94's network: groups of 64, 256 and 256 channels, 2×2 whitening (1.97 M trained
@@ -48,6 +56,7 @@ impl WhitenedConfig {
             whiten_bias_epochs: 3.0,
             batch_norm_momentum: 0.4,
             logit_scale: 1.0 / 9.0,
+            head_std: None,
             num_classes: 10,
             in_channels: 3,
         }
@@ -101,6 +110,11 @@ impl WhitenedConfig {
                 "model.logit_scale",
                 format!("{} must be positive", self.logit_scale),
             );
+        }
+        if let Some(std) = self.head_std {
+            if !(std > 0.0 && std.is_finite()) {
+                return bad("model.head_std", format!("{std} must be positive"));
+            }
         }
         validate_io(self.num_classes, self.in_channels)
     }
@@ -244,17 +258,23 @@ impl WhitenedNet {
             cin = w;
         }
         let bound = 1.0 / (cin as f64).sqrt();
-        let fc = Linear::new(
-            vb.pp("fc").get_with_hints(
-                (config.num_classes, cin),
-                "weight",
-                Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-            )?,
-            None,
-        );
+        let head = vb.pp("fc").get_with_hints(
+            (config.num_classes, cin),
+            "weight",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        if let Some(std) = config.head_std {
+            // As airbench94_muon's `w *= 1 / w.std()` (the sample standard deviation).
+            let n = head.elem_count() as f64;
+            let mean = head.mean_all()?;
+            let var = (head.broadcast_sub(&mean)?.sqr()?.sum_all()? / (n - 1.0))?;
+            let scale = (var.sqrt()?.recip()? * std)?;
+            Var::from_tensor(&head)?.set(&head.broadcast_mul(&scale)?)?;
+        }
+        let fc = Linear::new(head, None);
         Ok(WhitenedNet {
             config: config.clone(),
             whiten,

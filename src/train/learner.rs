@@ -1,7 +1,7 @@
 //! What one training step changes: the weights, their EMA and the optimizer's momentum; in
 //! data-parallel training, also the averaging of gradients over the ranks.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,10 +10,11 @@ use candle_core::{Device, Tensor, Var};
 
 use super::ema::Ema;
 use super::error::{Result, StateError};
+use super::muon::Muon;
 use super::net::Net;
 use super::sgd::Sgd;
 use crate::dist::{Collective, Local};
-use crate::model::{is_running_statistic, Architecture, Mode, Network};
+use crate::model::{is_running_statistic, Architecture, Mode, Network, WHITEN_BIAS};
 use crate::train::config::TrainConfig;
 
 /// The parts of a learner's state ([`Learner::state`]), each a prefix of its tensors' names.
@@ -49,6 +50,13 @@ pub struct Learner {
     ema: Option<(Net, Ema)>,
     lookahead: bool,
     sgd: Sgd,
+    /// Muon over the filter banks, when the run uses it (SGD then has the rest).
+    muon: Option<Muon>,
+    /// The schedule's peak rate: Muon steps at its own rate times `lr / base_lr`.
+    base_lr: f64,
+    /// With `optim.whiten_bias_to_zero`, the steps over which the whitening bias's rate falls
+    /// to zero (set by [`Learner::taper_whiten_bias`]).
+    whiten_taper: Option<usize>,
     /// What decides which variables train in which epoch.
     arch: Architecture,
     label_smoothing: f64,
@@ -86,6 +94,20 @@ impl Learner {
                 names.contains(bias.as_str()).then_some(bias)
             })
             .collect();
+        let whiten_bias: BTreeSet<String> = names
+            .contains(WHITEN_BIAS)
+            .then(|| WHITEN_BIAS.to_string())
+            .into_iter()
+            .collect();
+        // With Muon, the filter banks (rank 4) are its; SGD keeps the rest.
+        let (banks, params): (Vec<_>, Vec<_>) = params
+            .into_iter()
+            .partition(|(_, v)| config.optim.muon.is_some() && v.rank() == 4);
+        let muon = config
+            .optim
+            .muon
+            .clone()
+            .map(|settings| Muon::new(banks, settings));
         let sgd = Sgd::new(
             params,
             config.optim.momentum,
@@ -93,7 +115,8 @@ impl Learner {
             config.optim.weight_decay,
             config.optim.no_decay_bn_bias,
         )
-        .with_rate_factor(shifts, config.optim.bn_bias_rate_factor);
+        .with_rate_factor(shifts, config.optim.bn_bias_rate_factor)
+        .with_rate_factor(whiten_bias, config.optim.whiten_bias_rate_factor);
         let lookahead = config.lookahead.is_some();
         let ema = if config.ema_decay > 0.0 || lookahead {
             let copy = Net::new(config, device)?;
@@ -107,6 +130,9 @@ impl Learner {
             ema,
             lookahead,
             sgd,
+            muon,
+            base_lr: config.schedule.lr,
+            whiten_taper: None,
             arch: config.model.clone(),
             label_smoothing: config.label_smoothing,
             steps: 0,
@@ -142,11 +168,10 @@ impl Learner {
             vars.extend(ema.vars());
         }
         broadcast_vars(self.world.as_ref(), &vars)?;
-        let buffers: Vec<Tensor> = self.sgd.momentum_tensors().values().cloned().collect();
+        let momentum = self.momentum_tensors();
+        let buffers: Vec<Tensor> = momentum.values().cloned().collect();
         let refreshed = self.world.broadcast_tensors(&buffers, 0)?;
-        let names = self.sgd.momentum_tensors().keys().cloned();
-        self.sgd
-            .set_momentum_tensors(names.zip(refreshed).collect());
+        self.set_momentum_tensors(momentum.into_keys().zip(refreshed).collect());
         Ok(())
     }
 
@@ -170,7 +195,7 @@ impl Learner {
         if let Some((ema, _)) = &self.ema {
             tensors.extend(ema.vars().iter().map(|v| v.as_tensor().clone()));
         }
-        tensors.extend(self.sgd.momentum_tensors().values().cloned());
+        tensors.extend(self.momentum_tensors().into_values());
         Ok(crate::dist::fingerprint_tensors(&tensors)?)
     }
 
@@ -180,11 +205,10 @@ impl Learner {
         let timed = self.world.size() > 1;
         let _span = timed.then(|| tracing::info_span!("allreduce").entered());
         let started = Instant::now();
-        let with_grads: Vec<(&Var, Tensor)> = self
-            .sgd
-            .params()
+        let trained: Vec<Var> = self.trained().map(|(_, v)| v.clone()).collect();
+        let with_grads: Vec<(&Var, Tensor)> = trained
             .iter()
-            .filter_map(|(_, v)| grads.get(v).map(|g| (v, g.clone())))
+            .filter_map(|v| grads.get(v).map(|g| (v, g.clone())))
             .collect();
         let tensors: Vec<Tensor> = with_grads.iter().map(|(_, g)| g.clone()).collect();
         let averaged = self.world.average(&tensors)?;
@@ -243,28 +267,51 @@ impl Learner {
             loss.backward()?
         };
         self.average_gradients(&mut grads)?;
+        if let Some(over) = self.whiten_taper {
+            // Its own line from the schedule's peak to zero, as a factor on this step's rate.
+            let own = self.base_lr * (1.0 - self.steps as f64 / over.max(1) as f64).max(0.0);
+            let factor = if lr > 0.0 { own / lr } else { 0.0 };
+            self.sgd.set_step_factor(WHITEN_BIAS, factor);
+        }
         let _o = tracing::info_span!("optimizer").entered();
         let ema = match &self.ema {
             Some((_, ema)) if !self.lookahead => Some((ema, self.steps)),
             _ => None,
         };
-        self.sgd.step_with_ema(&grads, lr, ema, self.fused)?;
+        match &mut self.muon {
+            None => self.sgd.step_with_ema(&grads, lr, ema, self.fused)?,
+            Some(muon) => {
+                // The EMA after both optimizers have moved their weights.
+                self.sgd.step_with_ema(&grads, lr, None, self.fused)?;
+                muon.step(&grads, lr / self.base_lr)?;
+                if let Some((ema, t)) = ema {
+                    ema.update(t)?;
+                }
+            }
+        }
         drop(_o);
         self.steps += 1;
         Ok((logits, loss))
+    }
+
+    /// The whitening bias's rate falls linearly from the schedule's peak to zero over `steps`
+    /// steps (airbench94_muon's), whatever the run's schedule does meanwhile.
+    pub fn taper_whiten_bias(&mut self, steps: usize) {
+        self.whiten_taper = Some(steps);
     }
 
     /// Freezes what the architecture leaves alone in epoch `epoch` (0-based) and only that:
     /// call it before the epoch's steps (the [`Trainer`](super::Trainer) does at every epoch,
     /// resumed or not).
     pub fn freeze_for_epoch(&mut self, epoch: usize) {
-        let frozen = self
-            .sgd
-            .params()
-            .iter()
+        let frozen: BTreeSet<String> = self
+            .trained()
             .filter(|(n, _)| self.arch.is_frozen_in(n, epoch))
             .map(|(n, _)| n.clone())
             .collect();
+        if let Some(muon) = &mut self.muon {
+            muon.set_frozen(frozen.clone());
+        }
         self.sgd.set_frozen(frozen);
         let arch = &self.arch;
         self.net
@@ -297,10 +344,9 @@ impl Learner {
         }
         let momentum = Part::Momentum.prefix();
         out.extend(
-            self.sgd
-                .momentum_tensors()
-                .iter()
-                .map(|(n, t)| (format!("{momentum}{n}"), t.clone())),
+            self.momentum_tensors()
+                .into_iter()
+                .map(|(n, t)| (format!("{momentum}{n}"), t)),
         );
         out
     }
@@ -329,9 +375,38 @@ impl Learner {
             .iter()
             .filter_map(|(k, t)| k.strip_prefix(prefix).map(|n| (n.to_string(), t.clone())))
             .collect();
-        self.sgd.set_momentum_tensors(buffers);
+        self.set_momentum_tensors(buffers);
         self.steps = steps;
         Ok(())
+    }
+
+    /// The variables the optimizers update, by name: SGD's, then Muon's.
+    fn trained(&self) -> impl Iterator<Item = &(String, Var)> {
+        let banks = self.muon.as_ref().map(|m| m.params()).unwrap_or_default();
+        self.sgd.params().iter().chain(banks)
+    }
+
+    /// Both optimizers' momentum buffers, by parameter name (the names are disjoint).
+    fn momentum_tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut all = self.sgd.momentum_tensors().clone();
+        if let Some(muon) = &self.muon {
+            all.extend(muon.momentum_tensors().clone());
+        }
+        all
+    }
+
+    /// Hands each buffer to the optimizer that updates its parameter.
+    fn set_momentum_tensors(&mut self, buffers: BTreeMap<String, Tensor>) {
+        let Some(muon) = &mut self.muon else {
+            self.sgd.set_momentum_tensors(buffers);
+            return;
+        };
+        let banks: BTreeSet<&str> = muon.params().iter().map(|(n, _)| n.as_str()).collect();
+        let (mine, rest) = buffers
+            .into_iter()
+            .partition(|(n, _)| banks.contains(n.as_str()));
+        muon.set_momentum_tensors(mine);
+        self.sgd.set_momentum_tensors(rest);
     }
 
     /// The first tensor of [`Learner::state`] (by name) holding a NaN or an infinity, if any:

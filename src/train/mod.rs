@@ -1,5 +1,5 @@
-//! The training stage: a [`Trainer`] runs a [`Learner`] (weights, EMA, Nesterov SGD) over the
-//! stream with the learning-rate schedule, evaluates, writes metrics and checkpoints; a
+//! The training stage: a [`Trainer`] runs a [`Learner`] (weights, EMA, Nesterov SGD, Muon) over
+//! the stream with the learning-rate schedule, evaluates, writes metrics and checkpoints; a
 //! [`SavedRun`] serves a finished one; `bench` and `parity` time and check the step.
 
 pub mod checkpoint;
@@ -15,6 +15,7 @@ mod learner;
 pub mod lookahead;
 pub mod loss;
 pub mod metrics;
+pub mod muon;
 mod net;
 mod outcome;
 mod run_dir;
@@ -33,6 +34,7 @@ pub use evaluate::{evaluate, Evaluation};
 pub use learner::{Learner, Part};
 pub use lookahead::Lookahead;
 pub use metrics::EpochMetrics;
+pub use muon::{Muon, MuonConfig};
 pub use net::Net;
 pub use outcome::{
     Headline, Observer, Outcome, Silent, TestEvaluation, TrainedEpoch, LOSS_READ_EVERY,

@@ -16,11 +16,13 @@ pub struct Sgd {
     weight_decay: f64,
     no_decay_bn_bias: bool,
     buffers: BTreeMap<String, Tensor>,
-    /// Parameters whose rate is multiplied, and weight decay divided, by `.1` (airbench's
+    /// Parameters whose rate is multiplied, and weight decay divided, by a factor (airbench's
     /// BatchNorm shifts at 64× the rate with the same product of rate and decay).
-    scaled: (BTreeSet<String>, f64),
+    scaled: BTreeMap<String, f64>,
     /// Parameters left alone for now (as PyTorch's `requires_grad = False`).
     frozen: BTreeSet<String>,
+    /// This step's extra factor on some parameters' rates (their own schedule).
+    this_step: BTreeMap<String, f64>,
 }
 
 impl Sgd {
@@ -39,23 +41,28 @@ impl Sgd {
             weight_decay,
             no_decay_bn_bias,
             buffers: BTreeMap::new(),
-            scaled: (BTreeSet::new(), 1.0),
+            scaled: BTreeMap::new(),
             frozen: BTreeSet::new(),
+            this_step: BTreeMap::new(),
         }
     }
 
     /// The parameters `names` step at `factor` times the rate, with the weight decay divided by
-    /// it.
-    pub fn with_rate_factor(self, names: BTreeSet<String>, factor: f64) -> Self {
-        Sgd {
-            scaled: (names, factor),
-            ..self
-        }
+    /// it (a later call wins for a name given twice).
+    pub fn with_rate_factor(mut self, names: BTreeSet<String>, factor: f64) -> Self {
+        self.scaled.extend(names.into_iter().map(|n| (n, factor)));
+        self
     }
 
     /// From now on, the parameters `names` (and only they) are not updated.
     pub fn set_frozen(&mut self, names: BTreeSet<String>) {
         self.frozen = names;
+    }
+
+    /// Until changed, parameter `name` steps at `factor` times its rate (its decay per step
+    /// scaled alike, as PyTorch's per-group `lr`).
+    pub fn set_step_factor(&mut self, name: &str, factor: f64) {
+        self.this_step.insert(name.to_string(), factor);
     }
 
     /// `(rate, weight decay)` of the parameter `name` of `rank` dimensions at base rate `lr`.
@@ -66,11 +73,10 @@ impl Sgd {
         } else {
             self.weight_decay
         };
-        let (names, factor) = &self.scaled;
-        if names.contains(name) {
-            (lr * factor, wd / factor)
-        } else {
-            (lr, wd)
+        let lr = lr * self.this_step.get(name).copied().unwrap_or(1.0);
+        match self.scaled.get(name) {
+            Some(factor) => (lr * factor, wd / factor),
+            None => (lr, wd),
         }
     }
 

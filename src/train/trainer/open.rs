@@ -11,6 +11,7 @@ use candle_core::Device;
 use super::{train_loader_config, Trainer};
 use crate::augment::{self, Augmenter};
 use crate::dist::{Collective, Local};
+use crate::model::Architecture;
 use crate::ops::Kernels;
 use crate::train::checkpoint::Snapshot;
 use crate::train::config::TrainConfig;
@@ -146,6 +147,12 @@ impl Trainer {
         );
         let mut learner = Learner::new(&config, &device)?;
         learner.set_world(world.clone(), config.sync_bn);
+        if let (true, Architecture::Whitened(w)) = (config.optim.whiten_bias_to_zero, &config.model)
+        {
+            learner.taper_whiten_bias(
+                (w.whiten_bias_epochs * batches_per_epoch as f64).ceil() as usize
+            );
+        }
         // Only now, with the data and the model in hand, does the run folder get touched; by
         // rank 0 alone.
         let run_dir = if world.is_main() {
