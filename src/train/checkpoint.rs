@@ -107,6 +107,16 @@ impl State {
             ));
         }
         let was = &self.config;
+        if was.optim.muon.is_some() != config.optim.muon.is_some() {
+            // The filter banks' momentum buffers are Muon's or SGD's, not interchangeable.
+            let name = |on: bool| if on { "Muon" } else { "SGD" };
+            return Some(format!(
+                "it trained its filter banks with {} and this configuration with {}: resume it \
+                 with the same [optim.muon], or start a new run",
+                name(was.optim.muon.is_some()),
+                name(config.optim.muon.is_some())
+            ));
+        }
         let same_permutation = was.batch_size == config.batch_size
             && was.seed == config.seed
             && was.limit_train_batches == config.limit_train_batches

@@ -448,6 +448,22 @@ fn a_muon_run_stopped_inside_the_whitening_taper_resumes_exactly() {
 }
 
 #[test]
+fn a_muon_run_does_not_resume_as_sgd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    store(&data, 8);
+    let config = muon_micro(&data, tmp.path(), "muon", 1);
+    run(&config, false, &mut Silent);
+    let mut sgd = config.clone();
+    sgd.optim.muon = None;
+    let e = match Trainer::resume(&config.run_dir(), sgd, Device::Cpu) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("resumed Muon's buffers into SGD"),
+    };
+    assert!(e.contains("Muon") && e.contains("SGD"), "{e}");
+}
+
+#[test]
 fn the_fast_preset_learns_the_synthetic_classes_with_frozen_whitening() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
