@@ -38,8 +38,8 @@ pub trait Apply {
 #[group(id = "config_source", multiple = true)]
 pub struct ConfigSource {
     /// Starting point: seed (the report's best row), seed-a, seed-b, tiny (small CPU model),
-    /// fast (airbench94's recipe, for a GPU), fast-muon (airbench94_muon's), fast-cpu (the CPU
-    /// size).
+    /// fast (airbench94's recipe, for a GPU), fast-muon (airbench94_muon's), fast-cpu
+    /// (airbench94_muon at CPU size).
     #[arg(long, default_value = "seed")]
     pub preset: String,
     /// TOML file whose keys override the preset (same names as the run's config.toml).

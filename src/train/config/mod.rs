@@ -221,7 +221,8 @@ impl TrainConfig {
     }
 
     /// A preset by name: `seed` (the report's best row), `seed-a`, `seed-b`, `tiny`, `fast`
-    /// (airbench94's recipe, for a GPU) and `fast-cpu` (its CPU size).
+    /// (airbench94's recipe, for a GPU), `fast-muon` (airbench94_muon's) and `fast-cpu` (the
+    /// latter at CPU size).
     pub fn preset(name: &str) -> Result<TrainConfig, Error> {
         let recipe = TrainConfig {
             preset: name.to_string(),
