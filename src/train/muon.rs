@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::sgd::accumulate;
+
 /// Muon's settings (`[optim.muon]`); its rate follows the run's schedule, scaled from
 /// `schedule.lr` to `lr`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,13 +39,18 @@ impl MuonConfig {
 /// convergence, so singular values land in roughly [0.5, 1.5] after three steps).
 const NEWTON_SCHULZ: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 
+/// The Frobenius norm of `t`, as a one-element tensor on its device.
+fn frobenius(t: &Tensor) -> Result<Tensor> {
+    t.sqr()?.sum_all()?.sqrt()
+}
+
 /// `g` (2-D) orthogonalised: scaled to unit Frobenius norm, then `steps` of
 /// `X ← aX + (bA + cA²)X` with `A = XXᵀ`, run on the wide orientation (fewer rows than columns).
 pub fn orthogonalise(g: &Tensor, steps: usize) -> Result<Tensor> {
     let (a, b, c) = NEWTON_SCHULZ;
     let (rows, cols) = g.dims2()?;
     // On the device: a host read here would stall a GPU step once per bank.
-    let norm = (g.sqr()?.sum_all()?.sqrt()? + 1e-7)?;
+    let norm = (frobenius(g)? + 1e-7)?;
     let mut x = g.broadcast_div(&norm)?;
     let tall = rows > cols;
     if tall {
@@ -95,18 +102,13 @@ impl Muon {
             if self.frozen.contains(name) {
                 continue;
             }
-            // PyTorch's buffer starts at zero, so the first is the gradient itself.
-            let buf = match self.buffers.get(name) {
-                Some(b) => ((b * mu)? + grad)?.detach(),
-                None => grad.detach(),
-            };
+            let buf = accumulate(self.buffers.get(name), grad, mu)?;
             let nesterov = (grad + (&buf * mu)?)?;
             self.buffers.insert(name.clone(), buf);
             let shape = var.shape().clone();
             let rows = shape.dims()[0];
             let w = var.as_tensor();
-            let norm = w.sqr()?.sum_all()?.sqrt()?;
-            let w = w.broadcast_mul(&((norm.recip()? * (rows as f64).sqrt())?))?;
+            let w = w.broadcast_mul(&(frobenius(w)?.recip()? * (rows as f64).sqrt())?)?;
             let update = orthogonalise(&nesterov.flatten_from(1)?, self.config.steps)?;
             var.set(&(w - (update.reshape(shape)? * lr)?)?)?;
         }
@@ -234,15 +236,7 @@ mod tests {
             };
             let g = (&c + (&b * 0.6).unwrap()).unwrap();
             buf = Some(b);
-            let norm: f32 = want
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .sqrt()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let norm: f32 = frobenius(&want).unwrap().to_scalar().unwrap();
             let renormed = (&want * (2.0 / norm as f64)).unwrap();
             let o = orthogonalise(&g.flatten_from(1).unwrap(), 3).unwrap();
             want = (renormed - (o.reshape((4, 2, 3, 3)).unwrap() * 0.05).unwrap()).unwrap();
@@ -257,16 +251,7 @@ mod tests {
             assert!(diff < 1e-5, "{diff}");
         }
         // The renormalisation kept the bank near norm √4 = 2 (one step of 0.05 on top).
-        let norm: f32 = p
-            .as_tensor()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .sqrt()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let norm: f32 = frobenius(p.as_tensor()).unwrap().to_scalar().unwrap();
         assert!((norm - 2.0).abs() < 0.2, "{norm}");
     }
 

@@ -8,6 +8,15 @@ use candle_core::{backprop::GradStore, Result, Tensor, Var};
 
 use super::ema::Ema;
 
+/// A momentum buffer after gradient `g`: `μ·b + g`, or `g` itself first (PyTorch's buffer
+/// starts at zero). Detached: a buffer must not drag the autograd graph of every past step along.
+pub fn accumulate(previous: Option<&Tensor>, g: &Tensor, mu: f64) -> Result<Tensor> {
+    Ok(match previous {
+        Some(b) => ((b * mu)? + g)?.detach(),
+        None => g.detach(),
+    })
+}
+
 /// The optimizer and its momentum buffers, keyed by parameter name.
 pub struct Sgd {
     params: Vec<(String, Var)>,
@@ -94,11 +103,7 @@ impl Sgd {
                 grad.clone()
             };
             if self.momentum != 0.0 {
-                // Detached: a buffer must not drag the autograd graph of every past step along.
-                let buf = match self.buffers.get(name) {
-                    Some(b) => ((b * self.momentum)? + &g)?.detach(),
-                    None => g.detach(),
-                };
+                let buf = accumulate(self.buffers.get(name), &g, self.momentum)?;
                 g = if self.nesterov {
                     (&g + (&buf * self.momentum)?)?
                 } else {

@@ -422,22 +422,8 @@ fn a_muon_run_stopped_inside_the_whitening_taper_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     store(&data, 8); // 80 images: 4 steps of 20 per epoch
-    let whole = muon_micro(&data, tmp.path(), "whole", 2);
-    let full = run(&whole, false, &mut Silent);
-    // Stopped after step 3, while the whitening bias still trains at a falling rate.
-    let config = muon_micro(&data, tmp.path(), "stopped", 2);
-    let mut stopping = trainer(&config, false);
-    let mut observer = InterruptAt {
-        after: 3,
-        steps: 0,
-        cancel: stopping.cancel_flag(),
-    };
-    assert!(stopping.fit(&mut observer).unwrap().interrupted);
-    drop(stopping);
-    let resumed = run(&config, true, &mut Silent);
-    assert_eq!(keys(&full.history), keys(&resumed.history));
-    let bits = checkpoint_bits(&whole.run_dir());
-    assert_eq!(bits, checkpoint_bits(&config.run_dir()));
+                     // Stopped after step 3, while the whitening bias still trains at a falling rate.
+    let bits = stopped_run_resumes_exactly(|name| muon_micro(&data, tmp.path(), name, 2), 3);
     // Muon's buffers are in the checkpoint, so the comparison covers them.
     assert!(
         bits.iter()
@@ -501,13 +487,23 @@ fn a_fast_run_stopped_mid_epoch_resumes_exactly_with_its_lookahead_copy() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     store(&data, 8); // 80 images: 4 steps of 20 per epoch
-    let whole = fast_micro(&data, tmp.path(), "whole", 3);
+                     // Stopped after step 5 (between two pulls, after the bias froze), resumed to the end.
+    stopped_run_resumes_exactly(|name| fast_micro(&data, tmp.path(), name, 3), 5);
+}
+
+/// Runs `make("whole")` straight through, and `make("stopped")` interrupted after step `after`
+/// then resumed to the end; asserts both give the same history and checkpoint bits, and returns
+/// those bits.
+fn stopped_run_resumes_exactly(
+    make: impl Fn(&str) -> TrainConfig,
+    after: usize,
+) -> Vec<(String, Vec<u64>)> {
+    let whole = make("whole");
     let full = run(&whole, false, &mut Silent);
-    // Stopped after step 5 (between two pulls, after the bias froze), resumed to the end.
-    let config = fast_micro(&data, tmp.path(), "stopped", 3);
+    let config = make("stopped");
     let mut stopping = trainer(&config, false);
     let mut observer = InterruptAt {
-        after: 5,
+        after,
         steps: 0,
         cancel: stopping.cancel_flag(),
     };
@@ -515,8 +511,7 @@ fn a_fast_run_stopped_mid_epoch_resumes_exactly_with_its_lookahead_copy() {
     drop(stopping);
     let resumed = run(&config, true, &mut Silent);
     assert_eq!(keys(&full.history), keys(&resumed.history));
-    assert_eq!(
-        checkpoint_bits(&whole.run_dir()),
-        checkpoint_bits(&config.run_dir())
-    );
+    let bits = checkpoint_bits(&whole.run_dir());
+    assert_eq!(bits, checkpoint_bits(&config.run_dir()));
+    bits
 }
