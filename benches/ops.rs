@@ -1,6 +1,7 @@
 //! The training ops, fast (this crate's) against stock (candle-nn's): convolution and BatchNorm
 //! forward and forward+backward at layer shapes of the `tiny` and `seed` models, and a whole
-//! `tiny` training step (forward, loss, backward, SGD) at batch 128.
+//! `tiny` training step (forward, loss, backward, SGD) at batch 128; the direct 3×3
+//! convolution against im2col + GEMM at `fast-cpu`'s layer shapes.
 //!
 //! `cargo bench --bench ops` (all) or e.g. `cargo bench --bench ops -- step`.
 
@@ -53,6 +54,55 @@ fn bench_conv(c: &mut Criterion) {
                 b.iter(|| black_box(fwd().sum_all().unwrap().backward().unwrap()))
             });
         }
+    }
+    group.finish();
+}
+
+/// (name, cin, cout, hw): the 3×3 layers of `fast-cpu`, at batch 200.
+const DIRECT: [(&str, usize, usize, usize); 5] = [
+    ("24x32@31", 24, 32, 31),
+    ("32x32@15", 32, 32, 15),
+    ("32x128@15", 32, 128, 15),
+    ("128x128@7", 128, 128, 7),
+    ("128x128@3", 128, 128, 3),
+];
+
+/// The direct 3×3 convolution (what `conv::forward`/`backward` pick for these) against the
+/// im2col + GEMM path it replaced, on the same data: forward and both gradients.
+fn bench_direct_conv(c: &mut Criterion) {
+    use cifar_stream::ops::conv::{backward, forward, im2col_backward, im2col_forward, Geometry};
+    let mut group = c.benchmark_group("conv3x3");
+    group.sample_size(10);
+    let n = 200;
+    for (name, cin, cout, hw) in DIRECT {
+        let g = Geometry::new(&[n, cin, hw, hw], &[cout, cin, 3, 3], 1, 1).unwrap();
+        let x = random(&[n, cin, hw, hw], 1)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let w = random(&[cout, cin, 3, 3], 2)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let dy = random(&[n, cout, hw, hw], 3)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("fwd+dx+dw-direct", name), |b| {
+            b.iter(|| black_box((forward(&g, &x, &w), backward(&g, &x, &w, &dy, true))))
+        });
+        group.bench_function(BenchmarkId::new("fwd+dx+dw-im2col", name), |b| {
+            b.iter(|| {
+                black_box((
+                    im2col_forward(&g, &x, &w),
+                    im2col_backward(&g, &x, &w, &dy, true),
+                ))
+            })
+        });
     }
     group.finish();
 }
@@ -121,5 +171,11 @@ fn bench_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_step, bench_conv, bench_batch_norm);
+criterion_group!(
+    benches,
+    bench_step,
+    bench_conv,
+    bench_direct_conv,
+    bench_batch_norm
+);
 criterion_main!(benches);

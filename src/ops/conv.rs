@@ -1,10 +1,12 @@
-//! 2-D convolution (NCHW, f32, CPU) as im2col + one matrix product per image, with an explicit
-//! backward pass: the input gradient is a product plus a col2im scatter, the weight gradient a
-//! product accumulated over the batch. Images are spread over rayon's threads.
+//! 2-D convolution (NCHW, f32, CPU) with an explicit backward pass. 3×3, stride-1, pad-1 layers
+//! go to [`super::direct`]'s register-tiled kernels; any other geometry runs as im2col + one
+//! matrix product per image: the input gradient a product plus a col2im scatter, the weight
+//! gradient a product accumulated over the batch. Images are spread over rayon's threads.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::direct;
 use super::gemm::{matmul, Mat};
 use super::host::{contiguous_f32, with_f32};
 
@@ -76,6 +78,18 @@ impl Geometry {
     /// Output pixels per channel.
     fn pixels(&self) -> usize {
         self.ho() * self.wo()
+    }
+
+    /// A 3×3, stride-1, pad-1 convolution: [`super::direct`]'s, with its sizes.
+    fn direct(&self) -> Option<direct::Sizes> {
+        let same3 = self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad == 1;
+        (same3 && self.h > 0 && self.w > 0).then_some(direct::Sizes {
+            n: self.n,
+            c: self.c,
+            k: self.k,
+            h: self.h,
+            w: self.w,
+        })
     }
 
     /// A 1×1, stride-1, unpadded convolution reads the image itself as its patch matrix.
@@ -173,8 +187,35 @@ fn col2im(g: &Geometry, cols: &[f32], img: &mut [f32]) {
     }
 }
 
-/// Forward: `y[n] = W · im2col(x[n])` for every image, in parallel.
+/// Forward: 3×3, stride-1, pad-1 convolutions through [`super::direct`], any other through
+/// [`im2col_forward`].
 pub fn forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
+    if let Some(d) = g.direct() {
+        direct::forward(d, x, wt)
+    } else {
+        im2col_forward(g, x, wt)
+    }
+}
+
+/// Backward: `(dx, dw)` from the output gradient `dy` (`dx` None when not wanted), through
+/// [`super::direct`] where it applies and [`im2col_backward`] otherwise.
+pub fn backward(
+    g: &Geometry,
+    x: &[f32],
+    wt: &[f32],
+    dy: &[f32],
+    want_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    if let Some(d) = g.direct() {
+        let dx = want_dx.then(|| direct::input_grad(d, wt, dy));
+        (dx, direct::weight_grad(d, x, dy))
+    } else {
+        im2col_backward(g, x, wt, dy, want_dx)
+    }
+}
+
+/// Forward as `y[n] = W · im2col(x[n])` for every image, in parallel: any geometry.
+pub fn im2col_forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
     let (chw, kp, patch) = (g.c * g.h * g.w, g.k * g.pixels(), g.patch());
     let mut y = vec![0.0f32; g.n * kp];
     let weights = Mat::new(wt, g.k, patch);
@@ -203,12 +244,13 @@ pub fn forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
     y
 }
 
-/// Backward: `(dx, dw)` from the output gradient `dy`; `dx` is skipped (None) when not wanted.
+/// Backward as products with the patch matrix and a col2im scatter: any geometry; `dx` is
+/// skipped (None) when not wanted.
 ///
 /// The batch is cut into a fixed number of contiguous chunks (from the thread count, not from
 /// scheduling), each chunk sums its weight gradient, and the partial sums are added in chunk
 /// order, so the result is deterministic for a given thread count.
-pub fn backward(
+pub fn im2col_backward(
     g: &Geometry,
     x: &[f32],
     wt: &[f32],
@@ -401,10 +443,11 @@ mod tests {
                 .map(|i| (i as f32 * 0.3).cos())
                 .collect();
             let want = naive(&g, &x, &wt);
-            let got = forward(&g, &x, &wt);
-            assert_eq!(got.len(), want.len());
-            for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-4, "{g:?}: {a} vs {b}");
+            for got in [forward(&g, &x, &wt), im2col_forward(&g, &x, &wt)] {
+                assert_eq!(got.len(), want.len());
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-4, "{g:?}: {a} vs {b}");
+                }
             }
         }
     }
@@ -459,12 +502,14 @@ mod tests {
                     .build()
                     .unwrap();
                 pool.install(|| {
-                    let (dx, dw) = backward(&g, &x, &wt, &dy, true);
-                    close(&dx.unwrap(), &want_dx, "dx");
-                    close(&dw, &want_dw, "dw");
-                    let (none, dw_only) = backward(&g, &x, &wt, &dy, false);
-                    assert!(none.is_none());
-                    close(&dw_only, &want_dw, "dw alone");
+                    for backward in [backward, im2col_backward] {
+                        let (dx, dw) = backward(&g, &x, &wt, &dy, true);
+                        close(&dx.unwrap(), &want_dx, "dx");
+                        close(&dw, &want_dw, "dw");
+                        let (none, dw_only) = backward(&g, &x, &wt, &dy, false);
+                        assert!(none.is_none());
+                        close(&dw_only, &want_dw, "dw alone");
+                    }
                 });
             }
         }

@@ -1,7 +1,8 @@
 //! Training ops with explicit backward passes, behind one interface the model calls
 //! ([`conv2d`], [`block_tail`], [`squeeze`] and the [`Conv2d`] and [`BatchNorm`] layers).
 //!
-//! [`Kernels::Fast`] runs convolution as im2col + GEMM per image, BatchNorm (+ ReLU) as one fused
+//! [`Kernels::Fast`] runs 3×3 stride-1 convolutions as direct register-tiled kernels (no patch
+//! matrix) and any other as im2col + GEMM per image, BatchNorm (+ ReLU) as one fused
 //! pass and a bottleneck's tail (SE scale + residual add + ReLU) as another, each with a
 //! hand-written backward pass, on f32 CPU tensors. On CUDA (f32 or bf16 activations) BatchNorm,
 //! the tail and the SE squeeze are this crate's own kernels ([`cuda`]), and convolution goes
@@ -16,6 +17,7 @@ mod batch_norm_cpu;
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod direct;
 mod gelu;
 mod gemm;
 mod host;

@@ -1,0 +1,680 @@
+//! Direct 3×3, stride-1, pad-1 convolution on the CPU (f32, NCHW), with no patch matrix.
+//!
+//! Each image is copied once into a zero-bordered grid, `(h+2) × (w+2)` per channel. On that
+//! grid the output pixel `(y, x)` sits at the flat position `q = y·(w+2) + x`, and its tap
+//! `(ky, kx)` reads the input at `q + ky·(w+2) + kx`: the image becomes a 1-D problem, so a
+//! register tile of a few output channels × `8·V` consecutive positions sums all `9·c` products
+//! before one store, the way oneDNN's direct kernels work, where im2col + GEMM writes a patch
+//! matrix nine times the input and then packs it again. Positions that fall on the grid's two
+//! border columns are computed and dropped (6% of the work at 31×31, more on small maps, which
+//! is why the tile's width is chosen per map size).
+//!
+//! The input gradient is the same convolution of the output gradient, with the filters flipped
+//! and their channel axes swapped. The weight gradient stays with [`super::conv`]'s im2col +
+//! GEMM, whose long inner dimension (the pixels) suits a GEMM.
+//!
+//! The tile runs on AVX2 + FMA when the CPU has them (checked once at run time) and as plain
+//! Rust otherwise; the two round differently (fused multiply-adds), each is deterministic.
+
+use rayon::prelude::*;
+
+/// A 3×3, stride-1, pad-1 convolution's sizes: input `[n, c, h, w]`, filters `[k, c, 3, 3]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Sizes {
+    pub n: usize,
+    pub c: usize,
+    pub k: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+/// Forward: `y = conv3x3(x, w)` for every image, images in parallel.
+pub(super) fn forward(g: Sizes, x: &[f32], wt: &[f32]) -> Vec<f32> {
+    let plan = Plan::new(g.c, g.k, g.h, g.w);
+    let packed = plan.pack(|o, i, t| wt[(o * g.c + i) * 9 + t]);
+    let mut y = vec![0.0f32; g.n * g.k * g.h * g.w];
+    plan.run(x, &packed, &mut y, Kernel::detect());
+    y
+}
+
+/// Input gradient: `dx = conv3x3(dy, w flipped, channels swapped)`.
+pub(super) fn input_grad(g: Sizes, wt: &[f32], dy: &[f32]) -> Vec<f32> {
+    let plan = Plan::new(g.k, g.c, g.h, g.w);
+    let packed = plan.pack(|o, i, t| wt[(i * g.c + o) * 9 + (8 - t)]);
+    let mut dx = vec![0.0f32; g.n * g.c * g.h * g.w];
+    plan.run(dy, &packed, &mut dx, Kernel::detect());
+    dx
+}
+
+/// Which tile implementation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// `std::arch` AVX2 + FMA intrinsics.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2,
+    /// Plain Rust (any CPU).
+    Portable,
+}
+
+impl Kernel {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Kernel::Avx2;
+        }
+        Kernel::Portable
+    }
+}
+
+/// One convolution's sizes on the bordered grid and its tile shape.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    /// Input channels.
+    ins: usize,
+    /// Output channels.
+    outs: usize,
+    h: usize,
+    w: usize,
+    /// Grid row length, `w + 2`.
+    wp: usize,
+    /// Grid plane, `(h + 2)·(w + 2)`.
+    plane: usize,
+    /// Positions covering every output pixel: `(h-1)·wp + w`.
+    span: usize,
+    /// Output channels per tile.
+    co: usize,
+    /// 8-lane vectors of positions per tile.
+    v: usize,
+}
+
+/// The tile shapes: `co × v` accumulators, twelve of the sixteen vector registers (a 4 × 3
+/// tile needs all sixteen with its loads, spills, and measured slower than 6 × 2 everywhere).
+const SHAPES: [(usize, usize); 2] = [(12, 1), (6, 2)];
+
+impl Plan {
+    fn new(ins: usize, outs: usize, h: usize, w: usize) -> Self {
+        let wp = w + 2;
+        let span = (h - 1) * wp + w;
+        // Lanes computed (channels and positions padded up to whole tiles) times loads per
+        // multiply-add: 12 × 1 loads 13 per 12, 6 × 2 only 8, and measured 1.4x slower at the
+        // same lanes (128 channels at 3×3), so it wins only on maps of one vector.
+        let cost = |(co, v): (usize, usize)| {
+            outs.div_ceil(co) * co * span.div_ceil(8 * v) * 8 * v * (co + v) / (co * v)
+        };
+        let (co, v) = SHAPES
+            .iter()
+            .copied()
+            .rev()
+            .min_by_key(|&s| cost(s))
+            .expect("shapes");
+        Plan {
+            ins,
+            outs,
+            h,
+            w,
+            wp,
+            plane: (h + 2) * wp,
+            span,
+            co,
+            v,
+        }
+    }
+
+    fn blocks(&self) -> usize {
+        self.outs.div_ceil(self.co)
+    }
+
+    fn tiles(&self) -> usize {
+        self.span.div_ceil(8 * self.v)
+    }
+
+    /// Filters as the tile reads them, `[block][in][tap][co]`, zero past the last output
+    /// channel; `weight(o, i, t)` is output channel `o`'s tap `t` (`ky·3 + kx`) on input `i`.
+    fn pack(&self, weight: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+        let mut packed = vec![0.0f32; self.blocks() * self.ins * 9 * self.co];
+        for (b, block) in packed.chunks_mut(self.ins * 9 * self.co).enumerate() {
+            for i in 0..self.ins {
+                for t in 0..9 {
+                    for j in 0..self.co {
+                        let o = b * self.co + j;
+                        if o < self.outs {
+                            block[(i * 9 + t) * self.co + j] = weight(o, i, t);
+                        }
+                    }
+                }
+            }
+        }
+        packed
+    }
+
+    /// Convolves every image of `x` (`[n][ins][h][w]`) into `y` (`[n][outs][h][w]`).
+    fn run(&self, x: &[f32], packed: &[f32], y: &mut [f32], kernel: Kernel) {
+        let (hw, width) = (self.h * self.w, 8 * self.v);
+        let row = self.tiles() * width;
+        // Past the last plane: the last tile's lanes beyond `span` read up to `width` further.
+        let grid_len = self.ins * self.plane + width;
+        y.par_chunks_mut(self.outs * hw).enumerate().for_each_init(
+            || (vec![0.0f32; grid_len], vec![0.0f32; self.co * row]),
+            |(grid, out), (n, img_out)| {
+                self.border(&x[n * self.ins * hw..(n + 1) * self.ins * hw], grid);
+                for b in 0..self.blocks() {
+                    let filters = &packed[b * self.ins * 9 * self.co..][..self.ins * 9 * self.co];
+                    for t in 0..self.tiles() {
+                        self.tile(
+                            kernel,
+                            &grid[t * width..],
+                            filters,
+                            &mut out[t * width..],
+                            row,
+                        );
+                    }
+                    for j in 0..self.co.min(self.outs - b * self.co) {
+                        let dst = &mut img_out[(b * self.co + j) * hw..][..hw];
+                        for (yy, line) in dst.chunks_mut(self.w).enumerate() {
+                            line.copy_from_slice(&out[j * row + yy * self.wp..][..self.w]);
+                        }
+                    }
+                }
+            },
+        );
+    }
+
+    /// Copies one image into the interior of its zero-bordered grid.
+    fn border(&self, img: &[f32], grid: &mut [f32]) {
+        let hw = self.h * self.w;
+        for (i, plane) in grid.chunks_mut(self.plane).take(self.ins).enumerate() {
+            let src = &img[i * hw..(i + 1) * hw];
+            plane[..self.wp].fill(0.0);
+            for (yy, line) in src.chunks(self.w).enumerate() {
+                let dst = &mut plane[(yy + 1) * self.wp..(yy + 2) * self.wp];
+                dst[0] = 0.0;
+                dst[1..=self.w].copy_from_slice(line);
+                dst[self.w + 1] = 0.0;
+            }
+            plane[(self.h + 1) * self.wp..].fill(0.0);
+        }
+    }
+
+    /// One tile: `co` output channels × `8·v` positions starting at `grid[0]`, into
+    /// `out[j·stride ..]`.
+    fn tile(&self, kernel: Kernel, grid: &[f32], filters: &[f32], out: &mut [f32], stride: usize) {
+        let width = 8 * self.v;
+        // Every read the tile makes: the last input plane's farthest tap of its last lane.
+        assert!(grid.len() >= (self.ins - 1) * self.plane + 2 * self.wp + 2 + width);
+        assert!(filters.len() >= self.ins * 9 * self.co);
+        assert!(out.len() >= (self.co - 1) * stride + width);
+        let offs = taps(self.wp);
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 and FMA (Kernel::detect), and the asserts above bound
+            // every load and store the tile makes.
+            Kernel::Avx2 => unsafe {
+                let (g, f, o) = (grid.as_ptr(), filters.as_ptr(), out.as_mut_ptr());
+                match (self.co, self.v) {
+                    (12, 1) => avx2::tile::<12, 1>(g, self.plane, &offs, self.ins, f, o, stride),
+                    (6, 2) => avx2::tile::<6, 2>(g, self.plane, &offs, self.ins, f, o, stride),
+                    s => unreachable!("tile shape {s:?}"),
+                }
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 => unreachable!("AVX2 is only detected on x86-64"),
+            Kernel::Portable => portable(
+                grid, self.plane, &offs, self.ins, filters, out, stride, self.co, width,
+            ),
+        }
+    }
+}
+
+/// Images whose grids one pass of the weight gradient holds: each accumulator is summed across
+/// its lanes once per group, not once per image (on 3×3 and 7×7 maps a row is only 2 and 8
+/// vectors long); 4 measured as fast as any larger group and faster than 1 or 2.
+const GROUP: usize = 4;
+
+/// Output channels per weight-gradient tile; with the three horizontal taps, nine accumulators.
+const WG_OUTS: usize = 3;
+
+/// Weight gradient: `dw[o][i][ky][kx] = Σ_n Σ_q dy[n][o][q] · grid(x)[n][i][q + ky·(w+2) + kx]`.
+///
+/// The batch is cut into a fixed number of contiguous chunks (from the thread count, not from
+/// scheduling), each sums its own gradient and the partial sums are added in chunk order: the
+/// result is deterministic for a given thread count, as the im2col path's.
+pub(super) fn weight_grad(g: Sizes, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let plan = Plan::new(g.c, g.k, g.h, g.w);
+    let kernel = Kernel::detect();
+    let chunks = (rayon::current_num_threads() * 2).clamp(1, g.n.max(1));
+    let per = g.n.div_ceil(chunks).max(1);
+    let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(per))
+        .into_par_iter()
+        .map(|j| plan.weight_grad(x, dy, j * per..((j + 1) * per).min(g.n), kernel))
+        .collect();
+    let mut dw = vec![0.0f32; g.k * g.c * 9];
+    for p in &partials {
+        for (a, b) in dw.iter_mut().zip(p) {
+            *a += *b;
+        }
+    }
+    dw
+}
+
+impl Plan {
+    /// Output-gradient row length on the grid: `span` rounded up to whole vectors.
+    fn grad_row(&self) -> usize {
+        self.span.div_ceil(8) * 8
+    }
+
+    /// One chunk's weight gradient, `[outs][ins][9]`.
+    fn weight_grad(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        images: std::ops::Range<usize>,
+        kernel: Kernel,
+    ) -> Vec<f32> {
+        let (hw, row) = (self.h * self.w, self.grad_row());
+        let (x_img, dy_img) = (self.ins * self.plane, self.outs * row);
+        let mut dw = vec![0.0f32; self.outs * self.ins * 9];
+        // The last vector of a row reads up to 8 past `span + 2·wp + 2 = plane`.
+        let mut grids = vec![0.0f32; GROUP * x_img + 8];
+        // Zero on the border columns and past `span`: those lanes then add nothing.
+        let mut grads = vec![0.0f32; GROUP * dy_img];
+        let mut first = images.start;
+        while first < images.end {
+            let m = GROUP.min(images.end - first);
+            for n in 0..m {
+                let img = first + n;
+                self.border(
+                    &x[img * self.ins * hw..][..self.ins * hw],
+                    &mut grids[n * x_img..],
+                );
+                let src = &dy[img * self.outs * hw..][..self.outs * hw];
+                for (o, plane) in src.chunks(hw).enumerate() {
+                    let dst = &mut grads[n * dy_img + o * row..][..row];
+                    for (yy, line) in plane.chunks(self.w).enumerate() {
+                        dst[yy * self.wp..][..self.w].copy_from_slice(line);
+                    }
+                }
+            }
+            for ob in (0..self.outs).step_by(WG_OUTS) {
+                let outs = WG_OUTS.min(self.outs - ob);
+                let block = &mut dw[ob * self.ins * 9..][..outs * self.ins * 9];
+                self.weight_block(kernel, &grads[ob * row..], &grids, m, outs, block);
+            }
+            first += m;
+        }
+        dw
+    }
+
+    /// Adds `Σ_n Σ_q grads[n][j][q] · grids[n][i][q + ky·wp + kx]` to `dw[j][i][ky·3 + kx]` for
+    /// `outs` channels `j` (`grads` starts at the block's first), over `m` images.
+    fn weight_block(
+        &self,
+        kernel: Kernel,
+        grads: &[f32],
+        grids: &[f32],
+        m: usize,
+        outs: usize,
+        dw: &mut [f32],
+    ) {
+        let (row, x_img, dy_img) = (
+            self.grad_row(),
+            self.ins * self.plane,
+            self.outs * self.grad_row(),
+        );
+        assert!(m >= 1 && (1..=WG_OUTS).contains(&outs));
+        assert!(grads.len() >= (m - 1) * dy_img + outs * row);
+        // The farthest read: the last image's last plane, the third row's third tap.
+        assert!(
+            grids.len() >= (m - 1) * x_img + (self.ins - 1) * self.plane + 2 * self.wp + row + 2
+        );
+        assert!(dw.len() >= outs * self.ins * 9);
+        let shape = Rows {
+            dy_img,
+            row,
+            x_img,
+            plane: self.plane,
+            wp: self.wp,
+            ins: self.ins,
+            images: m,
+        };
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 and FMA (Kernel::detect), and the asserts above bound
+            // every load and store the block makes.
+            Kernel::Avx2 => unsafe {
+                let (d, g, o) = (grads.as_ptr(), grids.as_ptr(), dw.as_mut_ptr());
+                match outs {
+                    1 => avx2::weight_block::<1>(d, g, o, shape),
+                    2 => avx2::weight_block::<2>(d, g, o, shape),
+                    _ => avx2::weight_block::<3>(d, g, o, shape),
+                }
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 => unreachable!("AVX2 is only detected on x86-64"),
+            Kernel::Portable => {
+                for j in 0..outs {
+                    for i in 0..self.ins {
+                        for t in 0..9 {
+                            let off = i * self.plane + (t / 3) * self.wp + t % 3;
+                            let mut s = 0.0f32;
+                            for n in 0..m {
+                                let d = &grads[n * dy_img + j * row..][..row];
+                                let xs = &grids[n * x_img + off..][..row];
+                                s += d.iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
+                            }
+                            dw[(j * self.ins + i) * 9 + t] += s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Strides of a weight-gradient block's operands, in floats.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Rows {
+    /// One image's output gradient on the grid (`outs · row`).
+    dy_img: usize,
+    /// One channel's output gradient row on the grid.
+    row: usize,
+    /// One image's input grids (`ins · plane`).
+    x_img: usize,
+    plane: usize,
+    wp: usize,
+    ins: usize,
+    images: usize,
+}
+
+/// The nine taps' offsets on a grid with rows of `wp`.
+fn taps(wp: usize) -> [usize; 9] {
+    std::array::from_fn(|t| (t / 3) * wp + t % 3)
+}
+
+/// The tile in plain Rust.
+#[allow(clippy::too_many_arguments)]
+fn portable(
+    grid: &[f32],
+    plane: usize,
+    offs: &[usize; 9],
+    ins: usize,
+    filters: &[f32],
+    out: &mut [f32],
+    stride: usize,
+    co: usize,
+    width: usize,
+) {
+    let mut acc = vec![0.0f32; co * width];
+    for i in 0..ins {
+        for (t, &off) in offs.iter().enumerate() {
+            let src = &grid[i * plane + off..][..width];
+            let wts = &filters[(i * 9 + t) * co..][..co];
+            for (lanes, &wv) in acc.chunks_mut(width).zip(wts) {
+                for (a, &xv) in lanes.iter_mut().zip(src) {
+                    *a += wv * xv;
+                }
+            }
+        }
+    }
+    for (j, lanes) in acc.chunks(width).enumerate() {
+        out[j * stride..][..width].copy_from_slice(lanes);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// `CO × V` accumulators over all `9·ins` products, then one store each.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `grid` holds `(ins-1)·plane + offs[8] + 8·V` floats, `filters`
+    /// `ins·9·CO`, and `out` `(CO-1)·stride + 8·V`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const CO: usize, const V: usize>(
+        grid: *const f32,
+        plane: usize,
+        offs: &[usize; 9],
+        ins: usize,
+        filters: *const f32,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); V]; CO];
+        for i in 0..ins {
+            let src = grid.add(i * plane);
+            let wts = filters.add(i * 9 * CO);
+            for (t, &off) in offs.iter().enumerate() {
+                let xs: [__m256; V] =
+                    std::array::from_fn(|v| _mm256_loadu_ps(src.add(off + 8 * v)));
+                for (j, lanes) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_broadcast_ss(&*wts.add(t * CO + j));
+                    for (a, &xv) in lanes.iter_mut().zip(&xs) {
+                        *a = _mm256_fmadd_ps(wv, xv, *a);
+                    }
+                }
+            }
+        }
+        for (j, lanes) in acc.iter().enumerate() {
+            for (v, a) in lanes.iter().enumerate() {
+                _mm256_storeu_ps(out.add(j * stride + 8 * v), *a);
+            }
+        }
+    }
+
+    /// For each input channel and kernel row, `O × 3` vector accumulators over the group's
+    /// rows, each summed across its lanes and added to `dw[j][i][ky·3 + kx]`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA, and the operands hold what `Plan::weight_block` asserts.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weight_block<const O: usize>(
+        grads: *const f32,
+        grids: *const f32,
+        dw: *mut f32,
+        r: super::Rows,
+    ) {
+        for i in 0..r.ins {
+            for ky in 0..3 {
+                let mut acc = [[_mm256_setzero_ps(); 3]; O];
+                for n in 0..r.images {
+                    let d = grads.add(n * r.dy_img);
+                    let x = grids.add(n * r.x_img + i * r.plane + ky * r.wp);
+                    for q in (0..r.row).step_by(8) {
+                        let xs: [__m256; 3] =
+                            std::array::from_fn(|kx| _mm256_loadu_ps(x.add(q + kx)));
+                        for (j, taps) in acc.iter_mut().enumerate() {
+                            let dv = _mm256_loadu_ps(d.add(j * r.row + q));
+                            for (a, &xv) in taps.iter_mut().zip(&xs) {
+                                *a = _mm256_fmadd_ps(dv, xv, *a);
+                            }
+                        }
+                    }
+                }
+                for (j, taps) in acc.iter().enumerate() {
+                    let at = dw.add((j * r.ins + i) * 9 + ky * 3);
+                    for (kx, a) in taps.iter().enumerate() {
+                        *at.add(kx) += lanes_sum(*a);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sum of a vector's eight lanes.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn lanes_sum(v: __m256) -> f32 {
+        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, tap by tap, with zero padding.
+    fn naive(n: usize, c: usize, k: usize, h: usize, w: usize, x: &[f32], wt: &[f32]) -> Vec<f32> {
+        let mut y = vec![0.0f32; n * k * h * w];
+        for img in 0..n {
+            for o in 0..k {
+                for yy in 0..h {
+                    for xx in 0..w {
+                        let mut s = 0.0f64;
+                        for i in 0..c {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (iy, ix) = (yy + ky, xx + kx);
+                                    if iy < 1 || ix < 1 || iy > h || ix > w {
+                                        continue;
+                                    }
+                                    s += (x[((img * c + i) * h + iy - 1) * w + ix - 1]
+                                        * wt[((o * c + i) * 3 + ky) * 3 + kx])
+                                        as f64;
+                                }
+                            }
+                        }
+                        y[((img * k + o) * h + yy) * w + xx] = s as f32;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (p, q)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (p - q).abs() < 1e-4 * (1.0 + q.abs()),
+                "{what} [{i}]: {p} vs {q}"
+            );
+        }
+    }
+
+    /// Sizes that exercise every tile shape, partial tiles and partial channel blocks.
+    const CASES: [(usize, usize, usize, usize); 7] = [
+        (3, 5, 7, 6),
+        (5, 12, 2, 3),
+        (4, 13, 3, 3),
+        (2, 7, 15, 15),
+        (5, 4, 1, 1),
+        (24, 32, 9, 31),
+        (3, 11, 5, 2),
+    ];
+
+    #[test]
+    fn every_tile_shape_is_chosen_somewhere_in_the_cases() {
+        let shapes: std::collections::BTreeSet<_> = CASES
+            .iter()
+            .map(|&(c, k, h, w)| {
+                let p = Plan::new(c, k, h, w);
+                (p.co, p.v)
+            })
+            .collect();
+        assert_eq!(shapes.len(), SHAPES.len(), "{shapes:?}");
+    }
+
+    #[test]
+    fn both_kernels_match_the_definition_forward_and_backward() {
+        for &(c, k, h, w) in &CASES {
+            // More images than a weight-gradient group, and not a multiple of it.
+            let n = GROUP + 2;
+            let x: Vec<f32> = (0..n * c * h * w)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect();
+            let wt: Vec<f32> = (0..k * c * 9).map(|i| (i as f32 * 0.23).cos()).collect();
+            let dy: Vec<f32> = (0..n * k * h * w)
+                .map(|i| (i as f32 * 0.11).sin())
+                .collect();
+            let want = naive(n, c, k, h, w, &x, &wt);
+            // dx by the adjoint: <conv(x), dy> = <x, dx> for every x, so dx[x_i] is
+            // Σ dy · ∂y/∂x_i; the definition's transpose, written as its own loop.
+            let mut want_dx = vec![0.0f32; x.len()];
+            for img in 0..n {
+                for o in 0..k {
+                    for yy in 0..h {
+                        for xx in 0..w {
+                            let g = dy[((img * k + o) * h + yy) * w + xx];
+                            for i in 0..c {
+                                for ky in 0..3 {
+                                    for kx in 0..3 {
+                                        let (iy, ix) = (yy + ky, xx + kx);
+                                        if iy < 1 || ix < 1 || iy > h || ix > w {
+                                            continue;
+                                        }
+                                        want_dx[((img * c + i) * h + iy - 1) * w + ix - 1] +=
+                                            g * wt[((o * c + i) * 3 + ky) * 3 + kx];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let g = Sizes { n, c, k, h, w };
+            let what = format!("c{c} k{k} {h}x{w}");
+            let mut kernels = vec![Kernel::Portable];
+            if Kernel::detect() == Kernel::Avx2 {
+                kernels.push(Kernel::Avx2);
+            }
+            for kernel in kernels {
+                let plan = Plan::new(c, k, h, w);
+                let packed = plan.pack(|o, i, t| wt[(o * c + i) * 9 + t]);
+                let mut y = vec![f32::NAN; want.len()];
+                plan.run(&x, &packed, &mut y, kernel);
+                close(&y, &want, &format!("{what} forward {kernel:?}"));
+                let back = Plan::new(k, c, h, w);
+                let packed = back.pack(|o, i, t| wt[(i * c + o) * 9 + (8 - t)]);
+                let mut dx = vec![f32::NAN; x.len()];
+                back.run(&dy, &packed, &mut dx, kernel);
+                close(&dx, &want_dx, &format!("{what} dx {kernel:?}"));
+            }
+            close(&forward(g, &x, &wt), &want, &what);
+            close(&input_grad(g, &wt, &dy), &want_dx, &what);
+            // dw by its definition: each tap's products summed over images and pixels.
+            let mut want_dw = vec![0.0f32; wt.len()];
+            for img in 0..n {
+                for o in 0..k {
+                    for i in 0..c {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let mut s = 0.0f64;
+                                for yy in 0..h {
+                                    for xx in 0..w {
+                                        let (iy, ix) = (yy + ky, xx + kx);
+                                        if iy < 1 || ix < 1 || iy > h || ix > w {
+                                            continue;
+                                        }
+                                        s += (dy[((img * k + o) * h + yy) * w + xx]
+                                            * x[((img * c + i) * h + iy - 1) * w + ix - 1])
+                                            as f64;
+                                    }
+                                }
+                                want_dw[((o * c + i) * 3 + ky) * 3 + kx] += s as f32;
+                            }
+                        }
+                    }
+                }
+            }
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                close(
+                    &pool.install(|| weight_grad(g, &x, &dy)),
+                    &want_dw,
+                    &format!("{what} dw"),
+                );
+            }
+            let plan = Plan::new(c, k, h, w);
+            for kernel in [Kernel::Portable, Kernel::detect()] {
+                let dw = plan.weight_grad(&x, &dy, 0..n, kernel);
+                close(&dw, &want_dw, &format!("{what} dw {kernel:?}"));
+            }
+        }
+    }
+}
