@@ -83,7 +83,7 @@ impl Geometry {
     /// A 3×3, stride-1, pad-1 convolution: [`super::direct`]'s, with its sizes.
     fn direct(&self) -> Option<direct::Sizes> {
         let same3 = self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad == 1;
-        (same3 && self.h > 0 && self.w > 0).then_some(direct::Sizes {
+        (same3 && self.n * self.c * self.k * self.h * self.w > 0).then_some(direct::Sizes {
             n: self.n,
             c: self.c,
             k: self.k,

@@ -10,8 +10,12 @@
 //! is why the tile's width is chosen per map size).
 //!
 //! The input gradient is the same convolution of the output gradient, with the filters flipped
-//! and their channel axes swapped. The weight gradient stays with [`super::conv`]'s im2col +
-//! GEMM, whose long inner dimension (the pixels) suits a GEMM.
+//! and their channel axes swapped. The weight gradient sums, for each filter tap, the output
+//! gradient laid on the same grid (zero on the border columns) times the input grid shifted by
+//! that tap: 8 pixels a vector, reduced across lanes once per group of images. Those zero
+//! lanes do multiply real inputs, so a non-finite activation anywhere in a plane can make
+//! the whole filter's gradient NaN where the exact sum would skip it; training is broken by
+//! then anyway.
 //!
 //! The tile runs on AVX2 + FMA when the CPU has them (checked once at run time) and as plain
 //! Rust otherwise; the two round differently (fused multiply-adds), each is deterministic.
@@ -274,7 +278,7 @@ impl Plan {
         let (hw, row) = (self.h * self.w, self.grad_row());
         let (x_img, dy_img) = (self.ins * self.plane, self.outs * row);
         let mut dw = vec![0.0f32; self.outs * self.ins * 9];
-        // The last vector of a row reads up to 8 past `span + 2·wp + 2 = plane`.
+        // The last vector of a row reads up to 6 past `span + 2·wp + 2 = plane`.
         let mut grids = vec![0.0f32; GROUP * x_img + 8];
         // Zero on the border columns and past `span`: those lanes then add nothing.
         let mut grads = vec![0.0f32; GROUP * dy_img];
@@ -328,20 +332,20 @@ impl Plan {
             grids.len() >= (m - 1) * x_img + (self.ins - 1) * self.plane + 2 * self.wp + row + 2
         );
         assert!(dw.len() >= outs * self.ins * 9);
-        let shape = Rows {
-            dy_img,
-            row,
-            x_img,
-            plane: self.plane,
-            wp: self.wp,
-            ins: self.ins,
-            images: m,
-        };
         match kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX2 and FMA (Kernel::detect), and the asserts above bound
             // every load and store the block makes.
             Kernel::Avx2 => unsafe {
+                let shape = Rows {
+                    dy_img,
+                    row,
+                    x_img,
+                    plane: self.plane,
+                    wp: self.wp,
+                    ins: self.ins,
+                    images: m,
+                };
                 let (d, g, o) = (grads.as_ptr(), grids.as_ptr(), dw.as_mut_ptr());
                 match outs {
                     1 => avx2::weight_block::<1>(d, g, o, shape),
