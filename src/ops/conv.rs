@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::direct;
 use super::gemm::{matmul, Mat};
-use super::host::{contiguous_f32, with_f32};
+use super::host::{contiguous_f32, images_per_chunk, sum_in_order, with_f32};
 
 /// Sizes of one convolution: input `[n, c, h, w]`, weight `[k, c, kh, kw]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,9 +247,9 @@ pub fn im2col_forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
 /// Backward as products with the patch matrix and a col2im scatter: any geometry; `dx` is
 /// skipped (None) when not wanted.
 ///
-/// The batch is cut into a fixed number of contiguous chunks (from the thread count, not from
-/// scheduling), each chunk sums its weight gradient, and the partial sums are added in chunk
-/// order, so the result is deterministic for a given thread count.
+/// Each of the batch's fixed chunks ([`images_per_chunk`]) sums its weight gradient and the
+/// partial sums are added in chunk order, so the result is deterministic for a given thread
+/// count.
 pub fn im2col_backward(
     g: &Geometry,
     x: &[f32],
@@ -258,8 +258,7 @@ pub fn im2col_backward(
     want_dx: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>) {
     let (chw, kp, patch, pixels) = (g.c * g.h * g.w, g.k * g.pixels(), g.patch(), g.pixels());
-    let chunks = (rayon::current_num_threads() * 2).clamp(1, g.n.max(1));
-    let per = g.n.div_ceil(chunks).max(1);
+    let per = images_per_chunk(g.n);
     let mut dx = if want_dx {
         vec![0.0f32; g.n * chw]
     } else {
@@ -313,13 +312,7 @@ pub fn im2col_backward(
             .map(|j| work(j * per, None))
             .collect()
     };
-    let mut dw = vec![0.0f32; g.k * patch];
-    for p in &partials {
-        for (a, b) in dw.iter_mut().zip(p) {
-            *a += *b;
-        }
-    }
-    (want_dx.then_some(dx), dw)
+    (want_dx.then_some(dx), sum_in_order(&partials, g.k * patch))
 }
 
 /// The candle op: `conv2d(x, w)` with this module's forward and backward.

@@ -22,6 +22,8 @@
 
 use rayon::prelude::*;
 
+use super::host::{images_per_chunk, sum_in_order};
+
 /// A 3×3, stride-1, pad-1 convolution's sizes: input `[n, c, h, w]`, filters `[k, c, 3, 3]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Sizes {
@@ -240,25 +242,17 @@ const WG_OUTS: usize = 3;
 
 /// Weight gradient: `dw[o][i][ky][kx] = Σ_n Σ_q dy[n][o][q] · grid(x)[n][i][q + ky·(w+2) + kx]`.
 ///
-/// The batch is cut into a fixed number of contiguous chunks (from the thread count, not from
-/// scheduling), each sums its own gradient and the partial sums are added in chunk order: the
-/// result is deterministic for a given thread count, as the im2col path's.
+/// Chunked over the batch as the im2col path is ([`images_per_chunk`], [`sum_in_order`]): the
+/// result is deterministic for a given thread count.
 pub(super) fn weight_grad(g: Sizes, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let plan = Plan::new(g.c, g.k, g.h, g.w);
     let kernel = Kernel::detect();
-    let chunks = (rayon::current_num_threads() * 2).clamp(1, g.n.max(1));
-    let per = g.n.div_ceil(chunks).max(1);
+    let per = images_per_chunk(g.n);
     let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(per))
         .into_par_iter()
         .map(|j| plan.weight_grad(x, dy, j * per..((j + 1) * per).min(g.n), kernel))
         .collect();
-    let mut dw = vec![0.0f32; g.k * g.c * 9];
-    for p in &partials {
-        for (a, b) in dw.iter_mut().zip(p) {
-            *a += *b;
-        }
-    }
-    dw
+    sum_in_order(&partials, g.k * g.c * 9)
 }
 
 impl Plan {
@@ -519,33 +513,53 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    /// The definition, tap by tap, with zero padding.
-    fn naive(n: usize, c: usize, k: usize, h: usize, w: usize, x: &[f32], wt: &[f32]) -> Vec<f32> {
-        let mut y = vec![0.0f32; n * k * h * w];
+    /// Every product of the convolution's definition that lands inside the image, as flat
+    /// `(y index, x index, w index)` of NCHW output, input and `[k][c][3][3]` filters.
+    fn taps(g: Sizes) -> Vec<(usize, usize, usize)> {
+        let Sizes { n, c, k, h, w } = g;
+        let mut taps = Vec::new();
         for img in 0..n {
             for o in 0..k {
-                for yy in 0..h {
-                    for xx in 0..w {
-                        let mut s = 0.0f64;
-                        for i in 0..c {
-                            for ky in 0..3 {
-                                for kx in 0..3 {
-                                    let (iy, ix) = (yy + ky, xx + kx);
-                                    if iy < 1 || ix < 1 || iy > h || ix > w {
-                                        continue;
-                                    }
-                                    s += (x[((img * c + i) * h + iy - 1) * w + ix - 1]
-                                        * wt[((o * c + i) * 3 + ky) * 3 + kx])
-                                        as f64;
+                for i in 0..c {
+                    for t in 0..9 {
+                        let (ky, kx) = (t / 3, t % 3);
+                        for yy in 0..h {
+                            let iy = yy + ky;
+                            if iy < 1 || iy > h {
+                                continue;
+                            }
+                            for xx in 0..w {
+                                let ix = xx + kx;
+                                if ix < 1 || ix > w {
+                                    continue;
                                 }
+                                taps.push((
+                                    ((img * k + o) * h + yy) * w + xx,
+                                    ((img * c + i) * h + iy - 1) * w + ix - 1,
+                                    (o * c + i) * 9 + t,
+                                ));
                             }
                         }
-                        y[((img * k + o) * h + yy) * w + xx] = s as f32;
                     }
                 }
             }
         }
-        y
+        taps
+    }
+
+    /// `(y, dx, dw)` by the definition: each tap's product added where it belongs.
+    fn definition(g: Sizes, x: &[f32], wt: &[f32], dy: &[f32]) -> [Vec<f32>; 3] {
+        let (mut y, mut dx, mut dw) = (
+            vec![0.0f32; dy.len()],
+            vec![0.0; x.len()],
+            vec![0.0; wt.len()],
+        );
+        for (yi, xi, wi) in taps(g) {
+            y[yi] += x[xi] * wt[wi];
+            dx[xi] += dy[yi] * wt[wi];
+            dw[wi] += dy[yi] * x[xi];
+        }
+        [y, dx, dw]
     }
 
     fn close(a: &[f32], b: &[f32], what: &str) {
@@ -593,32 +607,8 @@ mod tests {
             let dy: Vec<f32> = (0..n * k * h * w)
                 .map(|i| (i as f32 * 0.11).sin())
                 .collect();
-            let want = naive(n, c, k, h, w, &x, &wt);
-            // dx by the adjoint: <conv(x), dy> = <x, dx> for every x, so dx[x_i] is
-            // Σ dy · ∂y/∂x_i; the definition's transpose, written as its own loop.
-            let mut want_dx = vec![0.0f32; x.len()];
-            for img in 0..n {
-                for o in 0..k {
-                    for yy in 0..h {
-                        for xx in 0..w {
-                            let g = dy[((img * k + o) * h + yy) * w + xx];
-                            for i in 0..c {
-                                for ky in 0..3 {
-                                    for kx in 0..3 {
-                                        let (iy, ix) = (yy + ky, xx + kx);
-                                        if iy < 1 || ix < 1 || iy > h || ix > w {
-                                            continue;
-                                        }
-                                        want_dx[((img * c + i) * h + iy - 1) * w + ix - 1] +=
-                                            g * wt[((o * c + i) * 3 + ky) * 3 + kx];
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
             let g = Sizes { n, c, k, h, w };
+            let [want, want_dx, want_dw] = definition(g, &x, &wt, &dy);
             let what = format!("c{c} k{k} {h}x{w}");
             let mut kernels = vec![Kernel::Portable];
             if Kernel::detect() == Kernel::Avx2 {
@@ -638,31 +628,6 @@ mod tests {
             }
             close(&forward(g, &x, &wt), &want, &what);
             close(&input_grad(g, &wt, &dy), &want_dx, &what);
-            // dw by its definition: each tap's products summed over images and pixels.
-            let mut want_dw = vec![0.0f32; wt.len()];
-            for img in 0..n {
-                for o in 0..k {
-                    for i in 0..c {
-                        for ky in 0..3 {
-                            for kx in 0..3 {
-                                let mut s = 0.0f64;
-                                for yy in 0..h {
-                                    for xx in 0..w {
-                                        let (iy, ix) = (yy + ky, xx + kx);
-                                        if iy < 1 || ix < 1 || iy > h || ix > w {
-                                            continue;
-                                        }
-                                        s += (dy[((img * k + o) * h + yy) * w + xx]
-                                            * x[((img * c + i) * h + iy - 1) * w + ix - 1])
-                                            as f64;
-                                    }
-                                }
-                                want_dw[((o * c + i) * 3 + ky) * 3 + kx] += s as f32;
-                            }
-                        }
-                    }
-                }
-            }
             for threads in [1, 3] {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)

@@ -1,4 +1,5 @@
-//! Borrowing a CPU tensor's f32 data as one contiguous slice, and reading its shape.
+//! Borrowing a CPU tensor's f32 data as one contiguous slice, reading its shape, and cutting a
+//! batch into the fixed chunks that keep a summed gradient deterministic.
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
@@ -33,4 +34,23 @@ pub fn split_nc(dims: &[usize], op: &str) -> Result<(usize, usize, usize)> {
         candle_core::bail!("{op} expects at least [n, c], got {dims:?}");
     }
     Ok((dims[0], dims[1], dims[2..].iter().product()))
+}
+
+/// Images per chunk when a gradient is summed over the batch: a fixed number of contiguous
+/// chunks from the thread count, not from scheduling, so with the partial sums added in chunk
+/// order ([`sum_in_order`]) the result is the same for a given thread count.
+pub fn images_per_chunk(n: usize) -> usize {
+    let chunks = (rayon::current_num_threads() * 2).clamp(1, n.max(1));
+    n.div_ceil(chunks).max(1)
+}
+
+/// The chunks' partial sums added in chunk order, into `len` values.
+pub fn sum_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
+    let mut total = vec![0.0f32; len];
+    for p in partials {
+        for (a, b) in total.iter_mut().zip(p) {
+            *a += *b;
+        }
+    }
+    total
 }
