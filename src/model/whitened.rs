@@ -182,8 +182,7 @@ impl Stage {
         if self.pool {
             y = ops::max_pool2(&y, ops)?;
         }
-        let y = self.norm.forward(&y, mode.statistics(), false, ops)?;
-        ops::gelu(&y, ops)
+        self.norm.forward_gelu(&y, mode.statistics(), ops)
     }
 }
 

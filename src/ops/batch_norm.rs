@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
+pub(super) use super::batch_norm_cpu::Activation;
 use super::batch_norm_cpu::{
-    affine, affine_backward, channel_centred, channel_sums, DxCoefficients,
+    affine, affine_backward, channel_centred, channel_sums, gelu_grads, DxCoefficients,
 };
 use super::host::{contiguous_f32, split_nc, with_f32};
 
@@ -28,8 +29,11 @@ pub struct Stats {
 /// kernels update `running` in place and keep what the backward needs on the device (`saved`).
 pub(super) struct TrainOp {
     pub eps: f64,
-    pub relu: bool,
+    /// GELU only on the CPU: the CUDA kernels fuse a ReLU or nothing.
+    pub activation: Activation,
     pub stats: Arc<Mutex<Stats>>,
+    /// The forward pass's `(scale, shift)` (CPU), which GELU's gradient re-applies to the input.
+    pub affine: Mutex<(Vec<f32>, Vec<f32>)>,
     /// Running-statistics momentum (CUDA; the CPU caller blends them itself).
     #[cfg(feature = "cuda")]
     pub momentum: f64,
@@ -116,8 +120,9 @@ impl CustomOp3 for TrainOp {
             scale.push(a as f32);
             shift.push((beta[ch] as f64 - mean * a) as f32);
         }
-        let y = affine(x, &scale, &shift, self.relu, c, s);
+        let y = affine(x, &scale, &shift, self.activation, c, s);
         *self.stats.lock().expect("batch-norm stats lock") = stats;
+        *self.affine.lock().expect("batch-norm affine lock") = (scale, shift);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -131,10 +136,13 @@ impl CustomOp3 for TrainOp {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if self.activation == Activation::Gelu {
+            candle_core::bail!("batch-norm + GELU is a CPU op; CUDA runs them as two");
+        }
         let set = super::cuda::batch_norm::Settings {
             eps: self.eps,
             momentum: self.momentum,
-            relu: self.relu,
+            relu: self.activation == Activation::Relu,
         };
         let running = (&self.running.0, &self.running.1);
         let (y, saved) =
@@ -157,8 +165,13 @@ impl CustomOp3 for TrainOp {
             let Some(saved) = saved.as_ref() else {
                 candle_core::bail!("batch-norm backward before its CUDA forward");
             };
-            let (dx, dgamma, dbeta) =
-                super::cuda::batch_norm::train_backward(dy, x, gamma, saved, self.relu)?;
+            let (dx, dgamma, dbeta) = super::cuda::batch_norm::train_backward(
+                dy,
+                x,
+                gamma,
+                saved,
+                self.activation == Activation::Relu,
+            )?;
             return Ok((Some(dx), Some(dgamma), Some(dbeta)));
         }
         let (n, c, s) = split_nc(x.dims(), "batch-norm")?;
@@ -176,10 +189,23 @@ impl CustomOp3 for TrainOp {
                             .collect();
                         // Σg and Σg·(x − μ) per channel; Σg·x̂ = invstd·Σg·(x − μ).
                         let mean = &stats.mean;
-                        let sums = if self.relu {
-                            channel_sums::<true>(dys, ys, xs, Some(mean), (n, c, s))
-                        } else {
-                            channel_sums::<false>(dys, ys, xs, Some(mean), (n, c, s))
+                        // With GELU, the gradient at its input, which becomes dx in place.
+                        let mut grads = None;
+                        let sums = match self.activation {
+                            Activation::Relu => {
+                                channel_sums::<true>(dys, ys, xs, Some(mean), (n, c, s))
+                            }
+                            Activation::Identity => {
+                                channel_sums::<false>(dys, ys, xs, Some(mean), (n, c, s))
+                            }
+                            Activation::Gelu => {
+                                let affine = self.affine.lock().expect("batch-norm affine lock");
+                                let (scale, shift) = (&affine.0[..], &affine.1[..]);
+                                let (g, sums) =
+                                    gelu_grads(dys, xs, (scale, shift), mean, (n, c, s));
+                                grads = Some(g);
+                                sums
+                            }
                         };
                         // γ and β get this rank's own sums (the ranks' gradients are averaged
                         // later, as any parameter's); dx needs every rank's, since each image
@@ -204,10 +230,13 @@ impl CustomOp3 for TrainOp {
                             d[ch] = (-k * sg / count) as f32;
                         }
                         let coef = DxCoefficients { a, b, d, mean };
-                        let dx = if self.relu {
-                            coef.dx::<true>(dys, ys, xs, c, s)
-                        } else {
-                            coef.dx::<false>(dys, ys, xs, c, s)
+                        let dx = match (self.activation, grads) {
+                            (Activation::Relu, _) => coef.dx::<true>(dys, ys, xs, c, s),
+                            (_, Some(mut g)) => {
+                                coef.dx_from_grads(&mut g, xs, c, s);
+                                g
+                            }
+                            _ => coef.dx::<false>(dys, ys, xs, c, s),
                         };
                         Ok((dx, dgamma, dbeta))
                     })
@@ -223,9 +252,10 @@ impl CustomOp3 for TrainOp {
     }
 }
 
-/// Per-channel affine map (+ ReLU) on `(x, scale, shift)`: BatchNorm with fixed statistics.
+/// Per-channel affine map (+ activation) on `(x, scale, shift)`: BatchNorm with fixed statistics.
 pub(super) struct AffineOp {
-    pub relu: bool,
+    /// GELU only on the CPU, as in [`TrainOp`].
+    pub activation: Activation,
 }
 
 impl CustomOp3 for AffineOp {
@@ -250,7 +280,7 @@ impl CustomOp3 for AffineOp {
             candle_core::bail!("channel affine: {c} channels but {} scales", scale.len());
         }
         Ok((
-            CpuStorage::F32(affine(x, scale, shift, self.relu, c, s)),
+            CpuStorage::F32(affine(x, scale, shift, self.activation, c, s)),
             l1.shape().clone(),
         ))
     }
@@ -265,7 +295,11 @@ impl CustomOp3 for AffineOp {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let y = super::cuda::batch_norm::affine(s1, l1, s2, l2, s3, l3, self.relu)?;
+        if self.activation == Activation::Gelu {
+            candle_core::bail!("channel affine + GELU is a CPU op; CUDA runs them as two");
+        }
+        let relu = self.activation == Activation::Relu;
+        let y = super::cuda::batch_norm::affine(s1, l1, s2, l2, s3, l3, relu)?;
         Ok((y, l1.shape().clone()))
     }
 
@@ -273,22 +307,32 @@ impl CustomOp3 for AffineOp {
         &self,
         x: &Tensor,
         scale: &Tensor,
-        _shift: &Tensor,
+        shift: &Tensor,
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         if !x.device().is_cpu() {
-            return affine_backward_any(x, scale, y, dy, self.relu);
+            return affine_backward_any(x, scale, y, dy, self.activation);
         }
         let (n, c, s) = split_nc(x.dims(), "batch-norm")?;
         let (dx, dscale, dshift) = with_f32(x, |xs| {
             with_f32(scale, |sc| {
                 with_f32(y, |ys| {
                     with_f32(dy, |dys| {
-                        let (sums, dx) = if self.relu {
-                            affine_backward::<true>(dys, ys, xs, sc, (n, c, s))
-                        } else {
-                            affine_backward::<false>(dys, ys, xs, sc, (n, c, s))
+                        let (sums, dx) = match self.activation {
+                            Activation::Relu => affine_backward::<true>(dys, ys, xs, sc, (n, c, s)),
+                            Activation::Identity => {
+                                affine_backward::<false>(dys, ys, xs, sc, (n, c, s))
+                            }
+                            Activation::Gelu => with_f32(shift, |sh| {
+                                let zeros = vec![0.0f32; c];
+                                let (mut g, sums) =
+                                    gelu_grads(dys, xs, (sc, sh), &zeros, (n, c, s));
+                                for (i, v) in g.iter_mut().enumerate() {
+                                    *v *= sc[(i / s.max(1)) % c];
+                                }
+                                Ok((sums, g))
+                            })?,
                         };
                         let dscale = sums.iter().map(|p| p.1 as f32).collect::<Vec<_>>();
                         let dshift = sums.iter().map(|p| p.0 as f32).collect::<Vec<_>>();
@@ -313,13 +357,13 @@ fn affine_backward_any(
     scale: &Tensor,
     y: &Tensor,
     dy: &Tensor,
-    relu: bool,
+    activation: Activation,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let (n, c, s) = split_nc(x.dims(), "batch-norm")?;
-    let g = if relu {
-        (dy * y.gt(0.0)?.to_dtype(dy.dtype())?)?
-    } else {
-        dy.clone()
+    let g = match activation {
+        Activation::Relu => (dy * y.gt(0.0)?.to_dtype(dy.dtype())?)?,
+        Activation::Identity => dy.clone(),
+        Activation::Gelu => candle_core::bail!("channel affine + GELU is a CPU op"),
     };
     let g32 = g.to_dtype(candle_core::DType::F32)?.reshape((n, c, s))?;
     let x32 = x.to_dtype(candle_core::DType::F32)?.reshape((n, c, s))?;

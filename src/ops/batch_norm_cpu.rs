@@ -4,6 +4,21 @@
 
 use rayon::prelude::*;
 
+use super::gelu::{gelu_slope, gelu_value};
+use super::wide;
+
+/// The activation fused after BatchNorm's affine map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Activation {
+    /// None: the affine map's output.
+    Identity,
+    /// `max(z, 0)`; its gradient reads the output.
+    Relu,
+    /// Exact GELU; its gradient recomputes the pre-activation `z = x·scale + shift` from the
+    /// input, so `z` is never stored.
+    Gelu,
+}
+
 /// `max(v, 0)` that keeps a NaN, as PyTorch's ReLU does (`f32::max` would turn it into 0 and
 /// hide a diverged run).
 #[inline(always)]
@@ -28,6 +43,7 @@ fn through_relu<const RELU: bool>(a: f32, y: f32) -> f32 {
 /// `(Σ g, Σ g·(b − off))` for `g = through_relu(a, y)`, in f32 with eight independent partial
 /// sums, so it vectorises (a single running sum is a dependency chain the compiler may not
 /// reorder). Masking here rather than in a copy of `a` saves a pass over the activation.
+#[inline(always)]
 fn sum_and_dot<const RELU: bool>(a: &[f32], y: &[f32], b: &[f32], off: f32) -> (f32, f32) {
     let (mut s, mut d) = ([0.0f32; 8], [0.0f32; 8]);
     let body = a.len() / 8 * 8;
@@ -52,6 +68,7 @@ fn sum_and_dot<const RELU: bool>(a: &[f32], y: &[f32], b: &[f32], off: f32) -> (
 }
 
 /// `(Σ(x − m), Σ(x − m)²)` in f32 with eight partial sums (see [`sum_and_dot`]).
+#[inline(always)]
 fn centred_sums(x: &[f32], m: f32) -> (f32, f32) {
     let (mut s, mut q) = ([0.0f32; 8], [0.0f32; 8]);
     let chunks = x.chunks_exact(8);
@@ -90,7 +107,10 @@ pub(super) fn channel_sums<const RELU: bool>(
             let (mut sa, mut sab) = (0.0f64, 0.0f64);
             for i in 0..n {
                 let r = (i * c + ch) * s..(i * c + ch + 1) * s;
-                let (p, q) = sum_and_dot::<RELU>(&a[r.clone()], &y[r.clone()], &b[r], off);
+                let (p, q) = wide::run(
+                    #[inline(always)]
+                    || sum_and_dot::<RELU>(&a[r.clone()], &y[r.clone()], &b[r], off),
+                );
                 sa += p as f64;
                 sab += q as f64;
             }
@@ -111,7 +131,10 @@ pub(super) fn channel_centred(
             let (mut s1, mut s2) = (0.0f64, 0.0f64);
             for i in 0..n {
                 let plane = &x[(i * c + ch) * s..(i * c + ch + 1) * s];
-                let (p, q) = centred_sums(plane, m[ch]);
+                let (p, q) = wide::run(
+                    #[inline(always)]
+                    || centred_sums(plane, m[ch]),
+                );
                 s1 += p as f64;
                 s2 += q as f64;
             }
@@ -120,12 +143,12 @@ pub(super) fn channel_centred(
         .collect()
 }
 
-/// `y = x·scale[c] + shift[c]`, then ReLU when asked, parallel over images.
+/// `y = act(x·scale[c] + shift[c])`, parallel over images.
 pub(super) fn affine(
     x: &[f32],
     scale: &[f32],
     shift: &[f32],
-    relu: bool,
+    act: Activation,
     c: usize,
     s: usize,
 ) -> Vec<f32> {
@@ -133,22 +156,84 @@ pub(super) fn affine(
     y.par_chunks_mut((c * s).max(1))
         .zip(x.par_chunks((c * s).max(1)))
         .for_each(|(yi, xi)| {
-            for ch in 0..c {
-                let (a, b) = (scale[ch], shift[ch]);
-                let out = &mut yi[ch * s..(ch + 1) * s];
-                let inp = &xi[ch * s..(ch + 1) * s];
-                if relu {
-                    for (o, v) in out.iter_mut().zip(inp) {
-                        *o = relu_keep_nan(v * a + b);
+            wide::run(
+                #[inline(always)]
+                || {
+                    for ch in 0..c {
+                        let (a, b) = (scale[ch], shift[ch]);
+                        let out = &mut yi[ch * s..(ch + 1) * s];
+                        let inp = &xi[ch * s..(ch + 1) * s];
+                        match act {
+                            Activation::Identity => {
+                                for (o, v) in out.iter_mut().zip(inp) {
+                                    *o = v * a + b;
+                                }
+                            }
+                            Activation::Relu => {
+                                for (o, v) in out.iter_mut().zip(inp) {
+                                    *o = relu_keep_nan(v * a + b);
+                                }
+                            }
+                            Activation::Gelu => {
+                                for (o, v) in out.iter_mut().zip(inp) {
+                                    *o = gelu_value(v * a + b);
+                                }
+                            }
+                        }
                     }
-                } else {
-                    for (o, v) in out.iter_mut().zip(inp) {
-                        *o = v * a + b;
-                    }
-                }
-            }
+                },
+            )
         });
     y
+}
+
+/// The gradient at GELU's input `g = dy · gelu'(x·scale[c] + shift[c])` over `[n, c, s]` data,
+/// with per-channel `(Σ g, Σ g·(x − off[c]))`, parallel over images.
+///
+/// Each plane is summed in f32 lanes and the planes are added in image order in f64: the same
+/// sums whatever the thread count.
+pub(super) fn gelu_grads(
+    dy: &[f32],
+    x: &[f32],
+    (scale, shift): (&[f32], &[f32]),
+    off: &[f32],
+    (n, c, s): (usize, usize, usize),
+) -> (Vec<f32>, Vec<(f64, f64)>) {
+    let image = (c * s).max(1);
+    let mut g = vec![0.0f32; dy.len()];
+    let mut planes = vec![(0.0f64, 0.0f64); n * c];
+    g.par_chunks_mut(image)
+        .zip(dy.par_chunks(image).zip(x.par_chunks(image)))
+        .zip(planes.par_chunks_mut(c.max(1)))
+        .for_each(|((gi, (di, xi)), sums)| {
+            wide::run(
+                #[inline(always)]
+                || {
+                    for (ch, sum) in sums.iter_mut().enumerate() {
+                        let r = ch * s..(ch + 1) * s;
+                        let (a, b) = (scale[ch], shift[ch]);
+                        for ((o, &d), &v) in gi[r.clone()]
+                            .iter_mut()
+                            .zip(&di[r.clone()])
+                            .zip(&xi[r.clone()])
+                        {
+                            *o = d * gelu_slope(v * a + b);
+                        }
+                        let (p, q) =
+                            sum_and_dot::<false>(&gi[r.clone()], &gi[r.clone()], &xi[r], off[ch]);
+                        *sum = (p as f64, q as f64);
+                    }
+                },
+            )
+        });
+    let mut total = vec![(0.0f64, 0.0f64); c];
+    for image in planes.chunks(c.max(1)) {
+        for (t, p) in total.iter_mut().zip(image) {
+            t.0 += p.0;
+            t.1 += p.1;
+        }
+    }
+    (g, total)
 }
 
 /// Per-channel coefficients of the training-mode input gradient `dx = a·g + b·(x − μ) + d`.
@@ -175,19 +260,48 @@ impl DxCoefficients<'_> {
             .zip(dy.par_chunks(image).zip(y.par_chunks(image)))
             .zip(x.par_chunks(image))
             .for_each(|((di, (gi, yi)), xi)| {
-                for ch in 0..c {
-                    let r = ch * s..(ch + 1) * s;
-                    let (aa, bb, dd, mu) = (self.a[ch], self.b[ch], self.d[ch], self.mean[ch]);
-                    let planes = di[r.clone()]
-                        .iter_mut()
-                        .zip(&gi[r.clone()])
-                        .zip(yi[r.clone()].iter().zip(&xi[r]));
-                    for ((o, gv), (yv, xv)) in planes {
-                        *o = aa * through_relu::<RELU>(*gv, *yv) + bb * (xv - mu) + dd;
-                    }
-                }
+                wide::run(
+                    #[inline(always)]
+                    || {
+                        for ch in 0..c {
+                            let r = ch * s..(ch + 1) * s;
+                            let (aa, bb, dd, mu) =
+                                (self.a[ch], self.b[ch], self.d[ch], self.mean[ch]);
+                            let planes = di[r.clone()]
+                                .iter_mut()
+                                .zip(&gi[r.clone()])
+                                .zip(yi[r.clone()].iter().zip(&xi[r]));
+                            for ((o, gv), (yv, xv)) in planes {
+                                *o = aa * through_relu::<RELU>(*gv, *yv) + bb * (xv - mu) + dd;
+                            }
+                        }
+                    },
+                )
             });
         dx
+    }
+
+    /// `dx` in place over `g`, the gradient at the activation's input (from [`gelu_grads`]),
+    /// parallel over images.
+    pub fn dx_from_grads(&self, g: &mut [f32], x: &[f32], c: usize, s: usize) {
+        let image = (c * s).max(1);
+        g.par_chunks_mut(image)
+            .zip(x.par_chunks(image))
+            .for_each(|(gi, xi)| {
+                wide::run(
+                    #[inline(always)]
+                    || {
+                        for ch in 0..c {
+                            let r = ch * s..(ch + 1) * s;
+                            let (aa, bb, dd, mu) =
+                                (self.a[ch], self.b[ch], self.d[ch], self.mean[ch]);
+                            for (o, xv) in gi[r.clone()].iter_mut().zip(&xi[r]) {
+                                *o = aa * *o + bb * (xv - mu) + dd;
+                            }
+                        }
+                    },
+                )
+            });
     }
 }
 
@@ -206,15 +320,20 @@ pub(super) fn affine_backward<const RELU: bool>(
     dx.par_chunks_mut(image)
         .zip(dy.par_chunks(image).zip(y.par_chunks(image)))
         .for_each(|(di, (gi, yi))| {
-            for (ch, &k) in scale.iter().enumerate().take(c) {
-                let r = ch * s..(ch + 1) * s;
-                for (o, (gv, yv)) in di[r.clone()]
-                    .iter_mut()
-                    .zip(gi[r.clone()].iter().zip(&yi[r]))
-                {
-                    *o = k * through_relu::<RELU>(*gv, *yv);
-                }
-            }
+            wide::run(
+                #[inline(always)]
+                || {
+                    for (ch, &k) in scale.iter().enumerate().take(c) {
+                        let r = ch * s..(ch + 1) * s;
+                        for (o, (gv, yv)) in di[r.clone()]
+                            .iter_mut()
+                            .zip(gi[r.clone()].iter().zip(&yi[r]))
+                        {
+                            *o = k * through_relu::<RELU>(*gv, *yv);
+                        }
+                    }
+                },
+            )
         });
     (sums, dx)
 }

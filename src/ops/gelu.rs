@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::host::{contiguous_f32, with_f32};
+use super::wide;
 
 /// Elements per parallel task: large enough that rayon's overhead vanishes.
 const CHUNK: usize = 1 << 14;
@@ -76,12 +77,14 @@ fn exp_nonpositive(x: f32) -> f32 {
 }
 
 /// `x · Φ(x)`, Φ the standard normal CDF; NaN stays NaN.
-fn gelu_value(x: f32) -> f32 {
+#[inline]
+pub(super) fn gelu_value(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// `d/dx x·Φ(x) = Φ(x) + x·φ(x)`.
-fn gelu_slope(x: f32) -> f32 {
+#[inline]
+pub(super) fn gelu_slope(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
         + x * FRAC_1_SQRT_2PI * exp_nonpositive(-0.5 * x * x)
 }
@@ -100,9 +103,14 @@ impl CustomOp1 for Gelu {
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(yc, xc)| {
-                for (o, &v) in yc.iter_mut().zip(xc) {
-                    *o = gelu_value(v);
-                }
+                wide::run(
+                    #[inline(always)]
+                    || {
+                        for (o, &v) in yc.iter_mut().zip(xc) {
+                            *o = gelu_value(v);
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -120,14 +128,34 @@ fn gelu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
             dx.par_chunks_mut(CHUNK)
                 .zip(xs.par_chunks(CHUNK).zip(ds.par_chunks(CHUNK)))
                 .for_each(|(oc, (xc, dc))| {
-                    for ((o, &v), &g) in oc.iter_mut().zip(xc).zip(dc) {
-                        *o = g * gelu_slope(v);
-                    }
+                    wide::run(
+                        #[inline(always)]
+                        || {
+                            for ((o, &v), &g) in oc.iter_mut().zip(xc).zip(dc) {
+                                *o = g * gelu_slope(v);
+                            }
+                        },
+                    )
                 });
             Ok(dx)
         })
     })?;
     Tensor::from_vec(dx, x.shape(), x.device())
+}
+
+/// The sum of `values` in eight interleaved f32 partial sums, so the loop vectorises (one running
+/// sum is a chain the compiler may not reorder); the partials are then added in order.
+#[inline]
+fn lane_sum(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] += c[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
 }
 
 /// The candle op on `(x, bias)`: `gelu(x + bias[c])` for `x: [n, c, …]`, so a layer's bias
@@ -164,9 +192,14 @@ impl CustomOp2 for GeluBias {
             .enumerate()
             .for_each(|(i, (yp, xp))| {
                 let shift = b[i % c];
-                for (o, &v) in yp.iter_mut().zip(xp) {
-                    *o = gelu_value(v + shift);
-                }
+                wide::run(
+                    #[inline(always)]
+                    || {
+                        for (o, &v) in yp.iter_mut().zip(xp) {
+                            *o = gelu_value(v + shift);
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -189,18 +222,31 @@ impl CustomOp2 for GeluBias {
                 // bias gradient whatever the thread count.
                 let plane_sum = |i: usize, xp: &[f32], dp: &[f32], out: Option<&mut [f32]>| {
                     let shift = bias[i % c];
-                    let grad = |(&v, &g): (&f32, &f32)| g * gelu_slope(v + shift);
-                    match out {
-                        Some(o) => o
-                            .iter_mut()
-                            .zip(xp.iter().zip(dp).map(grad))
-                            .map(|(o, d)| {
-                                *o = d;
-                                d as f64
-                            })
-                            .sum(),
-                        None => xp.iter().zip(dp).map(grad).map(f64::from).sum::<f64>(),
-                    }
+                    let grads = |o: &mut [f32], xs: &[f32], ds: &[f32]| {
+                        for ((o, &v), &g) in o.iter_mut().zip(xs).zip(ds) {
+                            *o = g * gelu_slope(v + shift);
+                        }
+                    };
+                    wide::run(
+                        #[inline(always)]
+                        || match out {
+                            Some(o) => {
+                                grads(o, xp, dp);
+                                lane_sum(o) as f64
+                            }
+                            None => {
+                                // No gradient to keep: a block at a time through the stack.
+                                let mut block = [0.0f32; 256];
+                                let mut sum = 0.0f64;
+                                for (xs, ds) in xp.chunks(256).zip(dp.chunks(256)) {
+                                    let o = &mut block[..xs.len()];
+                                    grads(o, xs, ds);
+                                    sum += lane_sum(o) as f64;
+                                }
+                                sum
+                            }
+                        },
+                    )
                 };
                 let p = plane.max(1);
                 let sums: Vec<f64> = if want_dx {

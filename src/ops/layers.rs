@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
-use super::batch_norm::{AffineOp, Stats, TrainOp};
+use super::batch_norm::{Activation, AffineOp, Stats, TrainOp};
 use super::kernels::{Kernels, Options, Route};
 use super::{conv, gelu as gelu_op, max_pool, tail};
 use crate::dist::Collective;
@@ -316,6 +316,31 @@ impl BatchNorm {
         relu: bool,
         ops: Options,
     ) -> Result<Tensor> {
+        let act = if relu {
+            Activation::Relu
+        } else {
+            Activation::Identity
+        };
+        self.forward_with(x, statistics, act, ops)
+    }
+
+    /// [`BatchNorm::forward`] then GELU ([`gelu`]): on the CPU fast path in the same pass each
+    /// way (the normalised values are never stored), elsewhere as two ops.
+    pub fn forward_gelu(&self, x: &Tensor, statistics: Statistics, ops: Options) -> Result<Tensor> {
+        if ops.kernels.route(x) == Route::Cpu && x.dtype() == self.weight.dtype() {
+            self.forward_with(x, statistics, Activation::Gelu, ops)
+        } else {
+            gelu(&self.forward(x, statistics, false, ops)?, ops)
+        }
+    }
+
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        statistics: Statistics,
+        act: Activation,
+        ops: Options,
+    ) -> Result<Tensor> {
         let route = ops.kernels.route(x);
         // The CUDA kernels read bf16 activations themselves and keep their statistics in f32.
         #[cfg(feature = "cuda")]
@@ -323,26 +348,31 @@ impl BatchNorm {
         #[cfg(not(feature = "cuda"))]
         let reads_any = false;
         if x.dtype() != self.weight.dtype() && !reads_any {
-            let y = self.forward(&x.to_dtype(self.weight.dtype())?, statistics, relu, ops)?;
+            let y = self.forward_with(&x.to_dtype(self.weight.dtype())?, statistics, act, ops)?;
             return y.to_dtype(x.dtype());
         }
         if route == Route::Stock {
             let train = matches!(statistics, Statistics::Batch { .. });
             let y = candle_nn::ModuleT::forward_t(&self.stock, x, train)?;
-            return if relu { y.relu() } else { Ok(y) };
+            return match act {
+                Activation::Identity => Ok(y),
+                Activation::Relu => y.relu(),
+                Activation::Gelu => y.gelu_erf(),
+            };
         }
         let x = x.contiguous()?;
         let Statistics::Batch { sync } = statistics else {
             let scale = (&self.weight / (self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
             let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
-            let op = AffineOp { relu };
+            let op = AffineOp { activation: act };
             return x.apply_op3_arc(&scale, &shift, Arc::new(Box::new(op)));
         };
         let stats = Arc::new(Mutex::new(Stats::default()));
         let op = TrainOp {
             eps: self.eps,
-            relu,
+            activation: act,
             stats: stats.clone(),
+            affine: Default::default(),
             #[cfg(feature = "cuda")]
             momentum: self.momentum,
             #[cfg(feature = "cuda")]

@@ -6,9 +6,17 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::host::{contiguous_f32, with_f32};
+use super::wide;
+
+/// `b` if it beats `a` under [`window_argmax`]'s rule (greater, or a NaN over a number).
+#[inline(always)]
+fn later_wins(a: f32, b: f32) -> bool {
+    b > a || (b.is_nan() && !a.is_nan())
+}
 
 /// The index in `plane` (row length `w`) of the maximum of the 2×2 window at output `(oy, ox)`:
 /// the first one in row-major order on ties, a NaN over any number (PyTorch's choice).
+#[inline(always)]
 fn window_argmax(plane: &[f32], w: usize, oy: usize, ox: usize) -> usize {
     let at = [
         2 * oy * w + 2 * ox,
@@ -18,8 +26,7 @@ fn window_argmax(plane: &[f32], w: usize, oy: usize, ox: usize) -> usize {
     ];
     let mut best = at[0];
     for &i in &at[1..] {
-        let (v, b) = (plane[i], plane[best]);
-        if v > b || (v.is_nan() && !b.is_nan()) {
+        if later_wins(plane[best], plane[i]) {
             best = i;
         }
     }
@@ -49,11 +56,25 @@ impl CustomOp1 for MaxPool2 {
         y.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
             .for_each(|(yp, xp)| {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        yp[oy * ow + ox] = xp[window_argmax(xp, w, oy, ox)];
-                    }
-                }
+                wide::run(
+                    #[inline(always)]
+                    || {
+                        for (oy, out) in yp.chunks_exact_mut(ow).enumerate() {
+                            let (r0, r1) = (
+                                &xp[2 * oy * w..][..2 * ow],
+                                &xp[(2 * oy + 1) * w..][..2 * ow],
+                            );
+                            for (ox, o) in out.iter_mut().enumerate() {
+                                // The window's values in argmax order; selects, so it vectorises.
+                                let mut best = r0[2 * ox];
+                                for v in [r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]] {
+                                    best = if later_wins(best, v) { v } else { best };
+                                }
+                                *o = best;
+                            }
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
@@ -67,11 +88,16 @@ impl CustomOp1 for MaxPool2 {
                 dx.par_chunks_mut(h * w)
                     .zip(xs.par_chunks(h * w).zip(ds.par_chunks(oh * ow)))
                     .for_each(|(gp, (xp, dp))| {
-                        for oy in 0..oh {
-                            for ox in 0..ow {
-                                gp[window_argmax(xp, w, oy, ox)] = dp[oy * ow + ox];
-                            }
-                        }
+                        wide::run(
+                            #[inline(always)]
+                            || {
+                                for oy in 0..oh {
+                                    for ox in 0..ow {
+                                        gp[window_argmax(xp, w, oy, ox)] = dp[oy * ow + ox];
+                                    }
+                                }
+                            },
+                        )
                     });
                 Ok(dx)
             })

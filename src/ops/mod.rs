@@ -28,6 +28,7 @@ mod max_pool;
 #[cfg(feature = "cuda")]
 mod squeeze;
 mod tail;
+mod wide;
 
 pub use batch_norm::Stats;
 pub use conv::Geometry;

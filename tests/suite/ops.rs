@@ -177,7 +177,15 @@ fn conv_gradient_matches_finite_differences() {
 }
 
 /// (y, dx, dgamma, dbeta, running mean, running var) after one forward/backward.
-fn bn_run(x: &Tensor, train: bool, relu: bool, k: Kernels) -> Vec<Tensor> {
+/// What follows the BatchNorm under test.
+#[derive(Clone, Copy, Debug)]
+enum After {
+    Nothing,
+    Relu,
+    Gelu,
+}
+
+fn bn_run(x: &Tensor, train: bool, after: After, k: Kernels) -> Vec<Tensor> {
     let c = x.dim(1).unwrap();
     let vars = VarMap::new();
     let bn = BatchNorm::new(
@@ -204,9 +212,16 @@ fn bn_run(x: &Tensor, train: bool, relu: bool, k: Kernels) -> Vec<Tensor> {
     } else {
         Statistics::Running
     };
-    let y = bn
-        .forward(xv.as_tensor(), statistics, relu, k.into())
-        .unwrap();
+    let y = match after {
+        After::Gelu => bn.forward_gelu(xv.as_tensor(), statistics, k.into()),
+        _ => bn.forward(
+            xv.as_tensor(),
+            statistics,
+            matches!(after, After::Relu),
+            k.into(),
+        ),
+    }
+    .unwrap();
     let probe = random(y.dims(), 7).to_dtype(x.dtype()).unwrap();
     let g = (&y * &probe)
         .unwrap()
@@ -232,17 +247,17 @@ fn bn_run(x: &Tensor, train: bool, relu: bool, k: Kernels) -> Vec<Tensor> {
 }
 
 #[test]
-fn batch_norm_matches_stock_in_train_and_eval_with_and_without_relu() {
+fn batch_norm_matches_stock_in_train_and_eval_alone_and_with_relu_or_gelu() {
     for shape in [[5, 3, 7, 7], [1, 256, 4, 4], [128, 16, 2, 2], [4, 32, 1, 1]] {
         let x = random(&shape, 3);
         for train in [true, false] {
-            for relu in [false, true] {
-                let fast = bn_run(&x, train, relu, Kernels::Fast);
-                let stock = bn_run(&x, train, relu, Kernels::Stock);
+            for after in [After::Nothing, After::Relu, After::Gelu] {
+                let fast = bn_run(&x, train, after, Kernels::Fast);
+                let stock = bn_run(&x, train, after, Kernels::Stock);
                 let names = ["y", "dx", "dgamma", "dbeta", "running_mean", "running_var"];
                 for ((f, s), name) in fast.iter().zip(&stock).zip(names) {
                     let e = rel_err(f, s);
-                    assert!(e < 1e-4, "{name} {shape:?} train {train} relu {relu}: {e}");
+                    assert!(e < 1e-4, "{name} {shape:?} train {train} {after:?}: {e}");
                 }
             }
         }
@@ -254,7 +269,7 @@ fn batch_norm_gradient_matches_finite_differences() {
     // Training-mode BN is a function of the whole batch: perturb one input, every output moves.
     let x = random(&[3, 2, 3, 3], 5);
     let [y, dx] = {
-        let r = bn_run(&x, true, false, Kernels::Fast);
+        let r = bn_run(&x, true, After::Nothing, Kernels::Fast);
         [r[0].clone(), r[1].clone()]
     };
     let probe = random(y.dims(), 7).to_dtype(DType::F64).unwrap();
