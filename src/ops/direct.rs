@@ -17,8 +17,10 @@
 //! the whole filter's gradient NaN where the exact sum would skip it; training is broken by
 //! then anyway.
 //!
-//! The tile runs on AVX2 + FMA when the CPU has them (checked once at run time) and as plain
-//! Rust otherwise; the two round differently (fused multiply-adds), each is deterministic.
+//! The tile runs on AVX-512F (16 lanes, and 32 registers for 24 accumulators) or AVX2 + FMA
+//! when the CPU has them (checked at run time) and as plain Rust otherwise; the weight gradient
+//! uses AVX2 on both. They round differently (fused multiply-adds, other tile widths), each is
+//! deterministic.
 
 use rayon::prelude::*;
 
@@ -36,25 +38,30 @@ pub(super) struct Sizes {
 
 /// Forward: `y = conv3x3(x, w)` for every image, images in parallel.
 pub(super) fn forward(g: Sizes, x: &[f32], wt: &[f32]) -> Vec<f32> {
-    let plan = Plan::new(g.c, g.k, g.h, g.w);
+    let kernel = Kernel::detect();
+    let plan = Plan::new(g.c, g.k, g.h, g.w, kernel);
     let packed = plan.pack(|o, i, t| wt[(o * g.c + i) * 9 + t]);
     let mut y = vec![0.0f32; g.n * g.k * g.h * g.w];
-    plan.run(x, &packed, &mut y, Kernel::detect());
+    plan.run(x, &packed, &mut y, kernel);
     y
 }
 
 /// Input gradient: `dx = conv3x3(dy, w flipped, channels swapped)`.
 pub(super) fn input_grad(g: Sizes, wt: &[f32], dy: &[f32]) -> Vec<f32> {
-    let plan = Plan::new(g.k, g.c, g.h, g.w);
+    let kernel = Kernel::detect();
+    let plan = Plan::new(g.k, g.c, g.h, g.w, kernel);
     let packed = plan.pack(|o, i, t| wt[(i * g.c + o) * 9 + (8 - t)]);
     let mut dx = vec![0.0f32; g.n * g.c * g.h * g.w];
-    plan.run(dy, &packed, &mut dx, Kernel::detect());
+    plan.run(dy, &packed, &mut dx, kernel);
     dx
 }
 
 /// Which tile implementation runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kernel {
+    /// AVX-512F tiles (16 lanes, 32 registers); the weight gradient stays on AVX2.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx512,
     /// `std::arch` AVX2 + FMA intrinsics.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Avx2,
@@ -67,9 +74,40 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
             return Kernel::Avx2;
         }
         Kernel::Portable
+    }
+
+    /// Every kernel this CPU can run (the tests check each).
+    #[cfg(test)]
+    fn available() -> Vec<Self> {
+        let best = Kernel::detect();
+        [Kernel::Avx512, Kernel::Avx2, Kernel::Portable]
+            .into_iter()
+            .filter(|k| *k >= best)
+            .collect()
+    }
+
+    /// Floats per vector register.
+    fn lanes(self) -> usize {
+        match self {
+            Kernel::Avx512 => 16,
+            Kernel::Avx2 | Kernel::Portable => 8,
+        }
+    }
+
+    /// The tile shapes, `(output channels, vectors of positions)`: with AVX2, twelve
+    /// accumulators of the sixteen registers (a 4 × 3 tile needs all sixteen with its loads,
+    /// spills, and measured slower than 6 × 2 everywhere); with AVX-512, twenty-four of 32.
+    fn shapes(self) -> &'static [(usize, usize)] {
+        match self {
+            Kernel::Avx512 => &[(24, 1), (12, 2), (8, 3)],
+            Kernel::Avx2 | Kernel::Portable => &[(12, 1), (6, 2)],
+        }
     }
 }
 
@@ -90,25 +128,25 @@ struct Plan {
     span: usize,
     /// Output channels per tile.
     co: usize,
-    /// 8-lane vectors of positions per tile.
+    /// Vectors of positions per tile.
     v: usize,
+    /// Floats per vector.
+    lanes: usize,
 }
 
-/// The tile shapes: `co × v` accumulators, twelve of the sixteen vector registers (a 4 × 3
-/// tile needs all sixteen with its loads, spills, and measured slower than 6 × 2 everywhere).
-const SHAPES: [(usize, usize); 2] = [(12, 1), (6, 2)];
-
 impl Plan {
-    fn new(ins: usize, outs: usize, h: usize, w: usize) -> Self {
+    fn new(ins: usize, outs: usize, h: usize, w: usize, kernel: Kernel) -> Self {
         let wp = w + 2;
         let span = (h - 1) * wp + w;
+        let lanes = kernel.lanes();
         // Lanes computed (channels and positions padded up to whole tiles) times loads per
         // multiply-add: 12 × 1 loads 13 per 12, 6 × 2 only 8, and measured 1.4x slower at the
         // same lanes (128 channels at 3×3), so it wins only on maps of one vector.
         let cost = |(co, v): (usize, usize)| {
-            outs.div_ceil(co) * co * span.div_ceil(8 * v) * 8 * v * (co + v) / (co * v)
+            outs.div_ceil(co) * co * span.div_ceil(lanes * v) * lanes * v * (co + v) / (co * v)
         };
-        let (co, v) = SHAPES
+        let (co, v) = kernel
+            .shapes()
             .iter()
             .copied()
             .rev()
@@ -124,6 +162,7 @@ impl Plan {
             span,
             co,
             v,
+            lanes,
         }
     }
 
@@ -132,7 +171,7 @@ impl Plan {
     }
 
     fn tiles(&self) -> usize {
-        self.span.div_ceil(8 * self.v)
+        self.span.div_ceil(self.lanes * self.v)
     }
 
     /// Filters as the tile reads them, `[block][in][tap][co]`, zero past the last output
@@ -156,7 +195,7 @@ impl Plan {
 
     /// Convolves every image of `x` (`[n][ins][h][w]`) into `y` (`[n][outs][h][w]`).
     fn run(&self, x: &[f32], packed: &[f32], y: &mut [f32], kernel: Kernel) {
-        let (hw, width) = (self.h * self.w, 8 * self.v);
+        let (hw, width) = (self.h * self.w, self.lanes * self.v);
         let row = self.tiles() * width;
         // Past the last plane: the last tile's lanes beyond `span` read up to `width` further.
         let grid_len = self.ins * self.plane + width;
@@ -202,16 +241,28 @@ impl Plan {
         }
     }
 
-    /// One tile: `co` output channels × `8·v` positions starting at `grid[0]`, into
+    /// One tile: `co` output channels × `lanes·v` positions starting at `grid[0]`, into
     /// `out[j·stride ..]`.
     fn tile(&self, kernel: Kernel, grid: &[f32], filters: &[f32], out: &mut [f32], stride: usize) {
-        let width = 8 * self.v;
+        let width = self.lanes * self.v;
         // Every read the tile makes: the last input plane's farthest tap of its last lane.
         assert!(grid.len() >= (self.ins - 1) * self.plane + 2 * self.wp + 2 + width);
         assert!(filters.len() >= self.ins * 9 * self.co);
         assert!(out.len() >= (self.co - 1) * stride + width);
         let offs = taps(self.wp);
         match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512F (Kernel::detect), and the asserts above bound every
+            // load and store the tile makes.
+            Kernel::Avx512 => unsafe {
+                let (g, f, o) = (grid.as_ptr(), filters.as_ptr(), out.as_mut_ptr());
+                match (self.co, self.v) {
+                    (24, 1) => avx512::tile::<24, 1>(g, self.plane, &offs, self.ins, f, o, stride),
+                    (12, 2) => avx512::tile::<12, 2>(g, self.plane, &offs, self.ins, f, o, stride),
+                    (8, 3) => avx512::tile::<8, 3>(g, self.plane, &offs, self.ins, f, o, stride),
+                    s => unreachable!("tile shape {s:?}"),
+                }
+            },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX2 and FMA (Kernel::detect), and the asserts above bound
             // every load and store the tile makes.
@@ -224,7 +275,7 @@ impl Plan {
                 }
             },
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2 => unreachable!("AVX2 is only detected on x86-64"),
+            Kernel::Avx512 | Kernel::Avx2 => unreachable!("AVX is only detected on x86-64"),
             Kernel::Portable => portable(
                 grid, self.plane, &offs, self.ins, filters, out, stride, self.co, width,
             ),
@@ -245,8 +296,8 @@ const WG_OUTS: usize = 3;
 /// Chunked over the batch as the im2col path is ([`images_per_chunk`], [`sum_in_order`]): the
 /// result is deterministic for a given thread count.
 pub(super) fn weight_grad(g: Sizes, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let plan = Plan::new(g.c, g.k, g.h, g.w);
     let kernel = Kernel::detect();
+    let plan = Plan::new(g.c, g.k, g.h, g.w, kernel);
     let per = images_per_chunk(g.n);
     let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(per))
         .into_par_iter()
@@ -328,9 +379,9 @@ impl Plan {
         assert!(dw.len() >= outs * self.ins * 9);
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has AVX2 and FMA (Kernel::detect), and the asserts above bound
-            // every load and store the block makes.
-            Kernel::Avx2 => unsafe {
+            // SAFETY: the CPU has AVX2 and FMA (Kernel::detect: AVX-512 only with them), and
+            // the asserts above bound every load and store the block makes.
+            Kernel::Avx512 | Kernel::Avx2 => unsafe {
                 let shape = Rows {
                     dy_img,
                     row,
@@ -348,7 +399,7 @@ impl Plan {
                 }
             },
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2 => unreachable!("AVX2 is only detected on x86-64"),
+            Kernel::Avx512 | Kernel::Avx2 => unreachable!("AVX is only detected on x86-64"),
             Kernel::Portable => {
                 for j in 0..outs {
                     for i in 0..self.ins {
@@ -417,6 +468,48 @@ fn portable(
     }
     for (j, lanes) in acc.chunks(width).enumerate() {
         out[j * stride..][..width].copy_from_slice(lanes);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// The AVX2 tile's loop ([`super::avx2::tile`]) on 16-lane vectors.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `grid` holds `(ins-1)·plane + offs[8] + 16·V` floats, `filters`
+    /// `ins·9·CO`, and `out` `(CO-1)·stride + 16·V`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile<const CO: usize, const V: usize>(
+        grid: *const f32,
+        plane: usize,
+        offs: &[usize; 9],
+        ins: usize,
+        filters: *const f32,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; CO];
+        for i in 0..ins {
+            let src = grid.add(i * plane);
+            let wts = filters.add(i * 9 * CO);
+            for (t, &off) in offs.iter().enumerate() {
+                let xs: [__m512; V] =
+                    std::array::from_fn(|v| _mm512_loadu_ps(src.add(off + 16 * v)));
+                for (j, lanes) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(*wts.add(t * CO + j));
+                    for (a, &xv) in lanes.iter_mut().zip(&xs) {
+                        *a = _mm512_fmadd_ps(wv, xv, *a);
+                    }
+                }
+            }
+        }
+        for (j, lanes) in acc.iter().enumerate() {
+            for (v, a) in lanes.iter().enumerate() {
+                _mm512_storeu_ps(out.add(j * stride + 16 * v), *a);
+            }
+        }
     }
 }
 
@@ -573,8 +666,9 @@ mod tests {
     }
 
     /// Sizes that exercise every tile shape, partial tiles and partial channel blocks.
-    const CASES: [(usize, usize, usize, usize); 7] = [
+    const CASES: [(usize, usize, usize, usize); 8] = [
         (3, 5, 7, 6),
+        (6, 24, 3, 3),
         (5, 12, 2, 3),
         (4, 13, 3, 3),
         (2, 7, 15, 15),
@@ -585,18 +679,24 @@ mod tests {
 
     #[test]
     fn every_tile_shape_is_chosen_somewhere_in_the_cases() {
-        let shapes: std::collections::BTreeSet<_> = CASES
-            .iter()
-            .map(|&(c, k, h, w)| {
-                let p = Plan::new(c, k, h, w);
-                (p.co, p.v)
-            })
-            .collect();
-        assert_eq!(shapes.len(), SHAPES.len(), "{shapes:?}");
+        for kernel in [Kernel::Avx512, Kernel::Avx2] {
+            let shapes: std::collections::BTreeSet<_> = CASES
+                .iter()
+                .map(|&(c, k, h, w)| {
+                    let p = Plan::new(c, k, h, w, kernel);
+                    (p.co, p.v)
+                })
+                .collect();
+            assert_eq!(
+                shapes.len(),
+                kernel.shapes().len(),
+                "{kernel:?}: {shapes:?}"
+            );
+        }
     }
 
     #[test]
-    fn both_kernels_match_the_definition_forward_and_backward() {
+    fn every_kernel_matches_the_definition_forward_and_backward() {
         for &(c, k, h, w) in &CASES {
             // More images than a weight-gradient group, and not a multiple of it.
             let n = GROUP + 2;
@@ -610,17 +710,13 @@ mod tests {
             let g = Sizes { n, c, k, h, w };
             let [want, want_dx, want_dw] = definition(g, &x, &wt, &dy);
             let what = format!("c{c} k{k} {h}x{w}");
-            let mut kernels = vec![Kernel::Portable];
-            if Kernel::detect() == Kernel::Avx2 {
-                kernels.push(Kernel::Avx2);
-            }
-            for kernel in kernels {
-                let plan = Plan::new(c, k, h, w);
+            for kernel in Kernel::available() {
+                let plan = Plan::new(c, k, h, w, kernel);
                 let packed = plan.pack(|o, i, t| wt[(o * c + i) * 9 + t]);
                 let mut y = vec![f32::NAN; want.len()];
                 plan.run(&x, &packed, &mut y, kernel);
                 close(&y, &want, &format!("{what} forward {kernel:?}"));
-                let back = Plan::new(k, c, h, w);
+                let back = Plan::new(k, c, h, w, kernel);
                 let packed = back.pack(|o, i, t| wt[(i * c + o) * 9 + (8 - t)]);
                 let mut dx = vec![f32::NAN; x.len()];
                 back.run(&dy, &packed, &mut dx, kernel);
@@ -639,8 +735,8 @@ mod tests {
                     &format!("{what} dw"),
                 );
             }
-            let plan = Plan::new(c, k, h, w);
-            for kernel in [Kernel::Portable, Kernel::detect()] {
+            for kernel in Kernel::available() {
+                let plan = Plan::new(c, k, h, w, kernel);
                 let dw = plan.weight_grad(&x, &dy, 0..n, kernel);
                 close(&dw, &want_dw, &format!("{what} dw {kernel:?}"));
             }

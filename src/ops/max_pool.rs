@@ -2,35 +2,98 @@
 //! way on the CPU. candle's own backward upsamples the output to compare it with the input, which
 //! assigns the wrong window to rows past the first when a size is odd, and takes six passes.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::host::{contiguous_f32, with_f32};
 use super::wide;
 
-/// `b` if it beats `a` under [`window_argmax`]'s rule (greater, or a NaN over a number).
+/// `b` if it beats `a` under PyTorch's rule: greater, or a NaN over a number; on ties the
+/// first in row-major order keeps the gradient.
 #[inline(always)]
 fn later_wins(a: f32, b: f32) -> bool {
     b > a || (b.is_nan() && !a.is_nan())
 }
 
-/// The index in `plane` (row length `w`) of the maximum of the 2×2 window at output `(oy, ox)`:
-/// the first one in row-major order on ties, a NaN over any number (PyTorch's choice).
+/// The larger of `a` and `b`, a NaN over any number. Only the value: which of two equal values
+/// it returns does not matter, so the forward pass can take the window in any order.
 #[inline(always)]
-fn window_argmax(plane: &[f32], w: usize, oy: usize, ox: usize) -> usize {
-    let at = [
-        2 * oy * w + 2 * ox,
-        2 * oy * w + 2 * ox + 1,
-        (2 * oy + 1) * w + 2 * ox,
-        (2 * oy + 1) * w + 2 * ox + 1,
-    ];
-    let mut best = at[0];
-    for &i in &at[1..] {
-        if later_wins(plane[best], plane[i]) {
-            best = i;
+fn nan_max(a: f32, b: f32) -> f32 {
+    if later_wins(a, b) {
+        b
+    } else {
+        a
+    }
+}
+
+/// Which of a window's values `[top-left, top-right, bottom-left, bottom-right]` is its
+/// maximum under [`later_wins`], by selects rather than branches (real activations make those
+/// branches unpredictable).
+#[inline(always)]
+fn window_argmax(v: [f32; 4]) -> usize {
+    let (mut best, mut at) = (v[0], 0);
+    for (i, &x) in v.iter().enumerate().skip(1) {
+        let wins = later_wins(best, x);
+        best = if wins { x } else { best };
+        at = if wins { i } else { at };
+    }
+    at
+}
+
+/// One plane's forward pass: `out[oy][ox]` the maximum of the window below it.
+#[inline(always)]
+fn pool_plane(xp: &[f32], w: usize, out: &mut [f32], ow: usize) {
+    for (oy, line) in out.chunks_exact_mut(ow).enumerate() {
+        let (r0, r1) = (
+            &xp[2 * oy * w..][..2 * ow],
+            &xp[(2 * oy + 1) * w..][..2 * ow],
+        );
+        for ((o, top), bottom) in line
+            .iter_mut()
+            .zip(r0.chunks_exact(2))
+            .zip(r1.chunks_exact(2))
+        {
+            *o = nan_max(nan_max(top[0], bottom[0]), nan_max(top[1], bottom[1]));
         }
     }
-    best
+}
+
+/// One plane's backward pass: every input position written, the window's gradient at its
+/// arg-max and zero elsewhere (also on a floored odd row or column).
+#[inline(always)]
+fn unpool_plane(
+    xp: &[f32],
+    dp: &[f32],
+    w: usize,
+    oh: usize,
+    ow: usize,
+    gp: &mut [MaybeUninit<f32>],
+) {
+    for oy in 0..oh {
+        let (r0, r1) = (
+            &xp[2 * oy * w..][..2 * ow],
+            &xp[(2 * oy + 1) * w..][..2 * ow],
+        );
+        let (g0, g1) = gp[2 * oy * w..][..2 * w].split_at_mut(w);
+        for ox in 0..ow {
+            let at = window_argmax([r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]]);
+            let d = dp[oy * ow + ox];
+            let pick = |k: usize| if at == k { d } else { 0.0 };
+            g0[2 * ox].write(pick(0));
+            g0[2 * ox + 1].write(pick(1));
+            g1[2 * ox].write(pick(2));
+            g1[2 * ox + 1].write(pick(3));
+        }
+        if w > 2 * ow {
+            g0[w - 1].write(0.0);
+            g1[w - 1].write(0.0);
+        }
+    }
+    for g in &mut gp[2 * oh * w..] {
+        g.write(0.0);
+    }
 }
 
 /// The candle op on `x: [n, c, h, w]`, giving `[n, c, h/2, w/2]`.
@@ -58,22 +121,7 @@ impl CustomOp1 for MaxPool2 {
             .for_each(|(yp, xp)| {
                 wide::run(
                     #[inline(always)]
-                    || {
-                        for (oy, out) in yp.chunks_exact_mut(ow).enumerate() {
-                            let (r0, r1) = (
-                                &xp[2 * oy * w..][..2 * ow],
-                                &xp[(2 * oy + 1) * w..][..2 * ow],
-                            );
-                            for (ox, o) in out.iter_mut().enumerate() {
-                                // The window's values in argmax order; selects, so it vectorises.
-                                let mut best = r0[2 * ox];
-                                for v in [r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]] {
-                                    best = if later_wins(best, v) { v } else { best };
-                                }
-                                *o = best;
-                            }
-                        }
-                    },
+                    || pool_plane(xp, w, yp, ow),
                 )
             });
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
@@ -84,24 +132,98 @@ impl CustomOp1 for MaxPool2 {
         let (oh, ow) = (h / 2, w / 2);
         let dx = with_f32(x, |xs| {
             with_f32(dy, |ds| {
-                let mut dx = vec![0.0f32; xs.len()];
-                dx.par_chunks_mut(h * w)
+                let mut dx: Vec<f32> = Vec::with_capacity(xs.len());
+                dx.spare_capacity_mut()[..xs.len()]
+                    .par_chunks_mut(h * w)
                     .zip(xs.par_chunks(h * w).zip(ds.par_chunks(oh * ow)))
                     .for_each(|(gp, (xp, dp))| {
                         wide::run(
                             #[inline(always)]
-                            || {
-                                for oy in 0..oh {
-                                    for ox in 0..ow {
-                                        gp[window_argmax(xp, w, oy, ox)] = dp[oy * ow + ox];
-                                    }
-                                }
-                            },
+                            || unpool_plane(xp, dp, w, oh, ow, gp),
                         )
                     });
+                // SAFETY: `unpool_plane` wrote every element of every plane.
+                unsafe { dx.set_len(xs.len()) };
                 Ok(dx)
             })
         })?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::*;
+
+    /// PyTorch's rule by its definition: scan the window in row-major order and keep a value
+    /// only if it is greater than the kept one, or a NaN over a number.
+    fn reference(v: [f32; 4]) -> usize {
+        let mut at = 0;
+        for i in 1..4 {
+            let (kept, x) = (v[at], v[i]);
+            if (!kept.is_nan() && x.is_nan()) || x > kept {
+                at = i;
+            }
+        }
+        at
+    }
+
+    #[test]
+    fn ties_go_to_the_first_and_a_nan_beats_any_number() {
+        let values = [0.0f32, 1.0, -1.0, f32::NAN, 1.0];
+        for a in values {
+            for b in values {
+                for c in values {
+                    for d in values {
+                        let v = [a, b, c, d];
+                        assert_eq!(window_argmax(v), reference(v), "{v:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_op_floors_odd_maps_and_routes_tied_and_nan_windows_as_the_rule_says() {
+        let (h, w) = (5, 7);
+        // Few distinct values, so most windows hold ties; some hold NaNs.
+        let xs: Vec<f32> = (0..2 * h * w)
+            .map(|i| match i % 11 {
+                3 => f32::NAN,
+                k => (k % 3) as f32,
+            })
+            .collect();
+        let x = Var::from_vec(xs.clone(), (1, 2, h, w), &Device::Cpu).unwrap();
+        let y = x.as_tensor().apply_op1(MaxPool2).unwrap();
+        let (oh, ow) = (h / 2, w / 2);
+        let probe: Vec<f32> = (0..2 * oh * ow).map(|i| i as f32 + 1.0).collect();
+        let probe_t = Tensor::from_vec(probe.clone(), (1, 2, oh, ow), &Device::Cpu).unwrap();
+        let grads = (&y * &probe_t)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let dx = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+        let (dx, y) = (
+            dx.to_vec1::<f32>().unwrap(),
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let mut want_dx = vec![0.0f32; xs.len()];
+        for p in 0..2 {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let at = |r: usize, c: usize| p * h * w + (2 * oy + r) * w + 2 * ox + c;
+                    let idx = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
+                    let best = idx[reference(idx.map(|i| xs[i]))];
+                    let o = (p * oh + oy) * ow + ox;
+                    assert_eq!(y[o].to_bits(), xs[best].to_bits(), "output {o}");
+                    want_dx[best] = probe[o];
+                }
+            }
+        }
+        assert_eq!(dx, want_dx);
     }
 }
