@@ -1,7 +1,8 @@
 //! The training ops, fast (this crate's) against stock (candle-nn's): convolution and BatchNorm
 //! forward and forward+backward at layer shapes of the `tiny` and `seed` models, and a whole
 //! `tiny` training step (forward, loss, backward, SGD) at batch 128; the direct 3×3
-//! convolution against im2col + GEMM at `fast-cpu`'s layer shapes.
+//! convolution against im2col + GEMM at `fast-cpu`'s layer shapes; BatchNorm + GELU fused
+//! against the two ops, at `fast-cpu`'s widest map.
 //!
 //! `cargo bench --bench ops` (all) or e.g. `cargo bench --bench ops -- step`.
 
@@ -10,7 +11,7 @@ use std::hint::black_box;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cifar_stream::model::{build, sorted_vars, Mode, ModelConfig};
-use cifar_stream::ops::{conv2d, BatchNorm, Kernels, Statistics};
+use cifar_stream::ops::{conv2d, gelu, BatchNorm, Kernels, Statistics};
 use cifar_stream::train::Sgd;
 
 // What the binaries run with (glibc malloc alone costs ~1.4x here through page-fault churn).
@@ -136,6 +137,30 @@ fn bench_batch_norm(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_batch_norm_gelu(c: &mut Criterion) {
+    cifar_stream::alloc::keep_freed_memory();
+    let mut group = c.benchmark_group("batch_norm_gelu");
+    group.sample_size(10);
+    // fast-cpu's first group after its pool, at batch 1000.
+    let shape = [1000, 32, 15, 15];
+    let x = Var::from_tensor(&random(&shape, 1)).unwrap();
+    group.throughput(Throughput::Elements(shape[0] as u64));
+    let vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+    let bn = BatchNorm::new(shape[1], 1e-5, 1.0, vb).unwrap();
+    let batch = Statistics::Batch { sync: None };
+    let ops = Kernels::Fast.into();
+    let fused = || bn.forward_gelu(x.as_tensor(), batch, ops).unwrap();
+    let apart = || gelu(&bn.forward(x.as_tensor(), batch, false, ops).unwrap(), ops).unwrap();
+    group.bench_function("fwd+bwd-fused", |b| {
+        b.iter(|| black_box(fused().sum_all().unwrap().backward().unwrap()))
+    });
+    group.bench_function("fwd+bwd-two-ops", |b| {
+        b.iter(|| black_box(apart().sum_all().unwrap().backward().unwrap()))
+    });
+    group.finish();
+}
+
 fn bench_step(c: &mut Criterion) {
     cifar_stream::alloc::keep_freed_memory();
     let mut group = c.benchmark_group("tiny_step");
@@ -176,6 +201,7 @@ criterion_group!(
     bench_step,
     bench_conv,
     bench_direct_conv,
-    bench_batch_norm
+    bench_batch_norm,
+    bench_batch_norm_gelu
 );
 criterion_main!(benches);

@@ -2,9 +2,10 @@
 //! ([`conv2d`], [`block_tail`], [`squeeze`] and the [`Conv2d`] and [`BatchNorm`] layers).
 //!
 //! [`Kernels::Fast`] runs 3×3 stride-1 convolutions as direct register-tiled kernels (no patch
-//! matrix) and any other as im2col + GEMM per image, BatchNorm (+ ReLU) as one fused
+//! matrix) and any other as im2col + GEMM per image, BatchNorm (+ ReLU or GELU) as one fused
 //! pass and a bottleneck's tail (SE scale + residual add + ReLU) as another, each with a
-//! hand-written backward pass, on f32 CPU tensors. On CUDA (f32 or bf16 activations) BatchNorm,
+//! hand-written backward pass, on f32 CPU tensors (elementwise loops on AVX2 where the CPU has
+//! it, `wide`). On CUDA (f32 or bf16 activations) BatchNorm,
 //! the tail and the SE squeeze are this crate's own kernels ([`cuda`]), and convolution goes
 //! through cuDNN for its forward pass and both gradients with cached plans (`cudnn` feature), or
 //! candle's forward with the backward of [`lowered`] (a forward convolution and one GEMM instead
