@@ -189,22 +189,21 @@ impl CustomOp3 for TrainOp {
                             .collect();
                         // Σg and Σg·(x − μ) per channel; Σg·x̂ = invstd·Σg·(x − μ).
                         let mean = &stats.mean;
-                        // With GELU, the gradient at its input, which becomes dx in place.
-                        let mut grads = None;
-                        let sums = match self.activation {
-                            Activation::Relu => {
-                                channel_sums::<true>(dys, ys, xs, Some(mean), (n, c, s))
-                            }
-                            Activation::Identity => {
-                                channel_sums::<false>(dys, ys, xs, Some(mean), (n, c, s))
-                            }
+                        // With GELU, also the gradient at its input, which becomes dx in place.
+                        let (sums, gelu_input_grads) = match self.activation {
+                            Activation::Relu => (
+                                channel_sums::<true>(dys, ys, xs, Some(mean), (n, c, s)),
+                                None,
+                            ),
+                            Activation::Identity => (
+                                channel_sums::<false>(dys, ys, xs, Some(mean), (n, c, s)),
+                                None,
+                            ),
                             Activation::Gelu => {
                                 let affine = self.affine.lock().expect("batch-norm affine lock");
-                                let (scale, shift) = (&affine.0[..], &affine.1[..]);
                                 let (g, sums) =
-                                    gelu_grads(dys, xs, (scale, shift), mean, (n, c, s));
-                                grads = Some(g);
-                                sums
+                                    gelu_grads(dys, xs, (&affine.0, &affine.1), mean, (n, c, s));
+                                (sums, Some(g))
                             }
                         };
                         // γ and β get this rank's own sums (the ranks' gradients are averaged
@@ -230,13 +229,15 @@ impl CustomOp3 for TrainOp {
                             d[ch] = (-k * sg / count) as f32;
                         }
                         let coef = DxCoefficients { a, b, d, mean };
-                        let dx = match (self.activation, grads) {
-                            (Activation::Relu, _) => coef.dx::<true>(dys, ys, xs, c, s),
-                            (_, Some(mut g)) => {
+                        let dx = match gelu_input_grads {
+                            Some(mut g) => {
                                 coef.dx_from_grads(&mut g, xs, c, s);
                                 g
                             }
-                            _ => coef.dx::<false>(dys, ys, xs, c, s),
+                            None if self.activation == Activation::Relu => {
+                                coef.dx::<true>(dys, ys, xs, c, s)
+                            }
+                            None => coef.dx::<false>(dys, ys, xs, c, s),
                         };
                         Ok((dx, dgamma, dbeta))
                     })
@@ -328,8 +329,8 @@ impl CustomOp3 for AffineOp {
                                 let zeros = vec![0.0f32; c];
                                 let (mut g, sums) =
                                     gelu_grads(dys, xs, (sc, sh), &zeros, (n, c, s));
-                                for (i, v) in g.iter_mut().enumerate() {
-                                    *v *= sc[(i / s.max(1)) % c];
+                                for (i, plane) in g.chunks_mut(s.max(1)).enumerate() {
+                                    plane.iter_mut().for_each(|v| *v *= sc[i % c]);
                                 }
                                 Ok((sums, g))
                             })?,

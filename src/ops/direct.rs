@@ -38,21 +38,19 @@ pub(super) struct Sizes {
 
 /// Forward: `y = conv3x3(x, w)` for every image, images in parallel.
 pub(super) fn forward(g: Sizes, x: &[f32], wt: &[f32]) -> Vec<f32> {
-    let kernel = Kernel::detect();
-    let plan = Plan::new(g.c, g.k, g.h, g.w, kernel);
+    let plan = Plan::new(g.c, g.k, g.h, g.w, Kernel::detect());
     let packed = plan.pack(|o, i, t| wt[(o * g.c + i) * 9 + t]);
     let mut y = vec![0.0f32; g.n * g.k * g.h * g.w];
-    plan.run(x, &packed, &mut y, kernel);
+    plan.run(x, &packed, &mut y);
     y
 }
 
 /// Input gradient: `dx = conv3x3(dy, w flipped, channels swapped)`.
 pub(super) fn input_grad(g: Sizes, wt: &[f32], dy: &[f32]) -> Vec<f32> {
-    let kernel = Kernel::detect();
-    let plan = Plan::new(g.k, g.c, g.h, g.w, kernel);
+    let plan = Plan::new(g.k, g.c, g.h, g.w, Kernel::detect());
     let packed = plan.pack(|o, i, t| wt[(i * g.c + o) * 9 + (8 - t)]);
     let mut dx = vec![0.0f32; g.n * g.c * g.h * g.w];
-    plan.run(dy, &packed, &mut dx, kernel);
+    plan.run(dy, &packed, &mut dx);
     dx
 }
 
@@ -130,8 +128,8 @@ struct Plan {
     co: usize,
     /// Vectors of positions per tile.
     v: usize,
-    /// Floats per vector.
-    lanes: usize,
+    /// The implementation the tile shape was chosen for, which runs it.
+    kernel: Kernel,
 }
 
 impl Plan {
@@ -162,7 +160,7 @@ impl Plan {
             span,
             co,
             v,
-            lanes,
+            kernel,
         }
     }
 
@@ -171,7 +169,12 @@ impl Plan {
     }
 
     fn tiles(&self) -> usize {
-        self.span.div_ceil(self.lanes * self.v)
+        self.span.div_ceil(self.width())
+    }
+
+    /// Positions per tile.
+    fn width(&self) -> usize {
+        self.kernel.lanes() * self.v
     }
 
     /// Filters as the tile reads them, `[block][in][tap][co]`, zero past the last output
@@ -194,8 +197,8 @@ impl Plan {
     }
 
     /// Convolves every image of `x` (`[n][ins][h][w]`) into `y` (`[n][outs][h][w]`).
-    fn run(&self, x: &[f32], packed: &[f32], y: &mut [f32], kernel: Kernel) {
-        let (hw, width) = (self.h * self.w, self.lanes * self.v);
+    fn run(&self, x: &[f32], packed: &[f32], y: &mut [f32]) {
+        let (hw, width) = (self.h * self.w, self.width());
         let row = self.tiles() * width;
         // Past the last plane: the last tile's lanes beyond `span` read up to `width` further.
         let grid_len = self.ins * self.plane + width;
@@ -206,13 +209,7 @@ impl Plan {
                 for b in 0..self.blocks() {
                     let filters = &packed[b * self.ins * 9 * self.co..][..self.ins * 9 * self.co];
                     for t in 0..self.tiles() {
-                        self.tile(
-                            kernel,
-                            &grid[t * width..],
-                            filters,
-                            &mut out[t * width..],
-                            row,
-                        );
+                        self.tile(&grid[t * width..], filters, &mut out[t * width..], row);
                     }
                     for j in 0..self.co.min(self.outs - b * self.co) {
                         let dst = &mut img_out[(b * self.co + j) * hw..][..hw];
@@ -243,14 +240,14 @@ impl Plan {
 
     /// One tile: `co` output channels × `lanes·v` positions starting at `grid[0]`, into
     /// `out[j·stride ..]`.
-    fn tile(&self, kernel: Kernel, grid: &[f32], filters: &[f32], out: &mut [f32], stride: usize) {
-        let width = self.lanes * self.v;
+    fn tile(&self, grid: &[f32], filters: &[f32], out: &mut [f32], stride: usize) {
+        let width = self.width();
         // Every read the tile makes: the last input plane's farthest tap of its last lane.
         assert!(grid.len() >= (self.ins - 1) * self.plane + 2 * self.wp + 2 + width);
         assert!(filters.len() >= self.ins * 9 * self.co);
         assert!(out.len() >= (self.co - 1) * stride + width);
         let offs = taps(self.wp);
-        match kernel {
+        match self.kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX-512F (Kernel::detect), and the asserts above bound every
             // load and store the tile makes.
@@ -296,12 +293,11 @@ const WG_OUTS: usize = 3;
 /// Chunked over the batch as the im2col path is ([`images_per_chunk`], [`sum_in_order`]): the
 /// result is deterministic for a given thread count.
 pub(super) fn weight_grad(g: Sizes, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let kernel = Kernel::detect();
-    let plan = Plan::new(g.c, g.k, g.h, g.w, kernel);
+    let plan = Plan::new(g.c, g.k, g.h, g.w, Kernel::detect());
     let per = images_per_chunk(g.n);
     let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(per))
         .into_par_iter()
-        .map(|j| plan.weight_grad(x, dy, j * per..((j + 1) * per).min(g.n), kernel))
+        .map(|j| plan.weight_grad(x, dy, j * per..((j + 1) * per).min(g.n)))
         .collect();
     sum_in_order(&partials, g.k * g.c * 9)
 }
@@ -313,13 +309,7 @@ impl Plan {
     }
 
     /// One chunk's weight gradient, `[outs][ins][9]`.
-    fn weight_grad(
-        &self,
-        x: &[f32],
-        dy: &[f32],
-        images: std::ops::Range<usize>,
-        kernel: Kernel,
-    ) -> Vec<f32> {
+    fn weight_grad(&self, x: &[f32], dy: &[f32], images: std::ops::Range<usize>) -> Vec<f32> {
         let (hw, row) = (self.h * self.w, self.grad_row());
         let (x_img, dy_img) = (self.ins * self.plane, self.outs * row);
         let mut dw = vec![0.0f32; self.outs * self.ins * 9];
@@ -347,7 +337,7 @@ impl Plan {
             for ob in (0..self.outs).step_by(WG_OUTS) {
                 let outs = WG_OUTS.min(self.outs - ob);
                 let block = &mut dw[ob * self.ins * 9..][..outs * self.ins * 9];
-                self.weight_block(kernel, &grads[ob * row..], &grids, m, outs, block);
+                self.weight_block(&grads[ob * row..], &grids, m, outs, block);
             }
             first += m;
         }
@@ -356,15 +346,7 @@ impl Plan {
 
     /// Adds `Σ_n Σ_q grads[n][j][q] · grids[n][i][q + ky·wp + kx]` to `dw[j][i][ky·3 + kx]` for
     /// `outs` channels `j` (`grads` starts at the block's first), over `m` images.
-    fn weight_block(
-        &self,
-        kernel: Kernel,
-        grads: &[f32],
-        grids: &[f32],
-        m: usize,
-        outs: usize,
-        dw: &mut [f32],
-    ) {
+    fn weight_block(&self, grads: &[f32], grids: &[f32], m: usize, outs: usize, dw: &mut [f32]) {
         let (row, x_img, dy_img) = (
             self.grad_row(),
             self.ins * self.plane,
@@ -377,7 +359,7 @@ impl Plan {
             grids.len() >= (m - 1) * x_img + (self.ins - 1) * self.plane + 2 * self.wp + row + 2
         );
         assert!(dw.len() >= outs * self.ins * 9);
-        match kernel {
+        match self.kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX2 and FMA (Kernel::detect: AVX-512 only with them), and
             // the asserts above bound every load and store the block makes.
@@ -714,12 +696,12 @@ mod tests {
                 let plan = Plan::new(c, k, h, w, kernel);
                 let packed = plan.pack(|o, i, t| wt[(o * c + i) * 9 + t]);
                 let mut y = vec![f32::NAN; want.len()];
-                plan.run(&x, &packed, &mut y, kernel);
+                plan.run(&x, &packed, &mut y);
                 close(&y, &want, &format!("{what} forward {kernel:?}"));
                 let back = Plan::new(k, c, h, w, kernel);
                 let packed = back.pack(|o, i, t| wt[(i * c + o) * 9 + (8 - t)]);
                 let mut dx = vec![f32::NAN; x.len()];
-                back.run(&dy, &packed, &mut dx, kernel);
+                back.run(&dy, &packed, &mut dx);
                 close(&dx, &want_dx, &format!("{what} dx {kernel:?}"));
             }
             close(&forward(g, &x, &wt), &want, &what);
@@ -737,7 +719,7 @@ mod tests {
             }
             for kernel in Kernel::available() {
                 let plan = Plan::new(c, k, h, w, kernel);
-                let dw = plan.weight_grad(&x, &dy, 0..n, kernel);
+                let dw = plan.weight_grad(&x, &dy, 0..n);
                 close(&dw, &want_dw, &format!("{what} dw {kernel:?}"));
             }
         }
