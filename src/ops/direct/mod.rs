@@ -18,11 +18,14 @@
 //! then anyway.
 //!
 //! The tile runs on AVX-512F (16 lanes, and 32 registers for 24 accumulators) or AVX2 + FMA
-//! when the CPU has them (checked at run time) and as plain Rust otherwise; the weight gradient
-//! uses AVX2 on both. They round differently (fused multiply-adds, other tile widths), each is
-//! deterministic.
+//! when the CPU has them (checked at run time) and as plain Rust otherwise. On AVX-512 the
+//! weight gradient, and the forward pass on maps of at most 8 columns, put output channels in
+//! the lanes instead ([`lanes`]): no lane is spent on a border column. The kernels round
+//! differently (fused multiply-adds, other tile widths and orders); each is deterministic.
 
 use rayon::prelude::*;
+
+mod lanes;
 
 use super::host::{images_per_chunk, sum_in_order};
 
@@ -57,7 +60,7 @@ pub(super) fn input_grad(g: Sizes, wt: &[f32], dy: &[f32]) -> Vec<f32> {
 /// Which tile implementation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kernel {
-    /// AVX-512F tiles (16 lanes, 32 registers); the weight gradient stays on AVX2.
+    /// AVX-512F tiles (16 lanes, 32 registers), with channel-lane kernels where they pay.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Avx512,
     /// `std::arch` AVX2 + FMA intrinsics.
@@ -180,6 +183,9 @@ impl Plan {
     /// Filters as the tile reads them, `[block][in][tap][co]`, zero past the last output
     /// channel; `weight(o, i, t)` is output channel `o`'s tap `t` (`ky·3 + kx`) on input `i`.
     fn pack(&self, weight: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+        if self.lane_rows() {
+            return self.pack_lanes(weight);
+        }
         let mut packed = vec![0.0f32; self.blocks() * self.ins * 9 * self.co];
         for (b, block) in packed.chunks_mut(self.ins * 9 * self.co).enumerate() {
             for i in 0..self.ins {
@@ -198,6 +204,9 @@ impl Plan {
 
     /// Convolves every image of `x` (`[n][ins][h][w]`) into `y` (`[n][outs][h][w]`).
     fn run(&self, x: &[f32], packed: &[f32], y: &mut [f32]) {
+        if self.lane_rows() {
+            return self.run_lanes(x, packed, y);
+        }
         let (hw, width) = (self.h * self.w, self.width());
         let row = self.tiles() * width;
         // Past the last plane: the last tile's lanes beyond `span` read up to `width` further.
@@ -310,6 +319,9 @@ impl Plan {
 
     /// One chunk's weight gradient, `[outs][ins][9]`.
     fn weight_grad(&self, x: &[f32], dy: &[f32], images: std::ops::Range<usize>) -> Vec<f32> {
+        if self.kernel == Kernel::Avx512 {
+            return self.weight_grad_lanes(x, dy, images);
+        }
         let (hw, row) = (self.h * self.w, self.grad_row());
         let (x_img, dy_img) = (self.ins * self.plane, self.outs * row);
         let mut dw = vec![0.0f32; self.outs * self.ins * 9];
@@ -647,9 +659,17 @@ mod tests {
         }
     }
 
-    /// Sizes that exercise every tile shape, partial tiles and partial channel blocks.
-    const CASES: [(usize, usize, usize, usize); 8] = [
+    /// Sizes that exercise every tile shape, partial tiles and partial channel blocks (on AVX-512,
+    /// the position tiles only on maps the channel-lane rows leave to them).
+    pub(super) const CASES: [(usize, usize, usize, usize); 15] = [
+        (3, 40, 1, 16),
+        (2, 26, 1, 17),
         (3, 5, 7, 6),
+        (3, 24, 1, 9),
+        (5, 12, 2, 11),
+        (3, 128, 3, 3),
+        (2, 112, 2, 3),
+        (2, 80, 3, 4),
         (6, 24, 3, 3),
         (5, 12, 2, 3),
         (4, 13, 3, 3),
@@ -664,10 +684,9 @@ mod tests {
         for kernel in [Kernel::Avx512, Kernel::Avx2] {
             let shapes: std::collections::BTreeSet<_> = CASES
                 .iter()
-                .map(|&(c, k, h, w)| {
-                    let p = Plan::new(c, k, h, w, kernel);
-                    (p.co, p.v)
-                })
+                .map(|&(c, k, h, w)| Plan::new(c, k, h, w, kernel))
+                .filter(|p| !p.lane_rows())
+                .map(|p| (p.co, p.v))
                 .collect();
             assert_eq!(
                 shapes.len(),

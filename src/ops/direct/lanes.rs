@@ -1,0 +1,482 @@
+//! The weight gradient with output channels in the vector's lanes (AVX-512F).
+//!
+//! The position-vector sums of [`Plan::weight_block`] spend lanes on the grid's border columns
+//! and on rounding each row up to whole vectors (nearly half of them on a 3×3 map), and sum
+//! every accumulator across its lanes once per group of images. Here each image's output
+//! gradient is transposed to `[position][channel]` (channels padded to 16), and a tile of the
+//! taps of one, or all three, kernel rows × `V` vectors of 16 output channels walks every real
+//! output position of a strip of rows: per position `V` loads of the gradient and one broadcast
+//! of the input (from the bordered grid) per tap, `taps · V` fused multiply-adds, nothing
+//! summed across lanes and no border lanes. A strip is sized so that its gradient stays in L1
+//! while the tile runs through every input channel.
+//!
+//! On maps of at most [`MAX_LANE_MAP`] columns the forward pass (and so the input gradient) runs
+//! the same way: a tile of up to [`MAX_ROW`] positions of one output row × `V` vectors of output
+//! channels sums all `9·ins` products, a broadcast of the input per position and a load of the filters per vector,
+//! into an image's `[position][channel]` buffer that is transposed back to NCHW once. Position
+//! vectors there would compute the border columns and round each image up to whole vectors:
+//! 16 lanes for the 9 outputs of a 3×3 map, 2 of every 17 at 15×15.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::{taps, Kernel, Plan};
+
+/// Output channels per vector.
+pub(super) const LANES: usize = 16;
+
+/// Bytes of one pass's transposed gradients and input grids: about half of a 1 MiB L2 (the
+/// tests' small sizes take several passes and strips only with far smaller budgets).
+const PASS_BYTES: usize = if cfg!(test) { 16 * 1024 } else { 512 * 1024 };
+
+/// Bytes of a strip's transposed gradient: most of a 48 KiB L1 (32 KiB on older cores).
+const STRIP_BYTES: usize = if cfg!(test) { 2 * 1024 } else { 24 * 1024 };
+
+/// The tile's shape: kernel rows per tile (1 or 3) and the most vectors of channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Shape {
+    pub rows: usize,
+    pub vectors: usize,
+}
+
+/// The shape with the fewest loads per position over all channel blocks, for `nv` vectors of
+/// output channels: a tile of `3·rows` taps × `v` vectors loads `v + 3·rows` values per position
+/// for its `3·rows·v` multiply-adds. Three rows × three vectors (27 accumulators) or one row ×
+/// eight (24) fill AVX-512's 32 registers with the values each position loads.
+pub(super) fn shape(nv: usize) -> Shape {
+    let loads = |s: Shape| (3 / s.rows) * nv + 9 * nv.div_ceil(s.vectors);
+    [
+        Shape {
+            rows: 3,
+            vectors: 3,
+        },
+        Shape {
+            rows: 1,
+            vectors: 8,
+        },
+    ]
+    .into_iter()
+    .min_by_key(|&s| loads(s))
+    .expect("shapes")
+}
+
+/// The channel blocks a gradient of `nv` vectors is cut into: `(first vector, vectors)`.
+pub(super) fn blocks(nv: usize, shape: Shape) -> impl Iterator<Item = (usize, usize)> {
+    (0..nv)
+        .step_by(shape.vectors)
+        .map(move |ob| (ob, shape.vectors.min(nv - ob)))
+}
+
+/// Where one tile's operands lie, in floats.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Walk {
+    h: usize,
+    w: usize,
+    wp: usize,
+    /// Padded output channels: the transposed gradient's row per position.
+    op: usize,
+    /// One image's input grids (`ins · plane`).
+    x_img: usize,
+    /// Rows of the pass (image-major) the tile walks: `first..end`.
+    first: usize,
+    end: usize,
+}
+
+impl Plan {
+    /// One chunk's weight gradient, `[outs][ins][9]`, with channels in the lanes.
+    pub(super) fn weight_grad_lanes(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        images: Range<usize>,
+    ) -> Vec<f32> {
+        let hw = self.h * self.w;
+        let nv = self.outs.div_ceil(LANES);
+        let op = nv * LANES;
+        let (x_img, d_img) = (self.ins * self.plane, hw * op);
+        let per_pass = (PASS_BYTES / (4 * (x_img + d_img))).clamp(1, images.len().max(1));
+        let shape = shape(nv);
+        let strip = (STRIP_BYTES / (4 * self.w * LANES * shape.vectors)).max(1);
+        let offs = taps(self.wp);
+        // `[ins][9][op]`: each tile adds its accumulators into its own taps and channels.
+        let mut acc = vec![0.0f32; self.ins * 9 * op];
+        // The broadcasts read real taps only: the grid's last plane needs no slack.
+        let mut grids = vec![0.0f32; per_pass * x_img];
+        // Channels past `outs` stay zero: their lanes add nothing.
+        let mut grads = vec![0.0f32; per_pass * d_img];
+        let mut first = images.start;
+        while first < images.end {
+            let m = per_pass.min(images.end - first);
+            for n in 0..m {
+                let img = first + n;
+                self.border(
+                    &x[img * self.ins * hw..][..self.ins * hw],
+                    &mut grids[n * x_img..],
+                );
+                transpose(
+                    &dy[img * self.outs * hw..][..self.outs * hw],
+                    hw,
+                    op,
+                    &mut grads[n * d_img..][..d_img],
+                );
+            }
+            for (ob, v) in blocks(nv, shape) {
+                for r0 in (0..m * self.h).step_by(strip) {
+                    let walk = Walk {
+                        h: self.h,
+                        w: self.w,
+                        wp: self.wp,
+                        op,
+                        x_img,
+                        first: r0,
+                        end: (r0 + strip).min(m * self.h),
+                    };
+                    for i in 0..self.ins {
+                        for ky in (0..3).step_by(shape.rows) {
+                            let at = (i * 9 + ky * 3) * op + ob * LANES;
+                            let grid = &grids[i * self.plane + offs[ky * 3]..];
+                            tile(
+                                shape.rows,
+                                v,
+                                &grads[ob * LANES..],
+                                grid,
+                                walk,
+                                &mut acc[at..],
+                            );
+                        }
+                    }
+                }
+            }
+            first += m;
+        }
+        let mut dw = vec![0.0f32; self.outs * self.ins * 9];
+        for (o, filters) in dw.chunks_mut(self.ins * 9).enumerate() {
+            for (it, d) in filters.iter_mut().enumerate() {
+                *d = acc[it * op + o];
+            }
+        }
+        dw
+    }
+}
+
+/// The most positions of a row in one forward tile.
+const MAX_ROW: usize = 8;
+
+/// The widest map whose forward pass runs on channel-lane tiles. Measured on a Zen 5 (batch
+/// 200, best of 20, three rounds): at 15 columns they beat the position tiles (32>32 and the
+/// 128>32 input gradient ~10% faster, 32>128 a wash), at 31 they lose (24>32 forward 9.2 ms
+/// against 8.2, its 32>24 input gradient 11 against 8).
+const MAX_LANE_MAP: usize = 15;
+
+/// The most vectors of channels a tile of `p` positions holds: `p·v` accumulators, and the
+/// values one tap loads (the `p` broadcasts or the `v` filter vectors, whichever are fewer) and
+/// one more, within AVX-512's 32 registers.
+fn row_vectors(p: usize) -> usize {
+    match p {
+        1..=3 => 8,
+        4 => 6,
+        5 | 6 => 4,
+        7 | 8 => 3,
+        _ => unreachable!("rows of at most {MAX_ROW} positions"),
+    }
+}
+
+impl Plan {
+    /// Whether [`Plan::run`] takes channel-lane tiles: on AVX-512, maps of at most
+    /// [`MAX_LANE_MAP`] columns.
+    pub(super) fn lane_rows(&self) -> bool {
+        self.kernel == Kernel::Avx512 && self.w <= MAX_LANE_MAP
+    }
+
+    /// A row's tiles: `(first column, positions)`, as few as hold at most [`MAX_ROW`] each, the
+    /// longer first.
+    fn row_pieces(&self) -> impl Iterator<Item = (usize, usize)> {
+        let pieces = self.w.div_ceil(MAX_ROW);
+        let (base, extra) = (self.w / pieces, self.w % pieces);
+        (0..pieces).map(move |i| (i * base + i.min(extra), base + usize::from(i < extra)))
+    }
+
+    /// Filters for [`Plan::run_lanes`]: `[ins][9][op]`, zero past the last output channel.
+    pub(super) fn pack_lanes(&self, weight: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+        let op = self.outs.div_ceil(LANES) * LANES;
+        let mut packed = vec![0.0f32; self.ins * 9 * op];
+        for (it, row) in packed.chunks_mut(op).enumerate() {
+            for (o, p) in row.iter_mut().enumerate().take(self.outs) {
+                *p = weight(o, it / 9, it % 9);
+            }
+        }
+        packed
+    }
+
+    /// [`Plan::run`] on channel-lane tiles: every image of `x` into `y`, images in parallel.
+    pub(super) fn run_lanes(&self, x: &[f32], packed: &[f32], y: &mut [f32]) {
+        let hw = self.h * self.w;
+        let nv = self.outs.div_ceil(LANES);
+        let op = nv * LANES;
+        let shape = Shape {
+            rows: 1,
+            vectors: row_vectors(self.w.div_ceil(self.w.div_ceil(MAX_ROW))),
+        };
+        let offs = taps(self.wp);
+        y.par_chunks_mut(self.outs * hw).enumerate().for_each_init(
+            || (vec![0.0f32; self.ins * self.plane], vec![0.0f32; hw * op]),
+            |(grid, out), (n, img_out)| {
+                self.border(&x[n * self.ins * hw..(n + 1) * self.ins * hw], grid);
+                for (ob, v) in blocks(nv, shape) {
+                    for yy in 0..self.h {
+                        for (x0, positions) in self.row_pieces() {
+                            let tile = RowTile {
+                                positions,
+                                vectors: v,
+                                ins: self.ins,
+                                plane: self.plane,
+                                op,
+                            };
+                            tile.run(
+                                &grid[yy * self.wp + x0..],
+                                &offs,
+                                &packed[ob * LANES..],
+                                &mut out[(yy * self.w + x0) * op + ob * LANES..],
+                            );
+                        }
+                    }
+                }
+                // Back to `[outs][hw]`.
+                for (o, plane) in img_out.chunks_mut(hw).enumerate() {
+                    for (q, v) in plane.iter_mut().enumerate() {
+                        *v = out[q * op + o];
+                    }
+                }
+            },
+        );
+    }
+}
+
+/// One forward tile: `positions` consecutive outputs of a row × `vectors` of channels.
+#[derive(Clone, Copy, Debug)]
+struct RowTile {
+    positions: usize,
+    vectors: usize,
+    ins: usize,
+    plane: usize,
+    /// Padded output channels: the filters' and the output's row.
+    op: usize,
+}
+
+impl RowTile {
+    /// Sums the tile into `out[p·op + 16·v ..]`, reading `grid` from the row's first position
+    /// and `filters` from the block's first channel.
+    fn run(&self, grid: &[f32], offs: &[usize; 9], filters: &[f32], out: &mut [f32]) {
+        let (p, v) = (self.positions, self.vectors);
+        assert!((1..=MAX_ROW).contains(&p) && (1..=row_vectors(p)).contains(&v));
+        assert!(grid.len() >= (self.ins - 1) * self.plane + offs[8] + p);
+        assert!(filters.len() >= (self.ins * 9 - 1) * self.op + v * LANES);
+        assert!(out.len() >= (p - 1) * self.op + v * LANES);
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(std::arch::is_x86_feature_detected!("avx512f"));
+            let (g, f, o) = (grid.as_ptr(), filters.as_ptr(), out.as_mut_ptr());
+            macro_rules! dispatch {
+                ($($p:literal => [$($v:literal),*]),*) => {
+                    match (p, v) {
+                        // SAFETY: the CPU has AVX-512F (checked above), and the asserts bound
+                        // every load and store the tile makes.
+                        $($(($p, $v) => unsafe { avx512::row::<$p, $v>(g, offs, *self, f, o) },)*)*
+                        other => unreachable!("row tile {other:?}"),
+                    }
+                };
+            }
+            dispatch!(
+                1 => [1, 2, 3, 4, 5, 6, 7, 8],
+                2 => [1, 2, 3, 4, 5, 6, 7, 8],
+                3 => [1, 2, 3, 4, 5, 6, 7, 8],
+                4 => [1, 2, 3, 4, 5, 6],
+                5 => [1, 2, 3, 4],
+                6 => [1, 2, 3, 4],
+                7 => [1, 2, 3],
+                8 => [1, 2, 3]
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("channel-lane tiles run on AVX-512 only");
+    }
+}
+
+/// `dst[q][o] = src[o][q]` for one image: `src` is `[outs][hw]`, `dst` `[hw][op]`.
+fn transpose(src: &[f32], hw: usize, op: usize, dst: &mut [f32]) {
+    // Sixteen channels at a time: sixteen sequential reads, one contiguous write per position.
+    for (ob, block) in src.chunks(LANES * hw).enumerate() {
+        for q in 0..hw {
+            let row = &mut dst[q * op + ob * LANES..];
+            for (j, plane) in block.chunks(hw).enumerate() {
+                row[j] = plane[q];
+            }
+        }
+    }
+}
+
+/// Adds one tile's sums into `acc` (`[taps][op]` from the tile's first tap and channel):
+/// `rows` kernel rows from the one `grid` starts at, `v` vectors of channels from `grads`.
+fn tile(rows: usize, v: usize, grads: &[f32], grid: &[f32], s: Walk, acc: &mut [f32]) {
+    let last = s.end - 1;
+    let (n, y) = (last / s.h, last % s.h);
+    // The farthest reads: the last row's last position, its last tap and last vector.
+    assert!(grads.len() >= ((n * s.h + y) * s.w + s.w - 1) * s.op + v * LANES);
+    assert!(grid.len() > n * s.x_img + (y + rows - 1) * s.wp + s.w + 1);
+    assert!(acc.len() >= (3 * rows - 1) * s.op + v * LANES);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(std::arch::is_x86_feature_detected!("avx512f"));
+        let (d, g, a) = (grads.as_ptr(), grid.as_ptr(), acc.as_mut_ptr());
+        // SAFETY: the CPU has AVX-512F (checked above), and the asserts bound every load and
+        // store the tile makes.
+        unsafe {
+            match (rows, v) {
+                (3, 1) => avx512::tile::<3, 1>(d, g, s, a),
+                (3, 2) => avx512::tile::<3, 2>(d, g, s, a),
+                (3, 3) => avx512::tile::<3, 3>(d, g, s, a),
+                (1, 1) => avx512::tile::<1, 1>(d, g, s, a),
+                (1, 2) => avx512::tile::<1, 2>(d, g, s, a),
+                (1, 3) => avx512::tile::<1, 3>(d, g, s, a),
+                (1, 4) => avx512::tile::<1, 4>(d, g, s, a),
+                (1, 5) => avx512::tile::<1, 5>(d, g, s, a),
+                (1, 6) => avx512::tile::<1, 6>(d, g, s, a),
+                (1, 7) => avx512::tile::<1, 7>(d, g, s, a),
+                (1, 8) => avx512::tile::<1, 8>(d, g, s, a),
+                other => unreachable!("tile shape {other:?}"),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("channel-lane tiles run on AVX-512 only");
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{RowTile, Walk, LANES};
+
+    /// `P` positions × `V` vectors of output channels over all `9·ins` products, then one
+    /// store each.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, and the operands hold what [`RowTile::run`] asserts.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn row<const P: usize, const V: usize>(
+        grid: *const f32,
+        offs: &[usize; 9],
+        s: RowTile,
+        filters: *const f32,
+        out: *mut f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; P];
+        for i in 0..s.ins {
+            let src = grid.add(i * s.plane);
+            let wts = filters.add(i * 9 * s.op);
+            for (t, &off) in offs.iter().enumerate() {
+                let f = wts.add(t * s.op);
+                if P < V {
+                    // Hold the broadcasts: each filter vector loaded as it is used.
+                    let b: [__m512; P] = std::array::from_fn(|p| _mm512_set1_ps(*src.add(off + p)));
+                    for v in 0..V {
+                        let wv = _mm512_loadu_ps(f.add(LANES * v));
+                        for (lanes, &b) in acc.iter_mut().zip(&b) {
+                            lanes[v] = _mm512_fmadd_ps(b, wv, lanes[v]);
+                        }
+                    }
+                } else {
+                    // Hold the filter vectors: each broadcast made as it is used.
+                    let wv: [__m512; V] =
+                        std::array::from_fn(|v| _mm512_loadu_ps(f.add(LANES * v)));
+                    for (p, lanes) in acc.iter_mut().enumerate() {
+                        let b = _mm512_set1_ps(*src.add(off + p));
+                        for (a, &wv) in lanes.iter_mut().zip(&wv) {
+                            *a = _mm512_fmadd_ps(b, wv, *a);
+                        }
+                    }
+                }
+            }
+        }
+        for (p, lanes) in acc.iter().enumerate() {
+            for (v, a) in lanes.iter().enumerate() {
+                _mm512_storeu_ps(out.add(p * s.op + LANES * v), *a);
+            }
+        }
+    }
+
+    /// `3·R` taps × `V` vectors of accumulators over every position of the walk's rows.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, and the operands hold what [`super::tile`] asserts.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile<const R: usize, const V: usize>(
+        grads: *const f32,
+        grid: *const f32,
+        s: Walk,
+        acc: *mut f32,
+    ) {
+        let mut sums = [[[_mm512_setzero_ps(); V]; 3]; R];
+        for r in s.first..s.end {
+            let (n, y) = (r / s.h, r % s.h);
+            let d = grads.add(r * s.w * s.op);
+            let g: [*const f32; R] =
+                std::array::from_fn(|ky| grid.add(n * s.x_img + (y + ky) * s.wp));
+            for xx in 0..s.w {
+                if R == 1 {
+                    // 24 accumulators and three broadcasts: each vector loaded as it is used.
+                    let b: [__m512; 3] =
+                        std::array::from_fn(|kx| _mm512_set1_ps(*g[0].add(xx + kx)));
+                    for v in 0..V {
+                        let dv = _mm512_loadu_ps(d.add(xx * s.op + LANES * v));
+                        for (lanes, &b) in sums[0].iter_mut().zip(&b) {
+                            lanes[v] = _mm512_fmadd_ps(b, dv, lanes[v]);
+                        }
+                    }
+                } else {
+                    // 27 accumulators and three vectors: each broadcast made as it is used.
+                    let dv: [__m512; V] =
+                        std::array::from_fn(|v| _mm512_loadu_ps(d.add(xx * s.op + LANES * v)));
+                    for (ky, taps) in sums.iter_mut().enumerate() {
+                        for (kx, lanes) in taps.iter_mut().enumerate() {
+                            let b = _mm512_set1_ps(*g[ky].add(xx + kx));
+                            for (a, &dv) in lanes.iter_mut().zip(&dv) {
+                                *a = _mm512_fmadd_ps(b, dv, *a);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (ky, taps) in sums.iter().enumerate() {
+            for (kx, lanes) in taps.iter().enumerate() {
+                for (v, a) in lanes.iter().enumerate() {
+                    let p = acc.add((ky * 3 + kx) * s.op + LANES * v);
+                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *a));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::CASES;
+    use super::{blocks, shape, LANES};
+
+    #[test]
+    fn every_channel_lane_tile_is_run_somewhere_in_the_cases() {
+        let tiles: std::collections::BTreeSet<_> = CASES
+            .iter()
+            .flat_map(|&(_, k, _, _)| {
+                let nv = k.div_ceil(LANES);
+                let shape = shape(nv);
+                blocks(nv, shape).map(move |(_, v)| (shape.rows, v))
+            })
+            .collect();
+        let want = [(1, 7), (1, 8), (3, 1), (3, 2), (3, 3)];
+        assert_eq!(tiles, want.into_iter().collect(), "{tiles:?}");
+    }
+}
