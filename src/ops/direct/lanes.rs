@@ -30,7 +30,8 @@ pub(super) const LANES: usize = 16;
 /// tests' small sizes take several passes and strips only with far smaller budgets).
 const PASS_BYTES: usize = if cfg!(test) { 16 * 1024 } else { 512 * 1024 };
 
-/// Bytes of a strip's transposed gradient: most of a 48 KiB L1 (32 KiB on older cores).
+/// Bytes of a strip's transposed gradient for one block of channels: half of a 48 KiB L1 (most
+/// of 32 KiB on older cores).
 const STRIP_BYTES: usize = if cfg!(test) { 2 * 1024 } else { 24 * 1024 };
 
 /// The tile's shape: kernel rows per tile (1 or 3) and the most vectors of channels.
@@ -271,7 +272,8 @@ impl RowTile {
     fn run(&self, grid: &[f32], offs: &[usize; 9], filters: &[f32], out: &mut [f32]) {
         let (p, v) = (self.positions, self.vectors);
         assert!((1..=MAX_ROW).contains(&p) && (1..=row_vectors(p)).contains(&v));
-        assert!(grid.len() >= (self.ins - 1) * self.plane + offs[8] + p);
+        let far = offs.iter().max().expect("nine taps");
+        assert!(grid.len() >= (self.ins - 1) * self.plane + far + p);
         assert!(filters.len() >= (self.ins * 9 - 1) * self.op + v * LANES);
         assert!(out.len() >= (p - 1) * self.op + v * LANES);
         #[cfg(target_arch = "x86_64")]
@@ -324,6 +326,8 @@ fn tile(rows: usize, v: usize, grads: &[f32], grid: &[f32], s: Walk, acc: &mut [
     let (n, y) = (last / s.h, last % s.h);
     // The farthest reads: the last row's last position, its last tap and last vector.
     assert!(grads.len() >= ((n * s.h + y) * s.w + s.w - 1) * s.op + v * LANES);
+    // Earlier images' rows lie below the last one's only if an image's grid holds its rows.
+    assert!(s.x_img >= (s.h + 2) * s.wp);
     assert!(grid.len() > n * s.x_img + (y + rows - 1) * s.wp + s.w + 1);
     assert!(acc.len() >= (3 * rows - 1) * s.op + v * LANES);
     #[cfg(target_arch = "x86_64")]
@@ -476,7 +480,7 @@ mod tests {
                 blocks(nv, shape).map(move |(_, v)| (shape.rows, v))
             })
             .collect();
-        let want = [(1, 7), (1, 8), (3, 1), (3, 2), (3, 3)];
+        let want = [(1, 4), (1, 7), (1, 8), (3, 1), (3, 2), (3, 3)];
         assert_eq!(tiles, want.into_iter().collect(), "{tiles:?}");
     }
 }

@@ -19,7 +19,7 @@
 //!
 //! The tile runs on AVX-512F (16 lanes, and 32 registers for 24 accumulators) or AVX2 + FMA
 //! when the CPU has them (checked at run time) and as plain Rust otherwise. On AVX-512 the
-//! weight gradient, and the forward pass on maps of at most 8 columns, put output channels in
+//! weight gradient, and the forward pass on maps of at most 15 columns, put output channels in
 //! the lanes instead ([`lanes`]): no lane is spent on a border column. The kernels round
 //! differently (fused multiply-adds, other tile widths and orders); each is deterministic.
 
@@ -661,7 +661,8 @@ mod tests {
 
     /// Sizes that exercise every tile shape, partial tiles and partial channel blocks (on AVX-512,
     /// the position tiles only on maps the channel-lane rows leave to them).
-    pub(super) const CASES: [(usize, usize, usize, usize); 15] = [
+    pub(super) const CASES: [(usize, usize, usize, usize); 16] = [
+        (2, 56, 2, 15),
         (3, 40, 1, 16),
         (2, 26, 1, 17),
         (3, 5, 7, 6),
