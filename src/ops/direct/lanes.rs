@@ -86,6 +86,12 @@ struct Walk {
 }
 
 impl Plan {
+    /// Vectors of output channels, and the channels they pad `outs` to.
+    fn lane_outs(&self) -> (usize, usize) {
+        let nv = self.outs.div_ceil(LANES);
+        (nv, nv * LANES)
+    }
+
     /// One chunk's weight gradient, `[outs][ins][9]`, with channels in the lanes.
     pub(super) fn weight_grad_lanes(
         &self,
@@ -94,8 +100,7 @@ impl Plan {
         images: Range<usize>,
     ) -> Vec<f32> {
         let hw = self.h * self.w;
-        let nv = self.outs.div_ceil(LANES);
-        let op = nv * LANES;
+        let (nv, op) = self.lane_outs();
         let (x_img, d_img) = (self.ins * self.plane, hw * op);
         let per_pass = (PASS_BYTES / (4 * (x_img + d_img))).clamp(1, images.len().max(1));
         let shape = shape(nv);
@@ -201,7 +206,7 @@ impl Plan {
 
     /// Filters for [`Plan::run_lanes`]: `[ins][9][op]`, zero past the last output channel.
     pub(super) fn pack_lanes(&self, weight: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
-        let op = self.outs.div_ceil(LANES) * LANES;
+        let (_, op) = self.lane_outs();
         let mut packed = vec![0.0f32; self.ins * 9 * op];
         for (it, row) in packed.chunks_mut(op).enumerate() {
             for (o, p) in row.iter_mut().enumerate().take(self.outs) {
@@ -214,11 +219,12 @@ impl Plan {
     /// [`Plan::run`] on channel-lane tiles: every image of `x` into `y`, images in parallel.
     pub(super) fn run_lanes(&self, x: &[f32], packed: &[f32], y: &mut [f32]) {
         let hw = self.h * self.w;
-        let nv = self.outs.div_ceil(LANES);
-        let op = nv * LANES;
+        let (nv, op) = self.lane_outs();
+        // The first piece is the longest, so its vectors fit every piece.
+        let (_, longest) = self.row_pieces().next().expect("a row has a piece");
         let shape = Shape {
             rows: 1,
-            vectors: row_vectors(self.w.div_ceil(self.w.div_ceil(MAX_ROW))),
+            vectors: row_vectors(longest),
         };
         let offs = taps(self.wp);
         y.par_chunks_mut(self.outs * hw).enumerate().for_each_init(
