@@ -256,7 +256,7 @@ def main():
                 for g in o.param_groups:
                     g["lr"] = g["initial_lr"] * frac
             if r["whiten_to_zero"]:
-                opt.param_groups[1]["lr"] = opt.param_groups[1]["initial_lr"] * max(1 - step / whiten_steps, 0)
+                opt.param_groups[1]["lr"] = opt.param_groups[1]["initial_lr"] * (max(1 - step / whiten_steps, 0) if whiten_steps else 0.0)
             loss = F.cross_entropy(net(x), labels[idx], label_smoothing=r["label_smoothing"])
             for o in opts:
                 o.zero_grad(set_to_none=True)

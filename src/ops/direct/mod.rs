@@ -661,8 +661,9 @@ mod tests {
 
     /// Sizes that exercise every tile shape, partial tiles and partial channel blocks (on AVX-512,
     /// the position tiles only on maps the channel-lane rows leave to them).
-    pub(super) const CASES: [(usize, usize, usize, usize); 16] = [
+    pub(super) const CASES: [(usize, usize, usize, usize); 17] = [
         (2, 56, 2, 15),
+        (1, 20, 4, 5),
         (3, 40, 1, 16),
         (2, 26, 1, 17),
         (3, 5, 7, 6),

@@ -37,6 +37,9 @@ pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<
     let mut config = config.clone();
     config.ema_decay = 0.0;
     let mut learner = Learner::new(&config, device)?;
+    // As the trainer's first epoch: what the recipe freezes from the start (a config with
+    // `whiten_bias_epochs = 0` times the steps after the whitening bias stops).
+    learner.freeze_for_epoch(0);
     let (b, shape) = (config.batch_size, Shape::CIFAR);
     let mut rng = seed::rng(config.seed, &[]);
     let pixels: Vec<f32> = (0..b * shape.image_len())
