@@ -12,10 +12,12 @@
 //!
 //! On maps of at most [`MAX_LANE_MAP`] columns the forward pass (and so the input gradient) runs
 //! the same way: a tile of up to [`MAX_ROW`] positions of one output row × `V` vectors of output
-//! channels sums all `9·ins` products, a broadcast of the input per position and a load of the filters per vector,
-//! into a row piece's `[position][channel]` buffer, copied to NCHW while it is in L1. Position
-//! vectors there would compute the border columns and round each image up to whole vectors:
-//! 16 lanes for the 9 outputs of a 3×3 map, 2 of every 17 at 15×15.
+//! channels sums the products of a pass of input channels (a broadcast of the input per
+//! position and a load of the filters per vector; a block's filters contiguous, a pass's in
+//! L1), resuming from the last pass's `[position][channel]` sums; the last pass transposes its
+//! sums in registers straight into NCHW. Position vectors there would compute the border
+//! columns and round each image up to whole vectors: 16 lanes for the 9 outputs of a 3×3 map, 2
+//! of every 17 at 15×15.
 
 use std::ops::Range;
 
