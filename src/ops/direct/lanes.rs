@@ -3,7 +3,8 @@
 //! The position-vector sums of [`Plan::weight_block`] spend lanes on the grid's border columns
 //! and on rounding each row up to whole vectors (nearly half of them on a 3×3 map), and sum
 //! every accumulator across its lanes once per group of images. Here each image's output
-//! gradient is transposed to `[position][channel]` (channels padded to 16), and a tile of the
+//! gradient is transposed, per block of `V` vectors, to `[image][position][16·V]` (channels past
+//! the block's real ones zero), and a tile of the
 //! taps of one, or all three, kernel rows × `V` vectors of 16 output channels walks every real
 //! output position of a strip of rows: per position `V` loads of the gradient and one broadcast
 //! of the input (from the bordered grid) per tap, `taps · V` fused multiply-adds, nothing
@@ -341,7 +342,7 @@ impl RowTile {
         assert!(grid.len() >= (self.ins - 1) * self.plane + far + p);
         assert!(filters.len() >= self.ins * 9 * v * LANES);
         let stored = self.outs.min(v * LANES);
-        assert!(stored > (v - 1) * LANES && (v - 1) * LANES * self.hw < i32::MAX as usize);
+        assert!(stored > (v - 1) * LANES);
         if resume || out.is_none() {
             assert!(sums.len() >= (p - 1) * self.op + v * LANES);
         }
@@ -388,6 +389,8 @@ impl RowTile {
 fn transpose(src: &[f32], hw: usize, v: usize, dst: &mut [f32]) {
     let chans = src.len() / hw.max(1);
     assert!(src.len() == chans * hw && chans <= v * LANES && dst.len() >= hw * v * LANES);
+    // Every vector but the last holds at least one real channel, so no load starts past `src`.
+    assert!(chans > (v - 1) * LANES);
     #[cfg(target_arch = "x86_64")]
     {
         assert!(std::arch::is_x86_feature_detected!("avx512f"));
