@@ -2,9 +2,12 @@
 //! their gradients (eight-lane partial sums, so they vectorise), the affine map, and `dx`; the
 //! ops in `batch_norm.rs` call them.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::gelu::{gelu_slope, gelu_value};
+use super::host::{assume_written, written_by};
 use super::wide;
 
 /// The activation fused after BatchNorm's affine map.
@@ -152,39 +155,41 @@ pub(super) fn affine(
     c: usize,
     s: usize,
 ) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
-    y.par_chunks_mut((c * s).max(1))
-        .zip(x.par_chunks((c * s).max(1)))
-        .for_each(|(yi, xi)| {
-            wide::run(
-                #[inline(always)]
-                || {
-                    for ch in 0..c {
-                        let (a, b) = (scale[ch], shift[ch]);
-                        let out = &mut yi[ch * s..(ch + 1) * s];
-                        let inp = &xi[ch * s..(ch + 1) * s];
-                        match act {
-                            Activation::Identity => {
-                                for (o, v) in out.iter_mut().zip(inp) {
-                                    *o = v * a + b;
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut((c * s).max(1))
+            .zip(x.par_chunks((c * s).max(1)))
+            .for_each(|(yi, xi)| {
+                wide::run(
+                    #[inline(always)]
+                    || {
+                        for ch in 0..c {
+                            let (a, b) = (scale[ch], shift[ch]);
+                            let out = &mut yi[ch * s..(ch + 1) * s];
+                            let inp = &xi[ch * s..(ch + 1) * s];
+                            match act {
+                                Activation::Identity => {
+                                    for (o, v) in out.iter_mut().zip(inp) {
+                                        o.write(v * a + b);
+                                    }
                                 }
-                            }
-                            Activation::Relu => {
-                                for (o, v) in out.iter_mut().zip(inp) {
-                                    *o = relu_keep_nan(v * a + b);
+                                Activation::Relu => {
+                                    for (o, v) in out.iter_mut().zip(inp) {
+                                        o.write(relu_keep_nan(v * a + b));
+                                    }
                                 }
-                            }
-                            Activation::Gelu => {
-                                for (o, v) in out.iter_mut().zip(inp) {
-                                    *o = gelu_value(v * a + b);
+                                Activation::Gelu => {
+                                    for (o, v) in out.iter_mut().zip(inp) {
+                                        o.write(gelu_value(v * a + b));
+                                    }
                                 }
                             }
                         }
-                    }
-                },
-            )
-        });
-    y
+                    },
+                )
+            });
+    };
+    // SAFETY: every image's `c` planes of `s` values are written above.
+    unsafe { written_by(x.len(), fill) }
 }
 
 /// The gradient at GELU's input `g = dy · gelu'(x·scale[c] + shift[c])` over `[n, c, s]` data,
@@ -200,32 +205,36 @@ pub(super) fn gelu_grads(
     (n, c, s): (usize, usize, usize),
 ) -> (Vec<f32>, Vec<(f64, f64)>) {
     let image = (c * s).max(1);
-    let mut g = vec![0.0f32; dy.len()];
     let mut planes = vec![(0.0f64, 0.0f64); n * c];
-    g.par_chunks_mut(image)
-        .zip(dy.par_chunks(image).zip(x.par_chunks(image)))
-        .zip(planes.par_chunks_mut(c.max(1)))
-        .for_each(|((gi, (di, xi)), sums)| {
-            wide::run(
-                #[inline(always)]
-                || {
-                    for (ch, sum) in sums.iter_mut().enumerate() {
-                        let r = ch * s..(ch + 1) * s;
-                        let (a, b) = (scale[ch], shift[ch]);
-                        for ((o, &d), &v) in gi[r.clone()]
-                            .iter_mut()
-                            .zip(&di[r.clone()])
-                            .zip(&xi[r.clone()])
-                        {
-                            *o = d * gelu_slope(v * a + b);
+    let fill = |g: &mut [MaybeUninit<f32>]| {
+        g.par_chunks_mut(image)
+            .zip(dy.par_chunks(image).zip(x.par_chunks(image)))
+            .zip(planes.par_chunks_mut(c.max(1)))
+            .for_each(|((gi, (di, xi)), sums)| {
+                wide::run(
+                    #[inline(always)]
+                    || {
+                        for (ch, sum) in sums.iter_mut().enumerate() {
+                            let r = ch * s..(ch + 1) * s;
+                            let (a, b) = (scale[ch], shift[ch]);
+                            for ((o, &d), &v) in gi[r.clone()]
+                                .iter_mut()
+                                .zip(&di[r.clone()])
+                                .zip(&xi[r.clone()])
+                            {
+                                o.write(d * gelu_slope(v * a + b));
+                            }
+                            // SAFETY: the loop just wrote every value of the plane.
+                            let gp = unsafe { assume_written(&gi[r.clone()]) };
+                            let (p, q) = sum_and_dot::<false>(gp, gp, &xi[r], off[ch]);
+                            *sum = (p as f64, q as f64);
                         }
-                        let (p, q) =
-                            sum_and_dot::<false>(&gi[r.clone()], &gi[r.clone()], &xi[r], off[ch]);
-                        *sum = (p as f64, q as f64);
-                    }
-                },
-            )
-        });
+                    },
+                )
+            });
+    };
+    // SAFETY: every plane of every image is written above.
+    let g = unsafe { written_by(dy.len(), fill) };
     let mut total = vec![(0.0f64, 0.0f64); c];
     for image in planes.chunks(c.max(1)) {
         for (t, p) in total.iter_mut().zip(image) {
@@ -255,30 +264,34 @@ impl DxCoefficients<'_> {
         s: usize,
     ) -> Vec<f32> {
         let image = (c * s).max(1);
-        let mut dx = vec![0.0f32; x.len()];
-        dx.par_chunks_mut(image)
-            .zip(dy.par_chunks(image).zip(y.par_chunks(image)))
-            .zip(x.par_chunks(image))
-            .for_each(|((di, (gi, yi)), xi)| {
-                wide::run(
-                    #[inline(always)]
-                    || {
-                        for ch in 0..c {
-                            let r = ch * s..(ch + 1) * s;
-                            let (aa, bb, dd, mu) =
-                                (self.a[ch], self.b[ch], self.d[ch], self.mean[ch]);
-                            let planes = di[r.clone()]
-                                .iter_mut()
-                                .zip(&gi[r.clone()])
-                                .zip(yi[r.clone()].iter().zip(&xi[r]));
-                            for ((o, gv), (yv, xv)) in planes {
-                                *o = aa * through_relu::<RELU>(*gv, *yv) + bb * (xv - mu) + dd;
+        let fill = |dx: &mut [MaybeUninit<f32>]| {
+            dx.par_chunks_mut(image)
+                .zip(dy.par_chunks(image).zip(y.par_chunks(image)))
+                .zip(x.par_chunks(image))
+                .for_each(|((di, (gi, yi)), xi)| {
+                    wide::run(
+                        #[inline(always)]
+                        || {
+                            for ch in 0..c {
+                                let r = ch * s..(ch + 1) * s;
+                                let (aa, bb, dd, mu) =
+                                    (self.a[ch], self.b[ch], self.d[ch], self.mean[ch]);
+                                let planes = di[r.clone()]
+                                    .iter_mut()
+                                    .zip(&gi[r.clone()])
+                                    .zip(yi[r.clone()].iter().zip(&xi[r]));
+                                for ((o, gv), (yv, xv)) in planes {
+                                    o.write(
+                                        aa * through_relu::<RELU>(*gv, *yv) + bb * (xv - mu) + dd,
+                                    );
+                                }
                             }
-                        }
-                    },
-                )
-            });
-        dx
+                        },
+                    )
+                });
+        };
+        // SAFETY: every plane of every image is written above.
+        unsafe { written_by(x.len(), fill) }
     }
 
     /// `dx` in place over `g`, the gradient at the activation's input (from [`gelu_grads`]),
@@ -315,25 +328,29 @@ pub(super) fn affine_backward<const RELU: bool>(
     (n, c, s): (usize, usize, usize),
 ) -> (Vec<(f64, f64)>, Vec<f32>) {
     let sums = channel_sums::<RELU>(dy, y, x, None, (n, c, s));
+    // Every channel's plane is written below only if every channel has a scale.
+    assert!(scale.len() >= c, "{} scales for {c} channels", scale.len());
     let image = (c * s).max(1);
-    let mut dx = vec![0.0f32; x.len()];
-    dx.par_chunks_mut(image)
-        .zip(dy.par_chunks(image).zip(y.par_chunks(image)))
-        .for_each(|(di, (gi, yi))| {
-            wide::run(
-                #[inline(always)]
-                || {
-                    for (ch, &k) in scale.iter().enumerate().take(c) {
-                        let r = ch * s..(ch + 1) * s;
-                        for (o, (gv, yv)) in di[r.clone()]
-                            .iter_mut()
-                            .zip(gi[r.clone()].iter().zip(&yi[r]))
-                        {
-                            *o = k * through_relu::<RELU>(*gv, *yv);
+    let fill = |dx: &mut [MaybeUninit<f32>]| {
+        dx.par_chunks_mut(image)
+            .zip(dy.par_chunks(image).zip(y.par_chunks(image)))
+            .for_each(|(di, (gi, yi))| {
+                wide::run(
+                    #[inline(always)]
+                    || {
+                        for (ch, &k) in scale.iter().enumerate().take(c) {
+                            let r = ch * s..(ch + 1) * s;
+                            for (o, (gv, yv)) in di[r.clone()]
+                                .iter_mut()
+                                .zip(gi[r.clone()].iter().zip(&yi[r]))
+                            {
+                                o.write(k * through_relu::<RELU>(*gv, *yv));
+                            }
                         }
-                    }
-                },
-            )
-        });
-    (sums, dx)
+                    },
+                )
+            });
+    };
+    // SAFETY: every plane of every image is written above.
+    (sums, unsafe { written_by(x.len(), fill) })
 }

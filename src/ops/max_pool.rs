@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::host::{contiguous_f32, with_f32};
+use super::host::{contiguous_f32, with_f32, written_by};
 use super::wide;
 
 /// `b` if it beats `a` under PyTorch's rule: greater, or a NaN over a number; on ties the
@@ -44,7 +44,7 @@ fn window_argmax(v: [f32; 4]) -> usize {
 
 /// One plane's forward pass: `out[oy][ox]` the maximum of the window below it.
 #[inline(always)]
-fn pool_plane(xp: &[f32], w: usize, out: &mut [f32], ow: usize) {
+fn pool_plane(xp: &[f32], w: usize, out: &mut [MaybeUninit<f32>], ow: usize) {
     for (oy, line) in out.chunks_exact_mut(ow).enumerate() {
         let (r0, r1) = (
             &xp[2 * oy * w..][..2 * ow],
@@ -55,7 +55,10 @@ fn pool_plane(xp: &[f32], w: usize, out: &mut [f32], ow: usize) {
             .zip(r0.chunks_exact(2))
             .zip(r1.chunks_exact(2))
         {
-            *o = nan_max(nan_max(top[0], bottom[0]), nan_max(top[1], bottom[1]));
+            o.write(nan_max(
+                nan_max(top[0], bottom[0]),
+                nan_max(top[1], bottom[1]),
+            ));
         }
     }
 }
@@ -115,15 +118,19 @@ impl CustomOp1 for MaxPool2 {
         let (n, c, h, w) = dims(l)?;
         let x = contiguous_f32(s, l)?;
         let (oh, ow) = (h / 2, w / 2);
-        let mut y = vec![0.0f32; n * c * oh * ow];
-        y.par_chunks_mut(oh * ow)
-            .zip(x.par_chunks(h * w))
-            .for_each(|(yp, xp)| {
-                wide::run(
-                    #[inline(always)]
-                    || pool_plane(xp, w, yp, ow),
-                )
-            });
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            y.par_chunks_mut(oh * ow)
+                .zip(x.par_chunks(h * w))
+                .for_each(|(yp, xp)| {
+                    wide::run(
+                        #[inline(always)]
+                        || pool_plane(xp, w, yp, ow),
+                    )
+                })
+        };
+        // SAFETY: `x` holds `n·c` planes (its layout's dims), so each output plane is paired
+        // with one and written whole by `pool_plane`.
+        let y = unsafe { written_by(n * c * oh * ow, fill) };
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
 

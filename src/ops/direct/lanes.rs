@@ -20,6 +20,7 @@
 //! columns and round each image up to whole vectors: 16 lanes for the 9 outputs of a 3×3 map, 2
 //! of every 17 at 15×15.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -256,12 +257,13 @@ impl Plan {
         self.ins.div_ceil(passes)
     }
 
-    /// [`Plan::run`] on channel-lane tiles: every image of `x` into `y`, images in parallel.
+    /// [`Plan::run`] on channel-lane tiles: every image of `x` into `y`, images in parallel;
+    /// each row piece's last pass stores all of its real channels, so every output is written.
     ///
     /// Input channels go in passes (filters streamed from L2 for every tile cost a sixth of
     /// the 32>128 @15 forward on a Sapphire Rapids-class Xeon): each pass but the last leaves
     /// its sums in a `[position][channel]` buffer the next one resumes from.
-    pub(super) fn run_lanes(&self, x: &[f32], packed: &[f32], y: &mut [f32]) {
+    pub(super) fn run_lanes(&self, x: &[f32], packed: &[f32], y: &mut [MaybeUninit<f32>]) {
         let hw = self.h * self.w;
         let (nv, op) = self.lane_outs();
         // The first piece is the longest, so its vectors fit every piece.
@@ -334,7 +336,7 @@ impl RowTile {
         filters: &[f32],
         sums: &mut [f32],
         resume: bool,
-        out: Option<&mut [f32]>,
+        out: Option<&mut [MaybeUninit<f32>]>,
     ) {
         let (p, v) = (self.positions, self.vectors);
         assert!((1..=MAX_ROW).contains(&p) && (1..=row_vectors(p)).contains(&v));
@@ -349,7 +351,7 @@ impl RowTile {
         let out = match out {
             Some(out) => {
                 assert!(out.len() >= (stored - 1) * self.hw + p);
-                out.as_mut_ptr()
+                out.as_mut_ptr().cast::<f32>()
             }
             None => std::ptr::null_mut(),
         };
