@@ -2,7 +2,7 @@
 //! forward and forward+backward at layer shapes of the `tiny` and `seed` models, and a whole
 //! `tiny` training step (forward, loss, backward, SGD) at batch 128; the direct 3×3
 //! convolution against im2col + GEMM at `fast-cpu`'s layer shapes; BatchNorm + GELU fused
-//! against the two ops, at `fast-cpu`'s widest map.
+//! against the two ops, at `fast-cpu`'s widest map; `fast-cpu`'s three 2×2 max-pools.
 //!
 //! `cargo bench --bench ops` (all) or e.g. `cargo bench --bench ops -- step`.
 
@@ -11,7 +11,7 @@ use std::hint::black_box;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cifar_stream::model::{build, sorted_vars, Mode, ModelConfig};
-use cifar_stream::ops::{conv2d, gelu, BatchNorm, Kernels, Statistics};
+use cifar_stream::ops::{conv2d, gelu, max_pool2, BatchNorm, Kernels, Statistics};
 use cifar_stream::train::Sgd;
 
 // What the binaries run with (glibc malloc alone costs ~1.4x here through page-fault churn).
@@ -161,6 +161,29 @@ fn bench_batch_norm_gelu(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_max_pool(c: &mut Criterion) {
+    cifar_stream::alloc::keep_freed_memory();
+    let mut group = c.benchmark_group("max_pool2");
+    group.sample_size(10);
+    // fast-cpu's three pools at batch 1000: odd maps, so each floors its last row and column.
+    for (name, shape) in [
+        ("32@31", [1000, 32, 31, 31]),
+        ("128@15", [1000, 128, 15, 15]),
+        ("128@7", [1000, 128, 7, 7]),
+    ] {
+        let x = Var::from_tensor(&random(&shape, 1)).unwrap();
+        group.throughput(Throughput::Elements(shape[0] as u64));
+        let fwd = || max_pool2(x.as_tensor(), Kernels::Fast).unwrap();
+        group.bench_function(BenchmarkId::new("fwd", name), |b| {
+            b.iter(|| black_box(fwd()))
+        });
+        group.bench_function(BenchmarkId::new("fwd+bwd", name), |b| {
+            b.iter(|| black_box(fwd().sum_all().unwrap().backward().unwrap()))
+        });
+    }
+    group.finish();
+}
+
 fn bench_step(c: &mut Criterion) {
     cifar_stream::alloc::keep_freed_memory();
     let mut group = c.benchmark_group("tiny_step");
@@ -202,6 +225,7 @@ criterion_group!(
     bench_conv,
     bench_direct_conv,
     bench_batch_norm,
-    bench_batch_norm_gelu
+    bench_batch_norm_gelu,
+    bench_max_pool
 );
 criterion_main!(benches);

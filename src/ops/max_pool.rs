@@ -99,6 +99,154 @@ fn unpool_plane(
     }
 }
 
+/// [`pool_plane`] on the fastest code this CPU runs (the same bits on every path).
+fn pool(xp: &[f32], w: usize, out: &mut [MaybeUninit<f32>], ow: usize) {
+    assert!(xp.len() >= out.len() / ow * 2 * w && w >= 2 * ow && out.len().is_multiple_of(ow));
+    #[cfg(target_arch = "x86_64")]
+    if wide::has_avx512f() {
+        // SAFETY: the CPU has AVX-512F, and the assert bounds every row the pass reads.
+        return unsafe {
+            avx512::pool_plane(xp.as_ptr(), w, out.as_mut_ptr().cast(), out.len() / ow, ow)
+        };
+    }
+    wide::run(
+        #[inline(always)]
+        || pool_plane(xp, w, out, ow),
+    )
+}
+
+/// [`unpool_plane`] on the fastest code this CPU runs (the same bits on every path).
+fn unpool(xp: &[f32], dp: &[f32], w: usize, oh: usize, ow: usize, gp: &mut [MaybeUninit<f32>]) {
+    assert!(xp.len() >= 2 * oh * w && dp.len() >= oh * ow && gp.len() >= 2 * oh * w);
+    assert!(w >= 2 * ow);
+    #[cfg(target_arch = "x86_64")]
+    if wide::has_avx512f() {
+        let g = gp.as_mut_ptr().cast::<f32>();
+        // SAFETY: the CPU has AVX-512F, and the asserts bound every read and write.
+        unsafe { avx512::unpool_rows(xp.as_ptr(), dp.as_ptr(), w, oh, ow, g) };
+        // The floored odd column and row, as `unpool_plane` writes them.
+        for oy in 0..oh {
+            if w > 2 * ow {
+                gp[2 * oy * w + w - 1].write(0.0);
+                gp[(2 * oy + 1) * w + w - 1].write(0.0);
+            }
+        }
+        for g in &mut gp[2 * oh * w..] {
+            g.write(0.0);
+        }
+        return;
+    }
+    wide::run(
+        #[inline(always)]
+        || unpool_plane(xp, dp, w, oh, ow, gp),
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// The low `n` of 16 lanes.
+    #[inline]
+    fn first(n: usize) -> __mmask16 {
+        if n >= 16 {
+            !0
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+
+    /// Lanes where `b` beats `a` under [`super::later_wins`]: greater, or a NaN over a number.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn wins(a: __m512, b: __m512) -> __mmask16 {
+        _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b)
+            | (_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(b, b) & _mm512_cmp_ps_mask::<_CMP_ORD_Q>(a, a))
+    }
+
+    /// The left and right values of `n ≤ 16` windows whose `2n` inputs start at `row`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and `row` holds `2n` floats.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn columns(row: *const f32, n: usize) -> (__m512, __m512) {
+        let lo = _mm512_maskz_loadu_ps(first(2 * n), row);
+        let hi = _mm512_maskz_loadu_ps(first((2 * n).saturating_sub(16)), row.add(16));
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        (
+            _mm512_permutex2var_ps(lo, even, hi),
+            _mm512_permutex2var_ps(lo, odd, hi),
+        )
+    }
+
+    /// [`super::pool_plane`] on 16 windows at a time: the same comparisons in the same order.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `xp` holds `2·oh` rows of `w ≥ 2·ow` floats and `out` `oh·ow`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pool_plane(xp: *const f32, w: usize, out: *mut f32, oh: usize, ow: usize) {
+        let max = |a: __m512, b: __m512| _mm512_mask_blend_ps(wins(a, b), a, b);
+        for oy in 0..oh {
+            let (r0, r1) = (xp.add(2 * oy * w), xp.add((2 * oy + 1) * w));
+            for ox in (0..ow).step_by(16) {
+                let n = (ow - ox).min(16);
+                let (t0, t1) = columns(r0.add(2 * ox), n);
+                let (b0, b1) = columns(r1.add(2 * ox), n);
+                let y = max(max(t0, b0), max(t1, b1));
+                _mm512_mask_storeu_ps(out.add(oy * ow + ox), first(n), y);
+            }
+        }
+    }
+
+    /// [`super::unpool_plane`]'s windows on 16 at a time: each window's gradient at the arg-max
+    /// [`super::window_argmax`] picks (the same scan), zero at its other three inputs. The
+    /// floored odd column and row are left to the caller.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `xp` and `gp` hold `2·oh` rows of `w ≥ 2·ow` floats and `dp`
+    /// `oh·ow`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn unpool_rows(
+        xp: *const f32,
+        dp: *const f32,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        gp: *mut f32,
+    ) {
+        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        // `n` windows' left and right gradients back into `2n` interleaved floats at `dst`.
+        let store = |dst: *mut f32, left: __m512, right: __m512, n: usize| {
+            _mm512_mask_storeu_ps(dst, first(2 * n), _mm512_permutex2var_ps(left, low, right));
+            let rest = first((2 * n).saturating_sub(16));
+            _mm512_mask_storeu_ps(dst.add(16), rest, _mm512_permutex2var_ps(left, high, right));
+        };
+        for oy in 0..oh {
+            let (r0, r1) = (xp.add(2 * oy * w), xp.add((2 * oy + 1) * w));
+            let (g0, g1) = (gp.add(2 * oy * w), gp.add((2 * oy + 1) * w));
+            for ox in (0..ow).step_by(16) {
+                let n = (ow - ox).min(16);
+                let (t0, t1) = columns(r0.add(2 * ox), n);
+                let (b0, b1) = columns(r1.add(2 * ox), n);
+                // The scan of `window_argmax`: each later value that wins takes the window.
+                let m1 = wins(t0, t1);
+                let best = _mm512_mask_blend_ps(m1, t0, t1);
+                let m2 = wins(best, b0);
+                let best = _mm512_mask_blend_ps(m2, best, b0);
+                let m3 = wins(best, b1);
+                let at = [!(m1 | m2 | m3), m1 & !(m2 | m3), m2 & !m3, m3];
+                let d = _mm512_maskz_loadu_ps(first(n), dp.add(oy * ow + ox));
+                let pick = at.map(|m| _mm512_maskz_mov_ps(m, d));
+                store(g0.add(2 * ox), pick[0], pick[1], n);
+                store(g1.add(2 * ox), pick[2], pick[3], n);
+            }
+        }
+    }
+}
+
 /// The candle op on `x: [n, c, h, w]`, giving `[n, c, h/2, w/2]`.
 pub(super) struct MaxPool2;
 
@@ -121,15 +269,10 @@ impl CustomOp1 for MaxPool2 {
         let fill = |y: &mut [MaybeUninit<f32>]| {
             y.par_chunks_mut(oh * ow)
                 .zip(x.par_chunks(h * w))
-                .for_each(|(yp, xp)| {
-                    wide::run(
-                        #[inline(always)]
-                        || pool_plane(xp, w, yp, ow),
-                    )
-                })
+                .for_each(|(yp, xp)| pool(xp, w, yp, ow))
         };
         // SAFETY: `x` holds `n·c` planes (its layout's dims), so each output plane is paired
-        // with one and written whole by `pool_plane`.
+        // with one and written whole by `pool`.
         let y = unsafe { written_by(n * c * oh * ow, fill) };
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
@@ -143,13 +286,8 @@ impl CustomOp1 for MaxPool2 {
                 dx.spare_capacity_mut()[..xs.len()]
                     .par_chunks_mut(h * w)
                     .zip(xs.par_chunks(h * w).zip(ds.par_chunks(oh * ow)))
-                    .for_each(|(gp, (xp, dp))| {
-                        wide::run(
-                            #[inline(always)]
-                            || unpool_plane(xp, dp, w, oh, ow, gp),
-                        )
-                    });
-                // SAFETY: `unpool_plane` wrote every element of every plane.
+                    .for_each(|(gp, (xp, dp))| unpool(xp, dp, w, oh, ow, gp));
+                // SAFETY: `unpool` wrote every element of every plane.
                 unsafe { dx.set_len(xs.len()) };
                 Ok(dx)
             })
@@ -192,16 +330,57 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_op_floors_odd_maps_and_routes_tied_and_nan_windows_as_the_rule_says() {
-        let (h, w) = (5, 7);
-        // Few distinct values, so most windows hold ties; some hold NaNs.
-        let xs: Vec<f32> = (0..2 * h * w)
-            .map(|i| match i % 11 {
+    /// Few distinct values, so most windows hold ties (of +0 and -0 too); some hold NaNs.
+    fn tied(len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| match (i * 7 + i / 13) % 11 {
                 3 => f32::NAN,
+                4 => -0.0,
                 k => (k % 3) as f32,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Plane sizes with rows of under one vector of windows, one, and one plus a part, even
+    /// and odd.
+    const SIZES: [(usize, usize); 7] =
+        [(2, 2), (5, 7), (3, 31), (4, 32), (6, 34), (7, 37), (2, 66)];
+
+    #[test]
+    fn the_vector_passes_give_the_scalar_passes_bits() {
+        for (h, w) in SIZES {
+            let (oh, ow) = (h / 2, w / 2);
+            let xs = tied(h * w);
+            let dp: Vec<f32> = (0..oh * ow).map(|i| i as f32 - 3.5).collect();
+            let mut fast = vec![MaybeUninit::new(f32::NAN); oh * ow];
+            let mut slow = fast.clone();
+            pool(&xs, w, &mut fast, ow);
+            pool_plane(&xs, w, &mut slow, ow);
+            // SAFETY: both passes write every element (and NaN-filled, a missed one shows).
+            let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
+                v.iter()
+                    .map(|x| unsafe { x.assume_init() }.to_bits())
+                    .collect()
+            };
+            assert_eq!(bits(&fast), bits(&slow), "forward {h}x{w}");
+            let mut fast = vec![MaybeUninit::new(f32::NAN); h * w];
+            let mut slow = fast.clone();
+            unpool(&xs, &dp, w, oh, ow, &mut fast);
+            unpool_plane(&xs, &dp, w, oh, ow, &mut slow);
+            assert_eq!(bits(&fast), bits(&slow), "backward {h}x{w}");
+        }
+        eprintln!("AVX-512F on this CPU: {}", wide::has_avx512f());
+    }
+
+    #[test]
+    fn the_op_floors_odd_maps_and_routes_tied_and_nan_windows_as_the_rule_says() {
+        for (h, w) in SIZES {
+            op_matches_the_rule(h, w);
+        }
+    }
+
+    fn op_matches_the_rule(h: usize, w: usize) {
+        let xs = tied(2 * h * w);
         let x = Var::from_vec(xs.clone(), (1, 2, h, w), &Device::Cpu).unwrap();
         let y = x.as_tensor().apply_op1(MaxPool2).unwrap();
         let (oh, ow) = (h / 2, w / 2);
@@ -226,11 +405,17 @@ mod tests {
                     let idx = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
                     let best = idx[reference(idx.map(|i| xs[i]))];
                     let o = (p * oh + oy) * ow + ox;
-                    assert_eq!(y[o].to_bits(), xs[best].to_bits(), "output {o}");
+                    // The value only: the forward takes the window in another order, so of
+                    // a tied +0 and -0 it may keep the other.
+                    let (got, want) = (y[o], xs[best]);
+                    assert!(
+                        got == want || (got.is_nan() && want.is_nan()),
+                        "output {o} of {h}x{w}: {got} against {want}"
+                    );
                     want_dx[best] = probe[o];
                 }
             }
         }
-        assert_eq!(dx, want_dx);
+        assert_eq!(dx, want_dx, "{h}x{w}");
     }
 }

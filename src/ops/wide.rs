@@ -20,6 +20,19 @@ pub(super) fn has_avx2() -> bool {
     }
 }
 
+/// Whether this CPU has AVX-512F, for the loops written with its intrinsics.
+#[inline]
+pub(super) fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Runs `f`, compiled with AVX2 enabled when the CPU has it. `f` should hold the whole loop:
 /// the closure is inlined into the AVX2 copy, and the functions it calls only if they are
 /// `#[inline]`.
