@@ -90,9 +90,17 @@ fn unpool_plane(
             g1[2 * ox].write(pick(2));
             g1[2 * ox + 1].write(pick(3));
         }
-        if w > 2 * ow {
-            g0[w - 1].write(0.0);
-            g1[w - 1].write(0.0);
+    }
+    zero_floored(gp, w, oh, ow);
+}
+
+/// Zero gradient on what no window covers: the last column of an odd width, the last row of
+/// an odd height.
+#[inline(always)]
+fn zero_floored(gp: &mut [MaybeUninit<f32>], w: usize, oh: usize, ow: usize) {
+    if w > 2 * ow {
+        for row in gp[..2 * oh * w].chunks_exact_mut(w) {
+            row[w - 1].write(0.0);
         }
     }
     for g in &mut gp[2 * oh * w..] {
@@ -125,17 +133,7 @@ fn unpool(xp: &[f32], dp: &[f32], w: usize, oh: usize, ow: usize, gp: &mut [Mayb
         let g = gp.as_mut_ptr().cast::<f32>();
         // SAFETY: the CPU has AVX-512F, and the asserts bound every read and write.
         unsafe { avx512::unpool_rows(xp.as_ptr(), dp.as_ptr(), w, oh, ow, g) };
-        // The floored odd column and row, as `unpool_plane` writes them.
-        for oy in 0..oh {
-            if w > 2 * ow {
-                gp[2 * oy * w + w - 1].write(0.0);
-                gp[(2 * oy + 1) * w + w - 1].write(0.0);
-            }
-        }
-        for g in &mut gp[2 * oh * w..] {
-            g.write(0.0);
-        }
-        return;
+        return zero_floored(gp, w, oh, ow);
     }
     wide::run(
         #[inline(always)]
@@ -290,14 +288,21 @@ impl CustomOp1 for MaxPool2 {
         let (oh, ow) = (h / 2, w / 2);
         let dx = with_f32(x, |xs| {
             with_f32(dy, |ds| {
-                let mut dx: Vec<f32> = Vec::with_capacity(xs.len());
-                dx.spare_capacity_mut()[..xs.len()]
-                    .par_chunks_mut(h * w)
-                    .zip(xs.par_chunks(h * w).zip(ds.par_chunks(oh * ow)))
-                    .for_each(|(gp, (xp, dp))| unpool(xp, dp, w, oh, ow, gp));
-                // SAFETY: `unpool` wrote every element of every plane.
-                unsafe { dx.set_len(xs.len()) };
-                Ok(dx)
+                if ds.len() * (h * w) != xs.len() * (oh * ow) {
+                    candle_core::bail!(
+                        "max-pool backward: {} gradients for {} inputs of {h}x{w}",
+                        ds.len(),
+                        xs.len()
+                    );
+                }
+                let fill = |dx: &mut [MaybeUninit<f32>]| {
+                    dx.par_chunks_mut(h * w)
+                        .zip(xs.par_chunks(h * w).zip(ds.par_chunks(oh * ow)))
+                        .for_each(|(gp, (xp, dp))| unpool(xp, dp, w, oh, ow, gp))
+                };
+                // SAFETY: `ds` holds a plane for each of `xs` (checked), and `unpool` writes
+                // every element of each.
+                Ok(unsafe { written_by(xs.len(), fill) })
             })
         })?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
