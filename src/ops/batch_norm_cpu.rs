@@ -204,6 +204,11 @@ pub(super) fn gelu_grads(
     off: &[f32],
     (n, c, s): (usize, usize, usize),
 ) -> (Vec<f32>, Vec<(f64, f64)>) {
+    // Every output written (the SAFETY below) needs each input to cover every image.
+    assert!(
+        dy.len() == n * c * s && x.len() == dy.len(),
+        "gelu grads: [{n}, {c}, {s}]"
+    );
     let image = (c * s).max(1);
     let mut planes = vec![(0.0f64, 0.0f64); n * c];
     let fill = |g: &mut [MaybeUninit<f32>]| {
@@ -263,6 +268,11 @@ impl DxCoefficients<'_> {
         c: usize,
         s: usize,
     ) -> Vec<f32> {
+        // Every output written (the SAFETY below) needs `dy` and `y` as long as `x`.
+        assert!(
+            dy.len() == x.len() && y.len() == x.len(),
+            "batch-norm dx lengths"
+        );
         let image = (c * s).max(1);
         let fill = |dx: &mut [MaybeUninit<f32>]| {
             dx.par_chunks_mut(image)
