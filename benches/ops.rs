@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cifar_stream::model::{build, sorted_vars, Mode, ModelConfig};
 use cifar_stream::ops::{conv2d, gelu, max_pool2, BatchNorm, Kernels, Statistics};
-use cifar_stream::train::Sgd;
+use cifar_stream::train::optim::{Optimizer, Param, Sgd, StepScalars};
 
 // What the binaries run with (glibc malloc alone costs ~1.4x here through page-fault churn).
 #[global_allocator]
@@ -203,8 +203,17 @@ fn bench_step(c: &mut Criterion) {
         let params = sorted_vars(&vars)
             .into_iter()
             .filter(|(n, _)| !cifar_stream::model::is_running_statistic(n))
+            .map(|(name, var)| Param {
+                name,
+                var,
+                group: 0,
+            })
             .collect();
-        let mut sgd = Sgd::new(params, 0.9, true, 5e-5, false);
+        let mut sgd = Sgd::new(params, vec![5e-5], 0.9, true);
+        let rate = StepScalars {
+            rates: vec![0.01],
+            ema_decay: None,
+        };
         let mut step = 0u64;
         group.bench_function(label, |b| {
             b.iter(|| {
@@ -212,7 +221,7 @@ fn bench_step(c: &mut Criterion) {
                 let logits = model.forward(&x, Mode::train(step)).unwrap();
                 let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
                 let grads = loss.backward().unwrap();
-                sgd.step(&grads, 0.01).unwrap();
+                sgd.step(&grads, &rate, None).unwrap();
             })
         });
     }

@@ -9,6 +9,7 @@ mod mode;
 mod network;
 mod precision;
 mod resnet_d;
+mod role;
 mod whitened;
 
 pub use compute::Compute;
@@ -17,4 +18,5 @@ pub use mode::Mode;
 pub use network::{build_network, Architecture, Network};
 pub use precision::Precision;
 pub use resnet_d::{build, build_as, is_running_statistic, sorted_vars, SeResNetD};
+pub use role::{roles, Role, Trains};
 pub use whitened::{whitening_filters, WhitenedConfig, WhitenedNet, WHITEN_BIAS};

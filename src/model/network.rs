@@ -9,6 +9,7 @@ use super::compute::Compute;
 use super::config::{self, ConvShape, Layer, ModelConfig};
 use super::mode::Mode;
 use super::resnet_d::{seeded, SeResNetD};
+use super::role::Trains;
 use super::whitened::{WhitenedConfig, WhitenedNet};
 
 /// A network's description, tagged by `arch` (a configuration without the tag, as every run
@@ -120,24 +121,16 @@ impl Architecture {
         self.layers(height, width).iter().map(|l| l.macs).sum()
     }
 
-    /// Whether variable `name` is never trained (it keeps its initial or data-derived value).
-    pub fn is_frozen(&self, name: &str) -> bool {
+    /// When variable `name` trains: the whitened net never trains its whitening filters and
+    /// BatchNorm scales, and its whitening bias only in the first `whiten_bias_epochs`.
+    pub fn trains(&self, name: &str) -> Trains {
         match self {
-            Architecture::SeResnetD(_) => false,
-            Architecture::Whitened(_) => WhitenedConfig::is_frozen(name),
-        }
-    }
-
-    /// Whether variable `name` is left alone in epoch `epoch` (0-based): never trained, or
-    /// trained only in the first epochs (the whitening bias).
-    pub fn is_frozen_in(&self, name: &str, epoch: usize) -> bool {
-        match self {
-            Architecture::SeResnetD(_) => false,
-            Architecture::Whitened(c) => {
-                WhitenedConfig::is_frozen(name)
-                    || (name == super::whitened::WHITEN_BIAS
-                        && epoch as f64 >= c.whiten_bias_epochs)
+            Architecture::SeResnetD(_) => Trains::Always,
+            Architecture::Whitened(_) if WhitenedConfig::is_frozen(name) => Trains::Never,
+            Architecture::Whitened(c) if name == super::whitened::WHITEN_BIAS => {
+                Trains::Until(c.whiten_bias_epochs)
             }
+            Architecture::Whitened(_) => Trains::Always,
         }
     }
 }
@@ -272,8 +265,9 @@ mod tests {
         let layers = a.layers(32, 32);
         assert_eq!(layers[0].out_hw, (31, 31));
         assert_eq!(layers.last().unwrap().cin, 256);
-        assert!(a.is_frozen("whiten.weight") && a.is_frozen("group1.norm2.weight"));
-        assert!(!a.is_frozen("group1.norm2.bias") && !a.is_frozen("whiten.bias"));
-        assert!(a.is_frozen_in("whiten.bias", 3) && !a.is_frozen_in("whiten.bias", 2));
+        assert_eq!(a.trains("whiten.weight"), Trains::Never);
+        assert_eq!(a.trains("group1.norm2.weight"), Trains::Never);
+        assert_eq!(a.trains("group1.norm2.bias"), Trains::Always);
+        assert_eq!(a.trains("whiten.bias"), Trains::Until(3.0));
     }
 }

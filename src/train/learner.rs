@@ -1,20 +1,19 @@
 //! What one training step changes: the weights, their EMA and the optimizer's momentum; in
 //! data-parallel training, also the averaging of gradients over the ranks.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 
-use super::ema::Ema;
 use super::error::{Result, StateError};
-use super::muon::Muon;
 use super::net::Net;
-use super::sgd::Sgd;
+use super::optim::groups::Stepper;
+use super::optim::{Averaging, Groups, Muon, Optimizer, Sgd};
 use crate::dist::{Collective, Local};
-use crate::model::{is_running_statistic, Architecture, Mode, Network, WHITEN_BIAS};
+use crate::model::{roles, Mode, Network, Role};
 use crate::train::config::TrainConfig;
 
 /// The parts of a learner's state ([`Learner::state`]), each a prefix of its tensors' names.
@@ -39,30 +38,21 @@ impl Part {
     }
 }
 
-/// The network being trained, its exponential moving average (when the run keeps one) and the
-/// SGD state, stepped one batch at a time. It knows nothing of data, schedules or files: the
-/// [`Trainer`](super::Trainer) feeds it, `step-bench` times it, and a checkpoint stores its
-/// [`Learner::state`].
+/// The network being trained, its averaged copy (an EMA or lookahead's, when the run keeps
+/// one) and its optimizers over the parameter groups, stepped one batch at a time. It knows
+/// nothing of data or files: the [`Trainer`](super::Trainer) feeds it, `step-bench` times it,
+/// and a checkpoint stores its [`Learner::state`].
 pub struct Learner {
     net: Net,
-    /// The EMA of the weights, or with lookahead the slow copy (updated only by
-    /// [`Learner::pull_lookahead`]).
-    ema: Option<(Net, Ema)>,
-    lookahead: bool,
-    sgd: Sgd,
-    /// Muon over the filter banks, when the run uses it (SGD then has the rest).
-    muon: Option<Muon>,
-    /// The schedule's peak rate: Muon steps at its own rate times `lr / base_lr`.
-    base_lr: f64,
-    /// With `optim.whiten_bias_to_zero`, the steps over which the whitening bias's rate falls
-    /// to zero (set by [`Learner::taper_whiten_bias`]).
-    whiten_taper: Option<usize>,
-    /// What decides which variables train in which epoch.
-    arch: Architecture,
+    averaging: Averaging,
+    /// Who steps which parameter at what rate.
+    groups: Groups,
+    /// SGD, then Muon when the run uses it: each over its own groups' parameters.
+    optimizers: Vec<Box<dyn Optimizer>>,
     label_smoothing: f64,
     steps: usize,
-    /// The optimizer and EMA run as fused kernels (CUDA with the fast kernels).
-    fused: bool,
+    /// Steps in the whole run (lookahead's pulls are placed by it).
+    total_steps: usize,
     /// The ranks whose gradients are averaged (a lone process: [`Local`]).
     world: Arc<dyn Collective>,
     /// The ranks BatchNorm's training statistics are synchronised over (`--sync-bn`).
@@ -72,71 +62,34 @@ pub struct Learner {
 }
 
 impl Learner {
-    /// Fresh weights (seeded by `config.seed`), an EMA copy when `config.ema_decay > 0`, and an
-    /// optimizer with empty momentum buffers.
-    pub fn new(config: &TrainConfig, device: &Device) -> Result<Learner> {
+    /// Fresh weights (seeded by `config.seed`), the run's averaged copy, and optimizers with
+    /// empty momentum buffers, for a run of `steps_per_epoch` steps per epoch (rules counted
+    /// in epochs, such as the whitening bias's taper, are placed by it).
+    pub fn new(config: &TrainConfig, device: &Device, steps_per_epoch: usize) -> Result<Learner> {
         let net = Net::new(config, device)?;
-        // SGD over the trainable variables: not the BatchNorm statistics, nor what the
-        // architecture keeps fixed.
-        let params: Vec<(String, Var)> = net
-            .named()
-            .into_iter()
-            .filter(|(n, _)| !is_running_statistic(n) && !config.model.is_frozen(n))
-            .collect();
-        // BatchNorm shifts: the biases beside running statistics.
-        let names: BTreeSet<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-        let shifts: BTreeSet<String> = net
-            .named()
-            .into_iter()
-            .filter_map(|(n, _)| {
-                let layer = n.strip_suffix(".running_mean")?;
-                let bias = format!("{layer}.bias");
-                names.contains(bias.as_str()).then_some(bias)
-            })
-            .collect();
-        let whiten_bias: BTreeSet<String> = names
-            .contains(WHITEN_BIAS)
-            .then(|| WHITEN_BIAS.to_string())
-            .into_iter()
-            .collect();
-        // With Muon, the filter banks (rank 4) are its; SGD keeps the rest.
-        let (banks, params): (Vec<_>, Vec<_>) = params
-            .into_iter()
-            .partition(|(_, v)| config.optim.muon.is_some() && v.rank() == 4);
-        let muon = config
-            .optim
-            .muon
-            .clone()
-            .map(|settings| Muon::new(banks, settings));
+        let groups = Groups::new(config, &net.named(), steps_per_epoch);
+        let decays = groups.groups().iter().map(|g| g.weight_decay).collect();
         let sgd = Sgd::new(
-            params,
+            groups.params_of(Stepper::Sgd),
+            decays,
             config.optim.momentum,
             config.optim.nesterov,
-            config.optim.weight_decay,
-            config.optim.no_decay_bn_bias,
         )
-        .with_rate_factor(shifts, config.optim.bn_bias_rate_factor)
-        .with_rate_factor(whiten_bias, config.optim.whiten_bias_rate_factor);
-        let lookahead = config.lookahead.is_some();
-        let ema = if config.ema_decay > 0.0 || lookahead {
-            let copy = Net::new(config, device)?;
-            let ema = Ema::new(config.ema_decay, copy.vars(), net.vars())?;
-            Some((copy, ema))
-        } else {
-            None
-        };
+        .fused(config.kernels == crate::ops::Kernels::Fast);
+        let mut optimizers: Vec<Box<dyn Optimizer>> = vec![Box::new(sgd)];
+        if let Some(settings) = &config.optim.muon {
+            let banks = groups.params_of(Stepper::Muon);
+            optimizers.push(Box::new(Muon::new(banks, settings.clone())));
+        }
+        let averaging = Averaging::new(config, device, &net)?;
         Ok(Learner {
             net,
-            ema,
-            lookahead,
-            sgd,
-            muon,
-            base_lr: config.schedule.lr,
-            whiten_taper: None,
-            arch: config.model.clone(),
+            averaging,
+            groups,
+            optimizers,
             label_smoothing: config.label_smoothing,
             steps: 0,
-            fused: config.kernels == crate::ops::Kernels::Fast,
+            total_steps: steps_per_epoch * config.epochs,
             world: Arc::new(Local),
             batch_norm_sync: None,
             comm_seconds: 0.0,
@@ -164,8 +117,8 @@ impl Learner {
             return Ok(());
         }
         let mut vars = self.net.vars();
-        if let Some((ema, _)) = &self.ema {
-            vars.extend(ema.vars());
+        if let Some(copy) = self.averaging.copy() {
+            vars.extend(copy.vars());
         }
         broadcast_vars(self.world.as_ref(), &vars)?;
         let momentum = self.momentum_tensors();
@@ -192,8 +145,8 @@ impl Learner {
             .iter()
             .map(|v| v.as_tensor().clone())
             .collect();
-        if let Some((ema, _)) = &self.ema {
-            tensors.extend(ema.vars().iter().map(|v| v.as_tensor().clone()));
+        if let Some(copy) = self.averaging.copy() {
+            tensors.extend(copy.vars().iter().map(|v| v.as_tensor().clone()));
         }
         tensors.extend(self.momentum_tensors().into_values());
         Ok(crate::dist::fingerprint_tensors(&tensors)?)
@@ -205,7 +158,7 @@ impl Learner {
         let timed = self.world.size() > 1;
         let _span = timed.then(|| tracing::info_span!("allreduce").entered());
         let started = Instant::now();
-        let trained: Vec<Var> = self.trained().map(|(_, v)| v.clone()).collect();
+        let trained: Vec<Var> = self.trained().map(|p| p.var.clone()).collect();
         let with_grads: Vec<(&Var, Tensor)> = trained
             .iter()
             .filter_map(|v| grads.get(v).map(|g| (v, g.clone())))
@@ -233,8 +186,8 @@ impl Learner {
         let _span = tracing::info_span!("allreduce").entered();
         let started = Instant::now();
         let mut stats = statistics(&self.net);
-        if let Some((ema, _)) = &self.ema {
-            stats.extend(statistics(ema));
+        if let Some(copy) = self.averaging.copy() {
+            stats.extend(statistics(copy));
         }
         broadcast_vars(self.world.as_ref(), &stats)?;
         self.comm_seconds += started.elapsed().as_secs_f64();
@@ -267,66 +220,34 @@ impl Learner {
             loss.backward()?
         };
         self.average_gradients(&mut grads)?;
-        if let Some(over) = self.whiten_taper {
-            // Its own line from the schedule's peak to zero, as a factor on this step's rate.
-            let own = self.base_lr * (1.0 - self.steps as f64 / over.max(1) as f64).max(0.0);
-            let factor = if lr > 0.0 { own / lr } else { 0.0 };
-            self.sgd.set_step_factor(WHITEN_BIAS, factor);
-        }
         let _o = tracing::info_span!("optimizer").entered();
-        let ema = match &self.ema {
-            Some((_, ema)) if !self.lookahead => Some((ema, self.steps)),
-            _ => None,
-        };
-        match &mut self.muon {
-            None => self.sgd.step_with_ema(&grads, lr, ema, self.fused)?,
-            Some(muon) => {
-                // The EMA after both optimizers have moved their weights.
-                self.sgd.step_with_ema(&grads, lr, None, self.fused)?;
-                muon.step(&grads, lr / self.base_lr)?;
-                if let Some((ema, t)) = ema {
-                    ema.update(t)?;
-                }
-            }
+        let ema = self.averaging.ema_step(self.steps);
+        let scalars = self
+            .groups
+            .scalars(lr, self.steps, ema.as_ref().map(|e| e.decay));
+        let mut done = HashSet::new();
+        for optimizer in &mut self.optimizers {
+            done.extend(optimizer.step(&grads, &scalars, ema.as_ref())?);
+        }
+        // The EMA after every optimizer has moved its weights.
+        if let Some(ema) = &ema {
+            self.averaging.finish_ema(ema, &done)?;
         }
         drop(_o);
         self.steps += 1;
+        self.averaging.after_step(self.steps, self.total_steps)?;
         Ok((logits, loss))
-    }
-
-    /// The whitening bias's rate falls linearly from the schedule's peak to zero over `steps`
-    /// steps (airbench94_muon's), whatever the run's schedule does meanwhile.
-    pub fn taper_whiten_bias(&mut self, steps: usize) {
-        self.whiten_taper = Some(steps);
     }
 
     /// Freezes what the architecture leaves alone in epoch `epoch` (0-based) and only that:
     /// call it before the epoch's steps (the [`Trainer`](super::Trainer) does at every epoch,
     /// resumed or not).
     pub fn freeze_for_epoch(&mut self, epoch: usize) {
-        let frozen: BTreeSet<String> = self
-            .trained()
-            .filter(|(n, _)| self.arch.is_frozen_in(n, epoch))
-            .map(|(n, _)| n.clone())
-            .collect();
-        if let Some(muon) = &mut self.muon {
-            muon.set_frozen(frozen.clone());
+        let frozen = self.groups.frozen_in(epoch);
+        for optimizer in &mut self.optimizers {
+            optimizer.set_frozen(frozen.clone());
         }
-        self.sgd.set_frozen(frozen);
-        let arch = &self.arch;
-        self.net
-            .model
-            .set_frozen(&|name| arch.is_frozen_in(name, epoch));
-    }
-
-    /// With lookahead, pulls the live weights and the slow copy together with the slow copy's
-    /// weight `decay` ([`Ema::pull`]); nothing to do without lookahead.
-    pub fn pull_lookahead(&mut self, decay: f64) -> Result<()> {
-        if let (true, Some((_, ema))) = (self.lookahead, &self.ema) {
-            let _o = tracing::info_span!("optimizer").entered();
-            ema.pull(decay)?;
-        }
-        Ok(())
+        self.net.model.set_frozen(&|name| frozen.contains(name));
     }
 
     /// Optimizer steps taken (including those before a resume).
@@ -339,8 +260,8 @@ impl Learner {
     /// [`Part::Momentum`]. With [`Learner::steps`] it is all a resume needs.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = self.net.state(Part::Model.prefix());
-        if let Some((ema, _)) = &self.ema {
-            out.extend(ema.state(Part::Ema.prefix()));
+        if let Some(copy) = self.averaging.copy() {
+            out.extend(copy.state(Part::Ema.prefix()));
         }
         let momentum = Part::Momentum.prefix();
         out.extend(
@@ -359,15 +280,17 @@ impl Learner {
         steps: usize,
     ) -> std::result::Result<(), StateError> {
         self.net.load_state(tensors, Part::Model.prefix())?;
-        if let Some((ema_net, ema)) = &self.ema {
+        if let Some(copy) = self.averaging.copy() {
             let prefix = Part::Ema.prefix();
             if tensors.keys().any(|k| k.starts_with(prefix)) {
-                ema_net.load_state(tensors, prefix)?;
+                copy.load_state(tensors, prefix)?;
             } else {
-                ema.restart().map_err(|source| StateError::Mismatch {
-                    name: prefix.to_string(),
-                    source,
-                })?;
+                self.averaging
+                    .restart()
+                    .map_err(|source| StateError::Mismatch {
+                        name: prefix.to_string(),
+                        source,
+                    })?;
             }
         }
         let prefix = Part::Momentum.prefix();
@@ -380,33 +303,31 @@ impl Learner {
         Ok(())
     }
 
-    /// The variables the optimizers update, by name: SGD's, then Muon's.
-    fn trained(&self) -> impl Iterator<Item = &(String, Var)> {
-        let banks = self.muon.as_ref().map(|m| m.params()).unwrap_or_default();
-        self.sgd.params().iter().chain(banks)
+    /// The variables the optimizers update: SGD's, then Muon's, each in name order.
+    fn trained(&self) -> impl Iterator<Item = &super::optim::Param> {
+        self.optimizers.iter().flat_map(|o| o.params())
     }
 
-    /// Both optimizers' momentum buffers, by parameter name (the names are disjoint).
+    /// Every optimizer's momentum buffers, by parameter name (the names are disjoint).
     fn momentum_tensors(&self) -> BTreeMap<String, Tensor> {
-        let mut all = self.sgd.momentum_tensors().clone();
-        if let Some(muon) = &self.muon {
-            all.extend(muon.momentum_tensors().clone());
+        let mut all = BTreeMap::new();
+        for optimizer in &self.optimizers {
+            all.extend(optimizer.momentum().clone());
         }
         all
     }
 
     /// Hands each buffer to the optimizer that updates its parameter.
-    fn set_momentum_tensors(&mut self, buffers: BTreeMap<String, Tensor>) {
-        let Some(muon) = &mut self.muon else {
-            self.sgd.set_momentum_tensors(buffers);
-            return;
-        };
-        let banks: BTreeSet<&str> = muon.params().iter().map(|(n, _)| n.as_str()).collect();
-        let (mine, rest) = buffers
-            .into_iter()
-            .partition(|(n, _)| banks.contains(n.as_str()));
-        muon.set_momentum_tensors(mine);
-        self.sgd.set_momentum_tensors(rest);
+    fn set_momentum_tensors(&mut self, mut buffers: BTreeMap<String, Tensor>) {
+        for optimizer in &mut self.optimizers {
+            let names: BTreeSet<&str> =
+                optimizer.params().iter().map(|p| p.name.as_str()).collect();
+            let (mine, rest) = buffers
+                .into_iter()
+                .partition(|(n, _)| names.contains(n.as_str()));
+            optimizer.set_momentum(mine);
+            buffers = rest;
+        }
     }
 
     /// The first tensor of [`Learner::state`] (by name) holding a NaN or an infinity, if any:
@@ -419,7 +340,7 @@ impl Learner {
 
     /// Whether the learner keeps an EMA of its weights.
     pub fn has_ema(&self) -> bool {
-        self.ema.is_some() && !self.lookahead
+        self.averaging.delivered().is_some()
     }
 
     /// The live (raw) network.
@@ -429,10 +350,7 @@ impl Learner {
 
     /// The EMA network, when the run keeps one.
     pub fn ema_model(&self) -> Option<&Network> {
-        self.ema
-            .as_ref()
-            .filter(|_| !self.lookahead)
-            .map(|(net, _)| &net.model)
+        self.averaging.delivered()
     }
 
     /// The whitened net's first layer, if this learner trains one: its filters come from the
@@ -444,7 +362,7 @@ impl Learner {
         };
         let filters = net.whitening_for(images, shape)?;
         net.set_whitening(&filters)?;
-        if let Some(twin) = self.ema.as_ref().and_then(|(c, _)| c.model.as_whitened()) {
+        if let Some(twin) = self.averaging.copy().and_then(|c| c.model.as_whitened()) {
             twin.set_whitening(&filters)?;
         }
         Ok(())
@@ -453,10 +371,13 @@ impl Learner {
 
 /// `net`'s BatchNorm running statistics.
 fn statistics(net: &Net) -> Vec<Var> {
-    net.named()
+    let named = net.named();
+    let labelled = roles(named.iter().map(|(n, v)| (n.as_str(), v.rank())));
+    labelled
         .into_iter()
-        .filter(|(n, _)| is_running_statistic(n))
-        .map(|(_, v)| v)
+        .zip(&named)
+        .filter(|((_, role), _)| *role == Role::RunningStatistic)
+        .map(|(_, (_, v))| v.clone())
         .collect()
 }
 

@@ -11,6 +11,7 @@ use super::error::{Error, Result};
 use super::evaluate::{evaluate, Evaluation};
 use super::learner::Part;
 use super::net::Net;
+use super::optim::averaging;
 use crate::augment::Augmenter;
 use crate::model::Precision;
 use crate::store::{Images, Reader, Shape};
@@ -51,7 +52,7 @@ impl SavedRun {
             config.precision = Precision::F32;
         }
         let net = Net::new(&config, device)?;
-        let weights = if raw || config.ema_decay <= 0.0 {
+        let weights = if raw || !averaging::Kind::of(&config).delivers_copy() {
             Part::Model
         } else {
             Part::Ema

@@ -311,12 +311,6 @@ impl Trainer {
         let (logits, loss) = self.learner.step(x, y, lr, dropout_seed)?;
         self.sums.add(&logits, &loss, y)?;
         self.batch += 1;
-        if let Some(lookahead) = &self.config.lookahead {
-            let total = self.batches_per_epoch * self.config.epochs;
-            if let Some(decay) = lookahead.decay_after(self.learner.steps(), total) {
-                self.learner.pull_lookahead(decay)?;
-            }
-        }
         Ok(())
     }
 

@@ -13,6 +13,7 @@
 //! duplicate six enums and their spellings; `tests/suite/cli_flags.rs` checks that clap's and
 //! serde's names agree.
 
+mod optim;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -23,10 +24,10 @@ use crate::augment::ops::PadFill;
 use crate::augment::{AugmentConfig, PolicyName};
 use crate::model::{Architecture, ModelConfig, Precision, WhitenedConfig};
 use crate::ops::Kernels;
-use crate::train::lookahead::Lookahead;
-use crate::train::muon::MuonConfig;
 use crate::train::schedule::{Schedule, ScheduleKind};
 use crate::train::tta::Tta;
+
+pub use optim::{Lookahead, MuonConfig, OptimConfig};
 
 /// Why a configuration could not be built or used.
 #[derive(Debug, thiserror::Error)]
@@ -71,35 +72,6 @@ pub enum Origin<'a> {
     Preset(&'a str),
     /// A saved run's folder: its `config.toml`.
     Run(&'a Path),
-}
-
-/// Optimizer settings (SGD).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimConfig {
-    /// Momentum.
-    pub momentum: f64,
-    /// Nesterov momentum.
-    pub nesterov: bool,
-    /// L2 weight decay added to the gradient.
-    pub weight_decay: f64,
-    /// No weight decay on BatchNorm parameters and biases.
-    pub no_decay_bn_bias: bool,
-    /// BatchNorm shifts step at this many times the rate, with the weight decay divided by it
-    /// (airbench: 64).
-    #[serde(default = "one_f64")]
-    pub bn_bias_rate_factor: f64,
-    /// The whitening layer's bias steps at this many times the rate, with the weight decay
-    /// divided by it (airbench94: 1; airbench94_muon: its bias rate over its head's).
-    #[serde(default = "one_f64")]
-    pub whiten_bias_rate_factor: f64,
-    /// The whitening bias's rate falls linearly to zero over its `model.whiten_bias_epochs`
-    /// (airbench94_muon) instead of following the run's schedule until it freezes (airbench94).
-    #[serde(default)]
-    pub whiten_bias_to_zero: bool,
-    /// Muon on the convolution filter banks, SGD on the rest (absent: SGD on everything).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub muon: Option<MuonConfig>,
 }
 
 /// Everything a training run needs.

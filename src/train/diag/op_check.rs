@@ -14,9 +14,8 @@ use candle_nn::{VarBuilder, VarMap};
 use super::measure::{relative_max, uniform};
 use super::side::Side;
 use crate::ops::{self, BatchNorm, Kernels, Options, Statistics};
-use crate::train::ema::Ema;
 use crate::train::error::Result;
-use crate::train::sgd::Sgd;
+use crate::train::optim::{Ema, EmaStep, Optimizer, Param, Sgd, StepScalars};
 
 /// Largest accepted error (max |device − cpu| / max |cpu|) in f32: reassociated sums only.
 pub const F32_TOLERANCE: f64 = 1e-4;
@@ -203,22 +202,42 @@ fn sgd(side: Side) -> Result<Named> {
         .map(|v| Var::from_tensor(&v.as_tensor().zeros_like()?))
         .collect::<candle_core::Result<_>>()?;
     let ema = Ema::new(0.9, twins.clone(), vec![w.clone(), b.clone(), stat.clone()])?;
-    let params = vec![("b".to_string(), b.clone()), ("w".to_string(), w.clone())];
-    let mut sgd = Sgd::new(params, 0.9, true, 5e-4, true);
-    let fused = side.kernels == Kernels::Fast;
+    // Two groups as a run makes them: the bias without weight decay, the filters with it.
+    let params = vec![
+        Param {
+            name: "b".into(),
+            var: b.clone(),
+            group: 0,
+        },
+        Param {
+            name: "w".into(),
+            var: w.clone(),
+            group: 1,
+        },
+    ];
+    let mut sgd = Sgd::new(params, vec![0.0, 5e-4], 0.9, true).fused(side.kernels == Kernels::Fast);
     for step in 0..3u64 {
         let cw = random(&[64, 3, 3, 3], 10 + step)?.to_device(dev)?;
         let cb = random(&[64], 20 + step)?.to_device(dev)?;
         let loss = ((w.as_tensor() * &cw)?.sum_all()? + (b.as_tensor() * &cb)?.sum_all()?)?;
         let g = loss.backward()?;
-        sgd.step_with_ema(&g, 0.1, Some((&ema, step as usize)), fused)?;
+        let update = EmaStep {
+            pairs: ema.pairs(),
+            decay: ema.decay_at(step as usize),
+        };
+        let scalars = StepScalars {
+            rates: vec![0.1, 0.1],
+            ema_decay: Some(update.decay),
+        };
+        let done = sgd.step(&g, &scalars, Some(&update))?;
+        ema.finish(update.decay, &done)?;
         stat.set(&(stat.as_tensor() * 0.5)?)?;
     }
     let mut out = vec![("w", w.as_tensor().clone()), ("b", b.as_tensor().clone())];
     for (name, t) in ["ema w", "ema b", "ema stat"].into_iter().zip(&twins) {
         out.push((name, t.as_tensor().clone()));
     }
-    for (name, t) in sgd.momentum_tensors() {
+    for (name, t) in sgd.momentum() {
         out.push((
             if name == "w" {
                 "momentum w"

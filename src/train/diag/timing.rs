@@ -36,7 +36,8 @@ pub struct StepRate {
 pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<StepRate> {
     let mut config = config.clone();
     config.ema_decay = 0.0;
-    let mut learner = Learner::new(&config, device)?;
+    config.lookahead = None;
+    let mut learner = Learner::new(&config, device, steps + WARMUP)?;
     // As the trainer's first epoch: what the recipe freezes from the start (a config with
     // `whiten_bias_epochs = 0` times the steps after the whitening bias stops).
     learner.freeze_for_epoch(0);

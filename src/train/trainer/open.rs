@@ -11,7 +11,6 @@ use candle_core::Device;
 use super::{train_loader_config, Trainer};
 use crate::augment::{self, Augmenter};
 use crate::dist::{Collective, Local};
-use crate::model::Architecture;
 use crate::ops::Kernels;
 use crate::train::checkpoint::Snapshot;
 use crate::train::config::TrainConfig;
@@ -145,14 +144,8 @@ impl Trainer {
             augment::thread_pool(config.threads)
                 .map_err(|e| Error::Unsupported(format!("starting the augmentation pool: {e}")))?,
         );
-        let mut learner = Learner::new(&config, &device)?;
+        let mut learner = Learner::new(&config, &device, batches_per_epoch)?;
         learner.set_world(world.clone(), config.sync_bn);
-        if let (true, Architecture::Whitened(w)) = (config.optim.whiten_bias_to_zero, &config.model)
-        {
-            learner.taper_whiten_bias(
-                (w.whiten_bias_epochs * batches_per_epoch as f64).ceil() as usize
-            );
-        }
         // Only now, with the data and the model in hand, does the run folder get touched; by
         // rank 0 alone.
         let run_dir = if world.is_main() {

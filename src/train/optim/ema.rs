@@ -1,6 +1,8 @@
 //! Exponential moving average of the weights and BatchNorm statistics.
 
-use candle_core::{Result, Var};
+use std::collections::HashSet;
+
+use candle_core::{Result, TensorId, Var};
 
 /// Pairs of (EMA variable, live variable); `ema ← d·ema + (1−d)·live` after every step, with
 /// `d = min(decay, (1 + t) / (10 + t))` at update `t` (TensorFlow's warm-up), so that a short run
@@ -41,6 +43,31 @@ impl Ema {
         &self.pairs
     }
 
+    /// Finishes an update of decay `d` that an optimizer began: the pairs whose live variable
+    /// is not in `done`. With nothing done, candle's ops on every pair; otherwise (CUDA's fused
+    /// step) the rest by the same device's kernel.
+    pub fn finish(&self, d: f64, done: &HashSet<TensorId>) -> Result<()> {
+        if done.is_empty() {
+            return self.update_with(d);
+        }
+        self.finish_on_device(d, done)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn finish_on_device(&self, d: f64, done: &HashSet<TensorId>) -> Result<()> {
+        for (e, l) in &self.pairs {
+            if !done.contains(&l.id()) {
+                crate::ops::cuda::optim::ema_update(e.as_tensor(), l.as_tensor(), d)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn finish_on_device(&self, _: f64, _: &HashSet<TensorId>) -> Result<()> {
+        unreachable!("only CUDA's fused step folds the EMA into an optimizer")
+    }
+
     /// A lookahead pull: `ema ← ema + (1−d)·(live − ema)` (PyTorch's `lerp_`, exact where the
     /// two agree, so a frozen tensor stays bit for bit), then `live ← ema`.
     pub fn pull(&self, d: f64) -> Result<()> {
@@ -55,7 +82,11 @@ impl Ema {
 
     /// Update number `t` (0-based: the global training step it follows).
     pub fn update(&self, t: usize) -> Result<()> {
-        let d = self.decay_at(t);
+        self.update_with(self.decay_at(t))
+    }
+
+    /// One update with decay `d`.
+    pub fn update_with(&self, d: f64) -> Result<()> {
         for (e, l) in &self.pairs {
             let next = ((e.as_tensor() * d)? + (l.as_tensor() * (1.0 - d))?)?.detach();
             e.set(&next)?;

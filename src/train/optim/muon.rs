@@ -4,36 +4,13 @@
 //! SVD, from a quintic Newton–Schulz iteration. The step's size is the rate, whatever the
 //! gradient's scale, so a summed or a mean loss train alike.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use candle_core::{backprop::GradStore, Result, Tensor, Var};
-use serde::{Deserialize, Serialize};
+use candle_core::{backprop::GradStore, Result, Tensor, TensorId};
 
 use super::sgd::accumulate;
-
-/// Muon's settings (`[optim.muon]`); its rate follows the run's schedule, scaled from
-/// `schedule.lr` to `lr`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MuonConfig {
-    /// Rate at the schedule's peak (airbench94_muon: 0.24).
-    pub lr: f64,
-    /// Nesterov momentum (airbench94_muon: 0.6).
-    pub momentum: f64,
-    /// Newton–Schulz iterations (airbench94_muon: 3).
-    pub steps: usize,
-}
-
-impl MuonConfig {
-    /// airbench94_muon's settings.
-    pub fn airbench() -> Self {
-        MuonConfig {
-            lr: 0.24,
-            momentum: 0.6,
-            steps: 3,
-        }
-    }
-}
+use super::{EmaStep, Optimizer, Param, StepScalars};
+use crate::train::config::MuonConfig;
 
 /// The quintic iteration's coefficients (airbench94_muon's: the slope at zero pushed past
 /// convergence, so singular values land in roughly [0.5, 1.5] after three steps).
@@ -68,9 +45,9 @@ pub fn orthogonalise(g: &Tensor, steps: usize) -> Result<Tensor> {
 }
 
 /// The optimizer over named filter banks (rank ≥ 2: each is flattened to `[out, rest]`), with
-/// its momentum buffers by parameter name.
+/// its momentum buffers by parameter name. Each bank steps at its group's rate.
 pub struct Muon {
-    params: Vec<(String, Var)>,
+    params: Vec<Param>,
     config: MuonConfig,
     buffers: BTreeMap<String, Tensor>,
     frozen: BTreeSet<String>,
@@ -78,7 +55,7 @@ pub struct Muon {
 
 impl Muon {
     /// An optimizer over `params`.
-    pub fn new(params: Vec<(String, Var)>, config: MuonConfig) -> Self {
+    pub fn new(params: Vec<Param>, config: MuonConfig) -> Self {
         Muon {
             params,
             config,
@@ -86,55 +63,77 @@ impl Muon {
             frozen: BTreeSet::new(),
         }
     }
+}
 
-    /// From now on, the parameters `names` (and only they) are not updated.
-    pub fn set_frozen(&mut self, names: BTreeSet<String>) {
-        self.frozen = names;
+impl Optimizer for Muon {
+    fn name(&self) -> &'static str {
+        "muon"
     }
 
-    /// One update at `factor` times the configured rate (the schedule's position); parameters
-    /// without a gradient are left alone.
-    pub fn step(&mut self, grads: &GradStore, factor: f64) -> Result<()> {
-        let mu = self.config.momentum;
-        let lr = self.config.lr * factor;
-        for (name, var) in &self.params {
-            let Some(grad) = grads.get(var) else { continue };
-            if self.frozen.contains(name) {
-                continue;
-            }
-            let buf = accumulate(self.buffers.get(name), grad, mu)?;
-            let nesterov = (grad + (&buf * mu)?)?;
-            self.buffers.insert(name.clone(), buf);
-            let shape = var.shape().clone();
-            let rows = shape.dims()[0];
-            let w = var.as_tensor();
-            let w = w.broadcast_mul(&(frobenius(w)?.recip()? * (rows as f64).sqrt())?)?;
-            let update = orthogonalise(&nesterov.flatten_from(1)?, self.config.steps)?;
-            var.set(&(w - (update.reshape(shape)? * lr)?)?)?;
-        }
-        Ok(())
-    }
-
-    /// The parameters it updates, by name.
-    pub fn params(&self) -> &[(String, Var)] {
+    fn params(&self) -> &[Param] {
         &self.params
     }
 
-    /// Each parameter's momentum buffer, by parameter name.
-    pub fn momentum_tensors(&self) -> &BTreeMap<String, Tensor> {
+    fn step(
+        &mut self,
+        grads: &GradStore,
+        scalars: &StepScalars,
+        _ema: Option<&EmaStep>,
+    ) -> Result<HashSet<TensorId>> {
+        let mu = self.config.momentum;
+        for p in &self.params {
+            let Some(grad) = grads.get(&p.var) else {
+                continue;
+            };
+            if self.frozen.contains(&p.name) {
+                continue;
+            }
+            let lr = scalars.rates[p.group];
+            let buf = accumulate(self.buffers.get(&p.name), grad, mu)?;
+            let nesterov = (grad + (&buf * mu)?)?;
+            self.buffers.insert(p.name.clone(), buf);
+            let shape = p.var.shape().clone();
+            let rows = shape.dims()[0];
+            let w = p.var.as_tensor();
+            let w = w.broadcast_mul(&(frobenius(w)?.recip()? * (rows as f64).sqrt())?)?;
+            let update = orthogonalise(&nesterov.flatten_from(1)?, self.config.steps)?;
+            p.var.set(&(w - (update.reshape(shape)? * lr)?)?)?;
+        }
+        Ok(HashSet::new())
+    }
+
+    fn momentum(&self) -> &BTreeMap<String, Tensor> {
         &self.buffers
     }
 
-    /// Restores momentum buffers from a checkpoint.
-    pub fn set_momentum_tensors(&mut self, buffers: BTreeMap<String, Tensor>) {
+    fn set_momentum(&mut self, buffers: BTreeMap<String, Tensor>) {
         self.buffers = buffers;
+    }
+
+    fn set_frozen(&mut self, names: BTreeSet<String>) {
+        self.frozen = names;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::{DType, Device, Var};
+
+    fn bank(var: &Var) -> Param {
+        Param {
+            name: "w".into(),
+            var: var.clone(),
+            group: 0,
+        }
+    }
+
+    fn rate(lr: f64) -> StepScalars {
+        StepScalars {
+            rates: vec![lr],
+            ema_decay: None,
+        }
+    }
 
     fn singular_values(x: &Tensor) -> Vec<f64> {
         // Eigenvalues of X Xᵀ (X wide) are the squared singular values.
@@ -223,13 +222,14 @@ mod tests {
             momentum: 0.6,
             steps: 3,
         };
-        let mut muon = Muon::new(vec![("w".into(), p.clone())], config);
+        let mut muon = Muon::new(vec![bank(&p)], config);
         let mut want = w0.clone();
         let mut buf: Option<Tensor> = None;
         for _ in 0..2 {
             // loss = Σ c·w, so the gradient is c.
             let loss = (p.as_tensor() * &c).unwrap().sum_all().unwrap();
-            muon.step(&loss.backward().unwrap(), 0.5).unwrap();
+            muon.step(&loss.backward().unwrap(), &rate(0.05), None)
+                .unwrap();
             let b = match &buf {
                 Some(b) => ((b * 0.6).unwrap() + &c).unwrap(),
                 None => c.clone(),
@@ -259,14 +259,15 @@ mod tests {
     fn frozen_banks_do_not_move() {
         let dev = Device::Cpu;
         let p = Var::from_tensor(&Tensor::ones((2, 3), DType::F32, &dev).unwrap()).unwrap();
-        let mut muon = Muon::new(vec![("w".into(), p.clone())], MuonConfig::airbench());
+        let mut muon = Muon::new(vec![bank(&p)], MuonConfig::airbench());
         muon.set_frozen(["w".to_string()].into());
         let loss = p.as_tensor().sum_all().unwrap();
-        muon.step(&loss.backward().unwrap(), 1.0).unwrap();
+        muon.step(&loss.backward().unwrap(), &rate(0.24), None)
+            .unwrap();
         assert_eq!(
             p.as_tensor().to_vec2::<f32>().unwrap(),
             vec![vec![1.0; 3]; 2]
         );
-        assert!(muon.momentum_tensors().is_empty());
+        assert!(muon.momentum().is_empty());
     }
 }
