@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cifar_stream::model::{build, sorted_vars, Mode, ModelConfig};
 use cifar_stream::ops::{conv2d, gelu, max_pool2, BatchNorm, Kernels, Statistics};
-use cifar_stream::train::optim::{Optimizer, Param, Sgd, StepScalars};
+use cifar_stream::train::optim::{Optimizer, Param, Scalars, Sgd, StepScalars};
 
 // What the binaries run with (glibc malloc alone costs ~1.4x here through page-fault churn).
 #[global_allocator]
@@ -209,11 +209,13 @@ fn bench_step(c: &mut Criterion) {
                 group: 0,
             })
             .collect();
-        let mut sgd = Sgd::new(params, vec![5e-5], 0.9, true);
-        let rate = StepScalars {
+        let mut sgd = Sgd::new(params, vec![5e-5], 0.9, true).unwrap();
+        let rate = Scalars::new(1, &Device::Cpu).unwrap();
+        rate.write(&StepScalars {
             rates: vec![0.01],
             ema_decay: None,
-        };
+        })
+        .unwrap();
         let mut step = 0u64;
         group.bench_function(label, |b| {
             b.iter(|| {

@@ -7,25 +7,37 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 
 /// The prefix of the sums' names in a checkpoint.
 const PREFIX: &str = "epoch_sums.";
 /// The prefix checkpoints written before the rename used; still read.
 const OLD_PREFIX: &str = "running.";
 
-/// Sums of `loss × batch` and of correct predictions since the epoch started.
-#[derive(Default)]
+/// Sums of `loss × batch` and of correct predictions since the epoch started, in two device
+/// scalars allocated once and written in place (a captured step adds to the same memory).
 pub struct EpochSums {
-    loss: Option<Tensor>,
-    hits: Option<Tensor>,
+    loss: Var,
+    hits: Var,
     images: usize,
 }
 
 impl EpochSums {
-    /// Empty totals.
-    pub fn new() -> Self {
-        Self::default()
+    /// Zero totals on `device`.
+    pub fn new(device: &Device) -> Result<Self> {
+        Ok(EpochSums {
+            loss: Var::zeros((), DType::F64, device)?,
+            hits: Var::zeros((), DType::U32, device)?,
+            images: 0,
+        })
+    }
+
+    /// Starts a new epoch: zero totals, in the same storage.
+    pub fn reset(&mut self) -> Result<()> {
+        self.loss.set(&self.loss.zeros_like()?)?;
+        self.hits.set(&self.hits.zeros_like()?)?;
+        self.images = 0;
+        Ok(())
     }
 
     /// Adds one batch: its `logits` `[n, classes]`, mean `loss` and labels `y` `[n]` (u32).
@@ -40,14 +52,8 @@ impl EpochSums {
             .eq(y)?
             .to_dtype(DType::U32)?
             .sum_all()?;
-        self.loss = Some(match self.loss.take() {
-            Some(sum) => (sum + loss)?,
-            None => loss,
-        });
-        self.hits = Some(match self.hits.take() {
-            Some(sum) => (sum + hits)?,
-            None => hits,
-        });
+        self.loss.set(&(self.loss.as_tensor() + loss)?)?;
+        self.hits.set(&(self.hits.as_tensor() + hits)?)?;
         self.images += n;
         Ok(())
     }
@@ -57,42 +63,40 @@ impl EpochSums {
         self.images
     }
 
-    /// The device-side sums as named tensors (`epoch_sums.loss`, `epoch_sums.hits`) once a batch was
-    /// added, for a checkpoint; [`EpochSums::images`] goes with them.
+    /// The device-side sums as named tensors (`epoch_sums.loss`, `epoch_sums.hits`) once a batch
+    /// was added, for a checkpoint; [`EpochSums::images`] goes with them.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        match (&self.loss, &self.hits) {
-            (Some(loss), Some(hits)) => vec![
-                (format!("{PREFIX}loss"), loss.clone()),
-                (format!("{PREFIX}hits"), hits.clone()),
-            ],
-            _ => Vec::new(),
+        if self.images == 0 {
+            return Vec::new();
         }
+        vec![
+            (format!("{PREFIX}loss"), self.loss.as_tensor().clone()),
+            (format!("{PREFIX}hits"), self.hits.as_tensor().clone()),
+        ]
     }
 
-    /// The totals of a [`EpochSums::state`] over `images` images (empty when it holds none: a
-    /// checkpoint at an epoch boundary).
-    pub fn from_state(tensors: &HashMap<String, Tensor>, images: usize) -> Self {
+    /// Copies in the totals of a [`EpochSums::state`] over `images` images (zeros when it holds
+    /// none: a checkpoint at an epoch boundary).
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, images: usize) -> Result<()> {
         let get = |n: &str| {
             [PREFIX, OLD_PREFIX]
                 .iter()
                 .find_map(|p| tensors.get(&format!("{p}{n}")).cloned())
         };
-        match (get("loss"), get("hits")) {
-            (Some(loss), Some(hits)) => EpochSums {
-                loss: Some(loss),
-                hits: Some(hits),
-                images,
-            },
-            _ => EpochSums::new(),
+        self.reset()?;
+        if let (Some(loss), Some(hits)) = (get("loss"), get("hits")) {
+            self.loss.set(&loss)?;
+            self.hits.set(&hits)?;
+            self.images = images;
         }
+        Ok(())
     }
 
     /// `(Σ loss × batch, correct)` so far (zeros before the first batch); waits for the device.
     pub fn read_sums(&self) -> Result<(f64, f64)> {
-        let (Some(loss), Some(hits)) = (&self.loss, &self.hits) else {
-            return Ok((0.0, 0.0));
-        };
-        Ok((loss.to_scalar::<f64>()?, hits.to_scalar::<u32>()? as f64))
+        let loss = self.loss.as_tensor().to_scalar::<f64>()?;
+        let hits = self.hits.as_tensor().to_scalar::<u32>()?;
+        Ok((loss, hits as f64))
     }
 
     /// `(mean loss, accuracy)` so far (zeros before the first batch); waits for the device.
@@ -112,7 +116,7 @@ mod tests {
     #[test]
     fn means_weight_each_batch_by_its_size() {
         let dev = Device::Cpu;
-        let mut r = EpochSums::new();
+        let mut r = EpochSums::new(&dev).unwrap();
         assert_eq!(r.read().unwrap(), (0.0, 0.0));
         // Batch 1: two images, both right, loss 1.0. Batch 2: one image, wrong, loss 4.0.
         let logits = Tensor::new(&[[0.0f32, 2.0], [3.0, 1.0]], &dev).unwrap();
@@ -132,20 +136,24 @@ mod tests {
     #[test]
     fn the_state_round_trips_and_the_old_names_are_read() {
         let dev = Device::Cpu;
-        let mut r = EpochSums::new();
+        let mut r = EpochSums::new(&dev).unwrap();
         assert!(r.state().is_empty());
         let logits = Tensor::new(&[[0.0f32, 2.0]], &dev).unwrap();
         let y = Tensor::new(&[1u32], &dev).unwrap();
         r.add(&logits, &Tensor::new(3.0f32, &dev).unwrap(), &y)
             .unwrap();
         let state: std::collections::HashMap<String, Tensor> = r.state().into_iter().collect();
-        let back = EpochSums::from_state(&state, 1);
+        let mut back = EpochSums::new(&dev).unwrap();
+        back.load_state(&state, 1).unwrap();
         assert_eq!(back.read().unwrap(), (3.0, 1.0));
         // A checkpoint written before the rename named them `running.…`.
         let old = state
             .into_iter()
             .map(|(k, t)| (k.replace("epoch_sums.", "running."), t))
             .collect();
-        assert_eq!(EpochSums::from_state(&old, 1).read().unwrap(), (3.0, 1.0));
+        back.reset().unwrap();
+        assert_eq!(back.read().unwrap(), (0.0, 0.0));
+        back.load_state(&old, 1).unwrap();
+        assert_eq!(back.read().unwrap(), (3.0, 1.0));
     }
 }

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor, Var};
 use super::error::{Result, StateError};
 use super::net::Net;
 use super::optim::groups::Stepper;
-use super::optim::{Averaging, Groups, Muon, Optimizer, Sgd};
+use super::optim::{Averaging, Groups, Muon, Optimizer, Scalars, Sgd};
 use crate::dist::{Collective, Local};
 use crate::model::{roles, Mode, Network, Role};
 use crate::train::config::TrainConfig;
@@ -45,6 +45,8 @@ impl Part {
 pub struct Learner {
     net: Net,
     averaging: Averaging,
+    /// This step's rates and EMA decay, on the device, written before each step.
+    scalars: Scalars,
     /// Who steps which parameter at what rate.
     groups: Groups,
     /// SGD, then Muon when the run uses it: each over its own groups' parameters.
@@ -74,17 +76,19 @@ impl Learner {
             decays,
             config.optim.momentum,
             config.optim.nesterov,
-        )
-        .fused(config.kernels == crate::ops::Kernels::Fast);
+        );
+        let sgd = sgd?.fused(config.kernels == crate::ops::Kernels::Fast);
         let mut optimizers: Vec<Box<dyn Optimizer>> = vec![Box::new(sgd)];
         if let Some(settings) = &config.optim.muon {
             let banks = groups.params_of(Stepper::Muon);
-            optimizers.push(Box::new(Muon::new(banks, settings.clone())));
+            optimizers.push(Box::new(Muon::new(banks, settings.clone())?));
         }
         let averaging = Averaging::new(config, device, &net)?;
+        let scalars = Scalars::new(groups.groups().len(), device)?;
         Ok(Learner {
             net,
             averaging,
+            scalars,
             groups,
             optimizers,
             label_smoothing: config.label_smoothing,
@@ -124,7 +128,7 @@ impl Learner {
         let momentum = self.momentum_tensors();
         let buffers: Vec<Tensor> = momentum.values().cloned().collect();
         let refreshed = self.world.broadcast_tensors(&buffers, 0)?;
-        self.set_momentum_tensors(momentum.into_keys().zip(refreshed).collect());
+        self.set_momentum_tensors(momentum.into_keys().zip(refreshed).collect())?;
         Ok(())
     }
 
@@ -194,10 +198,11 @@ impl Learner {
         Ok(())
     }
 
-    /// One training step: forward with dropout drawn from `dropout_seed`, cross-entropy (with
-    /// the run's label smoothing), backward, SGD update at rate `lr`, then the EMA update
-    /// numbered by the steps taken so far. Returns `(logits, loss)`; each phase is one tracing
-    /// span (the EMA belongs to `optimizer`).
+    /// One training step where the schedule gives rate `lr`: each group's rate and the EMA's
+    /// decay written into the step's scalar buffer, then forward with dropout drawn from
+    /// `dropout_seed`, cross-entropy (with the run's label smoothing), backward, the
+    /// optimizers, the EMA update. Returns `(logits, loss)`; each phase is one tracing span
+    /// (the EMA belongs to `optimizer`).
     pub fn step(
         &mut self,
         x: &Tensor,
@@ -205,6 +210,9 @@ impl Learner {
         lr: f64,
         dropout_seed: u64,
     ) -> Result<(Tensor, Tensor)> {
+        let ema_decay = self.averaging.ema_decay(self.steps);
+        self.scalars
+            .write(&self.groups.scalars(lr, self.steps, ema_decay))?;
         let (logits, loss) = {
             let _f = tracing::info_span!("forward").entered();
             let mode = Mode::Train {
@@ -221,17 +229,14 @@ impl Learner {
         };
         self.average_gradients(&mut grads)?;
         let _o = tracing::info_span!("optimizer").entered();
-        let ema = self.averaging.ema_step(self.steps);
-        let scalars = self
-            .groups
-            .scalars(lr, self.steps, ema.as_ref().map(|e| e.decay));
+        let ema = self.averaging.ema_step();
         let mut done = HashSet::new();
         for optimizer in &mut self.optimizers {
-            done.extend(optimizer.step(&grads, &scalars, ema.as_ref())?);
+            done.extend(optimizer.step(&grads, &self.scalars, ema.as_ref())?);
         }
         // The EMA after every optimizer has moved its weights.
-        if let Some(ema) = &ema {
-            self.averaging.finish_ema(ema, &done)?;
+        if ema.is_some() {
+            self.averaging.finish_ema(&self.scalars, &done)?;
         }
         drop(_o);
         self.steps += 1;
@@ -298,7 +303,11 @@ impl Learner {
             .iter()
             .filter_map(|(k, t)| k.strip_prefix(prefix).map(|n| (n.to_string(), t.clone())))
             .collect();
-        self.set_momentum_tensors(buffers);
+        self.set_momentum_tensors(buffers)
+            .map_err(|source| StateError::Mismatch {
+                name: prefix.to_string(),
+                source,
+            })?;
         self.steps = steps;
         Ok(())
     }
@@ -312,22 +321,27 @@ impl Learner {
     fn momentum_tensors(&self) -> BTreeMap<String, Tensor> {
         let mut all = BTreeMap::new();
         for optimizer in &self.optimizers {
-            all.extend(optimizer.momentum().clone());
+            all.extend(optimizer.momentum());
         }
         all
     }
 
-    /// Hands each buffer to the optimizer that updates its parameter.
-    fn set_momentum_tensors(&mut self, mut buffers: BTreeMap<String, Tensor>) {
+    /// Copies each buffer into the optimizer that updates its parameter (a buffer for a
+    /// parameter none of them trains is ignored, as it always was).
+    fn set_momentum_tensors(
+        &mut self,
+        mut buffers: BTreeMap<String, Tensor>,
+    ) -> candle_core::Result<()> {
         for optimizer in &mut self.optimizers {
             let names: BTreeSet<&str> =
                 optimizer.params().iter().map(|p| p.name.as_str()).collect();
             let (mine, rest) = buffers
                 .into_iter()
                 .partition(|(n, _)| names.contains(n.as_str()));
-            optimizer.set_momentum(mine);
+            optimizer.set_momentum(mine)?;
             buffers = rest;
         }
+        Ok(())
     }
 
     /// The first tensor of [`Learner::state`] (by name) holding a NaN or an infinity, if any:

@@ -408,7 +408,7 @@ impl Trainer {
             .check_ranks_identical(&format!("weights after epoch {}", trained.epoch + 1))?;
         self.next_epoch = trained.epoch + 1;
         self.batch = 0;
-        self.sums = EpochSums::new();
+        self.sums.reset()?;
         Ok(m)
     }
 

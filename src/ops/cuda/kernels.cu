@@ -395,9 +395,16 @@ extern "C" __global__ void squeeze_bwd_bf16(const float* dout, __nv_bfloat16* dx
 //   e ← d·e + (1 − d)·p   (when `ema` is not null).
 // With momentum 0 the buffer is neither read nor written (and may be null).
 
+// The rate and the EMA's decay d and 1 - d come from the step's scalar buffer (slots
+// rate_slot, decay_slot, decay_slot + 1), never as arguments: a captured graph replays with the
+// values written before each launch.
 extern "C" __global__ void sgd_ema_step(float* p, const float* grad, float* buf, float* ema,
-                                        int64_t len, float lr, float wd, float momentum,
-                                        int nesterov, int first, float decay) {
+                                        int64_t len, const float* scalars, int rate_slot,
+                                        int decay_slot, float wd, float momentum, int nesterov,
+                                        int first) {
+    const float lr = scalars[rate_slot];
+    const float decay = scalars[decay_slot];
+    const float keep = scalars[decay_slot + 1];
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)len;
          i += gridDim.x * blockDim.x) {
         const float pv = p[i];
@@ -410,14 +417,17 @@ extern "C" __global__ void sgd_ema_step(float* p, const float* grad, float* buf,
         }
         const float np = pv - g * lr;
         p[i] = np;
-        if (ema != nullptr) ema[i] = ema[i] * decay + np * (1.0f - decay);
+        if (ema != nullptr) ema[i] = ema[i] * decay + np * keep;
     }
 }
 
 // e ← d·e + (1 − d)·v: the EMA of tensors without gradients (BatchNorm running statistics).
-extern "C" __global__ void ema_update(float* e, const float* v, int64_t len, float decay) {
+extern "C" __global__ void ema_update(float* e, const float* v, int64_t len,
+                                      const float* scalars, int decay_slot) {
+    const float decay = scalars[decay_slot];
+    const float keep = scalars[decay_slot + 1];
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)len;
          i += gridDim.x * blockDim.x) {
-        e[i] = e[i] * decay + v[i] * (1.0f - decay);
+        e[i] = e[i] * decay + v[i] * keep;
     }
 }

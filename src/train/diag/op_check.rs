@@ -15,7 +15,7 @@ use super::measure::{relative_max, uniform};
 use super::side::Side;
 use crate::ops::{self, BatchNorm, Kernels, Options, Statistics};
 use crate::train::error::Result;
-use crate::train::optim::{Ema, EmaStep, Optimizer, Param, Sgd, StepScalars};
+use crate::train::optim::{Ema, EmaStep, Optimizer, Param, Scalars, Sgd, StepScalars};
 
 /// Largest accepted error (max |device − cpu| / max |cpu|) in f32: reassociated sums only.
 pub const F32_TOLERANCE: f64 = 1e-4;
@@ -215,22 +215,22 @@ fn sgd(side: Side) -> Result<Named> {
             group: 1,
         },
     ];
-    let mut sgd = Sgd::new(params, vec![0.0, 5e-4], 0.9, true).fused(side.kernels == Kernels::Fast);
+    let mut sgd =
+        Sgd::new(params, vec![0.0, 5e-4], 0.9, true)?.fused(side.kernels == Kernels::Fast);
+    let scalars = Scalars::new(2, dev)?;
     for step in 0..3u64 {
         let cw = random(&[64, 3, 3, 3], 10 + step)?.to_device(dev)?;
         let cb = random(&[64], 20 + step)?.to_device(dev)?;
         let loss = ((w.as_tensor() * &cw)?.sum_all()? + (b.as_tensor() * &cb)?.sum_all()?)?;
         let g = loss.backward()?;
-        let update = EmaStep {
-            pairs: ema.pairs(),
-            decay: ema.decay_at(step as usize),
-        };
-        let scalars = StepScalars {
-            rates: vec![0.1, 0.1],
-            ema_decay: Some(update.decay),
-        };
+        // The bias steps at twice the filters' rate: each reads its own slot.
+        scalars.write(&StepScalars {
+            rates: vec![0.2, 0.1],
+            ema_decay: Some(ema.decay_at(step as usize)),
+        })?;
+        let update = EmaStep { pairs: ema.pairs() };
         let done = sgd.step(&g, &scalars, Some(&update))?;
-        ema.finish(update.decay, &done)?;
+        ema.finish(&scalars, &done)?;
         stat.set(&(stat.as_tensor() * 0.5)?)?;
     }
     let mut out = vec![("w", w.as_tensor().clone()), ("b", b.as_tensor().clone())];

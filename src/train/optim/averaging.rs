@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use candle_core::{Device, Result, TensorId, Var};
 
 use super::ema::Ema;
+use super::Scalars;
 use crate::model::Network;
 use crate::train::config::{Lookahead, TrainConfig};
 use crate::train::net::Net;
@@ -39,12 +40,11 @@ impl Kind {
     }
 }
 
-/// This step's EMA update, handed to the optimizers that can fold it into their own pass.
+/// This step's EMA update, handed to the optimizers that can fold it into their own pass (its
+/// decay is in the step's [`Scalars`]).
 pub struct EmaStep<'a> {
     /// `(EMA variable, live variable)` pairs.
     pub pairs: &'a [(Var, Var)],
-    /// The decay of this update.
-    pub decay: f64,
 }
 
 /// The averaged copy a learner keeps, with its rule.
@@ -108,23 +108,28 @@ impl Averaging {
         }
     }
 
-    /// The EMA update that follows global step `t` (0-based), if this averaging makes one.
-    pub fn ema_step(&self, t: usize) -> Option<EmaStep<'_>> {
+    /// The EMA's decay at global step `t` (0-based), if this averaging updates one each step.
+    pub fn ema_decay(&self, t: usize) -> Option<f64> {
         match self {
-            Averaging::Ema { ema, .. } => Some(EmaStep {
-                pairs: ema.pairs(),
-                decay: ema.decay_at(t),
-            }),
+            Averaging::Ema { ema, .. } => Some(ema.decay_at(t)),
+            _ => None,
+        }
+    }
+
+    /// The EMA update that follows each step, if this averaging makes one.
+    pub fn ema_step(&self) -> Option<EmaStep<'_>> {
+        match self {
+            Averaging::Ema { ema, .. } => Some(EmaStep { pairs: ema.pairs() }),
             _ => None,
         }
     }
 
     /// Finishes an EMA update the optimizers began ([`Ema::finish`]).
-    pub fn finish_ema(&self, step: &EmaStep, done: &HashSet<TensorId>) -> Result<()> {
+    pub fn finish_ema(&self, scalars: &Scalars, done: &HashSet<TensorId>) -> Result<()> {
         let Averaging::Ema { ema, .. } = self else {
             return Ok(());
         };
-        ema.finish(step.decay, done)
+        ema.finish(scalars, done)
     }
 
     /// After step number `steps` (1-based) of `total`: lookahead's pull when one is due.

@@ -4,6 +4,8 @@ use std::collections::HashSet;
 
 use candle_core::{Result, TensorId, Var};
 
+use super::Scalars;
+
 /// Pairs of (EMA variable, live variable); `ema ← d·ema + (1−d)·live` after every step, with
 /// `d = min(decay, (1 + t) / (10 + t))` at update `t` (TensorFlow's warm-up), so that a short run
 /// is not averaged with its random initial weights.
@@ -43,28 +45,36 @@ impl Ema {
         &self.pairs
     }
 
-    /// Finishes an update of decay `d` that an optimizer began: the pairs whose live variable
-    /// is not in `done`. With nothing done, candle's ops on every pair; otherwise (CUDA's fused
-    /// step) the rest by the same device's kernel.
-    pub fn finish(&self, d: f64, done: &HashSet<TensorId>) -> Result<()> {
-        if done.is_empty() {
-            return self.update_with(d);
+    /// Finishes this step's update, whose decay `d` and `1 − d` it reads from `scalars`: the
+    /// pairs whose live variable is not in `done` (those an optimizer updated in its own pass).
+    /// With nothing done, candle's ops on every pair; otherwise (CUDA's fused step) the rest by
+    /// the same device's kernel.
+    pub fn finish(&self, scalars: &Scalars, done: &HashSet<TensorId>) -> Result<()> {
+        if !done.is_empty() {
+            return self.finish_on_device(scalars, done);
         }
-        self.finish_on_device(d, done)
+        let (d, keep) = (scalars.ema_decay()?, scalars.ema_keep()?);
+        for (e, l) in &self.pairs {
+            let next =
+                (e.as_tensor().broadcast_mul(&d)? + l.as_tensor().broadcast_mul(&keep)?)?.detach();
+            e.set(&next)?;
+        }
+        Ok(())
     }
 
     #[cfg(feature = "cuda")]
-    fn finish_on_device(&self, d: f64, done: &HashSet<TensorId>) -> Result<()> {
+    fn finish_on_device(&self, scalars: &Scalars, done: &HashSet<TensorId>) -> Result<()> {
+        let (buffer, slot) = (scalars.buffer(), scalars.decay_slot());
         for (e, l) in &self.pairs {
             if !done.contains(&l.id()) {
-                crate::ops::cuda::optim::ema_update(e.as_tensor(), l.as_tensor(), d)?;
+                crate::ops::cuda::optim::ema_update(e.as_tensor(), l.as_tensor(), buffer, slot)?;
             }
         }
         Ok(())
     }
 
     #[cfg(not(feature = "cuda"))]
-    fn finish_on_device(&self, _: f64, _: &HashSet<TensorId>) -> Result<()> {
+    fn finish_on_device(&self, _: &Scalars, _: &HashSet<TensorId>) -> Result<()> {
         unreachable!("only CUDA's fused step folds the EMA into an optimizer")
     }
 
@@ -76,20 +86,6 @@ impl Ema {
             let next = (e_t + ((l_t - e_t)? * (1.0 - d))?)?.detach();
             e.set(&next)?;
             l.set(&next)?;
-        }
-        Ok(())
-    }
-
-    /// Update number `t` (0-based: the global training step it follows).
-    pub fn update(&self, t: usize) -> Result<()> {
-        self.update_with(self.decay_at(t))
-    }
-
-    /// One update with decay `d`.
-    pub fn update_with(&self, d: f64) -> Result<()> {
-        for (e, l) in &self.pairs {
-            let next = ((e.as_tensor() * d)? + (l.as_tensor() * (1.0 - d))?)?.detach();
-            e.set(&next)?;
         }
         Ok(())
     }
@@ -111,7 +107,13 @@ mod tests {
         // Starts as a copy of live (1.0); live moves to 3.0; one update at t=0 (d=0.1).
         live.set(&Tensor::new(&[3.0f32], &Device::Cpu).unwrap())
             .unwrap();
-        e.update(0).unwrap();
+        let scalars = Scalars::new(0, &Device::Cpu).unwrap();
+        let step = crate::train::optim::StepScalars {
+            rates: vec![],
+            ema_decay: Some(e.decay_at(0)),
+        };
+        scalars.write(&step).unwrap();
+        e.finish(&scalars, &HashSet::new()).unwrap();
         let v = ema.as_tensor().to_vec1::<f32>().unwrap()[0];
         assert!((v - (0.1 * 1.0 + 0.9 * 3.0)).abs() < 1e-6, "{v}");
     }

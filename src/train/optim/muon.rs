@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use candle_core::{backprop::GradStore, Result, Tensor, TensorId};
 
-use super::sgd::accumulate;
-use super::{EmaStep, Optimizer, Param, StepScalars};
+use super::momentum::MomentumBuffers;
+use super::{EmaStep, Optimizer, Param, Scalars};
 use crate::train::config::MuonConfig;
 
 /// The quintic iteration's coefficients (airbench94_muon's: the slope at zero pushed past
@@ -49,19 +49,19 @@ pub fn orthogonalise(g: &Tensor, steps: usize) -> Result<Tensor> {
 pub struct Muon {
     params: Vec<Param>,
     config: MuonConfig,
-    buffers: BTreeMap<String, Tensor>,
+    buffers: MomentumBuffers,
     frozen: BTreeSet<String>,
 }
 
 impl Muon {
-    /// An optimizer over `params`.
-    pub fn new(params: Vec<Param>, config: MuonConfig) -> Self {
-        Muon {
+    /// An optimizer over `params`, with its momentum buffers allocated here, once.
+    pub fn new(params: Vec<Param>, config: MuonConfig) -> Result<Self> {
+        Ok(Muon {
+            buffers: MomentumBuffers::new(&params)?,
             params,
             config,
-            buffers: BTreeMap::new(),
             frozen: BTreeSet::new(),
-        }
+        })
     }
 }
 
@@ -77,7 +77,7 @@ impl Optimizer for Muon {
     fn step(
         &mut self,
         grads: &GradStore,
-        scalars: &StepScalars,
+        scalars: &Scalars,
         _ema: Option<&EmaStep>,
     ) -> Result<HashSet<TensorId>> {
         let mu = self.config.momentum;
@@ -88,26 +88,26 @@ impl Optimizer for Muon {
             if self.frozen.contains(&p.name) {
                 continue;
             }
-            let lr = scalars.rates[p.group];
-            let buf = accumulate(self.buffers.get(&p.name), grad, mu)?;
+            let lr = scalars.rate(p.group)?;
+            let buf = self.buffers.accumulate(&p.name, grad, mu)?;
             let nesterov = (grad + (&buf * mu)?)?;
-            self.buffers.insert(p.name.clone(), buf);
             let shape = p.var.shape().clone();
             let rows = shape.dims()[0];
             let w = p.var.as_tensor();
             let w = w.broadcast_mul(&(frobenius(w)?.recip()? * (rows as f64).sqrt())?)?;
             let update = orthogonalise(&nesterov.flatten_from(1)?, self.config.steps)?;
-            p.var.set(&(w - (update.reshape(shape)? * lr)?)?)?;
+            p.var
+                .set(&(w - update.reshape(shape)?.broadcast_mul(&lr)?)?)?;
         }
         Ok(HashSet::new())
     }
 
-    fn momentum(&self) -> &BTreeMap<String, Tensor> {
-        &self.buffers
+    fn momentum(&self) -> BTreeMap<String, Tensor> {
+        self.buffers.state()
     }
 
-    fn set_momentum(&mut self, buffers: BTreeMap<String, Tensor>) {
-        self.buffers = buffers;
+    fn set_momentum(&mut self, buffers: BTreeMap<String, Tensor>) -> Result<()> {
+        self.buffers.load(&buffers)
     }
 
     fn set_frozen(&mut self, names: BTreeSet<String>) {
@@ -128,11 +128,14 @@ mod tests {
         }
     }
 
-    fn rate(lr: f64) -> StepScalars {
-        StepScalars {
+    fn rate(lr: f64) -> Scalars {
+        let scalars = Scalars::new(1, &Device::Cpu).unwrap();
+        let step = crate::train::optim::StepScalars {
             rates: vec![lr],
             ema_decay: None,
-        }
+        };
+        scalars.write(&step).unwrap();
+        scalars
     }
 
     fn singular_values(x: &Tensor) -> Vec<f64> {
@@ -222,7 +225,7 @@ mod tests {
             momentum: 0.6,
             steps: 3,
         };
-        let mut muon = Muon::new(vec![bank(&p)], config);
+        let mut muon = Muon::new(vec![bank(&p)], config).unwrap();
         let mut want = w0.clone();
         let mut buf: Option<Tensor> = None;
         for _ in 0..2 {
@@ -259,7 +262,7 @@ mod tests {
     fn frozen_banks_do_not_move() {
         let dev = Device::Cpu;
         let p = Var::from_tensor(&Tensor::ones((2, 3), DType::F32, &dev).unwrap()).unwrap();
-        let mut muon = Muon::new(vec![bank(&p)], MuonConfig::airbench());
+        let mut muon = Muon::new(vec![bank(&p)], MuonConfig::airbench()).unwrap();
         muon.set_frozen(["w".to_string()].into());
         let loss = p.as_tensor().sum_all().unwrap();
         muon.step(&loss.backward().unwrap(), &rate(0.24), None)

@@ -6,16 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use candle_core::{backprop::GradStore, Result, Tensor, TensorId};
 
-use super::{EmaStep, Optimizer, Param, StepScalars};
-
-/// A momentum buffer after gradient `g`: `μ·b + g`, or `g` itself first (PyTorch's buffer
-/// starts at zero). Detached: a buffer must not drag the autograd graph of every past step along.
-pub fn accumulate(previous: Option<&Tensor>, g: &Tensor, mu: f64) -> Result<Tensor> {
-    Ok(match previous {
-        Some(b) => ((b * mu)? + g)?.detach(),
-        None => g.detach(),
-    })
-}
+use super::momentum::MomentumBuffers;
+use super::{EmaStep, Optimizer, Param, Scalars};
 
 /// The optimizer and its momentum buffers, keyed by parameter name.
 pub struct Sgd {
@@ -26,7 +18,7 @@ pub struct Sgd {
     nesterov: bool,
     /// On CUDA with the fast kernels: one fused launch per parameter.
     fused: bool,
-    buffers: BTreeMap<String, Tensor>,
+    buffers: MomentumBuffers,
     /// Parameters left alone for now (as PyTorch's `requires_grad = False`).
     frozen: BTreeSet<String>,
 }
@@ -34,17 +26,28 @@ pub struct Sgd {
 impl Sgd {
     /// An optimizer over `params`, whose groups decay by `decays` (by group index); `fused`
     /// asks for CUDA's one-launch update where the parameters live on a GPU.
-    pub fn new(params: Vec<Param>, decays: Vec<f64>, momentum: f64, nesterov: bool) -> Self {
+    /// Its momentum buffers are allocated here, once.
+    pub fn new(
+        params: Vec<Param>,
+        decays: Vec<f64>,
+        momentum: f64,
+        nesterov: bool,
+    ) -> Result<Self> {
         assert!(params.iter().all(|p| p.group < decays.len()));
-        Sgd {
+        let buffers = if momentum != 0.0 {
+            MomentumBuffers::new(&params)?
+        } else {
+            MomentumBuffers::none()
+        };
+        Ok(Sgd {
             params,
             decays,
             momentum,
             nesterov,
             fused: false,
-            buffers: BTreeMap::new(),
+            buffers,
             frozen: BTreeSet::new(),
-        }
+        })
     }
 
     /// Updates through CUDA's fused kernel where the parameters are on a GPU.
@@ -53,13 +56,8 @@ impl Sgd {
         self
     }
 
-    /// `(rate, weight decay)` of `p` at this step.
-    fn rates(&self, p: &Param, scalars: &StepScalars) -> (f64, f64) {
-        (scalars.rates[p.group], self.decays[p.group])
-    }
-
     /// One update in candle's ops: parameters without a gradient or frozen are left alone.
-    fn step_unfused(&mut self, grads: &GradStore, scalars: &StepScalars) -> Result<()> {
+    fn step_unfused(&mut self, grads: &GradStore, scalars: &Scalars) -> Result<()> {
         for p in &self.params {
             let Some(grad) = grads.get(&p.var) else {
                 continue;
@@ -67,7 +65,7 @@ impl Sgd {
             if self.frozen.contains(&p.name) {
                 continue;
             }
-            let (lr, wd) = self.rates(p, scalars);
+            let (lr, wd) = (scalars.rate(p.group)?, self.decays[p.group]);
             let var = &p.var;
             let mut g = if wd != 0.0 {
                 (grad + (var.as_tensor() * wd)?)?
@@ -75,15 +73,14 @@ impl Sgd {
                 grad.clone()
             };
             if self.momentum != 0.0 {
-                let buf = accumulate(self.buffers.get(&p.name), &g, self.momentum)?;
+                let buf = self.buffers.accumulate(&p.name, &g, self.momentum)?;
                 g = if self.nesterov {
                     (&g + (&buf * self.momentum)?)?
                 } else {
-                    buf.clone()
+                    buf
                 };
-                self.buffers.insert(p.name.clone(), buf);
             }
-            var.set(&(var.as_tensor() - (g * lr)?)?)?;
+            var.set(&(var.as_tensor() - g.broadcast_mul(&lr)?)?)?;
         }
         Ok(())
     }
@@ -94,7 +91,7 @@ impl Sgd {
     fn step_fused(
         &mut self,
         grads: &GradStore,
-        scalars: &StepScalars,
+        scalars: &Scalars,
         ema: Option<&EmaStep>,
     ) -> Result<HashSet<TensorId>> {
         use crate::ops::cuda::optim::{sgd_ema_step, SgdSettings};
@@ -103,7 +100,6 @@ impl Sgd {
         let twins: HashMap<_, &candle_core::Var> = ema
             .map(|e| e.pairs.iter().map(|(e, l)| (l.id(), e)).collect())
             .unwrap_or_default();
-        let decay = ema.map(|e| e.decay);
         let mut done = HashSet::new();
         for p in &self.params {
             let Some(grad) = grads.get(&p.var) else {
@@ -112,26 +108,30 @@ impl Sgd {
             if self.frozen.contains(&p.name) {
                 continue;
             }
-            let (lr, weight_decay) = self.rates(p, scalars);
             let var = &p.var;
-            let first = self.momentum != 0.0 && !self.buffers.contains_key(&p.name);
-            if first {
-                self.buffers
-                    .insert(p.name.clone(), var.as_tensor().zeros_like()?);
-            }
-            let buf = self.buffers.get(&p.name);
-            let twin = twins
-                .get(&var.id())
-                .zip(decay)
-                .map(|(e, d)| (e.as_tensor(), d));
+            let (buf, first) = if self.momentum != 0.0 {
+                let (buf, first) = self.buffers.take_in_place(&p.name)?;
+                (Some(buf), first)
+            } else {
+                (None, false)
+            };
+            let twin = twins.get(&var.id()).map(|e| e.as_tensor());
             let set = SgdSettings {
-                lr,
-                weight_decay,
+                weight_decay: self.decays[p.group],
                 momentum: self.momentum,
                 nesterov: self.nesterov,
                 first,
+                rate_slot: scalars.rate_slot(p.group),
+                decay_slot: scalars.decay_slot(),
             };
-            sgd_ema_step(var.as_tensor(), grad, buf, twin, set)?;
+            sgd_ema_step(
+                var.as_tensor(),
+                grad,
+                buf.as_ref(),
+                twin,
+                scalars.buffer(),
+                set,
+            )?;
             if twin.is_some() {
                 done.insert(var.id());
             }
@@ -152,7 +152,7 @@ impl Optimizer for Sgd {
     fn step(
         &mut self,
         grads: &GradStore,
-        scalars: &StepScalars,
+        scalars: &Scalars,
         ema: Option<&EmaStep>,
     ) -> Result<HashSet<TensorId>> {
         #[cfg(feature = "cuda")]
@@ -169,12 +169,12 @@ impl Optimizer for Sgd {
         Ok(HashSet::new())
     }
 
-    fn momentum(&self) -> &BTreeMap<String, Tensor> {
-        &self.buffers
+    fn momentum(&self) -> BTreeMap<String, Tensor> {
+        self.buffers.state()
     }
 
-    fn set_momentum(&mut self, buffers: BTreeMap<String, Tensor>) {
-        self.buffers = buffers;
+    fn set_momentum(&mut self, buffers: BTreeMap<String, Tensor>) -> Result<()> {
+        self.buffers.load(&buffers)
     }
 
     fn set_frozen(&mut self, names: BTreeSet<String>) {
@@ -195,11 +195,14 @@ mod tests {
         }
     }
 
-    fn rates(rates: &[f64]) -> StepScalars {
-        StepScalars {
+    fn rates(rates: &[f64]) -> Scalars {
+        let scalars = Scalars::new(rates.len(), &Device::Cpu).unwrap();
+        let step = crate::train::optim::StepScalars {
             rates: rates.to_vec(),
             ema_decay: None,
-        }
+        };
+        scalars.write(&step).unwrap();
+        scalars
     }
 
     /// Three steps of `loss = Σ c·p` (gradient c) against the update written out by hand.
@@ -209,7 +212,7 @@ mod tests {
         let p = Var::from_vec(vec![1.0f32, -2.0], 2, &dev).unwrap();
         let c = Tensor::new(&[0.5f32, 3.0], &dev).unwrap();
         let (lr, mu, wd) = (0.1, 0.9, 0.01);
-        let mut sgd = Sgd::new(vec![param("w", &p, 0)], vec![wd], mu, true);
+        let mut sgd = Sgd::new(vec![param("w", &p, 0)], vec![wd], mu, true).unwrap();
         // Hand computation, element by element, in f64.
         let mut want = [1.0f64, -2.0];
         let mut buf = [0.0f64; 2];
@@ -245,7 +248,7 @@ mod tests {
         let one = || Var::from_vec(vec![1.0f32], 1, &dev).unwrap();
         let (a, b, c) = (one(), one(), one());
         let params = vec![param("a", &a, 0), param("b", &b, 1), param("c", &c, 0)];
-        let mut sgd = Sgd::new(params, vec![0.5, 0.125], 0.0, false);
+        let mut sgd = Sgd::new(params, vec![0.5, 0.125], 0.0, false).unwrap();
         sgd.set_frozen(["c".to_string()].into());
         let loss = ((a.as_tensor() + b.as_tensor()).unwrap() + c.as_tensor())
             .unwrap()

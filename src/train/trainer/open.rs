@@ -106,7 +106,7 @@ impl Trainer {
                 source: Box::new(source),
             })?;
         trainer.learner.broadcast_from_main()?;
-        trainer.sums = EpochSums::from_state(tensors, state.epoch_images);
+        trainer.sums.load_state(tensors, state.epoch_images)?;
         let state = snapshot.state;
         trainer.next_epoch = state.next_epoch;
         trainer.batch = state.batch;
@@ -145,6 +145,7 @@ impl Trainer {
                 .map_err(|e| Error::Unsupported(format!("starting the augmentation pool: {e}")))?,
         );
         let mut learner = Learner::new(&config, &device, batches_per_epoch)?;
+        let sums = EpochSums::new(&device)?;
         learner.set_world(world.clone(), config.sync_bn);
         // Only now, with the data and the model in hand, does the run folder get touched; by
         // rank 0 alone.
@@ -173,7 +174,7 @@ impl Trainer {
             batches_per_epoch,
             next_epoch: 0,
             batch: 0,
-            sums: EpochSums::new(),
+            sums,
             history: Vec::new(),
             world,
         })
