@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Re-creates vendor/candle-core: candle-core as published on crates.io plus one patch to its
-# autograd (tools/patch_candle_backprop.py), kept with candle's own gradient
-# tests (tests/suite/candle_autograd.rs runs them).
+# Re-creates vendor/candle-core: candle-core as published on crates.io plus two patches: one to
+# its autograd (tools/patch_candle_backprop.py), kept with candle's own gradient tests
+# (tests/suite/candle_autograd.rs runs them), and the capture probe
+# (tools/patch_candle_probe.py: a thread-local trace of storage ops, uploads and reads that the
+# capture check of src/train/capture.rs reads).
 #
 # Why: candle's backward pass starts every gradient from zeros_like and adds the incoming
 # gradient to it (backprop.rs, `or_insert` + `add`): a memset and a full add per graph node,
@@ -22,7 +24,7 @@ tmp=$(mktemp -d vendor/.candle-core.XXXX)
 trap 'rm -rf "$tmp"' EXIT
 cp -r "$src/src" "$src/LICENSE" "$src/README.md" "$tmp/"
 mkdir "$tmp/tests"
-cp "$src/tests/suite/grad_tests.rs" "$tmp/tests/"
+cp "$src/tests/grad_tests.rs" "$tmp/tests/"
 # Keep the manifest, minus the examples, benches and tests not copied above.
 python3 - "$src/Cargo.toml" "$tmp/Cargo.toml" <<'PY'
 import re, sys
@@ -41,6 +43,7 @@ for block in re.split(r'\n(?=\[)', text):
 open(sys.argv[2], 'w').write('\n'.join(out))
 PY
 python3 tools/patch_candle_backprop.py "$tmp/src/backprop.rs"
+python3 tools/patch_candle_probe.py "$tmp/src"
 chmod -R u+w "$tmp"
 rm -rf "$dst"
 mv "$tmp" "$dst"

@@ -14,7 +14,7 @@ mod whitened;
 
 pub use compute::Compute;
 pub use config::{conv_shapes, summary, ConvShape, Layer, ModelConfig};
-pub use mode::Mode;
+pub use mode::{dropout_mask, Dropout, Mode};
 pub use network::{build_network, Architecture, Network};
 pub use precision::Precision;
 pub use resnet_d::{build, build_as, is_running_statistic, sorted_vars, SeResNetD};

@@ -168,6 +168,15 @@ impl Network {
         }
     }
 
+    /// Dropout's rate and the width of the features it masks (`[batch, width]` per step),
+    /// when the network drops anything.
+    pub fn dropout(&self) -> Option<(f64, usize)> {
+        match self {
+            Network::SeResnetD(m) => m.dropout(),
+            Network::Whitened(_) => None,
+        }
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         match self {

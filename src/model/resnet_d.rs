@@ -7,10 +7,9 @@ use candle_nn::{Init, Linear, VarBuilder, VarMap};
 use super::compute::Compute;
 use super::config::ModelConfig;
 use super::init::SeededInit;
-use super::mode::Mode;
+use super::mode::{dropout_mask, Dropout, Mode};
 use super::precision::Precision;
 use crate::ops::{self, BatchNorm, Conv2d, Kernels, Options};
-use crate::seed;
 
 struct ConvBn {
     conv: Conv2d,
@@ -215,6 +214,12 @@ impl SeResNetD {
         self.fc.weight().device()
     }
 
+    /// Dropout's rate and the width of the features it masks, when it drops anything.
+    pub fn dropout(&self) -> Option<(f64, usize)> {
+        let features = self.fc.weight().dim(1).ok()?;
+        (self.config.dropout > 0.0).then_some((self.config.dropout, features))
+    }
+
     /// Logits `[batch, classes]` for images `[batch, C, H, W]`, in the variables' dtype whatever
     /// the compute precision.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -228,25 +233,27 @@ impl SeResNetD {
             x = block.forward(&x, mode, ops)?;
         }
         let mut x = x.to_dtype(masters)?.mean((2, 3))?;
-        if let Mode::Train { dropout_seed, .. } = mode {
-            x = dropout(&x, self.config.dropout, dropout_seed)?;
+        if let Mode::Train { dropout, .. } = mode {
+            x = apply_dropout(&x, self.config.dropout, dropout)?;
         }
         self.fc.forward(&x)
     }
 }
 
-/// Inverted dropout with a mask drawn on the host from `seed`, so runs are reproducible.
-fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+/// Inverted dropout at rate `p` with a mask drawn on the host ([`dropout_mask`]), so runs are
+/// reproducible: drawn here from a seed, or staged by the trainer.
+fn apply_dropout(x: &Tensor, p: f64, dropout: Dropout) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let mut rng = seed::rng(seed, &[]);
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.f64() < p { 0.0 } else { keep })
-        .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x * mask
+    let mask = match dropout {
+        Dropout::Seed(seed) => {
+            let mask = dropout_mask(p, seed, x.elem_count());
+            Tensor::from_vec(mask, x.shape(), x.device())?
+        }
+        Dropout::Mask(mask) => mask.clone(),
+    };
+    x * mask.to_dtype(x.dtype())?
 }
 
 /// True for BatchNorm running statistics: variables that are state, not parameters.

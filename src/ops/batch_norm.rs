@@ -11,7 +11,7 @@ pub(super) use super::batch_norm_cpu::Activation;
 use super::batch_norm_cpu::{
     affine, affine_backward, channel_centred, channel_sums, gelu_grads, DxCoefficients,
 };
-use super::host::{contiguous_f32, split_nc, with_f32};
+use super::host::{contiguous_f32, op_output, split_nc, with_f32};
 
 /// Batch statistics of one training forward pass, per channel.
 #[derive(Clone, Debug, Default)]
@@ -246,9 +246,9 @@ impl CustomOp3 for TrainOp {
         })?;
         let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dgamma, c, dev)?),
-            Some(Tensor::from_vec(dbeta, c, dev)?),
+            Some(op_output(dx, x.shape(), dev)?),
+            Some(op_output(dgamma, c, dev)?),
+            Some(op_output(dbeta, c, dev)?),
         ))
     }
 }
@@ -344,9 +344,9 @@ impl CustomOp3 for AffineOp {
         })?;
         let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dscale, c, dev)?),
-            Some(Tensor::from_vec(dshift, c, dev)?),
+            Some(op_output(dx, x.shape(), dev)?),
+            Some(op_output(dscale, c, dev)?),
+            Some(op_output(dshift, c, dev)?),
         ))
     }
 }

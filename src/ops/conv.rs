@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::direct;
 use super::gemm::{matmul, Mat};
-use super::host::{contiguous_f32, images_per_chunk, sum_in_order, with_f32};
+use super::host::{contiguous_f32, images_per_chunk, op_output, sum_in_order, with_f32};
 
 /// Sizes of one convolution: input `[n, c, h, w]`, weight `[k, c, kh, kw]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,9 +356,9 @@ impl CustomOp2 for Conv2dOp {
             })
         })?;
         let dx = dx
-            .map(|v| Tensor::from_vec(v, x.shape(), x.device()))
+            .map(|v| op_output(v, x.shape(), x.device()))
             .transpose()?;
-        Ok((dx, Some(Tensor::from_vec(dw, w.shape(), w.device())?)))
+        Ok((dx, Some(op_output(dw, w.shape(), w.device())?)))
     }
 }
 

@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::host::{contiguous_f32, with_f32, written_by};
+use super::host::{contiguous_f32, op_output, with_f32, written_by};
 use super::wide;
 
 /// Elements per parallel task: large enough that rayon's overhead vanishes.
@@ -154,7 +154,7 @@ fn gelu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
             Ok(unsafe { written_by(xs.len(), fill) })
         })
     })?;
-    Tensor::from_vec(dx, x.shape(), x.device())
+    op_output(dx, x.shape(), x.device())
 }
 
 /// The sum of `values` in eight interleaved f32 partial sums, so the loop vectorises (one running
@@ -228,7 +228,8 @@ impl CustomOp2 for GeluBias {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let bias = b.flatten_all()?.to_vec1::<f32>()?;
+        // The CPU op reading its own input, not the step reading back (exempt from the probe).
+        let bias = candle_core::probe::exempt(|| b.flatten_all()?.to_vec1::<f32>())?;
         let (c, plane) = channels(x.layout(), bias.len())?;
         // The whitening layer's input is the image through a fixed filter bank: no gradient.
         let want_dx = x.track_op();
@@ -291,9 +292,9 @@ impl CustomOp2 for GeluBias {
         }
         let db: Vec<f32> = db.into_iter().map(|v| v as f32).collect();
         let dx = want_dx
-            .then(|| Tensor::from_vec(dx, x.shape(), x.device()))
+            .then(|| op_output(dx, x.shape(), x.device()))
             .transpose()?;
-        Ok((dx, Some(Tensor::from_vec(db, b.shape(), b.device())?)))
+        Ok((dx, Some(op_output(db, b.shape(), b.device())?)))
     }
 }
 

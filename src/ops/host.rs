@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
+use candle_core::{CpuStorage, Device, Layout, Result, Shape, Storage, Tensor};
 
 /// The contiguous f32 data a storage + layout pair describes.
 pub fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -16,6 +16,13 @@ pub fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
             l.stride()
         ),
     }
+}
+
+/// A CPU op's output, computed in host memory, as a tensor on `device`. Exempt from the capture
+/// probe: building its own output is the op's computation, not an upload of the step's data
+/// (on CUDA the same op writes device memory).
+pub fn op_output(values: Vec<f32>, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
+    candle_core::probe::exempt(|| Tensor::from_vec(values, shape, device))
 }
 
 /// Calls `f` with the tensor's data (made contiguous first when it is not).

@@ -394,7 +394,13 @@ impl BatchNorm {
     }
 
     /// `running ← (1 − m)·running + m·batch`, with the unbiased batch variance, as PyTorch does.
+    /// On the CPU route only, where the statistics are host memory: exempt from the capture
+    /// probe (the CUDA kernels update them in place on the device).
     fn update_running(&self, stats: &Stats) -> Result<()> {
+        candle_core::probe::exempt(|| self.blend_running(stats))
+    }
+
+    fn blend_running(&self, stats: &Stats) -> Result<()> {
         let m = self.momentum;
         let unbias = stats.count as f64 / (stats.count.max(2) - 1) as f64;
         let blend = |var: &Var, batch: &[f32], scale: f64| -> Result<()> {

@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::host::{contiguous_f32, with_f32, written_by};
+use super::host::{contiguous_f32, op_output, with_f32, written_by};
 use super::wide;
 
 /// `b` if it beats `a` under PyTorch's rule: greater, or a NaN over a number; on ties the
@@ -305,7 +305,7 @@ impl CustomOp1 for MaxPool2 {
                 Ok(unsafe { written_by(xs.len(), fill) })
             })
         })?;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+        Ok(Some(op_output(dx, x.shape(), x.device())?))
     }
 }
 

@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::batch_norm_cpu::relu_keep_nan;
-use super::host::{contiguous_f32, split_nc, with_f32};
+use super::host::{contiguous_f32, op_output, split_nc, with_f32};
 
 /// The candle op on `(x, gate, shortcut)`.
 pub(super) struct BlockTail;
@@ -104,9 +104,9 @@ impl CustomOp3 for BlockTail {
         })?;
         let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dgate, gate.shape(), dev)?),
-            Some(Tensor::from_vec(dshort, short.shape(), dev)?),
+            Some(op_output(dx, x.shape(), dev)?),
+            Some(op_output(dgate, gate.shape(), dev)?),
+            Some(op_output(dshort, short.shape(), dev)?),
         ))
     }
 }

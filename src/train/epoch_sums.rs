@@ -58,6 +58,15 @@ impl EpochSums {
         Ok(())
     }
 
+    /// The two sums as named tensors, whether or not a batch was added (what lives across
+    /// steps, for the capture check).
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        vec![
+            (format!("{PREFIX}loss"), self.loss.as_tensor().clone()),
+            (format!("{PREFIX}hits"), self.hits.as_tensor().clone()),
+        ]
+    }
+
     /// Images added so far.
     pub fn images(&self) -> usize {
         self.images

@@ -23,6 +23,9 @@ pub enum Error {
     /// A collective failed or the ranks diverged.
     #[error(transparent)]
     Dist(#[from] crate::dist::Error),
+    /// The step cannot be captured as one graph (the capture check of debug builds and tests).
+    #[error(transparent)]
+    Capture(#[from] crate::train::capture::CaptureError),
     /// The configuration is malformed or out of range.
     #[error(transparent)]
     Config(#[from] crate::train::config::Error),

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 use super::error::{Result, StateError};
 use super::net::Net;
 use super::optim::groups::Stepper;
 use super::optim::{Averaging, Groups, Muon, Optimizer, Scalars, Sgd};
 use crate::dist::{Collective, Local};
-use crate::model::{roles, Mode, Network, Role};
+use crate::model::{roles, Dropout, Mode, Network, Role};
 use crate::train::config::TrainConfig;
 
 /// The parts of a learner's state ([`Learner::state`]), each a prefix of its tensors' names.
@@ -47,6 +47,8 @@ pub struct Learner {
     averaging: Averaging,
     /// This step's rates and EMA decay, on the device, written before each step.
     scalars: Scalars,
+    /// The dropout mask's buffer, when the network drops anything (sized by the first step).
+    dropout: Option<Var>,
     /// Who steps which parameter at what rate.
     groups: Groups,
     /// SGD, then Muon when the run uses it: each over its own groups' parameters.
@@ -89,6 +91,7 @@ impl Learner {
             net,
             averaging,
             scalars,
+            dropout: None,
             groups,
             optimizers,
             label_smoothing: config.label_smoothing,
@@ -198,11 +201,9 @@ impl Learner {
         Ok(())
     }
 
-    /// One training step where the schedule gives rate `lr`: each group's rate and the EMA's
-    /// decay written into the step's scalar buffer, then forward with dropout drawn from
-    /// `dropout_seed`, cross-entropy (with the run's label smoothing), backward, the
-    /// optimizers, the EMA update. Returns `(logits, loss)`; each phase is one tracing span
-    /// (the EMA belongs to `optimizer`).
+    /// One training step where the schedule gives rate `lr`, dropout drawn from
+    /// `dropout_seed`: [`Learner::stage`], [`Learner::body`], [`Learner::finish_step`].
+    /// Returns `(logits, loss)`.
     pub fn step(
         &mut self,
         x: &Tensor,
@@ -210,13 +211,52 @@ impl Learner {
         lr: f64,
         dropout_seed: u64,
     ) -> Result<(Tensor, Tensor)> {
+        self.stage(lr, dropout_seed, x.dim(0)?)?;
+        let out = self.body(x, y)?;
+        self.finish_step()?;
+        Ok(out)
+    }
+
+    /// The host's work before a step of `batch` images: each group's rate and the EMA's decay
+    /// into the scalar buffer, the dropout mask into its buffer. Both are written in place, so
+    /// the step that follows reads them where every step does.
+    pub fn stage(&mut self, lr: f64, dropout_seed: u64, batch: usize) -> Result<()> {
         let ema_decay = self.averaging.ema_decay(self.steps);
         self.scalars
             .write(&self.groups.scalars(lr, self.steps, ema_decay))?;
+        if let Some((p, width)) = self.net.model.dropout() {
+            let device = self.net.model.device().clone();
+            // Sized by the first step (training batches all have one size: the last, short
+            // one is dropped).
+            if self
+                .dropout
+                .as_ref()
+                .is_none_or(|m| m.dims() != [batch, width])
+            {
+                self.dropout = Some(Var::zeros((batch, width), DType::F32, &device)?);
+            }
+            let values = crate::model::dropout_mask(p, dropout_seed, batch * width);
+            let host = Tensor::from_vec(values, (batch, width), &device)?;
+            self.dropout.as_ref().expect("allocated above").set(&host)?;
+        }
+        Ok(())
+    }
+
+    /// The step itself, on what [`Learner::stage`] wrote: forward (dropout from the staged
+    /// mask), cross-entropy (with the run's label smoothing), backward, gradient averaging, the
+    /// optimizers, the EMA. What a captured graph holds: it reads nothing back to the host.
+    /// Returns `(logits, loss)`; each phase is one tracing span (the EMA belongs to
+    /// `optimizer`).
+    pub fn body(&mut self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
         let (logits, loss) = {
             let _f = tracing::info_span!("forward").entered();
+            let mask = self.dropout.as_ref();
             let mode = Mode::Train {
-                dropout_seed,
+                dropout: match mask {
+                    Some(mask) => Dropout::Mask(mask.as_tensor()),
+                    // No dropout in this network: the seed is never read.
+                    None => Dropout::Seed(0),
+                },
                 batch_norm_sync: self.batch_norm_sync.as_ref(),
             };
             let logits = self.net.model.forward(x, mode)?;
@@ -238,10 +278,15 @@ impl Learner {
         if ema.is_some() {
             self.averaging.finish_ema(&self.scalars, &done)?;
         }
-        drop(_o);
+        Ok((logits, loss))
+    }
+
+    /// The host's work after a step: the step count, and lookahead's pull when one is due
+    /// (every few steps, so outside the step).
+    pub fn finish_step(&mut self) -> Result<()> {
         self.steps += 1;
         self.averaging.after_step(self.steps, self.total_steps)?;
-        Ok((logits, loss))
+        Ok(())
     }
 
     /// Freezes what the architecture leaves alone in epoch `epoch` (0-based) and only that:
@@ -342,6 +387,17 @@ impl Learner {
             buffers = rest;
         }
         Ok(())
+    }
+
+    /// Everything that lives across steps, by name: [`Learner::state`] with every momentum
+    /// buffer, the scalar buffer and the dropout mask's (what the capture check holds in place).
+    pub fn persistent(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.state();
+        out.push(("scalars".into(), self.scalars.buffer().clone()));
+        if let Some(mask) = &self.dropout {
+            out.push(("dropout.mask".into(), mask.as_tensor().clone()));
+        }
+        out
     }
 
     /// The first tensor of [`Learner::state`] (by name) holding a NaN or an infinity, if any:

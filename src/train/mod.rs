@@ -2,6 +2,7 @@
 //! the stream with the learning-rate schedule, evaluates, writes metrics and checkpoints; a
 //! [`SavedRun`] serves a finished one; `bench` and `parity` time and check the step.
 
+pub mod capture;
 pub mod checkpoint;
 pub mod config;
 pub mod curve;
@@ -10,6 +11,7 @@ pub mod epoch_sums;
 mod error;
 mod evaluate;
 pub mod finite;
+mod inputs;
 mod learner;
 pub mod loss;
 pub mod metrics;

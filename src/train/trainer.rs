@@ -12,11 +12,13 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use rayon::ThreadPool;
 
+use super::capture::{self, CaptureCheck};
 use super::checkpoint;
 use super::checkpoint::{Snapshot, State};
 use super::epoch_sums::EpochSums;
 use super::error::{Error, Result};
 use super::evaluate::evaluate;
+use super::inputs::Inputs;
 use super::learner::Learner;
 use super::metrics::EpochMetrics;
 use super::outcome::{Observer, Outcome, TestEvaluation, TrainedEpoch, LOSS_READ_EVERY};
@@ -54,6 +56,10 @@ pub struct Trainer {
     batch: usize,
     /// Training loss and accuracy of `next_epoch`'s steps so far.
     sums: EpochSums,
+    /// The buffers each batch is staged into.
+    inputs: Inputs,
+    /// Whether each step is one a graph can capture (debug builds and tests; off in release).
+    capture: Option<CaptureCheck>,
     history: Vec<EpochMetrics>,
     /// The ranks of a data-parallel run ([`Local`](crate::dist::Local) alone).
     world: Arc<dyn Collective>,
@@ -200,16 +206,11 @@ impl Trainer {
                 }
                 Err(other) => return Err(other.into()),
             };
-            let n = batch.len();
             let (x, y) = {
                 let _h2d = tracing::info_span!("h2d").entered();
-                let x = Tensor::from_slice(
-                    &batch.images,
-                    self.stores.header.shape.nchw(n),
-                    &self.device,
-                )?;
-                let y = Tensor::from_slice(&batch.labels, n, &self.device)?;
-                (x, y)
+                let shape = self.stores.header.shape;
+                self.inputs
+                    .stage(&batch.images, &batch.labels, shape, &self.device)?
             };
             drop(batch);
             self.step(&x, &y)?;
@@ -295,7 +296,9 @@ impl Trainer {
     /// One training step at the run's position, which it advances: the schedule's rate at the
     /// global step, dropout drawn from (seed, epoch, batch index), the loss and accuracy added
     /// to the epoch's running sums. Only [`Trainer::train_epoch`] calls it, with the batch its
-    /// loader gave for that position.
+    /// loader gave for that position, staged in the input buffers. With the capture check on,
+    /// the step proper (the learner's body and the sums) is recorded and held to the previous
+    /// step's.
     fn step(&mut self, x: &Tensor, y: &Tensor) -> Result<()> {
         let lr = self.config.schedule.lr_at(
             self.learner.steps(),
@@ -308,8 +311,32 @@ impl Trainer {
             parts.push(self.world.rank() as u64);
         }
         let dropout_seed = seed::derive(self.config.seed, &parts);
-        let (logits, loss) = self.learner.step(x, y, lr, dropout_seed)?;
-        self.sums.add(&logits, &loss, y)?;
+        self.learner.stage(lr, dropout_seed, x.dim(0)?)?;
+        let step = self.learner.steps();
+        let (learner, sums) = (&mut self.learner, &mut self.sums);
+        let mut body = || -> Result<()> {
+            let (logits, loss) = learner.body(x, y)?;
+            sums.add(&logits, &loss, y)?;
+            Ok(())
+        };
+        let trace = match &self.capture {
+            Some(check) if check.records(step) => {
+                let (done, trace) = capture::record(body);
+                done?;
+                Some(trace)
+            }
+            _ => {
+                body()?;
+                None
+            }
+        };
+        self.learner.finish_step()?;
+        if let Some(check) = &mut self.capture {
+            let mut persistent = self.learner.persistent();
+            persistent.extend(self.sums.tensors());
+            persistent.extend(self.inputs.tensors());
+            check.after_step(self.next_epoch, step, trace, &persistent)?;
+        }
         self.batch += 1;
         Ok(())
     }

@@ -9,6 +9,7 @@ mod augment;
 mod bad_config;
 mod bad_input;
 mod candle_autograd;
+mod capture;
 mod cli;
 mod cli_flags;
 mod crash;

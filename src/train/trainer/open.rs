@@ -12,10 +12,12 @@ use super::{train_loader_config, Trainer};
 use crate::augment::{self, Augmenter};
 use crate::dist::{Collective, Local};
 use crate::ops::Kernels;
+use crate::train::capture::CaptureCheck;
 use crate::train::checkpoint::Snapshot;
 use crate::train::config::TrainConfig;
 use crate::train::epoch_sums::EpochSums;
 use crate::train::error::{Error, Result};
+use crate::train::inputs::Inputs;
 use crate::train::learner::Learner;
 use crate::train::run_dir::{split_run_dir, RunDir};
 use crate::train::stores::Stores;
@@ -175,6 +177,8 @@ impl Trainer {
             next_epoch: 0,
             batch: 0,
             sums,
+            inputs: Inputs::new(),
+            capture: cfg!(debug_assertions).then(CaptureCheck::default),
             history: Vec::new(),
             world,
         })
