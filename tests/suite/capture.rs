@@ -120,6 +120,7 @@ fn a_rate_passed_by_value_fails_naming_the_op() {
     };
     let e = run_steps(&tiny(), &by_value).unwrap_err();
     let text = e.to_string();
+    eprintln!("{text}");
     assert!(matches!(e, CaptureError::Differs { .. }), "{text}");
     assert!(text.contains("op affine"), "{text}");
 }

@@ -138,6 +138,7 @@ pub fn step(args: StepBenchArgs) -> Result<Finish> {
     if let Some((used, reserved)) = rate.memory_peak {
         println!("peak memory: {} / {} MiB", used >> 20, reserved >> 20);
     }
+    println!("ops per step: {}", rate.ops_per_step);
     Ok(Finish::Done)
 }
 

@@ -54,7 +54,8 @@ enum Command {
     /// Time augmentation + collation called directly in a loop (no channel): prints `images/s: X`.
     AugmentBench(benches::AugmentBenchArgs),
     /// Time training steps (forward, backward, SGD) on random images, with no data pipeline:
-    /// prints `images/s`, comparable with `tools/torch_reference.py speed`.
+    /// prints `images/s`, comparable with `tools/torch_reference.py speed`, and the storage ops
+    /// one step dispatches (each a kernel launch on CUDA).
     StepBench(Box<benches::StepBenchArgs>),
     /// One whole training step's logits and gradients on --device against the CPU (same weights
     /// and batch) and f64: prints the worst relative errors and fails above --tolerance.

@@ -23,6 +23,9 @@ pub const WARMUP: usize = 2;
 pub struct StepRate {
     /// Images per second over the timed steps.
     pub images_per_second: f64,
+    /// Storage ops one step dispatches on this device (forward, backward, optimizer, EMA), as
+    /// the capture probe counts them in one more, untimed step: each is a kernel launch on CUDA.
+    pub ops_per_step: usize,
     /// Peak device memory `(in use, reserved)` in bytes (CUDA only).
     pub memory_peak: Option<(u64, u64)>,
     /// The learner's kernels and precision, for the report.
@@ -60,8 +63,18 @@ pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<
         learner.step(&x, &y, config.schedule.lr, step as u64)?;
     }
     device.synchronize()?;
+    let images_per_second = (steps * b) as f64 / start.elapsed().as_secs_f64();
+    learner.stage(config.schedule.lr, 0, b)?;
+    let (body, trace) = crate::train::capture::record(|| learner.body(&x, &y));
+    body?;
+    learner.finish_step()?;
+    let ops_per_step = trace
+        .iter()
+        .filter(|e| matches!(e, candle_core::probe::Event::Op { .. }))
+        .count();
     Ok(StepRate {
-        images_per_second: (steps * b) as f64 / start.elapsed().as_secs_f64(),
+        images_per_second,
+        ops_per_step,
         memory_peak: crate::device::memory_peak(device)?,
         kernels: learner.model().compute().ops.kernels.name(),
         precision: learner.model().compute().precision().name(),
