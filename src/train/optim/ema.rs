@@ -107,12 +107,7 @@ mod tests {
         // Starts as a copy of live (1.0); live moves to 3.0; one update at t=0 (d=0.1).
         live.set(&Tensor::new(&[3.0f32], &Device::Cpu).unwrap())
             .unwrap();
-        let scalars = Scalars::new(0, &Device::Cpu).unwrap();
-        let step = crate::train::optim::StepScalars {
-            rates: vec![],
-            ema_decay: Some(e.decay_at(0)),
-        };
-        scalars.write(&step).unwrap();
+        let scalars = crate::train::optim::testing::scalars(&[], Some(e.decay_at(0)));
         e.finish(&scalars, &HashSet::new()).unwrap();
         let v = ema.as_tensor().to_vec1::<f32>().unwrap()[0];
         assert!((v - (0.1 * 1.0 + 0.9 * 3.0)).abs() < 1e-6, "{v}");

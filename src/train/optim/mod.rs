@@ -14,6 +14,7 @@ pub mod momentum;
 pub mod muon;
 pub mod scalars;
 pub mod sgd;
+pub mod trained;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -26,6 +27,7 @@ pub use groups::{Group, Groups, RateRule};
 pub use muon::Muon;
 pub use scalars::{Scalars, StepScalars};
 pub use sgd::Sgd;
+pub use trained::Trained;
 
 /// One trained variable: its name (a checkpoint's key) and the group whose rate and decay it
 /// steps with.
@@ -44,8 +46,16 @@ pub trait Optimizer: Send {
     /// Its name, for messages.
     fn name(&self) -> &'static str;
 
+    /// Its parameters and their state.
+    fn trained(&self) -> &Trained;
+
+    /// Its parameters and their state, to change.
+    fn trained_mut(&mut self) -> &mut Trained;
+
     /// The parameters it updates.
-    fn params(&self) -> &[Param];
+    fn params(&self) -> &[Param] {
+        &self.trained().params
+    }
 
     /// One update at the rates in `scalars` (written for this step); parameters without a gradient or frozen are left
     /// alone. Given `ema`, an optimizer that can fold the EMA into its own pass (CUDA's fused
@@ -60,12 +70,46 @@ pub trait Optimizer: Send {
 
     /// Its momentum buffers that hold a value, by parameter name (what a checkpoint stores):
     /// shared handles to buffers that are written in place, not copies.
-    fn momentum(&self) -> BTreeMap<String, Tensor>;
+    fn momentum(&self) -> BTreeMap<String, Tensor> {
+        self.trained().momentum()
+    }
 
     /// Copies `buffers` into its momentum buffers (from a checkpoint or another rank); a
     /// parameter not in `buffers` starts its momentum afresh at its next step.
-    fn set_momentum(&mut self, buffers: BTreeMap<String, Tensor>) -> Result<()>;
+    fn set_momentum(&mut self, buffers: BTreeMap<String, Tensor>) -> Result<()> {
+        self.trained_mut().set_momentum(buffers)
+    }
 
     /// From now on, the parameters `names` (and only they) are not updated.
-    fn set_frozen(&mut self, names: BTreeSet<String>);
+    fn set_frozen(&mut self, names: BTreeSet<String>) {
+        self.trained_mut().set_frozen(names)
+    }
+}
+
+/// What the optimizers' tests build their cases from.
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::{Device, Var};
+
+    use super::{Param, Scalars, StepScalars};
+
+    /// Variable `var` as parameter `name` of group `group`.
+    pub fn param(name: &str, var: &Var, group: usize) -> Param {
+        Param {
+            name: name.into(),
+            var: var.clone(),
+            group,
+        }
+    }
+
+    /// A CPU scalar buffer holding `rates` (one group each) and the EMA decay `ema`.
+    pub fn scalars(rates: &[f64], ema: Option<f64>) -> Scalars {
+        let scalars = Scalars::new(rates.len(), &Device::Cpu).unwrap();
+        let step = StepScalars {
+            rates: rates.to_vec(),
+            ema_decay: ema,
+        };
+        scalars.write(&step).unwrap();
+        scalars
+    }
 }

@@ -4,12 +4,11 @@
 //! SVD, from a quintic Newton–Schulz iteration. The step's size is the rate, whatever the
 //! gradient's scale, so a summed or a mean loss train alike.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 
 use candle_core::{backprop::GradStore, Result, Tensor, TensorId};
 
-use super::momentum::MomentumBuffers;
-use super::{EmaStep, Optimizer, Param, Scalars};
+use super::{EmaStep, Optimizer, Param, Scalars, Trained};
 use crate::train::config::MuonConfig;
 
 /// The quintic iteration's coefficients (airbench94_muon's: the slope at zero pushed past
@@ -47,20 +46,16 @@ pub fn orthogonalise(g: &Tensor, steps: usize) -> Result<Tensor> {
 /// The optimizer over named filter banks (rank ≥ 2: each is flattened to `[out, rest]`), with
 /// its momentum buffers by parameter name. Each bank steps at its group's rate.
 pub struct Muon {
-    params: Vec<Param>,
+    trained: Trained,
     config: MuonConfig,
-    buffers: MomentumBuffers,
-    frozen: BTreeSet<String>,
 }
 
 impl Muon {
     /// An optimizer over `params`, with its momentum buffers allocated here, once.
     pub fn new(params: Vec<Param>, config: MuonConfig) -> Result<Self> {
         Ok(Muon {
-            buffers: MomentumBuffers::new(&params)?,
-            params,
+            trained: Trained::new(params, true)?,
             config,
-            frozen: BTreeSet::new(),
         })
     }
 }
@@ -70,8 +65,12 @@ impl Optimizer for Muon {
         "muon"
     }
 
-    fn params(&self) -> &[Param] {
-        &self.params
+    fn trained(&self) -> &Trained {
+        &self.trained
+    }
+
+    fn trained_mut(&mut self) -> &mut Trained {
+        &mut self.trained
     }
 
     fn step(
@@ -81,15 +80,12 @@ impl Optimizer for Muon {
         _ema: Option<&EmaStep>,
     ) -> Result<HashSet<TensorId>> {
         let mu = self.config.momentum;
-        for p in &self.params {
-            let Some(grad) = grads.get(&p.var) else {
+        for p in &self.trained.params {
+            let Some(grad) = self.trained.gradient(p, grads) else {
                 continue;
             };
-            if self.frozen.contains(&p.name) {
-                continue;
-            }
             let lr = scalars.rate(p.group)?;
-            let buf = self.buffers.accumulate(&p.name, grad, mu)?;
+            let buf = self.trained.buffers.accumulate(&p.name, grad, mu)?;
             let nesterov = (grad + (&buf * mu)?)?;
             let shape = p.var.shape().clone();
             let rows = shape.dims()[0];
@@ -101,41 +97,20 @@ impl Optimizer for Muon {
         }
         Ok(HashSet::new())
     }
-
-    fn momentum(&self) -> BTreeMap<String, Tensor> {
-        self.buffers.state()
-    }
-
-    fn set_momentum(&mut self, buffers: BTreeMap<String, Tensor>) -> Result<()> {
-        self.buffers.load(&buffers)
-    }
-
-    fn set_frozen(&mut self, names: BTreeSet<String>) {
-        self.frozen = names;
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::optim::testing::{param, scalars};
     use candle_core::{DType, Device, Var};
 
     fn bank(var: &Var) -> Param {
-        Param {
-            name: "w".into(),
-            var: var.clone(),
-            group: 0,
-        }
+        param("w", var, 0)
     }
 
     fn rate(lr: f64) -> Scalars {
-        let scalars = Scalars::new(1, &Device::Cpu).unwrap();
-        let step = crate::train::optim::StepScalars {
-            rates: vec![lr],
-            ema_decay: None,
-        };
-        scalars.write(&step).unwrap();
-        scalars
+        scalars(&[lr], None)
     }
 
     fn singular_values(x: &Tensor) -> Vec<f64> {

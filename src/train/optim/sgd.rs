@@ -2,25 +2,21 @@
 //! (dampening 0): `g ← ∇ + wd·p`, `b ← μ·b + g` (first step `b ← g`),
 //! `g ← g + μ·b` with Nesterov else `g ← b`, `p ← p − lr·g`.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 
-use candle_core::{backprop::GradStore, Result, Tensor, TensorId};
+use candle_core::{backprop::GradStore, Result, TensorId};
 
-use super::momentum::MomentumBuffers;
-use super::{EmaStep, Optimizer, Param, Scalars};
+use super::{EmaStep, Optimizer, Param, Scalars, Trained};
 
-/// The optimizer and its momentum buffers, keyed by parameter name.
+/// The optimizer over its parameters.
 pub struct Sgd {
-    params: Vec<Param>,
+    trained: Trained,
     /// Each group's weight decay, by group index.
     decays: Vec<f64>,
     momentum: f64,
     nesterov: bool,
     /// On CUDA with the fast kernels: one fused launch per parameter.
     fused: bool,
-    buffers: MomentumBuffers,
-    /// Parameters left alone for now (as PyTorch's `requires_grad = False`).
-    frozen: BTreeSet<String>,
 }
 
 impl Sgd {
@@ -34,19 +30,12 @@ impl Sgd {
         nesterov: bool,
     ) -> Result<Self> {
         assert!(params.iter().all(|p| p.group < decays.len()));
-        let buffers = if momentum != 0.0 {
-            MomentumBuffers::new(&params)?
-        } else {
-            MomentumBuffers::none()
-        };
         Ok(Sgd {
-            params,
+            trained: Trained::new(params, momentum != 0.0)?,
             decays,
             momentum,
             nesterov,
             fused: false,
-            buffers,
-            frozen: BTreeSet::new(),
         })
     }
 
@@ -58,13 +47,10 @@ impl Sgd {
 
     /// One update in candle's ops: parameters without a gradient or frozen are left alone.
     fn step_unfused(&mut self, grads: &GradStore, scalars: &Scalars) -> Result<()> {
-        for p in &self.params {
-            let Some(grad) = grads.get(&p.var) else {
+        for p in &self.trained.params {
+            let Some(grad) = self.trained.gradient(p, grads) else {
                 continue;
             };
-            if self.frozen.contains(&p.name) {
-                continue;
-            }
             let (lr, wd) = (scalars.rate(p.group)?, self.decays[p.group]);
             let var = &p.var;
             let mut g = if wd != 0.0 {
@@ -73,7 +59,10 @@ impl Sgd {
                 grad.clone()
             };
             if self.momentum != 0.0 {
-                let buf = self.buffers.accumulate(&p.name, &g, self.momentum)?;
+                let buf = self
+                    .trained
+                    .buffers
+                    .accumulate(&p.name, &g, self.momentum)?;
                 g = if self.nesterov {
                     (&g + (&buf * self.momentum)?)?
                 } else {
@@ -101,16 +90,13 @@ impl Sgd {
             .map(|e| e.pairs.iter().map(|(e, l)| (l.id(), e)).collect())
             .unwrap_or_default();
         let mut done = HashSet::new();
-        for p in &self.params {
-            let Some(grad) = grads.get(&p.var) else {
+        for p in &self.trained.params {
+            let Some(grad) = self.trained.gradient(p, grads) else {
                 continue;
             };
-            if self.frozen.contains(&p.name) {
-                continue;
-            }
             let var = &p.var;
             let (buf, first) = if self.momentum != 0.0 {
-                let (buf, first) = self.buffers.take_in_place(&p.name)?;
+                let (buf, first) = self.trained.buffers.take_in_place(&p.name)?;
                 (Some(buf), first)
             } else {
                 (None, false)
@@ -145,8 +131,12 @@ impl Optimizer for Sgd {
         "sgd"
     }
 
-    fn params(&self) -> &[Param] {
-        &self.params
+    fn trained(&self) -> &Trained {
+        &self.trained
+    }
+
+    fn trained_mut(&mut self) -> &mut Trained {
+        &mut self.trained
     }
 
     fn step(
@@ -158,6 +148,7 @@ impl Optimizer for Sgd {
         #[cfg(feature = "cuda")]
         if self.fused
             && self
+                .trained
                 .params
                 .first()
                 .is_some_and(|p| p.var.device().is_cuda())
@@ -168,41 +159,16 @@ impl Optimizer for Sgd {
         self.step_unfused(grads, scalars)?;
         Ok(HashSet::new())
     }
-
-    fn momentum(&self) -> BTreeMap<String, Tensor> {
-        self.buffers.state()
-    }
-
-    fn set_momentum(&mut self, buffers: BTreeMap<String, Tensor>) -> Result<()> {
-        self.buffers.load(&buffers)
-    }
-
-    fn set_frozen(&mut self, names: BTreeSet<String>) {
-        self.frozen = names;
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, Var};
-
-    fn param(name: &str, var: &Var, group: usize) -> Param {
-        Param {
-            name: name.into(),
-            var: var.clone(),
-            group,
-        }
-    }
+    use crate::train::optim::testing::{param, scalars};
+    use candle_core::{DType, Device, Tensor, Var};
 
     fn rates(rates: &[f64]) -> Scalars {
-        let scalars = Scalars::new(rates.len(), &Device::Cpu).unwrap();
-        let step = crate::train::optim::StepScalars {
-            rates: rates.to_vec(),
-            ema_decay: None,
-        };
-        scalars.write(&step).unwrap();
-        scalars
+        scalars(rates, None)
     }
 
     /// Three steps of `loss = Σ c·p` (gradient c) against the update written out by hand.

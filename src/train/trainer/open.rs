@@ -178,7 +178,9 @@ impl Trainer {
             batch: 0,
             sums,
             inputs: Inputs::new(),
-            capture: cfg!(debug_assertions).then(CaptureCheck::default),
+            // Data-parallel steps average gradients through the host (MPI) or a device
+            // collective whose capture only a GPU can show: the check holds a lone process.
+            capture: (cfg!(debug_assertions) && world.size() == 1).then(CaptureCheck::default),
             history: Vec::new(),
             world,
         })
