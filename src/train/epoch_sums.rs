@@ -40,9 +40,10 @@ impl EpochSums {
         Ok(())
     }
 
-    /// Adds one batch: its `logits` `[n, classes]`, mean `loss` and labels `y` `[n]` (u32).
-    /// Queues device work only; nothing is read back.
-    pub fn add(&mut self, logits: &Tensor, loss: &Tensor, y: &Tensor) -> Result<()> {
+    /// Adds one batch's sums on the device: its `logits` `[n, classes]`, mean `loss` and labels
+    /// `y` `[n]` (u32). Queues device work only and touches no host state (a captured step
+    /// replays it without calling it): [`EpochSums::count`] counts the batch's images.
+    pub fn add(&self, logits: &Tensor, loss: &Tensor, y: &Tensor) -> Result<()> {
         let n = y.dims1()?;
         // Detached: a total that held the loss would keep the whole step's graph alive.
         let loss = (loss.detach().to_dtype(DType::F64)? * n as f64)?;
@@ -53,9 +54,12 @@ impl EpochSums {
             .to_dtype(DType::U32)?
             .sum_all()?;
         self.loss.set(&(self.loss.as_tensor() + loss)?)?;
-        self.hits.set(&(self.hits.as_tensor() + hits)?)?;
+        self.hits.set(&(self.hits.as_tensor() + hits)?)
+    }
+
+    /// Counts `n` more images, on the host, for each batch [`EpochSums::add`]ed.
+    pub fn count(&mut self, n: usize) {
         self.images += n;
-        Ok(())
     }
 
     /// The two sums as named tensors, whether or not a batch was added (what lives across
@@ -132,10 +136,12 @@ mod tests {
         let y = Tensor::new(&[1u32, 0], &dev).unwrap();
         r.add(&logits, &Tensor::new(1.0f32, &dev).unwrap(), &y)
             .unwrap();
+        r.count(2);
         let logits = Tensor::new(&[[0.0f32, 2.0]], &dev).unwrap();
         let y = Tensor::new(&[0u32], &dev).unwrap();
         r.add(&logits, &Tensor::new(4.0f32, &dev).unwrap(), &y)
             .unwrap();
+        r.count(1);
         let (loss, acc) = r.read().unwrap();
         assert_eq!(r.images(), 3);
         assert!((loss - 2.0).abs() < 1e-12, "{loss}");
@@ -151,6 +157,7 @@ mod tests {
         let y = Tensor::new(&[1u32], &dev).unwrap();
         r.add(&logits, &Tensor::new(3.0f32, &dev).unwrap(), &y)
             .unwrap();
+        r.count(1);
         let state: std::collections::HashMap<String, Tensor> = r.state().into_iter().collect();
         let mut back = EpochSums::new(&dev).unwrap();
         back.load_state(&state, 1).unwrap();

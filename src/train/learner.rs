@@ -55,6 +55,8 @@ pub struct Learner {
     optimizers: Vec<Box<dyn Optimizer>>,
     label_smoothing: f64,
     steps: usize,
+    /// The parameters frozen in the current epoch ([`Learner::freeze_for_epoch`]).
+    frozen: BTreeSet<String>,
     /// Steps in the whole run (lookahead's pulls are placed by it).
     total_steps: usize,
     /// The ranks whose gradients are averaged (a lone process: [`Local`]).
@@ -96,6 +98,7 @@ impl Learner {
             optimizers,
             label_smoothing: config.label_smoothing,
             steps: 0,
+            frozen: BTreeSet::new(),
             total_steps: steps_per_epoch * config.epochs,
             world: Arc::new(Local),
             batch_norm_sync: None,
@@ -298,6 +301,12 @@ impl Learner {
             optimizer.set_frozen(frozen.clone());
         }
         self.net.model.set_frozen(&|name| frozen.contains(name));
+        self.frozen = frozen;
+    }
+
+    /// The parameters frozen in the current epoch (part of what a captured step depends on).
+    pub fn frozen(&self) -> &BTreeSet<String> {
+        &self.frozen
     }
 
     /// Optimizer steps taken (including those before a resume).

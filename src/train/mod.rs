@@ -11,6 +11,7 @@ pub mod epoch_sums;
 mod error;
 mod evaluate;
 pub mod finite;
+mod graph;
 mod inputs;
 mod learner;
 pub mod loss;

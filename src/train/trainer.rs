@@ -18,6 +18,7 @@ use super::checkpoint::{Snapshot, State};
 use super::epoch_sums::EpochSums;
 use super::error::{Error, Result};
 use super::evaluate::evaluate;
+use super::graph::{GraphKey, StepGraphs};
 use super::inputs::Inputs;
 use super::learner::Learner;
 use super::metrics::EpochMetrics;
@@ -60,6 +61,8 @@ pub struct Trainer {
     inputs: Inputs,
     /// Whether each step is one a graph can capture (debug builds and tests; off in release).
     capture: Option<CaptureCheck>,
+    /// The step as a CUDA graph (`--cuda-graph`).
+    graphs: Option<StepGraphs>,
     history: Vec<EpochMetrics>,
     /// The ranks of a data-parallel run ([`Local`](crate::dist::Local) alone).
     world: Arc<dyn Collective>,
@@ -311,16 +314,25 @@ impl Trainer {
             parts.push(self.world.rank() as u64);
         }
         let dropout_seed = seed::derive(self.config.seed, &parts);
-        self.learner.stage(lr, dropout_seed, x.dim(0)?)?;
+        let n = x.dim(0)?;
+        self.learner.stage(lr, dropout_seed, n)?;
         let step = self.learner.steps();
-        let (learner, sums) = (&mut self.learner, &mut self.sums);
+        let key = GraphKey {
+            batch: n,
+            frozen: self.learner.frozen().clone(),
+        };
+        let (learner, sums) = (&mut self.learner, &self.sums);
         let mut body = || -> Result<()> {
             let (logits, loss) = learner.body(x, y)?;
             sums.add(&logits, &loss, y)?;
             Ok(())
         };
-        let trace = match &self.capture {
-            Some(check) if check.records(step) => {
+        let trace = match (&mut self.graphs, &self.capture) {
+            (Some(graphs), _) => {
+                graphs.run(&self.device, key, &mut body)?;
+                None
+            }
+            (None, Some(check)) if check.records(step) => {
                 let (done, trace) = capture::record(body);
                 done?;
                 Some(trace)
@@ -331,6 +343,7 @@ impl Trainer {
             }
         };
         self.learner.finish_step()?;
+        self.sums.count(n);
         if let Some(check) = &mut self.capture {
             let mut persistent = self.learner.persistent();
             persistent.extend(self.sums.tensors());

@@ -41,6 +41,7 @@ const RUN: &[&str] = &[
     "--save-every",
     "--save-every-steps",
     "--sync-bn",
+    "--cuda-graph",
     "--tta",
 ];
 const AUGMENT: &[&str] = &[

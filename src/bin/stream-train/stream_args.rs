@@ -113,6 +113,10 @@ pub struct RunFlags {
     /// in every layer (CPU fast kernels), instead of each rank's own.
     #[arg(long)]
     sync_bn: bool,
+    /// Each training step as one CUDA graph, replayed per batch (CUDA builds; not yet confirmed
+    /// on a GPU, see docs/capture.md).
+    #[arg(long)]
+    cuda_graph: bool,
     /// Test-time augmentation of every evaluation: none, or flip (average the logits of each test
     /// image and its mirror; twice the evaluation time) [default: none].
     #[arg(long, value_enum)]
@@ -127,6 +131,7 @@ impl Apply for RunFlags {
             c.save_every_steps = Some(n);
         }
         c.sync_bn |= self.sync_bn;
+        c.cuda_graph |= self.cuda_graph;
     }
 }
 

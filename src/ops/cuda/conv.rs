@@ -68,6 +68,9 @@ struct State {
     cudnn: Arc<Cudnn>,
     plans: Plans,
     workspace: Option<CudaSlice<u8>>,
+    /// Workspaces outgrown: kept, not freed, because a captured CUDA graph may have recorded
+    /// their address (a handful per run: the workspace grows only to the largest geometry).
+    retired: Vec<CudaSlice<u8>>,
 }
 
 thread_local! {
@@ -123,12 +126,14 @@ fn with_plan<T: ConvElem, R>(
                 cudnn: Cudnn::new(dev.cuda_stream()).map_err(cudnn_err)?,
                 plans: Plans::default(),
                 workspace: None,
+                retired: Vec::new(),
             });
         }
         let State {
             cudnn,
             plans,
             workspace,
+            retired,
             ..
         } = guard.as_mut().expect("set above");
         let table = T::table(plans);
@@ -139,7 +144,10 @@ fn with_plan<T: ConvElem, R>(
         let need = plan.workspace.max(1);
         if workspace.as_ref().is_none_or(|w| w.len() < need) {
             // Grown to the largest geometry seen: a handful of allocations for a whole run.
-            *workspace = Some(unsafe { dev.alloc::<u8>(need)? });
+            // SAFETY: cuDNN only writes the workspace (scratch space); it is never read
+            // before being written, so its uninitialised contents are not observed.
+            let grown = unsafe { dev.alloc::<u8>(need)? };
+            retired.extend(workspace.replace(grown));
         }
         f(plan, workspace.as_mut().expect("allocated above"))
     })

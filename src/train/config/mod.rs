@@ -128,6 +128,11 @@ pub struct TrainConfig {
     /// every layer, forward and backward) instead of each rank's own (as DDP's default).
     #[serde(default)]
     pub sync_bn: bool,
+    /// On CUDA, each training step as one captured CUDA graph, replayed per batch (after an
+    /// eager warm-up step per batch size and set of frozen parameters). Off until a GPU has
+    /// confirmed it: docs/capture.md.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cuda_graph: bool,
     /// On CUDA, whether f32 convolutions and matrix products may use TF32 tensor cores
     /// (PyTorch's default for cuDNN convolutions); no effect on the CPU.
     #[serde(default = "yes")]
@@ -218,6 +223,7 @@ impl TrainConfig {
             precision: Precision::F32,
             tf32: true,
             sync_bn: false,
+            cuda_graph: false,
             limit_train_batches: None,
             model: ModelConfig::resnet50().into(),
             optim: OptimConfig {
@@ -447,6 +453,10 @@ fn one() -> usize {
 
 fn one_f64() -> f64 {
     1.0
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 fn yes() -> bool {

@@ -17,6 +17,7 @@ use crate::train::checkpoint::Snapshot;
 use crate::train::config::TrainConfig;
 use crate::train::epoch_sums::EpochSums;
 use crate::train::error::{Error, Result};
+use crate::train::graph::StepGraphs;
 use crate::train::inputs::Inputs;
 use crate::train::learner::Learner;
 use crate::train::run_dir::{split_run_dir, RunDir};
@@ -148,6 +149,17 @@ impl Trainer {
         );
         let mut learner = Learner::new(&config, &device, batches_per_epoch)?;
         let sums = EpochSums::new(&device)?;
+        let graphs = match (config.cuda_graph, world.size()) {
+            (false, _) => None,
+            (true, 1) => Some(StepGraphs::new(&device)?),
+            // Each rank's step averages through a collective a capture has not been shown to
+            // hold (MPI's runs on the host).
+            (true, _) => {
+                return Err(Error::Unsupported(
+                    "--cuda-graph trains one process (data-parallel steps stay eager)".into(),
+                ))
+            }
+        };
         learner.set_world(world.clone(), config.sync_bn);
         // Only now, with the data and the model in hand, does the run folder get touched; by
         // rank 0 alone.
@@ -178,6 +190,7 @@ impl Trainer {
             batch: 0,
             sums,
             inputs: Inputs::new(),
+            graphs,
             // Data-parallel steps average gradients through the host (MPI) or a device
             // collective whose capture only a GPU can show: the check holds a lone process.
             capture: (cfg!(debug_assertions) && world.size() == 1).then(CaptureCheck::default),
