@@ -105,6 +105,8 @@ table() {
       case $v in torch-bf16*) mine=${R[step-bf16]:-} ;; esac
       row "PyTorch eager $v (images/s)" "${R[$v]:-n/a} (candle/torch $(ratio "$mine" "${R[$v]:-}"))"
     done
+    row "graph vs eager, seed 24 steps (eager vs eager)" "${R[graph-eq]:-n/a} (${R[graph-spread]:-n/a})"
+    row "seed 200 real steps f32, --cuda-graph" "${R[graph-loop]:-n/a}"
     row "seed 200 real steps f32 (epoch line)" "${R[loop]:-n/a}"
     row "  peak GPU memory (nvidia-smi, MiB)" "${R[mem]:-n/a} (pool: ${R[loop-mem]:-n/a})"
     row "  step breakdown, launch-blocking (ms/step)" "${R[spans]:-n/a}"
@@ -149,6 +151,31 @@ R[ops-test]=$(sed -n 's/^check-ops: //p' "$OUT/ops-test.log" 2>/dev/null | tail 
 
 run prep 90 "$W/prep-dataset" --source "$CARRY/cifar10-jpeg.tar.gz" --out "$W/data" -q
 
+# 1. Correctness: the same weights and batch on the GPU and the CPU (with an f64 yardstick),
+#    TF32 off (strict); then with TF32, which rounds conv inputs to 10 mantissa bits, for the record.
+run parity 120 "$ST" check-step --preset seed --device cuda --images 16 --no-tf32
+R[parity]=$(sed -n 's/^check-step: //p' "$OUT/parity.log" 2>/dev/null | tail -1); table
+run parity-tf32 60 "$ST" check-step --preset seed --device cuda --images 16 --tolerance 1
+R[parity-tf32]=$(sed -n 's/^check-step: \(logits [^,]*, worst tensor [^ ]*\).*/\1/p' "$OUT/parity-tf32.log" 2>/dev/null | tail -1); table
+
+# 1a. The step as one CUDA graph (issue 38, docs/capture.md; never run on a GPU before): two eager
+#     runs of 24 seed steps (their spread: cuDNN may pick non-deterministic algorithms) and one
+#     with --cuda-graph (warm-up, capture, 22 launches), the rate and EMA decay changing every
+#     step; weights, EMA, momentum, statistics and sums compared tensor by tensor. Then 200 real
+#     steps with the graph, beside stage 3's eager loop.
+for v in eager-a eager-b graph; do
+  flag=; [ $v = graph ] && flag=--cuda-graph
+  run "graph-$v" 90 "$ST" --preset seed --device cuda --data "$W/data" --runs "$W/runs" \
+    --name "graph-$v" --epochs 1 --limit-train-batches 24 $flag -q
+done
+R[graph-spread]=$($PY tools/compare_checkpoints.py "$W/runs/graph-eager-a" "$W/runs/graph-eager-b" 2>&1 | tail -1)
+R[graph-eq]=$($PY tools/compare_checkpoints.py "$W/runs/graph-eager-a" "$W/runs/graph-graph" 2>&1 | tail -1)
+grep -q 'capture failed' "$OUT/graph-graph.log" && R[graph-eq]="capture failed: $(grep -m1 'capture failed' "$OUT/graph-graph.log")"
+table
+run graph-loop 150 "$ST" --preset seed --device cuda --data "$W/data" --runs "$W/runs" --name graph-loop \
+  --epochs 1 --limit-train-batches 200 --cuda-graph -q
+R[graph-loop]=$(grep -E '^epoch +1/' "$OUT/graph-loop.log" 2>/dev/null | tail -1 | sed 's/.*train loss/train loss/'); table
+
 # 0b. The split of a seed step (issue 20: measured before the step changes): the GPU's kernel time
 #     against the step's wall time. ncu times every kernel of step-bench's 3 steps (2 warm-up + 1,
 #     the same kernels each but the first's one-time setup; reported as their mean, so a little
@@ -181,13 +208,6 @@ PY
 ); table
 done
 
-
-# 1. Correctness: the same weights and batch on the GPU and the CPU (with an f64 yardstick),
-#    TF32 off (strict); then with TF32, which rounds conv inputs to 10 mantissa bits, for the record.
-run parity 120 "$ST" check-step --preset seed --device cuda --images 16 --no-tf32
-R[parity]=$(sed -n 's/^check-step: //p' "$OUT/parity.log" 2>/dev/null | tail -1); table
-run parity-tf32 60 "$ST" check-step --preset seed --device cuda --images 16 --tolerance 1
-R[parity-tf32]=$(sed -n 's/^check-step: \(logits [^,]*, worst tensor [^ ]*\).*/\1/p' "$OUT/parity-tf32.log" 2>/dev/null | tail -1); table
 
 # 1b. Each new op against candle's, at every layer shape of the seed network (op-bench: the conv
 #     forward + both gradients, BatchNorm, the block tail and the squeeze).
