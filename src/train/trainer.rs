@@ -9,16 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use rayon::ThreadPool;
 
-use super::capture::{self, CaptureCheck};
+use super::capture::CaptureCheck;
 use super::checkpoint;
 use super::checkpoint::{Snapshot, State};
 use super::epoch_sums::EpochSums;
 use super::error::{Error, Result};
 use super::evaluate::evaluate;
-use super::graph::{GraphKey, StepGraphs};
+use super::graph::StepGraphs;
 use super::inputs::Inputs;
 use super::learner::Learner;
 use super::metrics::EpochMetrics;
@@ -28,14 +28,11 @@ use super::stores::Stores;
 use crate::augment::Augmenter;
 use crate::dist::Collective;
 use crate::model::Network;
-use crate::seed;
 use crate::stream::{Loader, LoaderConfig, Shard, StreamError};
 use crate::train::config::TrainConfig;
 
 mod open;
-
-/// Seed-derivation tag of dropout masks.
-const DROPOUT_STREAM: u64 = u64::MAX - 1;
+mod step;
 
 /// A training run in its folder.
 pub struct Trainer {
@@ -294,64 +291,6 @@ impl Trainer {
                     .lr_at(steps - 1, self.batches_per_epoch, self.config.epochs)
             }
         }
-    }
-
-    /// One training step at the run's position, which it advances: the schedule's rate at the
-    /// global step, dropout drawn from (seed, epoch, batch index), the loss and accuracy added
-    /// to the epoch's running sums. Only [`Trainer::train_epoch`] calls it, with the batch its
-    /// loader gave for that position, staged in the input buffers. With the capture check on,
-    /// the step proper (the learner's body and the sums) is recorded and held to the previous
-    /// step's.
-    fn step(&mut self, x: &Tensor, y: &Tensor) -> Result<()> {
-        let lr = self.config.schedule.lr_at(
-            self.learner.steps(),
-            self.batches_per_epoch,
-            self.config.epochs,
-        );
-        // Each rank draws its own masks for its own images (one process: as it always has).
-        let mut parts = vec![DROPOUT_STREAM, self.next_epoch as u64, self.batch as u64];
-        if self.world.size() > 1 {
-            parts.push(self.world.rank() as u64);
-        }
-        let dropout_seed = seed::derive(self.config.seed, &parts);
-        let n = x.dim(0)?;
-        self.learner.stage(lr, dropout_seed, n)?;
-        let step = self.learner.steps();
-        let key = GraphKey {
-            batch: n,
-            frozen: self.learner.frozen().clone(),
-        };
-        let (learner, sums) = (&mut self.learner, &self.sums);
-        let mut body = || -> Result<()> {
-            let (logits, loss) = learner.body(x, y)?;
-            sums.add(&logits, &loss, y)?;
-            Ok(())
-        };
-        let trace = match (&mut self.graphs, &self.capture) {
-            (Some(graphs), _) => {
-                graphs.run(&self.device, key, &mut body)?;
-                None
-            }
-            (None, Some(check)) if check.records(step) => {
-                let (done, trace) = capture::record(body);
-                done?;
-                Some(trace)
-            }
-            _ => {
-                body()?;
-                None
-            }
-        };
-        self.learner.finish_step()?;
-        self.sums.count(n);
-        if let Some(check) = &mut self.capture {
-            let mut persistent = self.learner.persistent();
-            persistent.extend(self.sums.tensors());
-            persistent.extend(self.inputs.tensors());
-            check.after_step(self.next_epoch, step, trace, &persistent)?;
-        }
-        self.batch += 1;
-        Ok(())
     }
 
     fn start_loader(&self) -> Loader {

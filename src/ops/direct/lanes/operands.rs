@@ -1,0 +1,38 @@
+//! What the channel-lane kernels are handed: the vector width and each tile's operand layout,
+//! shared by the plans (`mod.rs`) and the AVX-512 kernels (`avx512.rs`).
+
+/// Output channels per vector.
+pub(super) const LANES: usize = 16;
+
+/// Where one tile's operands lie, in floats.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(super) struct Walk {
+    pub h: usize,
+    pub w: usize,
+    pub wp: usize,
+    /// Padded output channels: the row of `acc` per tap.
+    pub op: usize,
+    /// Floats per position in the transposed gradient: the block's `16·v` channels.
+    pub dstride: usize,
+    /// One image's input grids (`ins · plane`).
+    pub x_img: usize,
+    /// Rows of the pass (image-major) the tile walks: `first..end`.
+    pub first: usize,
+    pub end: usize,
+}
+
+/// One forward tile: `positions` consecutive outputs of a row × `vectors` of channels.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RowTile {
+    pub positions: usize,
+    pub vectors: usize,
+    pub ins: usize,
+    pub plane: usize,
+    /// Padded output channels: the filters' row.
+    pub op: usize,
+    /// Positions per output plane: the stride between channels in NCHW.
+    pub hw: usize,
+    /// Real output channels from the block's first on (lanes past them are not stored).
+    pub outs: usize,
+}
