@@ -1,52 +1,34 @@
-"""Compares the tensors of two run folders' checkpoint.safetensors: prints the largest absolute
-difference over all tensors (and the tensor that has it), and how many tensors differ at all.
+"""Compares the tensors of two run folders' checkpoint.safetensors (read by torch_load's
+reader): prints how many tensors differ and the largest absolute difference, with its tensor.
 
-Usage: compare_checkpoints.py RUN_A RUN_B   (pure Python: no numpy needed on the GPU machine)
+Usage: compare_checkpoints.py RUN_A RUN_B
 """
-import array
-import json
-import struct
+import os
 import sys
 
-KINDS = {'F32': 'f', 'F64': 'd', 'U32': 'I'}
+import numpy as np
 
-
-def tensors(run):
-    with open(f'{run}/checkpoint.safetensors', 'rb') as f:
-        n = struct.unpack('<Q', f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, v in header.items():
-        if name == '__metadata__':
-            continue
-        a, b = v['data_offsets']
-        out[name] = (v['dtype'], data[a:b])
-    return out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_load import read_safetensors  # noqa: E402
 
 
 def main(a, b):
-    ta, tb = tensors(a), tensors(b)
+    ta, _ = read_safetensors(os.path.join(a, "checkpoint.safetensors"))
+    tb, _ = read_safetensors(os.path.join(b, "checkpoint.safetensors"))
     if set(ta) != set(tb):
-        print(f'different tensors: only in A {sorted(set(ta) - set(tb))[:5]}, only in B {sorted(set(tb) - set(ta))[:5]}')
+        print(f"different tensors: only in A {sorted(set(ta) - set(tb))[:5]}, only in B {sorted(set(tb) - set(ta))[:5]}")
         return 1
     worst, where, differ = 0.0, None, 0
     for name in sorted(ta):
-        (da, ba), (_, bb) = ta[name], tb[name]
-        if ba == bb:
+        if np.array_equal(ta[name], tb[name]):
             continue
         differ += 1
-        kind = KINDS.get(da)
-        if kind is None:
-            worst, where = float('inf'), name
-            continue
-        xa, xb = array.array(kind, ba), array.array(kind, bb)
-        d = max(abs(float(x) - float(y)) for x, y in zip(xa, xb))
+        d = float(np.max(np.abs(ta[name].astype(np.float64) - tb[name].astype(np.float64))))
         if d > worst:
             worst, where = d, name
-    print(f'checkpoints: {differ} of {len(ta)} tensors differ, max |diff| {worst:.3g}' + (f' ({where})' if where else ''))
+    print(f"checkpoints: {differ} of {len(ta)} tensors differ, max |diff| {worst:.3g}" + (f" ({where})" if where else ""))
     return 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main(sys.argv[1], sys.argv[2]))

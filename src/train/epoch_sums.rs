@@ -82,10 +82,7 @@ impl EpochSums {
         if self.images == 0 {
             return Vec::new();
         }
-        vec![
-            (format!("{PREFIX}loss"), self.loss.as_tensor().clone()),
-            (format!("{PREFIX}hits"), self.hits.as_tensor().clone()),
-        ]
+        self.tensors()
     }
 
     /// Copies in the totals of a [`EpochSums::state`] over `images` images (zeros when it holds

@@ -43,9 +43,6 @@ pub struct Param {
 
 /// An optimizer over a set of [`Param`]s.
 pub trait Optimizer: Send {
-    /// Its name, for messages.
-    fn name(&self) -> &'static str;
-
     /// Its parameters and their state.
     fn trained(&self) -> &Trained;
 

@@ -45,13 +45,6 @@ impl MomentumBuffers {
         Ok(MomentumBuffers { buffers })
     }
 
-    /// No buffers (an optimizer without momentum).
-    pub fn none() -> MomentumBuffers {
-        MomentumBuffers {
-            buffers: BTreeMap::new(),
-        }
-    }
-
     fn buffer(&mut self, name: &str) -> Result<&mut Buffer> {
         match self.buffers.get_mut(name) {
             Some(b) => Ok(b),

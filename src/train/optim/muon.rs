@@ -61,10 +61,6 @@ impl Muon {
 }
 
 impl Optimizer for Muon {
-    fn name(&self) -> &'static str {
-        "muon"
-    }
-
     fn trained(&self) -> &Trained {
         &self.trained
     }
@@ -80,12 +76,10 @@ impl Optimizer for Muon {
         _ema: Option<&EmaStep>,
     ) -> Result<HashSet<TensorId>> {
         let mu = self.config.momentum;
-        for p in &self.trained.params {
-            let Some(grad) = self.trained.gradient(p, grads) else {
-                continue;
-            };
+        let (stepping, buffers) = self.trained.stepping(grads);
+        for (p, grad) in stepping {
             let lr = scalars.rate(p.group)?;
-            let buf = self.trained.buffers.accumulate(&p.name, grad, mu)?;
+            let buf = buffers.accumulate(&p.name, grad, mu)?;
             let nesterov = (grad + (&buf * mu)?)?;
             let shape = p.var.shape().clone();
             let rows = shape.dims()[0];

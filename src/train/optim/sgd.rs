@@ -47,10 +47,8 @@ impl Sgd {
 
     /// One update in candle's ops: parameters without a gradient or frozen are left alone.
     fn step_unfused(&mut self, grads: &GradStore, scalars: &Scalars) -> Result<()> {
-        for p in &self.trained.params {
-            let Some(grad) = self.trained.gradient(p, grads) else {
-                continue;
-            };
+        let (stepping, buffers) = self.trained.stepping(grads);
+        for (p, grad) in stepping {
             let (lr, wd) = (scalars.rate(p.group)?, self.decays[p.group]);
             let var = &p.var;
             let mut g = if wd != 0.0 {
@@ -59,10 +57,7 @@ impl Sgd {
                 grad.clone()
             };
             if self.momentum != 0.0 {
-                let buf = self
-                    .trained
-                    .buffers
-                    .accumulate(&p.name, &g, self.momentum)?;
+                let buf = buffers.accumulate(&p.name, &g, self.momentum)?;
                 g = if self.nesterov {
                     (&g + (&buf * self.momentum)?)?
                 } else {
@@ -90,13 +85,11 @@ impl Sgd {
             .map(|e| e.pairs.iter().map(|(e, l)| (l.id(), e)).collect())
             .unwrap_or_default();
         let mut done = HashSet::new();
-        for p in &self.trained.params {
-            let Some(grad) = self.trained.gradient(p, grads) else {
-                continue;
-            };
+        let (stepping, buffers) = self.trained.stepping(grads);
+        for (p, grad) in stepping {
             let var = &p.var;
             let (buf, first) = if self.momentum != 0.0 {
-                let (buf, first) = self.trained.buffers.take_in_place(&p.name)?;
+                let (buf, first) = buffers.take_in_place(&p.name)?;
                 (Some(buf), first)
             } else {
                 (None, false)
@@ -127,10 +120,6 @@ impl Sgd {
 }
 
 impl Optimizer for Sgd {
-    fn name(&self) -> &'static str {
-        "sgd"
-    }
-
     fn trained(&self) -> &Trained {
         &self.trained
     }

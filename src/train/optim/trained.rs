@@ -22,11 +22,7 @@ pub struct Trained {
 impl Trained {
     /// `params`, with zeroed momentum buffers when `momentum`, none frozen.
     pub fn new(params: Vec<Param>, momentum: bool) -> Result<Trained> {
-        let buffers = if momentum {
-            MomentumBuffers::new(&params)?
-        } else {
-            MomentumBuffers::none()
-        };
+        let buffers = MomentumBuffers::new(if momentum { &params } else { &[] })?;
         Ok(Trained {
             params,
             buffers,
@@ -34,12 +30,26 @@ impl Trained {
         })
     }
 
-    /// `p`'s gradient in `grads` when `p` steps now: not frozen, and with a gradient.
-    pub fn gradient<'g>(&self, p: &Param, grads: &'g GradStore) -> Option<&'g Tensor> {
-        if self.frozen.contains(&p.name) {
-            return None;
-        }
-        grads.get(&p.var)
+    /// The parameters that step now (not frozen, with a gradient in `grads`) with their
+    /// gradients, in name order, and the momentum buffers to update.
+    pub fn stepping<'a>(
+        &'a mut self,
+        grads: &'a GradStore,
+    ) -> (
+        impl Iterator<Item = (&'a Param, &'a Tensor)> + 'a,
+        &'a mut MomentumBuffers,
+    ) {
+        let Trained {
+            params,
+            buffers,
+            frozen,
+        } = self;
+        let frozen: &BTreeSet<String> = frozen;
+        let stepping = params
+            .iter()
+            .filter(move |p| !frozen.contains(&p.name))
+            .filter_map(move |p| grads.get(&p.var).map(|g| (p, g)));
+        (stepping, buffers)
     }
 
     /// The started momentum buffers by parameter name.
