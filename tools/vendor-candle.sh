@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Re-creates vendor/candle-core: candle-core as published on crates.io plus two patches: one to
+# Re-creates vendor/candle-core: candle-core as published on crates.io plus three patches: one to
 # its autograd (tools/patch_candle_backprop.py), kept with candle's own gradient tests
-# (tests/suite/candle_autograd.rs runs them), and the capture probe
+# (tests/suite/candle_autograd.rs runs them), the capture probe
 # (tools/patch_candle_probe.py: a thread-local trace of storage ops, uploads and reads that the
-# capture check of src/train/capture.rs reads).
+# capture check of src/train/capture.rs reads), and a multi-tensor in-place op
+# (tools/patch_candle_foreach.py: the optimizer's one pass over a parameter group).
 #
 # Why: candle's backward pass starts every gradient from zeros_like and adds the incoming
 # gradient to it (backprop.rs, `or_insert` + `add`): a memset and a full add per graph node,
@@ -44,6 +45,7 @@ open(sys.argv[2], 'w').write('\n'.join(out))
 PY
 python3 tools/patch_candle_backprop.py "$tmp/src/backprop.rs"
 python3 tools/patch_candle_probe.py "$tmp/src"
+python3 tools/patch_candle_foreach.py "$tmp/src"
 chmod -R u+w "$tmp"
 rm -rf "$dst"
 mv "$tmp" "$dst"

@@ -26,6 +26,8 @@ mod kernels;
 mod layers;
 pub mod lowered;
 mod max_pool;
+mod multi_tensor;
+pub mod optim;
 #[cfg(feature = "cuda")]
 mod squeeze;
 mod tail;

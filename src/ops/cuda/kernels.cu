@@ -390,23 +390,49 @@ extern "C" __global__ void squeeze_bwd_bf16(const float* dout, __nv_bfloat16* dx
 
 // ---------------------------------------------------------------------------------------------
 // Nesterov SGD with L2 weight decay, exactly as torch.optim.SGD (dampening 0), in place, fused
-// with the EMA of the updated weights:
+// with the EMA of the updated weights, over up to FOREACH_TENSORS tensors per launch (as
+// PyTorch's multi-tensor apply): block row blockIdx.y takes tensor blockIdx.y of the chunk.
 //   g ← ∇ + wd·p;  b ← first ? g : μ·b + g;  g ← nesterov ? g + μ·b : b;  p ← p − lr·g;
-//   e ← d·e + (1 − d)·p   (when `ema` is not null).
-// With momentum 0 the buffer is neither read nor written (and may be null).
-
-// The rate and the EMA's decay d and 1 - d come from the step's scalar buffer (slots
+//   e ← d·e + (1 − d)·p   (when the tensor's `ema` is not null).
+// With momentum 0 the buffers are neither read nor written (and may be null).
+//
+// The rates and the EMA's decay d and 1 - d come from the step's scalar buffer (each tensor's
 // rate_slot, decay_slot, decay_slot + 1), never as arguments: a captured graph replays with the
-// values written before each launch.
-extern "C" __global__ void sgd_ema_step(float* p, const float* grad, float* buf, float* ema,
-                                        int64_t len, const float* scalars, int rate_slot,
-                                        int decay_slot, float wd, float momentum, int nesterov,
-                                        int first) {
-    const float lr = scalars[rate_slot];
+// values written before each launch. The chunk's pointers go by value: under a graph they are
+// the addresses of persistent tensors and of graph-owned gradients, fixed from replay to replay.
+
+// Tensors per launch: the chunk is one kernel parameter, and CUDA caps a launch's parameters
+// at 4 KiB (the SGD chunk is 2,504 bytes). Must equal ops/cuda/optim.rs's FOREACH_TENSORS.
+#define FOREACH_TENSORS 48
+
+struct SgdChunk {
+    float* p[FOREACH_TENSORS];
+    const float* grad[FOREACH_TENSORS];
+    float* buf[FOREACH_TENSORS];
+    float* ema[FOREACH_TENSORS];
+    int64_t len[FOREACH_TENSORS];
+    float wd[FOREACH_TENSORS];
+    int rate_slot[FOREACH_TENSORS];
+    int first[FOREACH_TENSORS];
+    int count;
+};
+
+extern "C" __global__ void sgd_multi(const SgdChunk chunk, const float* scalars, int decay_slot,
+                                     float momentum, int nesterov) {
+    const int t = blockIdx.y;
+    if (t >= chunk.count) return;
+    float* p = chunk.p[t];
+    const float* grad = chunk.grad[t];
+    float* buf = chunk.buf[t];
+    float* ema = chunk.ema[t];
+    const float wd = chunk.wd[t];
+    const int first = chunk.first[t];
+    const float lr = scalars[chunk.rate_slot[t]];
     const float decay = scalars[decay_slot];
     const float keep = scalars[decay_slot + 1];
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)len;
-         i += gridDim.x * blockDim.x) {
+    const int64_t len = chunk.len[t];
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < len;
+         i += (int64_t)gridDim.x * blockDim.x) {
         const float pv = p[i];
         float g = grad[i];
         if (wd != 0.0f) g = g + pv * wd;
@@ -421,13 +447,25 @@ extern "C" __global__ void sgd_ema_step(float* p, const float* grad, float* buf,
     }
 }
 
-// e ← d·e + (1 − d)·v: the EMA of tensors without gradients (BatchNorm running statistics).
-extern "C" __global__ void ema_update(float* e, const float* v, int64_t len,
-                                      const float* scalars, int decay_slot) {
+// e ← d·e + (1 − d)·v over up to FOREACH_TENSORS pairs per launch: the EMA of tensors an
+// optimizer did not update (BatchNorm running statistics, frozen weights, Muon's banks).
+struct EmaChunk {
+    float* e[FOREACH_TENSORS];
+    const float* v[FOREACH_TENSORS];
+    int64_t len[FOREACH_TENSORS];
+    int count;
+};
+
+extern "C" __global__ void ema_multi(const EmaChunk chunk, const float* scalars, int decay_slot) {
+    const int t = blockIdx.y;
+    if (t >= chunk.count) return;
+    float* e = chunk.e[t];
+    const float* v = chunk.v[t];
     const float decay = scalars[decay_slot];
     const float keep = scalars[decay_slot + 1];
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)len;
-         i += gridDim.x * blockDim.x) {
+    const int64_t len = chunk.len[t];
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < len;
+         i += (int64_t)gridDim.x * blockDim.x) {
         e[i] = e[i] * decay + v[i] * keep;
     }
 }

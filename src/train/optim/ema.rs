@@ -2,9 +2,10 @@
 
 use std::collections::HashSet;
 
-use candle_core::{Result, TensorId, Var};
+use candle_core::{Result, Tensor, TensorId, Var};
 
 use super::Scalars;
+use crate::ops::optim::ema_foreach;
 
 /// Pairs of (EMA variable, live variable); `ema ← d·ema + (1−d)·live` after every step, with
 /// `d = min(decay, (1 + t) / (10 + t))` at update `t` (TensorFlow's warm-up), so that a short run
@@ -47,11 +48,11 @@ impl Ema {
 
     /// Finishes this step's update, whose decay `d` and `1 − d` it reads from `scalars`: the
     /// pairs whose live variable is not in `done` (those an optimizer updated in its own pass).
-    /// With nothing done, candle's ops on every pair; otherwise (CUDA's fused step) the rest by
-    /// the same device's kernel.
+    /// With nothing done, candle's ops on every pair; otherwise (the fused step) the rest in one
+    /// multi-tensor op.
     pub fn finish(&self, scalars: &Scalars, done: &HashSet<TensorId>) -> Result<()> {
         if !done.is_empty() {
-            return self.finish_on_device(scalars, done);
+            return self.finish_rest(scalars, done);
         }
         let (d, keep) = (scalars.ema_decay()?, scalars.ema_keep()?);
         for (e, l) in &self.pairs {
@@ -62,20 +63,13 @@ impl Ema {
         Ok(())
     }
 
-    #[cfg(feature = "cuda")]
-    fn finish_on_device(&self, scalars: &Scalars, done: &HashSet<TensorId>) -> Result<()> {
-        let (buffer, slot) = (scalars.buffer(), scalars.decay_slot());
-        for (e, l) in &self.pairs {
-            if !done.contains(&l.id()) {
-                crate::ops::cuda::optim::ema_update(e.as_tensor(), l.as_tensor(), buffer, slot)?;
-            }
-        }
-        Ok(())
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn finish_on_device(&self, _: &Scalars, _: &HashSet<TensorId>) -> Result<()> {
-        unreachable!("only CUDA's fused step folds the EMA into an optimizer")
+    /// The pairs an optimizer did not update, in one multi-tensor op ([`ema_foreach`]).
+    fn finish_rest(&self, scalars: &Scalars, done: &HashSet<TensorId>) -> Result<()> {
+        let rest: Vec<(&Tensor, &Tensor)> = (self.pairs.iter())
+            .filter(|(_, l)| !done.contains(&l.id()))
+            .map(|(e, l)| (e.as_tensor(), l.as_tensor()))
+            .collect();
+        ema_foreach(&rest, scalars.buffer(), scalars.decay_slot())
     }
 
     /// A lookahead pull: `ema ← ema + (1−d)·(live − ema)` (PyTorch's `lerp_`, exact where the

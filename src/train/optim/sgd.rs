@@ -2,11 +2,12 @@
 //! (dampening 0): `g ← ∇ + wd·p`, `b ← μ·b + g` (first step `b ← g`),
 //! `g ← g + μ·b` with Nesterov else `g ← b`, `p ← p − lr·g`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use candle_core::{backprop::GradStore, Result, TensorId};
+use candle_core::{backprop::GradStore, Result, TensorId, Var};
 
 use super::{EmaStep, Optimizer, Param, Scalars, Trained};
+use crate::ops::optim::{sgd_foreach, SgdRule, SgdTensor};
 
 /// The optimizer over its parameters.
 pub struct Sgd {
@@ -15,14 +16,13 @@ pub struct Sgd {
     decays: Vec<f64>,
     momentum: f64,
     nesterov: bool,
-    /// On CUDA with the fast kernels: one fused launch per parameter.
+    /// One multi-tensor op per step (the fast kernels) rather than candle's ops per parameter.
     fused: bool,
 }
 
 impl Sgd {
-    /// An optimizer over `params`, whose groups decay by `decays` (by group index); `fused`
-    /// asks for CUDA's one-launch update where the parameters live on a GPU.
-    /// Its momentum buffers are allocated here, once.
+    /// An optimizer over `params`, whose groups decay by `decays` (by group index), stepping
+    /// through candle's ops until [`Sgd::fused`]. Its momentum buffers are allocated here, once.
     pub fn new(
         params: Vec<Param>,
         decays: Vec<f64>,
@@ -39,7 +39,7 @@ impl Sgd {
         })
     }
 
-    /// Updates through CUDA's fused kernel where the parameters are on a GPU.
+    /// Updates every parameter in one multi-tensor op ([`sgd_foreach`]) on either device.
     pub fn fused(mut self, fused: bool) -> Self {
         self.fused = fused;
         self
@@ -69,52 +69,52 @@ impl Sgd {
         Ok(())
     }
 
-    /// With `fused` on CUDA each parameter is one launch that updates it, its momentum buffer
-    /// and its EMA twin in place.
-    #[cfg(feature = "cuda")]
-    fn step_fused(
+    /// With `fused`: one multi-tensor op over every stepping parameter (one pass on the CPU, a
+    /// launch per chunk of tensors on CUDA) that updates it, its momentum buffer and its EMA
+    /// twin in place; returns the live variables whose twins it updated.
+    fn step_foreach(
         &mut self,
         grads: &GradStore,
         scalars: &Scalars,
         ema: Option<&EmaStep>,
     ) -> Result<HashSet<TensorId>> {
-        use crate::ops::cuda::optim::{sgd_ema_step, SgdSettings};
-        use std::collections::HashMap;
         // Each live variable's EMA twin, by tensor id.
-        let twins: HashMap<_, &candle_core::Var> = ema
+        let twins: HashMap<_, &Var> = ema
             .map(|e| e.pairs.iter().map(|(e, l)| (l.id(), e)).collect())
             .unwrap_or_default();
         let mut done = HashSet::new();
+        let mut held = Vec::new();
         let (stepping, buffers) = self.trained.stepping(grads);
         for (p, grad) in stepping {
-            let var = &p.var;
-            let (buf, first) = if self.momentum != 0.0 {
-                let (buf, first) = buffers.take_in_place(&p.name)?;
-                (Some(buf), first)
-            } else {
-                (None, false)
+            let (buf, first) = match self.momentum != 0.0 {
+                true => buffers.take_in_place(&p.name).map(|(b, f)| (Some(b), f))?,
+                false => (None, false),
             };
-            let twin = twins.get(&var.id()).map(|e| e.as_tensor());
-            let set = SgdSettings {
-                weight_decay: self.decays[p.group],
-                momentum: self.momentum,
-                nesterov: self.nesterov,
-                first,
-                rate_slot: scalars.rate_slot(p.group),
-                decay_slot: scalars.decay_slot(),
-            };
-            sgd_ema_step(
-                var.as_tensor(),
-                grad,
-                buf.as_ref(),
-                twin,
-                scalars.buffer(),
-                set,
-            )?;
+            let twin = twins.get(&p.var.id()).map(|e| e.as_tensor().clone());
             if twin.is_some() {
-                done.insert(var.id());
+                done.insert(p.var.id());
             }
+            let grad = grad.contiguous()?;
+            held.push((p.var.as_tensor().clone(), grad, buf, twin, first, p.group));
         }
+        let tensors: Vec<SgdTensor> = held
+            .iter()
+            .map(|(param, grad, buf, ema, first, group)| SgdTensor {
+                param,
+                grad,
+                buf: buf.as_ref(),
+                ema: ema.as_ref(),
+                first: *first,
+                weight_decay: self.decays[*group],
+                rate_slot: scalars.rate_slot(*group),
+            })
+            .collect();
+        let rule = SgdRule {
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            decay_slot: scalars.decay_slot(),
+        };
+        sgd_foreach(&tensors, rule, scalars.buffer())?;
         Ok(done)
     }
 }
@@ -134,17 +134,9 @@ impl Optimizer for Sgd {
         scalars: &Scalars,
         ema: Option<&EmaStep>,
     ) -> Result<HashSet<TensorId>> {
-        #[cfg(feature = "cuda")]
-        if self.fused
-            && self
-                .trained
-                .params
-                .first()
-                .is_some_and(|p| p.var.device().is_cuda())
-        {
-            return self.step_fused(grads, scalars, ema);
+        if self.fused {
+            return self.step_foreach(grads, scalars, ema);
         }
-        let _ = ema;
         self.step_unfused(grads, scalars)?;
         Ok(HashSet::new())
     }

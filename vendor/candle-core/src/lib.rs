@@ -75,6 +75,7 @@ pub mod nditer;
 pub mod npy;
 pub mod op;
 pub mod probe;
+pub mod foreach;
 pub mod pickle;
 pub mod quantized;
 pub mod safetensors;
