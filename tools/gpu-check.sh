@@ -105,8 +105,15 @@ table() {
       case $v in torch-bf16*) mine=${R[step-bf16]:-} ;; esac
       row "PyTorch eager $v (images/s)" "${R[$v]:-n/a} (candle/torch $(ratio "$mine" "${R[$v]:-}"))"
     done
-    row "graph vs eager, seed 24 steps (eager vs eager)" "${R[graph-eq]:-n/a} (${R[graph-spread]:-n/a})"
+    row "graph vs eager, seed 24 steps" "${R[graph-eq]:-n/a}"
+    row "  eager vs eager (the spread)" "${R[graph-spread]:-n/a}"
+    row "  negative control: rates frozen at capture" "${R[graph-neg]:-n/a}"
     row "seed 200 real steps f32, --cuda-graph" "${R[graph-loop]:-n/a}"
+    for p in f32 bf16; do
+      for b in 128 256 512; do
+        row "seed $p b$b images/s" "${R[matrix-$p-$b]:-n/a}; torch.compile ${R[compile-$p-$b]:-n/a}"
+      done
+    done
     row "seed 200 real steps f32 (epoch line)" "${R[loop]:-n/a}"
     row "  peak GPU memory (nvidia-smi, MiB)" "${R[mem]:-n/a} (pool: ${R[loop-mem]:-n/a})"
     row "  step breakdown, launch-blocking (ms/step)" "${R[spans]:-n/a}"
@@ -160,21 +167,55 @@ R[parity-tf32]=$(sed -n 's/^check-step: \(logits [^,]*, worst tensor [^ ]*\).*/\
 
 # 1a. The step as one CUDA graph (issue 38, docs/capture.md; never run on a GPU before): two eager
 #     runs of 24 seed steps (their spread: cuDNN may pick non-deterministic algorithms) and one
-#     with --cuda-graph (warm-up, capture, 22 launches), the rate and EMA decay changing every
-#     step; weights, EMA, momentum, statistics and sums compared tensor by tensor. Then 200 real
-#     steps with the graph, beside stage 3's eager loop.
-for v in eager-a eager-b graph; do
-  flag=; [ $v = graph ] && flag=--cuda-graph
-  run "graph-$v" 90 "$ST" --preset seed --device cuda --data "$W/data" --runs "$W/runs" \
-    --name "graph-$v" --epochs 1 --limit-train-batches 24 $flag -q
-done
-R[graph-spread]=$($PY tools/compare_checkpoints.py "$W/runs/graph-eager-a" "$W/runs/graph-eager-b" 2>&1 | tail -1)
-R[graph-eq]=$($PY tools/compare_checkpoints.py "$W/runs/graph-eager-a" "$W/runs/graph-graph" 2>&1 | tail -1)
-grep -q 'capture failed' "$OUT/graph-graph.log" && R[graph-eq]="capture failed: $(grep -m1 'capture failed' "$OUT/graph-graph.log")"
+#     with the graph (warm-up, capture with its first replay held to an eager step, 22 launches),
+#     the rate (a one-epoch warm-up) and the EMA decay changing every step; weights, EMA,
+#     momentum, statistics and sums compared tensor by tensor. The negative control replays
+#     with the rates frozen at capture and must come out further from eager than the spread.
+#     Then 200 real steps with the graph (GPU busy on its epoch line), beside stage 3's eager loop.
+G="--preset seed --device cuda --data $W/data --runs $W/runs --epochs 1 --limit-train-batches 24 --warmup-epochs 1 -q"
+run graph-eager-a 90 "$ST" $G --name graph-eager-a --no-cuda-graph
+run graph-eager-b 90 "$ST" $G --name graph-eager-b --no-cuda-graph
+run graph-graph 90 "$ST" $G --name graph-graph --cuda-graph
+run graph-frozen 90 "$ST" $G --name graph-frozen --cuda-graph --cuda-graph-fault-freeze-rates
+cmp_runs() { $PY tools/compare_checkpoints.py "$W/runs/$1" "$W/runs/$2" 2>&1 | tail -1; }
+R[graph-spread]=$(cmp_runs graph-eager-a graph-eager-b)
+R[graph-eq]=$(cmp_runs graph-eager-a graph-graph)
+R[graph-neg]=$(cmp_runs graph-eager-a graph-frozen)
+# The control must fail: its largest difference far above the eager pair's (0 when equal).
+maxdiff() { sed -n 's/.*max |diff| \([0-9.e+-]*\).*/\1/p' <<<"$1"; }
+R[graph-neg]="${R[graph-neg]} -> $(awk -v n="$(maxdiff "${R[graph-neg]}")" -v s="$(maxdiff "${R[graph-spread]}")" \
+  'BEGIN { if (n == "") print "NO RESULT"; else if (n + 0 > (s == "" ? 0 : s) * 10) print "fails, as it must"; else print "PASSES: the comparison cannot see a frozen rate" }')"
+given_up() { grep -m1 'CUDA graph given up' "$OUT/$1.log" 2>/dev/null; }
+[ -n "$(given_up graph-graph)" ] && R[graph-eq]="$(given_up graph-graph)"
+[ -n "$(given_up graph-frozen)" ] && R[graph-neg]="$(given_up graph-frozen)"
 table
 run graph-loop 150 "$ST" --preset seed --device cuda --data "$W/data" --runs "$W/runs" --name graph-loop \
   --epochs 1 --limit-train-batches 200 --cuda-graph -q
 R[graph-loop]=$(grep -E '^epoch +1/' "$OUT/graph-loop.log" 2>/dev/null | tail -1 | sed 's/.*train loss/train loss/'); table
+
+# 1c. Eager against graph, step-bench seed at batch 128, 256 and 512 in f32 and bf16 (each line
+#     says whether its timed steps were replays), with PyTorch eager (channels_last,
+#     cudnn.benchmark) beside. torch.compile(mode="reduce-overhead") compiles for about a minute
+#     a shape: its rows are their own call, GPU_CHECK_ONLY="compile-f32-128 compile-bf16-128 ...".
+for p in f32 bf16; do
+  for b in 128 256 512; do
+    run "eager-$p-$b" 60 "$ST" step-bench --preset seed --device cuda --batch-size $b --steps 30 --precision $p --no-cuda-graph
+    run "graph-$p-$b" 60 "$ST" step-bench --preset seed --device cuda --batch-size $b --steps 30 --precision $p --cuda-graph
+    run "torch-$p-$b" 90 $PY tools/torch_reference.py speed --preset seed --device cuda --batch-size $b --steps 30 \
+      --amp $p --channels-last --cudnn-benchmark --binary "$ST"
+    R[matrix-$p-$b]="candle eager $(last "eager-$p-$b" 'images/s:'), graph $(last "graph-$p-$b" 'images/s:') ($(sed -n 's/^CUDA graph: //p' "$OUT/graph-$p-$b.log" 2>/dev/null | tail -1)), torch $(last "torch-$p-$b" 'images/s:')"
+    table
+  done
+done
+if [ -n "$ONLY" ]; then
+  for p in f32 bf16; do
+    for b in 128 256 512; do
+      run "compile-$p-$b" 240 $PY tools/torch_reference.py speed --preset seed --device cuda --batch-size $b --steps 30 \
+        --amp $p --channels-last --cudnn-benchmark --compile reduce-overhead --binary "$ST" || continue
+      R[compile-$p-$b]=$(last "compile-$p-$b" 'images/s:'); table
+    done
+  done
+fi
 
 # 0b. The split of a seed step (issue 20: measured before the step changes): the GPU's kernel time
 #     against the step's wall time. ncu times every kernel of step-bench's 3 steps (2 warm-up + 1,
@@ -183,10 +224,10 @@ R[graph-loop]=$(grep -E '^epoch +1/' "$OUT/graph-loop.log" 2>/dev/null | tail -1
 #     to no work in them, so its step time is about the host's dispatch alone. (ncu reads counters
 #     on Firecracker machines only: on gVisor this row says n/a.)
 for p in f32 bf16; do
-  run "split-$p-b128" 60 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 50 --precision $p
-  run "split-$p-b1" 60 "$ST" step-bench --preset seed --device cuda --batch-size 1 --steps 50 --precision $p
+  run "split-$p-b128" 60 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 50 --precision $p --no-cuda-graph
+  run "split-$p-b1" 60 "$ST" step-bench --preset seed --device cuda --batch-size 1 --steps 50 --precision $p --no-cuda-graph
   run "split-$p-ncu" 150 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
-    "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 1 --precision $p
+    "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 1 --precision $p --no-cuda-graph
   R[split-$p]=$($PY - "$OUT/split-$p-ncu.log" "$(last "split-$p-b128" 'images/s:')" "$(last "split-$p-b1" 'images/s:')" <<'PY' 2>>"$OUT/split-$p.err"
 import csv, collections, sys
 rows = list(csv.reader(l for l in open(sys.argv[1]) if l.startswith('"')))
@@ -218,14 +259,14 @@ run ops-stock 90 "$ST" op-bench --preset seed --device cuda --reps 5 --kernels s
 R[ops-stock]=$(sed -n 's/^fast-path ms per step: //p' "$OUT/ops-stock.log" 2>/dev/null | tail -1); table
 
 # 2. Throughput with no data path, and the PyTorch yardstick on the same GPU.
-run step 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100
+run step 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --no-cuda-graph
 R[step]=$(last step 'images/s:')
 R[step-mem]=$(sed -n 's/^peak memory: //p' "$OUT/step.log" 2>/dev/null | tail -1); table
-run step-bf16 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --precision bf16
+run step-bf16 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --precision bf16 --no-cuda-graph
 R[step-bf16]=$(last step-bf16 'images/s:'); table
 # The A/B of the whole step: candle's own ops (its cuDNN forward, its backward, its BatchNorm).
 # (10 steps: candle's weight gradient alone takes about 1.2 s a step at this size)
-run step-stock 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 10 --kernels stock
+run step-stock 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 10 --kernels stock --no-cuda-graph
 R[step-stock]=$(last step-stock 'images/s:'); table
 for v in "f32 --channels-last" "bf16 --channels-last" "f32" "bf16"; do
   set -- $v
@@ -238,7 +279,7 @@ done
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/gpu-memory.csv" 2>/dev/null &
 MEM=$!
 run loop 150 "$ST" --preset seed --device cuda --data "$W/data" --runs "$W/runs" --name loop \
-  --epochs 1 --limit-train-batches 200 --profile-json "$OUT/profile.jsonl" --trace "$OUT/trace.json" -q
+  --epochs 1 --limit-train-batches 200 --no-cuda-graph --profile-json "$OUT/profile.jsonl" --trace "$OUT/trace.json" -q
 kill $MEM 2>/dev/null
 R[mem]=$(sort -n "$OUT/gpu-memory.csv" 2>/dev/null | tail -1)
 R[loop-mem]=$(sed -n 's/^peak GPU memory: //p' "$OUT/loop.log" 2>/dev/null | tail -1)
@@ -253,7 +294,7 @@ R[nccl]=$(grep -E '^epoch +1/' "$OUT/nccl.log" 2>/dev/null | tail -1 | sed 's/.*
 # 4. Where the step's time goes. With launches queued asynchronously the host's spans measure
 #    launch time; CUDA_LAUNCH_BLOCKING=1 makes each span the GPU's time (and the run slower).
 CUDA_LAUNCH_BLOCKING=1 run spans 90 "$ST" --preset seed --device cuda --data "$W/data" --runs "$W/runs" \
-  --name spans --epochs 1 --limit-train-batches 40 --profile-json "$OUT/spans.jsonl" -q
+  --name spans --epochs 1 --limit-train-batches 40 --no-cuda-graph --profile-json "$OUT/spans.jsonl" -q
 R[spans]=$($PY - "$OUT/spans.jsonl" <<'PY' 2>/dev/null
 import json, sys
 p = [json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]
@@ -263,10 +304,10 @@ PY
 ); table
 # The rest of the A/B: no cuDNN (the lowered backward), and f32 without TF32.
 if [ -x "$W/stream-train-nodnn" ]; then
-  run step-nodnn 90 "$W/stream-train-nodnn" step-bench --preset seed --device cuda --batch-size 128 --steps 100
+  run step-nodnn 90 "$W/stream-train-nodnn" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --no-cuda-graph
   R[step-nodnn]=$(last step-nodnn 'images/s:'); table
 fi
-run step-notf32 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --no-tf32
+run step-notf32 90 "$ST" step-bench --preset seed --device cuda --batch-size 128 --steps 100 --no-tf32 --no-cuda-graph
 R[step-notf32]=$(last step-notf32 'images/s:'); table
 
 # 5. bf16: how far one step lands from f32, and accuracy against f32 on a short run.

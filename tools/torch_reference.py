@@ -126,6 +126,11 @@ def cmd_speed(args, cfg):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = optimizer(model, cfg)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    step_model = model
+    if args.compile != "none":
+        # The forward and backward compiled; "reduce-overhead" replays them as CUDA graphs.
+        step_model = torch.compile(model, mode=args.compile)
     x = torch.randn(args.batch_size, 3, 32, 32, device=dev)
     if args.channels_last:
         x = x.to(memory_format=torch.channels_last)
@@ -140,14 +145,16 @@ def cmd_speed(args, cfg):
             start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with amp:
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(step_model(x), y)
         loss.backward()
         opt.step()
     sync()
     rate = args.steps * args.batch_size / (time.perf_counter() - start)
     where = f"{torch.get_num_threads()} threads" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
     layout = ", channels_last" if args.channels_last else ""
-    print(f"torch {torch.__version__}, {where}, {args.amp}{layout}, batch {args.batch_size}: images/s: {rate:.0f}")
+    compiled = f", torch.compile({args.compile})" if args.compile != "none" else ""
+    bench = ", cudnn.benchmark" if args.cudnn_benchmark else ""
+    print(f"torch {torch.__version__}, {where}, {args.amp}{layout}{compiled}{bench}, batch {args.batch_size}: images/s: {rate:.0f}")
 
 
 def cmd_train(args, cfg):
@@ -252,6 +259,9 @@ def main():
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--device", default="cpu", help="speed: cpu or cuda")
     ap.add_argument("--amp", default="f32", choices=["f32", "bf16"], help="speed: bf16 autocast")
+    ap.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"],
+                    help="speed: torch.compile the model in this mode (reduce-overhead: CUDA graphs)")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="speed: cudnn.benchmark = True")
     ap.add_argument("--flags", default="", help='more stream-train flags for the configuration, e.g. "--restart-every 3"')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

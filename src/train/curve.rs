@@ -263,6 +263,7 @@ mod tests {
             ema_test_acc: ema_acc,
             images_per_second: 100.0,
             trainer_stall: 0.0,
+            gpu_busy: None,
             seconds: 1.0,
         }
     }

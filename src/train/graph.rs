@@ -1,8 +1,10 @@
-//! The training step as one CUDA graph (`--cuda-graph`): one eager warm-up step per graph key
-//! (batch size and set of frozen parameters) that loads every module, makes every cuDNN plan
-//! and workspace and fills candle's cache of small uploads; then the next step's body captured
-//! and launched, and every later step's batch staged into the fixed buffers and the graph
-//! launched. A capture that fails says why and the run goes on eager: it never trains wrong.
+//! The training step as one CUDA graph (on by default on CUDA for a lone process; `--cuda-graph`
+//! insists, `--no-cuda-graph` turns it off): one eager warm-up step per graph key (batch size
+//! and set of frozen parameters) that loads every module, makes every cuDNN plan and workspace
+//! and fills candle's cache of small uploads; then the next step's body captured, launched, and
+//! held to an eager step from the same state (the first replay must agree, or the graph is
+//! dropped); every later step's batch is staged into the fixed buffers and the graph launched.
+//! A capture that fails or disagrees says why and the run goes on eager: it never trains wrong.
 //!
 //! The body it captures is the one the capture check holds to "the same every step, state in
 //! place" on the CPU (`train::capture`); what only a GPU can show (that the replay equals eager
@@ -10,9 +12,15 @@
 
 use std::collections::BTreeSet;
 
-use candle_core::Device;
-
+use super::config::GraphMode;
 use super::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+
+/// How far a first replay may be from the eager step, relative to each tensor's largest value:
+/// eager steps on a GPU differ among themselves by rounding (cuDNN's atomics), a wrong graph by
+/// far more.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub const REPLAY_TOLERANCE: f64 = 1e-3;
 
 /// What a captured graph is valid for.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,28 +51,67 @@ pub struct StepGraphs {
     stage: Stage,
     /// Why graphs were given up, once they were (the run goes on eager).
     failed: Option<String>,
+    /// The replays' GPU time.
+    busy: Busy,
+    /// The negative control: replays keep the captured step's rates.
+    freeze_rates: bool,
+    /// Under it, the scalar buffer and its values at capture, put back before each replay.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    frozen: Option<(Tensor, Tensor)>,
 }
 
 impl StepGraphs {
-    /// Graphs for a run on `device`: CUDA only.
-    pub fn new(device: &Device) -> Result<StepGraphs> {
-        if !device.is_cuda() {
-            return Err(Error::Unsupported(
-                "--cuda-graph needs a CUDA device (a build with the cuda feature and a GPU)".into(),
-            ));
+    /// The graphs of a run of `ranks` processes on `device` under `mode`: none off CUDA or with
+    /// several ranks (their gradients average through a collective a capture has not been shown
+    /// to hold), which [`GraphMode::On`] refuses with the reason.
+    pub fn for_run(mode: GraphMode, device: &Device, ranks: usize) -> Result<Option<StepGraphs>> {
+        let why_not = if !device.is_cuda() {
+            Some("CUDA graphs need a CUDA device (a build with the cuda feature and a GPU)")
+        } else if ranks > 1 {
+            Some("CUDA graphs train one process (data-parallel steps stay eager)")
+        } else {
+            None
+        };
+        match (mode, why_not) {
+            (GraphMode::Off, _) => Ok(None),
+            (GraphMode::On, Some(why)) => Err(Error::Unsupported(format!("--cuda-graph: {why}"))),
+            (GraphMode::Auto, Some(why)) => {
+                if device.is_cuda() {
+                    eprintln!("{why}");
+                }
+                Ok(None)
+            }
+            (_, None) => Ok(Some(StepGraphs {
+                stage: Stage::Cold,
+                failed: None,
+                busy: Busy::default(),
+                freeze_rates: false,
+                frozen: None,
+            })),
         }
-        Ok(StepGraphs {
-            stage: Stage::Cold,
-            failed: None,
-        })
+    }
+
+    /// With `on`, the negative control of the GPU check: every replay reads the rates and EMA
+    /// decay of the captured step, as a graph that froze them would (wrong on purpose).
+    pub fn freezing_rates(mut self, on: bool) -> StepGraphs {
+        self.freeze_rates = on;
+        self
+    }
+
+    /// Whether the next step of `key` is captured, so [`StepGraphs::run`] needs the state the
+    /// first replay is checked on.
+    pub fn captures_next(&self, key: &GraphKey) -> bool {
+        self.failed.is_none() && matches!(&self.stage, Stage::Warm(k) if k == key)
     }
 
     /// Runs one step's `body` for `key` on `device`: eagerly (warm-up of a new key, or after a
-    /// capture failed), captured then launched, or launched.
+    /// capture failed), captured then launched, or launched. `state` (every tensor the step
+    /// writes, by name) is read only when this step is captured ([`StepGraphs::captures_next`]).
     pub fn run(
         &mut self,
         device: &Device,
         key: GraphKey,
+        state: &[(String, Tensor)],
         body: &mut dyn FnMut() -> Result<()>,
     ) -> Result<()> {
         if self.failed.is_some() {
@@ -73,15 +120,19 @@ impl StepGraphs {
         match std::mem::replace(&mut self.stage, Stage::Cold) {
             #[cfg(feature = "cuda")]
             Stage::Ready(k, graph) if k == key => {
-                graph.launch().map_err(candle_core::Error::wrap)?;
+                if let Some((buffer, at_capture)) = &self.frozen {
+                    buffer.slice_set(at_capture, 0, 0)?;
+                }
+                self.busy.launch(device, &graph)?;
                 self.stage = Stage::Ready(k, graph);
                 Ok(())
             }
             #[cfg(feature = "cuda")]
-            Stage::Warm(k) if k == key => self.capture(device, key, body),
+            Stage::Warm(k) if k == key => self.capture(device, key, state, body),
             _ => {
                 // A new key (the first step, or an epoch that froze more): an eager step that
                 // fills the caches the capture will read.
+                let _ = state;
                 with_upload_cache(device, body)?;
                 self.stage = Stage::Warm(key);
                 Ok(())
@@ -89,29 +140,107 @@ impl StepGraphs {
         }
     }
 
-    /// Captures `body` as `key`'s graph and launches it; on failure, trains the step eagerly
-    /// and stays eager.
+    /// What the graphs did: `"replayed"` once a graph is launched per step, `"eager: <why>"`
+    /// once given up, `"not yet captured"` before.
+    pub fn status(&self) -> String {
+        match (&self.failed, &self.stage) {
+            (Some(why), _) => format!("eager: {why}"),
+            #[cfg(feature = "cuda")]
+            (None, Stage::Ready(..)) => "replayed".into(),
+            _ => "not yet captured".into(),
+        }
+    }
+
+    /// The GPU seconds of the replays launched since the last call (waits for them), or `None`
+    /// when none was launched: the numerator of the epoch's "GPU busy".
+    pub fn take_busy_seconds(&mut self) -> Result<Option<f64>> {
+        self.busy.take()
+    }
+
+    /// Captures `body` as `key`'s graph, launches it and holds the result to an eager step from
+    /// the same state ([`first_replay_agrees`]); on a failed capture or a disagreement the step's
+    /// eager result stands and the run stays eager.
     #[cfg(feature = "cuda")]
     fn capture(
         &mut self,
         device: &Device,
         key: GraphKey,
+        state: &[(String, Tensor)],
         body: &mut dyn FnMut() -> Result<()>,
     ) -> Result<()> {
-        match capture_on(device, body) {
-            Ok(graph) => {
-                graph.launch().map_err(candle_core::Error::wrap)?;
+        let graph = match capture_on(device, body) {
+            Ok(graph) => graph,
+            Err(why) => return self.give_up(format!("capture failed: {why}"), body),
+        };
+        if self.freeze_rates {
+            if let Some((_, buffer)) = state.iter().find(|(name, _)| name == "scalars") {
+                self.frozen = Some((buffer.clone(), buffer.copy()?));
+            }
+        }
+        let mut replay = || -> Result<()> {
+            graph.launch().map_err(candle_core::Error::wrap)?;
+            Ok(())
+        };
+        match first_replay_agrees(state, &mut replay, body)? {
+            None => {
                 self.stage = Stage::Ready(key, graph);
                 Ok(())
             }
-            Err(why) => {
-                tracing::warn!("CUDA graph capture failed, training goes on eager: {why}");
-                eprintln!("CUDA graph capture failed, training goes on eager: {why}");
-                self.failed = Some(why);
-                body()
-            }
+            // The eager step already ran: its result stands.
+            Some(why) => self.give_up(why, &mut || Ok(())),
         }
     }
+
+    /// Stays eager from now on, saying why, and trains this step with `body`.
+    #[cfg(feature = "cuda")]
+    fn give_up(&mut self, why: String, body: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        tracing::warn!("CUDA graph given up, training goes on eager: {why}");
+        eprintln!("CUDA graph given up, training goes on eager: {why}");
+        self.failed = Some(why);
+        body()
+    }
+}
+
+/// Runs `replay` from the current `state`, then `eager` from the same state, and says where
+/// the two results part by more than [`REPLAY_TOLERANCE`] of a tensor's largest value (or where
+/// the replay is not finite); `state` is left as `eager` left it. A captured step's first
+/// replay is held to this: a graph that froze a value it should read, or read memory that moved,
+/// shows here before it trains anything.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub fn first_replay_agrees(
+    state: &[(String, Tensor)],
+    replay: &mut dyn FnMut() -> Result<()>,
+    eager: &mut dyn FnMut() -> Result<()>,
+) -> Result<Option<String>> {
+    let before: Vec<Tensor> = state
+        .iter()
+        .map(|(_, t)| t.copy())
+        .collect::<candle_core::Result<_>>()?;
+    replay()?;
+    let replayed: Vec<Tensor> = state
+        .iter()
+        .map(|(_, t)| t.copy())
+        .collect::<candle_core::Result<_>>()?;
+    for ((_, t), b) in state.iter().zip(&before) {
+        t.flatten_all()?.slice_set(&b.flatten_all()?, 0, 0)?;
+    }
+    eager()?;
+    // Each tensor's largest difference over its largest value, in one read.
+    let mut ratios = Vec::with_capacity(state.len());
+    for ((_, t), r) in state.iter().zip(&replayed) {
+        let (e, r) = (t.to_dtype(DType::F32)?, r.to_dtype(DType::F32)?);
+        let diff = (&r - &e)?.abs()?.flatten_all()?.max(0)?;
+        let scale = (e.abs()?.flatten_all()?.max(0)? + 1e-30)?;
+        ratios.push((diff / scale)?);
+    }
+    if ratios.is_empty() {
+        return Ok(None);
+    }
+    let ratios: Vec<f32> = Tensor::stack(&ratios, 0)?.to_vec1()?;
+    let worst = (state.iter().zip(&ratios))
+        .find(|(_, &q)| q.is_nan() || q as f64 > REPLAY_TOLERANCE)
+        .map(|((name, _), q)| format!("the first replay differs from an eager step in {name} ({q:.2e} of its largest value)"));
+    Ok(worst)
 }
 
 /// Runs `body` with candle's cache of small uploads filling (dims, strides, constant indices):
@@ -164,15 +293,127 @@ fn capture_on(
     Ok(graph)
 }
 
+/// CUDA events around each replay: inside a graph the GPU runs the step's kernels back to back,
+/// so the time between a replay's two events is GPU work, not host gaps.
+#[derive(Default)]
+struct Busy {
+    #[cfg(feature = "cuda")]
+    replays: Vec<(
+        candle_core::cuda_backend::cudarc::driver::CudaEvent,
+        candle_core::cuda_backend::cudarc::driver::CudaEvent,
+    )>,
+}
+
+impl Busy {
+    /// Launches `graph` between two timing events on the device's stream.
+    #[cfg(feature = "cuda")]
+    fn launch(
+        &mut self,
+        device: &Device,
+        graph: &candle_core::cuda_backend::cudarc::driver::CudaGraph,
+    ) -> Result<()> {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
+        let Device::Cuda(dev) = device else {
+            return Err(Error::Unsupported("a graph off CUDA".into()));
+        };
+        let stream = dev.cuda_stream();
+        let timed = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let start = stream
+            .record_event(timed)
+            .map_err(candle_core::Error::wrap)?;
+        graph.launch().map_err(candle_core::Error::wrap)?;
+        let end = stream
+            .record_event(timed)
+            .map_err(candle_core::Error::wrap)?;
+        self.replays.push((start, end));
+        Ok(())
+    }
+
+    /// The replays' GPU seconds since the last call, or `None` without any.
+    #[cfg(feature = "cuda")]
+    fn take(&mut self) -> Result<Option<f64>> {
+        if self.replays.is_empty() {
+            return Ok(None);
+        }
+        let mut ms = 0.0f64;
+        for (start, end) in self.replays.drain(..) {
+            ms += start.elapsed_ms(&end).map_err(candle_core::Error::wrap)? as f64;
+        }
+        Ok(Some(ms / 1e3))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn take(&mut self) -> Result<Option<f64>> {
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Var;
 
     #[test]
-    fn graphs_are_refused_off_cuda_with_the_reason() {
-        let Err(e) = StepGraphs::new(&Device::Cpu) else {
+    fn required_graphs_are_refused_off_cuda_with_the_reason_and_auto_runs_eager() {
+        let Err(e) = StepGraphs::for_run(GraphMode::On, &Device::Cpu, 1) else {
             panic!("graphs on the CPU")
         };
-        assert!(e.to_string().contains("needs a CUDA device"), "{e}");
+        assert!(e.to_string().contains("need a CUDA device"), "{e}");
+        assert!(StepGraphs::for_run(GraphMode::Auto, &Device::Cpu, 1)
+            .unwrap()
+            .is_none());
+        assert!(StepGraphs::for_run(GraphMode::Off, &Device::Cpu, 1)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn the_mode_reads_its_names_and_the_booleans_of_older_runs() {
+        #[derive(serde::Deserialize)]
+        struct C {
+            cuda_graph: GraphMode,
+        }
+        let mode = |s: &str| toml::from_str::<C>(s).map(|c| c.cuda_graph);
+        assert_eq!(mode("cuda_graph = \"auto\"").unwrap(), GraphMode::Auto);
+        assert_eq!(mode("cuda_graph = \"off\"").unwrap(), GraphMode::Off);
+        assert_eq!(mode("cuda_graph = true").unwrap(), GraphMode::On);
+        assert_eq!(mode("cuda_graph = false").unwrap(), GraphMode::Off);
+        let e = mode("cuda_graph = \"sometimes\"").unwrap_err().to_string();
+        assert!(e.contains("expected \"auto\""), "{e}");
+    }
+
+    /// A weight and a step that moves it by `rate` (a stand-in for a replay or an eager step).
+    fn step_by(w: &Var, rate: f32) -> impl FnMut() -> Result<()> + '_ {
+        move || {
+            let next = (w.as_tensor() - rate as f64)?;
+            w.set(&next)?;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_replay_that_agrees_passes_and_the_state_is_the_eager_steps() {
+        let w = Var::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
+        let state = vec![("w".to_string(), w.as_tensor().clone())];
+        // The same step within rounding: agrees.
+        let (mut replay, mut eager) = (step_by(&w, 0.1 + 1e-7), step_by(&w, 0.1));
+        let verdict = first_replay_agrees(&state, &mut replay, &mut eager).unwrap();
+        assert_eq!(verdict, None);
+        assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [0.9, 1.9]);
+    }
+
+    #[test]
+    fn a_replay_that_froze_a_rate_or_went_non_finite_fails_naming_the_tensor() {
+        let w = Var::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
+        let state = vec![("w".to_string(), w.as_tensor().clone())];
+        let (mut replay, mut eager) = (step_by(&w, 0.2), step_by(&w, 0.1));
+        let verdict = first_replay_agrees(&state, &mut replay, &mut eager).unwrap();
+        let why = verdict.expect("a rate twice the eager one differs");
+        assert!(why.contains("in w"), "{why}");
+        // The eager step ran once, from the state before the replay.
+        assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [0.9, 1.9]);
+        let (mut replay, mut eager) = (step_by(&w, f32::NAN), step_by(&w, 0.1));
+        let verdict = first_replay_agrees(&state, &mut replay, &mut eager).unwrap();
+        assert!(verdict.is_some(), "a NaN replay must not pass");
     }
 }

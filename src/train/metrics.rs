@@ -25,12 +25,16 @@ pub struct EpochMetrics {
     pub images_per_second: f64,
     /// Fraction of the training time spent waiting for data.
     pub trainer_stall: f64,
+    /// On CUDA with the step as a graph: the replays' GPU time (CUDA events) over the epoch's
+    /// training time. `None` where no graph ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_busy: Option<f64>,
     /// Epoch wall seconds (training and evaluation).
     pub seconds: f64,
 }
 
 const CSV_HEADER: &str =
-    "epoch,lr,train_loss,train_acc,test_loss,test_acc,ema_test_loss,ema_test_acc,images_per_second,trainer_stall,seconds";
+    "epoch,lr,train_loss,train_acc,test_loss,test_acc,ema_test_loss,ema_test_acc,images_per_second,trainer_stall,seconds,gpu_busy";
 
 /// The history as JSON lines (one object per epoch) and as CSV (test cells empty where an
 /// epoch was not evaluated): the contents of `metrics.jsonl` and `metrics.csv`.
@@ -44,7 +48,7 @@ pub fn encode(history: &[EpochMetrics]) -> std::io::Result<(String, String)> {
         // An epoch without evaluation leaves its test cells empty.
         let cell = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
         csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
             m.epoch,
             m.lr,
             m.train_loss,
@@ -55,7 +59,8 @@ pub fn encode(history: &[EpochMetrics]) -> std::io::Result<(String, String)> {
             cell(m.ema_test_acc),
             m.images_per_second,
             m.trainer_stall,
-            m.seconds
+            m.seconds,
+            cell(m.gpu_busy)
         ));
     }
     Ok((jsonl, csv))

@@ -27,7 +27,7 @@ mod trainer;
 pub mod tta;
 
 pub use checkpoint::Snapshot;
-pub use config::{Lookahead, MuonConfig};
+pub use config::{GraphMode, Lookahead, MuonConfig};
 pub use epoch_sums::EpochSums;
 pub use error::{Error, Result, StateError};
 pub use evaluate::{evaluate, Evaluation};

@@ -366,6 +366,10 @@ impl Trainer {
         evaluation: Option<&TestEvaluation>,
     ) -> Result<EpochMetrics> {
         let train_seconds = trained.seconds.max(1e-9);
+        let gpu_seconds = match &mut self.graphs {
+            Some(graphs) => graphs.take_busy_seconds()?,
+            None => None,
+        };
         let m = EpochMetrics {
             epoch: trained.epoch,
             lr: trained.lr,
@@ -377,6 +381,7 @@ impl Trainer {
             ema_test_acc: evaluation.map(|e| e.ema.accuracy),
             images_per_second: trained.images as f64 / train_seconds,
             trainer_stall: trained.stats.wait_seconds / train_seconds,
+            gpu_busy: gpu_seconds.map(|s| s / train_seconds),
             seconds: trained.started.elapsed().as_secs_f64(),
         };
         self.history.push(m.clone());

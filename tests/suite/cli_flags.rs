@@ -41,9 +41,9 @@ const RUN: &[&str] = &[
     "--save-every",
     "--save-every-steps",
     "--sync-bn",
-    "--cuda-graph",
     "--tta",
 ];
+const GRAPH: &[&str] = &["--cuda-graph", "--no-cuda-graph"];
 const AUGMENT: &[&str] = &[
     "--augment",
     "--randaugment-n",
@@ -117,7 +117,9 @@ fn each_command_lists_exactly_the_flags_it_reads() {
     let cases: Vec<(&[&str], BTreeSet<String>)> = vec![
         (
             &[],
-            set(&[SOURCE, MODEL, OPTIM, SCHEDULE, DATA, RUN, AUGMENT, &main]),
+            set(&[
+                SOURCE, MODEL, OPTIM, SCHEDULE, DATA, RUN, GRAPH, AUGMENT, &main,
+            ]),
         ),
         (
             &["step-bench"],
@@ -133,6 +135,7 @@ fn each_command_lists_exactly_the_flags_it_reads() {
                     "--no-tf32",
                 ],
                 &["--batch-size", "--seed", "--threads"],
+                GRAPH,
             ]),
         ),
         (

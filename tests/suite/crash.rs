@@ -72,7 +72,7 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
             let m = v.as_object_mut().unwrap();
-            for timing in ["images_per_second", "trainer_stall", "seconds"] {
+            for timing in ["images_per_second", "trainer_stall", "seconds", "gpu_busy"] {
                 m.remove(timing);
             }
             v

@@ -15,7 +15,7 @@ use cifar_stream::train::diag::timing;
 use crate::args::{positive, NetArgs, OptimFlags, PrecisionFlag};
 use crate::finish::Finish;
 use crate::pipeline::open_train;
-use crate::stream_args::{AugmentFlags, BatchFlag, SeedFlag, ThreadsFlag};
+use crate::stream_args::{AugmentFlags, BatchFlag, GraphFlags, SeedFlag, ThreadsFlag};
 
 /// `augment-bench`.
 #[derive(Args)]
@@ -102,6 +102,8 @@ pub struct StepBenchArgs {
     seed: SeedFlag,
     #[command(flatten)]
     threads: ThreadsFlag,
+    #[command(flatten)]
+    graph: GraphFlags,
 }
 
 /// Sizes rayon's global pool, which candle's CPU ops run on (0 keeps one thread per core).
@@ -122,6 +124,7 @@ pub fn step(args: StepBenchArgs) -> Result<Finish> {
         &args.batch,
         &args.seed,
         &args.threads,
+        &args.graph,
     ])?;
     global_threads(&config)?;
     let device = args.net.device.select()?;
@@ -137,6 +140,9 @@ pub fn step(args: StepBenchArgs) -> Result<Finish> {
     );
     if let Some((used, reserved)) = rate.memory_peak {
         println!("peak memory: {} / {} MiB", used >> 20, reserved >> 20);
+    }
+    if let Some(graph) = &rate.graph {
+        println!("CUDA graph: {graph}");
     }
     println!("ops per step: {}", rate.ops_per_step);
     Ok(Finish::Done)

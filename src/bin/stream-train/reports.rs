@@ -117,8 +117,11 @@ impl train::Observer for Bars {
             }
             _ => String::new(),
         };
+        let busy = m
+            .gpu_busy
+            .map_or(String::new(), |b| format!("  GPU busy {:.1}%", b * 100.0));
         println!(
-            "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:.2}%  {test}{ema}  {:.0} img/s  stall {:.1}%  {:.1} s",
+            "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:.2}%  {test}{ema}  {:.0} img/s  stall {:.1}%{busy}  {:.1} s",
             m.epoch + 1,
             self.epochs,
             m.lr,

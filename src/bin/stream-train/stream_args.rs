@@ -8,6 +8,7 @@ use clap::Args;
 use cifar_stream::augment::ops::PadFill;
 use cifar_stream::augment::{AugmentConfig, PolicyName};
 use cifar_stream::train::config::TrainConfig;
+use cifar_stream::train::GraphMode;
 use cifar_stream::train::Tta;
 
 use crate::args::Apply;
@@ -86,6 +87,37 @@ impl Apply for ThreadsFlag {
     }
 }
 
+/// `--cuda-graph`, `--no-cuda-graph`: the training step as one CUDA graph, or not.
+#[derive(Args)]
+#[group(id = "graph_flags", multiple = true)]
+pub struct GraphFlags {
+    /// Require each training step as one CUDA graph (refused off CUDA or with several ranks).
+    /// By default a lone process on CUDA captures its step and others run eager; the first
+    /// replay is held to an eager step, and a failed or disagreeing capture goes on eager,
+    /// saying why (docs/capture.md; not yet confirmed on a GPU)
+    #[arg(long, conflicts_with = "no_cuda_graph")]
+    cuda_graph: bool,
+    /// Eager training steps, no CUDA graph (to compare against one)
+    #[arg(long)]
+    no_cuda_graph: bool,
+    /// The GPU check's negative control: graph replays keep the captured step's rates (trains
+    /// wrong on purpose)
+    #[arg(long, hide = true)]
+    cuda_graph_fault_freeze_rates: bool,
+}
+
+impl Apply for GraphFlags {
+    fn apply(&self, c: &mut TrainConfig) {
+        if self.cuda_graph {
+            c.cuda_graph = GraphMode::On;
+        }
+        if self.no_cuda_graph {
+            c.cuda_graph = GraphMode::Off;
+        }
+        c.freeze_graph_rates |= self.cuda_graph_fault_freeze_rates;
+    }
+}
+
 /// What only a training run reads: its name and folder, the EMA, evaluation and saving.
 #[derive(Args)]
 #[group(id = "run_flags", multiple = true)]
@@ -113,10 +145,6 @@ pub struct RunFlags {
     /// in every layer (CPU fast kernels), instead of each rank's own.
     #[arg(long)]
     sync_bn: bool,
-    /// Each training step as one CUDA graph, replayed per batch (CUDA builds; not yet confirmed
-    /// on a GPU, see docs/capture.md).
-    #[arg(long)]
-    cuda_graph: bool,
     /// Test-time augmentation of every evaluation: none, or flip (average the logits of each test
     /// image and its mirror; twice the evaluation time) [default: none].
     #[arg(long, value_enum)]
@@ -131,7 +159,6 @@ impl Apply for RunFlags {
             c.save_every_steps = Some(n);
         }
         c.sync_bn |= self.sync_bn;
-        c.cuda_graph |= self.cuda_graph;
     }
 }
 

@@ -15,7 +15,9 @@ use cifar_stream::train::{self, Trainer};
 use crate::args::{NetArgs, OptimFlags, PrecisionFlag, ScheduleFlags};
 use crate::finish::Finish;
 use crate::reports::{self, Bars};
-use crate::stream_args::{AugmentFlags, BatchFlag, DataFlags, RunFlags, SeedFlag, ThreadsFlag};
+use crate::stream_args::{
+    AugmentFlags, BatchFlag, DataFlags, GraphFlags, RunFlags, SeedFlag, ThreadsFlag,
+};
 use crate::{pipeline, ranks};
 
 /// The main job's flags: a preset, a TOML file over it, these flags over both.
@@ -26,7 +28,7 @@ pub struct TrainArgs {
     /// Print the layer table, `parameters: N` and `flops: N`, and exit without touching data.
     #[arg(long, conflicts_with_all = ["print_config", "pipeline_only", "device_flag",
         "kernel_flag", "precision_flag", "optim_flags", "schedule_flags", "data_flags",
-        "batch_flag", "seed_flag", "threads_flag", "run_flags", "augment_flags", "trace",
+        "batch_flag", "seed_flag", "threads_flag", "run_flags", "graph_flags", "augment_flags", "trace",
         "profile_json", "quiet"])]
     pub summary: bool,
     /// Print the fully resolved configuration as TOML and exit.
@@ -40,7 +42,7 @@ pub struct TrainArgs {
     /// Run only the data path (sampler → store → augmentation → channel) into a null consumer,
     /// print the profile table per epoch and a final `images/s: X` line.
     #[arg(long, conflicts_with_all = ["device_flag", "model_flags", "kernel_flag",
-        "precision_flag", "optim_flags", "schedule_flags", "run_flags"])]
+        "precision_flag", "optim_flags", "schedule_flags", "run_flags", "graph_flags"])]
     pub pipeline_only: bool,
     /// Drop each epoch's last short batch (--pipeline-only; training always drops it).
     #[arg(long, requires = "pipeline_only")]
@@ -76,6 +78,8 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub run: RunFlags,
     #[command(flatten)]
+    pub graph: GraphFlags,
+    #[command(flatten)]
     pub augment: AugmentFlags,
 }
 
@@ -93,6 +97,7 @@ impl TrainArgs {
                 &self.seed,
                 &self.threads,
                 &self.run,
+                &self.graph,
                 &self.augment,
             ],
         )

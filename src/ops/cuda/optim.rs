@@ -65,6 +65,12 @@ pub fn sgd_multi(tensors: &[SgdTensor], rule: SgdRule, scalars: &Tensor) -> Resu
     for &len in &lens {
         check_len(len, "sgd")?;
     }
+    // Each launch checks its own chunk; a tensor written in one and read in another would pass.
+    let mut written: Vec<&Tensor> = tensors.iter().map(|t| t.param).collect();
+    written.extend(tensors.iter().flat_map(|t| [t.buf, t.ema]).flatten());
+    let mut read: Vec<&Tensor> = tensors.iter().map(|t| t.grad).collect();
+    read.push(scalars);
+    candle_core::foreach::check("sgd_multi", &written, &read)?;
     for chunk in launch_chunks(&lens, FOREACH_TENSORS) {
         let part: Vec<SgdTensor> = chunk.iter().map(|&i| tensors[i]).collect();
         sgd_launch(&part, rule, scalars)?;
@@ -149,6 +155,10 @@ pub fn ema_multi(pairs: &[(&Tensor, &Tensor)], scalars: &Tensor, decay_slot: usi
     for &len in &lens {
         check_len(len, "ema")?;
     }
+    let written: Vec<&Tensor> = pairs.iter().map(|(e, _)| *e).collect();
+    let mut read: Vec<&Tensor> = pairs.iter().map(|(_, v)| *v).collect();
+    read.push(scalars);
+    candle_core::foreach::check("ema_multi", &written, &read)?;
     for chunk in launch_chunks(&lens, FOREACH_TENSORS) {
         let part: Vec<(&Tensor, &Tensor)> = chunk.iter().map(|&i| pairs[i]).collect();
         ema_launch(&part, scalars, decay_slot)?;
@@ -229,6 +239,7 @@ fn pointer_mut<'a>(
     let Storage::Cuda(c) = s else {
         candle_core::bail!("a CUDA multi-tensor op over a tensor on another device")
     };
+    same_device(c, stream)?;
     let (ptr, sync) = c.as_cuda_slice_mut::<f32>()?.device_ptr_mut(stream);
     syncs.push(sync);
     Ok(ptr + (start * std::mem::size_of::<f32>()) as CUdeviceptr)
@@ -245,9 +256,18 @@ fn pointer<'a>(
     let Storage::Cuda(c) = s else {
         candle_core::bail!("a CUDA multi-tensor op over a tensor on another device")
     };
+    same_device(c, stream)?;
     let (ptr, sync) = c.as_cuda_slice::<f32>()?.device_ptr(stream);
     syncs.push(sync);
     Ok(ptr + (start * std::mem::size_of::<f32>()) as CUdeviceptr)
+}
+
+/// A launch on `stream` reads only memory of its own device.
+fn same_device(c: &candle_core::CudaStorage, stream: &CudaStream) -> Result<()> {
+    if c.device.cuda_stream().context() != stream.context() {
+        candle_core::bail!("a CUDA multi-tensor op over tensors on two GPUs");
+    }
+    Ok(())
 }
 
 fn start_of(l: &Layout) -> Result<usize> {

@@ -76,8 +76,8 @@ fn check_sgd(tensors: &[SgdTensor], rule: SgdRule, scalars: &Tensor) -> Result<(
                 );
             }
         }
-        if rule.momentum != 0.0 && t.buf.is_none() {
-            candle_core::bail!("sgd: momentum without a buffer");
+        if (rule.momentum != 0.0) != t.buf.is_some() {
+            candle_core::bail!("sgd: a momentum buffer exactly when there is momentum");
         }
         slots.push(t.rate_slot);
     }

@@ -13,6 +13,7 @@
 //! duplicate six enums and their spellings; `tests/suite/cli_flags.rs` checks that clap's and
 //! serde's names agree.
 
+mod graph_mode;
 mod optim;
 mod presets;
 mod validate;
@@ -27,6 +28,7 @@ use crate::ops::Kernels;
 use crate::train::schedule::Schedule;
 use crate::train::tta::Tta;
 
+pub use graph_mode::GraphMode;
 pub use optim::{Lookahead, MuonConfig, OptimConfig};
 pub use presets::PRESETS;
 
@@ -130,10 +132,14 @@ pub struct TrainConfig {
     #[serde(default)]
     pub sync_bn: bool,
     /// On CUDA, each training step as one captured CUDA graph, replayed per batch (after an
-    /// eager warm-up step per batch size and set of frozen parameters). Off until a GPU has
-    /// confirmed it: docs/capture.md.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub cuda_graph: bool,
+    /// eager warm-up step per batch size and set of frozen parameters, the first replay held to
+    /// an eager step): `auto` (a lone process on CUDA), `on` (required) or `off`.
+    #[serde(default)]
+    pub cuda_graph: GraphMode,
+    /// A negative control for the GPU check, wrong on purpose: graph replays read the rates and
+    /// EMA decay of the captured step (`tools/gpu-check.sh` stage 1a must catch it). Never saved.
+    #[serde(skip)]
+    pub freeze_graph_rates: bool,
     /// On CUDA, whether f32 convolutions and matrix products may use TF32 tensor cores
     /// (PyTorch's default for cuDNN convolutions); no effect on the CPU.
     #[serde(default = "yes")]
@@ -230,10 +236,6 @@ fn one() -> usize {
 
 fn one_f64() -> f64 {
     1.0
-}
-
-fn is_false(b: &bool) -> bool {
-    !b
 }
 
 fn yes() -> bool {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{Error, Lookahead, MuonConfig, OptimConfig, TrainConfig};
+use super::{Error, GraphMode, Lookahead, MuonConfig, OptimConfig, TrainConfig};
 use crate::augment::ops::PadFill;
 use crate::augment::{AugmentConfig, PolicyName};
 use crate::model::{Architecture, ModelConfig, Precision, WhitenedConfig};
@@ -50,7 +50,8 @@ impl TrainConfig {
             precision: Precision::F32,
             tf32: true,
             sync_bn: false,
-            cuda_graph: false,
+            cuda_graph: GraphMode::Auto,
+            freeze_graph_rates: false,
             limit_train_batches: None,
             model: ModelConfig::resnet50().into(),
             optim: OptimConfig {

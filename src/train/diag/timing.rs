@@ -13,6 +13,7 @@ use crate::seed;
 use crate::store::Shape;
 use crate::train::config::TrainConfig;
 use crate::train::error::Result;
+use crate::train::graph::{GraphKey, StepGraphs};
 use crate::train::learner::Learner;
 
 /// Untimed steps or repetitions before timing starts (allocator and caches settle).
@@ -32,10 +33,13 @@ pub struct StepRate {
     pub kernels: &'static str,
     /// See `kernels`.
     pub precision: &'static str,
+    /// With graphs: whether the timed steps were replays, or why they were eager.
+    pub graph: Option<String>,
 }
 
 /// Times `steps` training steps (forward, backward, SGD; no EMA, as PyTorch's reference step
-/// has none) at `config.batch_size` on one random batch, after [`WARMUP`] untimed steps.
+/// has none) at `config.batch_size` on one random batch, after [`WARMUP`] untimed steps (and
+/// the capture, where the step is a CUDA graph as `config.cuda_graph` says).
 pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<StepRate> {
     let mut config = config.clone();
     config.ema_decay = 0.0;
@@ -54,16 +58,39 @@ pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<
         .map(|_| rng.u32(0..config.model.num_classes() as u32))
         .collect();
     let y = Tensor::from_vec(labels, b, device)?;
+    // As a run does: on CUDA by default the step is a graph (warm-up, capture, launches).
+    let mut graphs = StepGraphs::for_run(config.cuda_graph, device, 1)?;
+    let key = GraphKey {
+        batch: b,
+        frozen: learner.frozen().clone(),
+    };
+    // Graphs need one more untimed step: the capture.
+    let warmup = WARMUP + graphs.is_some() as usize;
     let mut start = Instant::now();
-    for step in 0..steps + WARMUP {
-        if step == WARMUP {
+    for step in 0..steps + warmup {
+        if step == warmup {
             device.synchronize()?;
             start = Instant::now();
         }
-        learner.step(&x, &y, config.schedule.lr, step as u64)?;
+        learner.stage(config.schedule.lr, step as u64, b)?;
+        match &mut graphs {
+            Some(graphs) => {
+                let state = match graphs.captures_next(&key) {
+                    true => learner.persistent(),
+                    false => Vec::new(),
+                };
+                let mut body = || learner.body(&x, &y).map(|_| ());
+                graphs.run(device, key.clone(), &state, &mut body)?;
+            }
+            None => {
+                learner.body(&x, &y)?;
+            }
+        }
+        learner.finish_step()?;
     }
     device.synchronize()?;
     let images_per_second = (steps * b) as f64 / start.elapsed().as_secs_f64();
+    let graph = graphs.as_ref().map(|g| g.status());
     learner.stage(config.schedule.lr, 0, b)?;
     let (body, trace) = crate::train::capture::record(|| learner.body(&x, &y));
     body?;
@@ -78,6 +105,7 @@ pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<
         memory_peak: crate::device::memory_peak(device)?,
         kernels: learner.model().compute().ops.kernels.name(),
         precision: learner.model().compute().precision().name(),
+        graph,
     })
 }
 

@@ -55,8 +55,8 @@ pub trait Optimizer: Send {
     }
 
     /// One update at the rates in `scalars` (written for this step); parameters without a gradient or frozen are left
-    /// alone. Given `ema`, an optimizer that can fold the EMA into its own pass (CUDA's fused
-    /// kernel) does so and returns the ids of the live variables whose twins it updated; the
+    /// alone. Given `ema`, an optimizer that can fold the EMA into its own pass (SGD's
+    /// multi-tensor op) does so and returns the ids of the live variables whose twins it updated; the
     /// caller updates the rest.
     fn step(
         &mut self,

@@ -63,13 +63,17 @@ impl MomentumBuffers {
         Ok(next)
     }
 
-    /// Parameter `name`'s buffer and whether it held a value before (for a kernel that
-    /// updates it in place), marking it started.
-    pub fn take_in_place(&mut self, name: &str) -> Result<(Tensor, bool)> {
+    /// Parameter `name`'s buffer and whether it holds nothing yet (for a pass that updates it
+    /// in place and then calls [`MomentumBuffers::mark_started`]).
+    pub fn in_place(&mut self, name: &str) -> Result<(Tensor, bool)> {
         let buffer = self.buffer(name)?;
-        let first = !buffer.started;
-        buffer.started = true;
-        Ok((buffer.value.as_tensor().clone(), first))
+        Ok((buffer.value.as_tensor().clone(), !buffer.started))
+    }
+
+    /// Parameter `name`'s buffer holds a value (a pass wrote it).
+    pub fn mark_started(&mut self, name: &str) -> Result<()> {
+        self.buffer(name)?.started = true;
+        Ok(())
     }
 
     /// The started buffers by parameter name: shared handles, not copies.

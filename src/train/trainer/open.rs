@@ -149,17 +149,8 @@ impl Trainer {
         );
         let mut learner = Learner::new(&config, &device, batches_per_epoch)?;
         let sums = EpochSums::new(&device)?;
-        let graphs = match (config.cuda_graph, world.size()) {
-            (false, _) => None,
-            (true, 1) => Some(StepGraphs::new(&device)?),
-            // Each rank's step averages through a collective a capture has not been shown to
-            // hold (MPI's runs on the host).
-            (true, _) => {
-                return Err(Error::Unsupported(
-                    "--cuda-graph trains one process (data-parallel steps stay eager)".into(),
-                ))
-            }
-        };
+        let graphs = StepGraphs::for_run(config.cuda_graph, &device, world.size())?
+            .map(|g| g.freezing_rates(config.freeze_graph_rates));
         learner.set_world(world.clone(), config.sync_bn);
         // Only now, with the data and the model in hand, does the run folder get touched; by
         // rank 0 alone.

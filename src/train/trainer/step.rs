@@ -40,6 +40,15 @@ impl Trainer {
             batch: n,
             frozen: self.learner.frozen().clone(),
         });
+        // What the step writes, for the one step whose graph replay is held to eager.
+        let state = match (&self.graphs, &key) {
+            (Some(graphs), Some(key)) if graphs.captures_next(key) => {
+                let mut state = self.learner.persistent();
+                state.extend(self.sums.tensors());
+                state
+            }
+            _ => Vec::new(),
+        };
         let (learner, sums) = (&mut self.learner, &self.sums);
         let mut body = || -> Result<()> {
             let (logits, loss) = learner.body(x, y)?;
@@ -48,7 +57,7 @@ impl Trainer {
         };
         let trace = match (&mut self.graphs, key, &self.capture) {
             (Some(graphs), Some(key), _) => {
-                graphs.run(&self.device, key, &mut body)?;
+                graphs.run(&self.device, key, &state, &mut body)?;
                 None
             }
             (_, _, Some(check)) if check.records(step) => {

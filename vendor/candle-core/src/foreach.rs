@@ -7,12 +7,25 @@
 
 use crate::{Layout, Result, Storage, StorageMutRef, StorageRef, Tensor};
 
-/// Runs `f` once over the storages of `written` (locked for writing, in order) and of `read`
-/// (locked for reading, in order), each with its tensor's layout; recorded by the probe as one
+/// Fails if a tensor of `written` shares its storage with any other operand: that would alias
+/// a mutable borrow (and deadlock on the lock). [`inplace`] checks this itself; an op split
+/// into several calls checks its whole operand list once with it.
+pub fn check(name: &str, written: &[&Tensor], read: &[&Tensor]) -> Result<()> {
+    for (i, w) in written.iter().enumerate() {
+        if written[..i].iter().chain(read).any(|o| o.same_storage(w)) {
+            crate::bail!("{name}: written operand {i} shares its storage with another operand")
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` once over the storages of `written` (locked for writing) and of `read` (locked for
+/// reading), each with its tensor's layout, in the order given; recorded by the probe as one
 /// storage op `name` with by-value `scalars`.
 ///
-/// Fails before locking anything if a tensor of `written` shares its storage with any other
-/// operand: that would alias a mutable borrow (and deadlock on the lock).
+/// Fails before locking anything as [`check`] does. The locks are taken in storage order (as
+/// candle's own in-place ops take theirs), so two threads over overlapping tensors cannot
+/// deadlock.
 pub fn inplace<R>(
     name: &str,
     scalars: &[f64],
@@ -20,23 +33,33 @@ pub fn inplace<R>(
     read: &[&Tensor],
     f: impl FnOnce(&mut [(&mut Storage, &Layout)], &[(&Storage, &Layout)]) -> Result<R>,
 ) -> Result<R> {
-    for (i, w) in written.iter().enumerate() {
-        if written[..i].iter().chain(read).any(|o| o.same_storage(w)) {
-            crate::bail!("{name}: written operand {i} shares its storage with another operand")
+    check(name, written, read)?;
+    crate::probe::op(name, scalars);
+    let mut order: Vec<(usize, bool, usize)> = written
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.storage_key(), true, i))
+        .chain(read.iter().enumerate().map(|(i, t)| (t.storage_key(), false, i)))
+        .collect();
+    order.sort_unstable();
+    let mut locked_w: Vec<Option<StorageMutRef<'_>>> = written.iter().map(|_| None).collect();
+    let mut locked_r: Vec<Option<StorageRef<'_>>> = read.iter().map(|_| None).collect();
+    for (_, write, i) in order {
+        if write {
+            locked_w[i] = Some(written[i].storage_mut());
+        } else {
+            locked_r[i] = Some(read[i].storage());
         }
     }
-    crate::probe::op(name, scalars);
-    let mut locked_w: Vec<StorageMutRef<'_>> = written.iter().map(|t| t.storage_mut()).collect();
-    let locked_r: Vec<StorageRef<'_>> = read.iter().map(|t| t.storage()).collect();
     let mut w: Vec<(&mut Storage, &Layout)> = locked_w
         .iter_mut()
         .zip(written)
-        .map(|(s, t)| (&mut **s, t.layout()))
+        .map(|(s, t)| (&mut **s.as_mut().expect("every operand locked"), t.layout()))
         .collect();
     let r: Vec<(&Storage, &Layout)> = locked_r
         .iter()
         .zip(read)
-        .map(|(s, t)| (&**s, t.layout()))
+        .map(|(s, t)| (&**s.as_ref().expect("every operand locked"), t.layout()))
         .collect();
     f(&mut w, &r)
 }
