@@ -30,6 +30,7 @@ mod multi_tensor;
 pub mod optim;
 #[cfg(feature = "cuda")]
 mod squeeze;
+pub mod stage;
 mod tail;
 mod wide;
 

@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 
 use super::config::GraphMode;
 use super::error::{Error, Result};
+use crate::dist::Collective;
 use candle_core::{DType, Device, Tensor};
 
 /// How far a first replay may be from the eager step, relative to each tensor's largest value:
@@ -38,11 +39,13 @@ enum Stage {
     /// The warm-up step of this key ran; the next one is captured.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Warm(GraphKey),
-    /// This key's graph, launched for each step.
+    /// This key's graph, launched for each step; `false` until a replay on a step after the
+    /// captured one (new rates, mask and batch) agreed with an eager step.
     #[cfg(feature = "cuda")]
     Ready(
         GraphKey,
         candle_core::cuda_backend::cudarc::driver::CudaGraph,
+        bool,
     ),
 }
 
@@ -61,14 +64,18 @@ pub struct StepGraphs {
 }
 
 impl StepGraphs {
-    /// The graphs of a run of `ranks` processes on `device` under `mode`: none off CUDA or with
-    /// several ranks (their gradients average through a collective a capture has not been shown
-    /// to hold), which [`GraphMode::On`] refuses with the reason.
-    pub fn for_run(mode: GraphMode, device: &Device, ranks: usize) -> Result<Option<StepGraphs>> {
+    /// The graphs of a run on `device` whose gradients average over `world`, under `mode`: none
+    /// off CUDA or with a collective (several ranks, or NCCL even alone: a capture has not been
+    /// shown to hold one), which [`GraphMode::On`] refuses with the reason.
+    pub fn for_run(
+        mode: GraphMode,
+        device: &Device,
+        world: &dyn Collective,
+    ) -> Result<Option<StepGraphs>> {
         let why_not = if !device.is_cuda() {
             Some("CUDA graphs need a CUDA device (a build with the cuda feature and a GPU)")
-        } else if ranks > 1 {
-            Some("CUDA graphs train one process (data-parallel steps stay eager)")
+        } else if world.size() > 1 || world.name() != "local" {
+            Some("CUDA graphs train one process without a collective (these steps stay eager)")
         } else {
             None
         };
@@ -98,15 +105,23 @@ impl StepGraphs {
         self
     }
 
-    /// Whether the next step of `key` is captured, so [`StepGraphs::run`] needs the state the
-    /// first replay is checked on.
-    pub fn captures_next(&self, key: &GraphKey) -> bool {
-        self.failed.is_none() && matches!(&self.stage, Stage::Warm(k) if k == key)
+    /// Whether the next step of `key` holds a replay to an eager step (the captured step and the
+    /// one after it), so [`StepGraphs::run`] needs the state they are compared on.
+    pub fn checks_next(&self, key: &GraphKey) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        match &self.stage {
+            Stage::Warm(k) => k == key,
+            #[cfg(feature = "cuda")]
+            Stage::Ready(k, _, verified) => k == key && !verified,
+            Stage::Cold => false,
+        }
     }
 
     /// Runs one step's `body` for `key` on `device`: eagerly (warm-up of a new key, or after a
     /// capture failed), captured then launched, or launched. `state` (every tensor the step
-    /// writes, by name) is read only when this step is captured ([`StepGraphs::captures_next`]).
+    /// writes, by name) is read only when a replay is held to eager ([`StepGraphs::checks_next`]).
     pub fn run(
         &mut self,
         device: &Device,
@@ -119,13 +134,25 @@ impl StepGraphs {
         }
         match std::mem::replace(&mut self.stage, Stage::Cold) {
             #[cfg(feature = "cuda")]
-            Stage::Ready(k, graph) if k == key => {
+            Stage::Ready(k, graph, verified) if k == key => {
                 if let Some((buffer, at_capture)) = &self.frozen {
                     buffer.slice_set(at_capture, 0, 0)?;
                 }
-                self.busy.launch(device, &graph)?;
-                self.stage = Stage::Ready(k, graph);
-                Ok(())
+                if verified {
+                    self.busy.launch(device, &graph)?;
+                    self.stage = Stage::Ready(k, graph, true);
+                    return Ok(());
+                }
+                // The first replay with this step's own rates, mask and batch: a value the
+                // capture froze (a launch argument) differs only here.
+                let mut replay = || launch(&graph);
+                match replay_agrees(state, &mut replay, body)? {
+                    None => {
+                        self.stage = Stage::Ready(k, graph, true);
+                        Ok(())
+                    }
+                    Some(why) => self.give_up(format!("step after capture: {why}"), &mut || Ok(())),
+                }
             }
             #[cfg(feature = "cuda")]
             Stage::Warm(k) if k == key => self.capture(device, key, state, body),
@@ -146,7 +173,9 @@ impl StepGraphs {
         match (&self.failed, &self.stage) {
             (Some(why), _) => format!("eager: {why}"),
             #[cfg(feature = "cuda")]
-            (None, Stage::Ready(..)) => "replayed".into(),
+            (None, Stage::Ready(.., true)) => "replayed".into(),
+            #[cfg(feature = "cuda")]
+            (None, Stage::Ready(.., false)) => "captured, the first replay not yet checked".into(),
             _ => "not yet captured".into(),
         }
     }
@@ -158,7 +187,7 @@ impl StepGraphs {
     }
 
     /// Captures `body` as `key`'s graph, launches it and holds the result to an eager step from
-    /// the same state ([`first_replay_agrees`]); on a failed capture or a disagreement the step's
+    /// the same state ([`replay_agrees`]); on a failed capture or a disagreement the step's
     /// eager result stands and the run stays eager.
     #[cfg(feature = "cuda")]
     fn capture(
@@ -177,17 +206,14 @@ impl StepGraphs {
                 self.frozen = Some((buffer.clone(), buffer.copy()?));
             }
         }
-        let mut replay = || -> Result<()> {
-            graph.launch().map_err(candle_core::Error::wrap)?;
-            Ok(())
-        };
-        match first_replay_agrees(state, &mut replay, body)? {
+        let mut replay = || launch(&graph);
+        match replay_agrees(state, &mut replay, body)? {
             None => {
-                self.stage = Stage::Ready(key, graph);
+                self.stage = Stage::Ready(key, graph, false);
                 Ok(())
             }
             // The eager step already ran: its result stands.
-            Some(why) => self.give_up(why, &mut || Ok(())),
+            Some(why) => self.give_up(format!("captured step: {why}"), &mut || Ok(())),
         }
     }
 
@@ -202,45 +228,69 @@ impl StepGraphs {
 }
 
 /// Runs `replay` from the current `state`, then `eager` from the same state, and says where
-/// the two results part by more than [`REPLAY_TOLERANCE`] of a tensor's largest value (or where
-/// the replay is not finite); `state` is left as `eager` left it. A captured step's first
-/// replay is held to this: a graph that froze a value it should read, or read memory that moved,
-/// shows here before it trains anything.
+/// the two results part: a replay that failed or left a NaN or an infinity, or a tensor further
+/// from eager than [`REPLAY_TOLERANCE`] of its largest value (integer tensors, the epoch's hit
+/// count: by more than one). `state` is left as `eager` left it. A graph's replays are held to
+/// this on the captured step and the one after it: a graph that reads memory that moved, or froze
+/// a value it should read each step, shows here before it trains anything.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub fn first_replay_agrees(
+pub fn replay_agrees(
     state: &[(String, Tensor)],
     replay: &mut dyn FnMut() -> Result<()>,
     eager: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Option<String>> {
-    let before: Vec<Tensor> = state
-        .iter()
-        .map(|(_, t)| t.copy())
-        .collect::<candle_core::Result<_>>()?;
-    replay()?;
-    let replayed: Vec<Tensor> = state
-        .iter()
-        .map(|(_, t)| t.copy())
-        .collect::<candle_core::Result<_>>()?;
+    let copies =
+        || -> candle_core::Result<Vec<Tensor>> { state.iter().map(|(_, t)| t.copy()).collect() };
+    let before = copies()?;
+    let replayed = replay()
+        .map_err(|e| e.to_string())
+        .and_then(|()| copies().map_err(|e| e.to_string()));
     for ((_, t), b) in state.iter().zip(&before) {
         t.flatten_all()?.slice_set(&b.flatten_all()?, 0, 0)?;
     }
     eager()?;
-    // Each tensor's largest difference over its largest value, in one read.
+    let replayed = match replayed {
+        Ok(r) => r,
+        Err(e) => return Ok(Some(format!("the replay failed: {e}"))),
+    };
+    // A max skips NaN on CUDA (fmaxf): the finite check first, by a sum.
+    let named = state
+        .iter()
+        .zip(&replayed)
+        .map(|((n, _), r)| (n.as_str(), r));
+    if let Some(name) = super::finite::first_non_finite(named)? {
+        return Ok(Some(format!(
+            "the replay left a NaN or an infinity in {name}"
+        )));
+    }
+    // Each tensor's largest difference over what it may be, in one read.
     let mut ratios = Vec::with_capacity(state.len());
     for ((_, t), r) in state.iter().zip(&replayed) {
-        let (e, r) = (t.to_dtype(DType::F32)?, r.to_dtype(DType::F32)?);
+        let (e, r) = (t.to_dtype(DType::F64)?, r.to_dtype(DType::F64)?);
         let diff = (&r - &e)?.abs()?.flatten_all()?.max(0)?;
-        let scale = (e.abs()?.flatten_all()?.max(0)? + 1e-30)?;
-        ratios.push((diff / scale)?);
+        let allowed = match t.dtype().is_float() {
+            true => ((e.abs()?.flatten_all()?.max(0)? * REPLAY_TOLERANCE)? + 1e-30)?,
+            false => Tensor::new(1.0f64, t.device())?,
+        };
+        ratios.push((diff / allowed)?);
     }
     if ratios.is_empty() {
         return Ok(None);
     }
-    let ratios: Vec<f32> = Tensor::stack(&ratios, 0)?.to_vec1()?;
+    let ratios: Vec<f64> = Tensor::stack(&ratios, 0)?.to_vec1()?;
     let worst = (state.iter().zip(&ratios))
-        .find(|(_, &q)| q.is_nan() || q as f64 > REPLAY_TOLERANCE)
-        .map(|((name, _), q)| format!("the first replay differs from an eager step in {name} ({q:.2e} of its largest value)"));
+        .find(|(_, &q)| q.is_nan() || q > 1.0)
+        .map(|((name, _), q)| {
+            format!("the replay differs from an eager step in {name} ({q:.2e} times the tolerance)")
+        });
     Ok(worst)
+}
+
+/// Launches `graph` (the first replays, held to eager; later ones go through [`Busy`]).
+#[cfg(feature = "cuda")]
+fn launch(graph: &candle_core::cuda_backend::cudarc::driver::CudaGraph) -> Result<()> {
+    graph.launch().map_err(candle_core::Error::wrap)?;
+    Ok(())
 }
 
 /// Runs `body` with candle's cache of small uploads filling (dims, strides, constant indices):
@@ -279,16 +329,18 @@ fn capture_on(
     let flags = sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
     let ended = stream.end_capture(flags);
     drop(cache);
+    // Taken on every path: a free that failed inside an invalidated capture leaves its error in
+    // the context, where the eager fallback's first call would find it.
+    let pending = stream.context().check_err();
     if let Err(e) = recorded {
-        return Err(format!("the step failed while recording: {e}"));
+        return Err(format!(
+            "the step failed while recording: {e} ({pending:?})"
+        ));
     }
     let graph = ended
-        .map_err(|e| format!("end capture: {e:?}"))?
+        .map_err(|e| format!("end capture: {e:?} ({pending:?})"))?
         .ok_or("the capture recorded nothing")?;
-    stream
-        .context()
-        .check_err()
-        .map_err(|e| format!("after capture: {e:?}"))?;
+    pending.map_err(|e| format!("after capture: {e:?}"))?;
     graph.upload().map_err(|e| format!("graph upload: {e:?}"))?;
     Ok(graph)
 }
@@ -351,18 +403,19 @@ impl Busy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::Local;
     use candle_core::Var;
 
     #[test]
     fn required_graphs_are_refused_off_cuda_with_the_reason_and_auto_runs_eager() {
-        let Err(e) = StepGraphs::for_run(GraphMode::On, &Device::Cpu, 1) else {
+        let Err(e) = StepGraphs::for_run(GraphMode::On, &Device::Cpu, &Local) else {
             panic!("graphs on the CPU")
         };
         assert!(e.to_string().contains("need a CUDA device"), "{e}");
-        assert!(StepGraphs::for_run(GraphMode::Auto, &Device::Cpu, 1)
+        assert!(StepGraphs::for_run(GraphMode::Auto, &Device::Cpu, &Local)
             .unwrap()
             .is_none());
-        assert!(StepGraphs::for_run(GraphMode::Off, &Device::Cpu, 1)
+        assert!(StepGraphs::for_run(GraphMode::Off, &Device::Cpu, &Local)
             .unwrap()
             .is_none());
     }
@@ -397,7 +450,7 @@ mod tests {
         let state = vec![("w".to_string(), w.as_tensor().clone())];
         // The same step within rounding: agrees.
         let (mut replay, mut eager) = (step_by(&w, 0.1 + 1e-7), step_by(&w, 0.1));
-        let verdict = first_replay_agrees(&state, &mut replay, &mut eager).unwrap();
+        let verdict = replay_agrees(&state, &mut replay, &mut eager).unwrap();
         assert_eq!(verdict, None);
         assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [0.9, 1.9]);
     }
@@ -407,13 +460,36 @@ mod tests {
         let w = Var::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
         let state = vec![("w".to_string(), w.as_tensor().clone())];
         let (mut replay, mut eager) = (step_by(&w, 0.2), step_by(&w, 0.1));
-        let verdict = first_replay_agrees(&state, &mut replay, &mut eager).unwrap();
+        let verdict = replay_agrees(&state, &mut replay, &mut eager).unwrap();
         let why = verdict.expect("a rate twice the eager one differs");
         assert!(why.contains("in w"), "{why}");
         // The eager step ran once, from the state before the replay.
         assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [0.9, 1.9]);
         let (mut replay, mut eager) = (step_by(&w, f32::NAN), step_by(&w, 0.1));
-        let verdict = first_replay_agrees(&state, &mut replay, &mut eager).unwrap();
+        let verdict = replay_agrees(&state, &mut replay, &mut eager).unwrap();
         assert!(verdict.is_some(), "a NaN replay must not pass");
+    }
+
+    #[test]
+    fn a_count_may_differ_by_one_and_a_failed_replay_is_reported_with_the_eager_state_kept() {
+        let hits = Var::new(&[10u32], &Device::Cpu).unwrap();
+        let state = vec![("sums.hits".to_string(), hits.as_tensor().clone())];
+        let add = |n: u32| {
+            let hits = hits.clone();
+            move || -> Result<()> {
+                let more = Tensor::new(&[n], &Device::Cpu)?;
+                hits.set(&(hits.as_tensor() + more)?)?;
+                Ok(())
+            }
+        };
+        let verdict = replay_agrees(&state, &mut add(4), &mut add(3)).unwrap();
+        assert_eq!(verdict, None, "one argmax flip");
+        let verdict = replay_agrees(&state, &mut add(5), &mut add(3)).unwrap();
+        assert!(verdict.is_some_and(|w| w.contains("sums.hits")));
+        let mut failing = || -> Result<()> { Err(Error::Unsupported("launch failed".into())) };
+        let verdict = replay_agrees(&state, &mut failing, &mut add(3)).unwrap();
+        assert!(verdict.is_some_and(|w| w.contains("the replay failed")));
+        // Three eager steps of 3 from 10: no replay left a trace.
+        assert_eq!(hits.as_tensor().to_vec1::<u32>().unwrap(), [19]);
     }
 }

@@ -1,8 +1,10 @@
 //! The batch a step reads, in buffers that stay put: allocated for the first batch and
-//! afterwards only written, so a captured step reads each new batch where it read the last.
+//! afterwards only written (one copy into each, on CUDA on the device's stream), so a captured
+//! step reads each new batch where it read the last.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+use crate::ops::stage::write_into;
 use crate::store::Shape;
 
 /// Fixed input buffers: images `[n, C, H, W]` (f32) and labels `[n]` (u32).
@@ -35,8 +37,8 @@ impl Inputs {
             self.buffers = Some((x, y));
         }
         let (x, y) = self.buffers.as_ref().expect("allocated above");
-        x.set(&Tensor::from_slice(images, dims, device)?)?;
-        y.set(&Tensor::from_slice(labels, n, device)?)?;
+        write_into(x.as_tensor(), images)?;
+        write_into(y.as_tensor(), labels)?;
         // Detached views of the same storage: the step takes no gradient of its inputs.
         Ok((x.as_tensor().detach(), y.as_tensor().detach()))
     }

@@ -59,13 +59,14 @@ pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<
         .collect();
     let y = Tensor::from_vec(labels, b, device)?;
     // As a run does: on CUDA by default the step is a graph (warm-up, capture, launches).
-    let mut graphs = StepGraphs::for_run(config.cuda_graph, device, 1)?;
+    let mut graphs = StepGraphs::for_run(config.cuda_graph, device, &crate::dist::Local)?;
     let key = GraphKey {
         batch: b,
         frozen: learner.frozen().clone(),
     };
-    // Graphs need one more untimed step: the capture.
-    let warmup = WARMUP + graphs.is_some() as usize;
+    // Graphs need two more untimed steps: the capture and the step after it, each held to an
+    // eager step.
+    let warmup = WARMUP + 2 * graphs.is_some() as usize;
     let mut start = Instant::now();
     for step in 0..steps + warmup {
         if step == warmup {
@@ -75,7 +76,7 @@ pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<
         learner.stage(config.schedule.lr, step as u64, b)?;
         match &mut graphs {
             Some(graphs) => {
-                let state = match graphs.captures_next(&key) {
+                let state = match graphs.checks_next(&key) {
                     true => learner.persistent(),
                     false => Vec::new(),
                 };

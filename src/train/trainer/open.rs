@@ -149,7 +149,7 @@ impl Trainer {
         );
         let mut learner = Learner::new(&config, &device, batches_per_epoch)?;
         let sums = EpochSums::new(&device)?;
-        let graphs = StepGraphs::for_run(config.cuda_graph, &device, world.size())?
+        let graphs = StepGraphs::for_run(config.cuda_graph, &device, world.as_ref())?
             .map(|g| g.freezing_rates(config.freeze_graph_rates));
         learner.set_world(world.clone(), config.sync_bn);
         // Only now, with the data and the model in hand, does the run folder get touched; by

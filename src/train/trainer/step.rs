@@ -40,9 +40,9 @@ impl Trainer {
             batch: n,
             frozen: self.learner.frozen().clone(),
         });
-        // What the step writes, for the one step whose graph replay is held to eager.
+        // What the step writes, for the steps whose graph replay is held to eager.
         let state = match (&self.graphs, &key) {
-            (Some(graphs), Some(key)) if graphs.captures_next(key) => {
+            (Some(graphs), Some(key)) if graphs.checks_next(key) => {
                 let mut state = self.learner.persistent();
                 state.extend(self.sums.tensors());
                 state
