@@ -315,6 +315,18 @@ impl Trainer {
         )
     }
 
+    /// The run's length as the trainer walks it, for the whole run's time estimate.
+    pub fn plan(&self) -> super::eta::RunPlan {
+        let models = if self.learner.has_ema() { 2 } else { 1 };
+        super::eta::RunPlan {
+            epochs: self.config.epochs,
+            batches_per_epoch: self.batches_per_epoch,
+            eval_every: self.config.eval_every,
+            batch_size: self.config.batch_size,
+            eval_images: self.stores.test.len() * self.config.tta.views() * models,
+        }
+    }
+
     /// Whether the test split is evaluated after `epoch`: every `eval_every` epochs and after
     /// the last.
     pub fn evaluation_due(&self, epoch: usize) -> bool {

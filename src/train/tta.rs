@@ -32,6 +32,15 @@ pub enum Tta {
 }
 
 impl Tta {
+    /// Model passes per test image.
+    pub fn views(self) -> usize {
+        match self {
+            Tta::None => 1,
+            Tta::Flip => 2,
+            Tta::FlipTranslate => 6,
+        }
+    }
+
     /// The name `--tta` takes.
     pub fn name(self) -> &'static str {
         match self {

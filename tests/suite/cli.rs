@@ -752,3 +752,92 @@ fn resume_dir_means_that_folder_from_anywhere_and_a_damaged_checkpoint_is_refuse
         );
     }
 }
+
+/// A synthetic store of `per_class` images per class in `dir/syn`, and the tiny run's flags
+/// without `-q` (the progress tests watch what the person sees).
+fn watched_run(dir: &std::path::Path, per_class: &str) -> (std::path::PathBuf, Vec<String>) {
+    let data = dir.join("syn");
+    prep_dataset()
+        .args(["--synthetic", "--per-class", per_class, "-q", "--out"])
+        .arg(&data)
+        .assert()
+        .success();
+    let flags = "--preset tiny --widths 4,8,16 --stem-width 8 --batch-size 20 --epochs 2";
+    let mut args: Vec<String> = flags.split(' ').map(String::from).collect();
+    args.extend(["--data".into(), data.display().to_string()]);
+    (data, args)
+}
+
+/// Off a terminal (here stderr is a pipe): the whole run's estimate once, then plain progress
+/// lines on `--log-every-seconds`, and no bar's drawing codes.
+#[test]
+fn progress_off_a_terminal_is_plain_lines_with_the_runs_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, args) = watched_run(tmp.path(), "10");
+    let out = Command::cargo_bin("stream-train")
+        .unwrap()
+        .current_dir(tmp.path())
+        .args(&args)
+        .args(["--log-every-seconds", "0"])
+        .assert()
+        .success();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("estimate: the whole run needs about "),
+        "{stderr}"
+    );
+    let lines: Vec<&str> = (stderr.lines())
+        .filter(|l| l.starts_with("epoch ") && l.contains(" step "))
+        .collect();
+    assert!(lines.len() >= 4, "a line a step at 0 s: {stderr}");
+    for line in &lines {
+        assert!(
+            line.contains(" img/s") && line.contains("left, run "),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("epoch 2/2 step 5/5 ")),
+        "{lines:?}"
+    );
+    assert!(
+        !stderr.contains('\r') && !stderr.contains("\x1b["),
+        "{stderr:?}"
+    );
+    // A negative or non-finite cadence is a usage error.
+    Command::cargo_bin("stream-train")
+        .unwrap()
+        .args(["--log-every-seconds", "-1"])
+        .assert()
+        .code(2);
+}
+
+/// On a terminal (a pseudo-terminal from util-linux's `script`): the bar, whose tail holds the
+/// whole run's remaining time, and no plain progress lines.
+#[test]
+fn progress_on_a_terminal_is_a_bar_with_the_runs_time_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, args) = watched_run(tmp.path(), "20");
+    let bin = assert_cmd::cargo::cargo_bin("stream-train");
+    let command = format!("{} {} --log-every-seconds 0", bin.display(), args.join(" "));
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(tmp.path())
+        .output()
+        .expect("util-linux's script runs the command on a pseudo-terminal");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{seen}");
+    assert!(seen.contains("epoch 1/2 ["), "no bar drawn: {seen}");
+    assert!(
+        seen.contains("/10 run ") && seen.contains(" s left"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("epoch 1/2 step "),
+        "plain lines on a terminal: {seen}"
+    );
+    assert!(
+        seen.contains("estimate: the whole run needs about "),
+        "{seen}"
+    );
+}

@@ -104,6 +104,7 @@ fn each_command_lists_exactly_the_flags_it_reads() {
         "--trace",
         "--profile-json",
         "--quiet",
+        "--log-every-seconds",
         "--nccl",
         "--device",
         "--kernels",

@@ -19,6 +19,7 @@ macro_rules! set {
 mod args;
 mod benches;
 mod checks;
+mod clock;
 mod eval;
 mod finish;
 mod pipeline;

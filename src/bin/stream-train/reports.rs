@@ -12,6 +12,8 @@ use cifar_stream::stream::{DrainObserver, EpochStats};
 use cifar_stream::telemetry::{EpochProfile, ProfileLog, Profiler};
 use cifar_stream::train::{self, EpochMetrics};
 
+use crate::clock::RunClock;
+
 /// The first Ctrl-C sets `cancel` (the run saves and stops); a second one kills the process.
 pub fn on_ctrl_c(cancel: Arc<AtomicBool>) -> Result<()> {
     ctrlc::set_handler(move || {
@@ -73,26 +75,40 @@ pub struct Bars {
     pub profile_log: Option<ProfileLog>,
     /// The epoch's training profile, closed before evaluation, printed with the epoch's line.
     pub profile: Option<EpochProfile>,
+    /// The whole run's time: the early estimate, the bar's tail, the lines off a terminal.
+    pub clock: RunClock,
 }
 
 impl train::Observer for Bars {
     fn epoch_start(&mut self, epoch: usize, batches: usize) {
         self.bar = progress_bar(self.quiet, epoch, self.epochs, batches);
+        self.clock.epoch_start(epoch, batches);
     }
     fn train_end(&mut self, trained: &train::TrainedEpoch) {
         // Evaluation's time and its own stream stay out of the training profile; what the
         // producer prefetches for the next epoch meanwhile belongs to the next one.
         self.profile = Some(profile(&trained.stats, &self.profiler));
         self.rank_seconds = trained.rank_seconds.clone();
+        self.clock.train_end();
     }
     fn step(&mut self, loss: Option<f64>) {
         self.bar.inc(1);
-        if let Some(loss) = loss {
-            self.bar.set_message(format!("loss {loss:.3}"));
+        let lines = self.clock.step(loss);
+        if self.quiet {
+            return;
         }
+        for line in lines {
+            // Above a drawn bar, or plainly to a log.
+            match self.bar.is_hidden() {
+                true => eprintln!("{line}"),
+                false => self.bar.println(line),
+            }
+        }
+        self.bar.set_message(self.clock.bar_message());
     }
     fn epoch_end(&mut self, m: &EpochMetrics, stats: &EpochStats) {
         self.bar.finish_and_clear();
+        self.clock.epoch_end(m.test_loss.is_some());
         let profile = self
             .profile
             .take()

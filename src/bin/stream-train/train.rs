@@ -1,8 +1,10 @@
 //! The main job: resolve the configuration, then train (or show the network, print the
 //! configuration, or run only the data path).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -13,6 +15,7 @@ use cifar_stream::train::config::TrainConfig;
 use cifar_stream::train::{self, Trainer};
 
 use crate::args::{NetArgs, OptimFlags, PrecisionFlag, ScheduleFlags};
+use crate::clock::RunClock;
 use crate::finish::Finish;
 use crate::reports::{self, Bars};
 use crate::stream_args::{
@@ -54,9 +57,14 @@ pub struct TrainArgs {
     /// to FILE.rank-N).
     #[arg(long, value_name = "FILE")]
     pub profile_json: Option<PathBuf>,
-    /// No progress bar.
+    /// No progress bar, no progress lines.
     #[arg(long, short)]
     pub quiet: bool,
+    /// When stderr is no terminal (nohup, Slurm, CI), a progress line every this many seconds
+    /// in place of the bar.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = seconds,
+        conflicts_with_all = ["summary", "print_config", "pipeline_only"])]
+    pub log_every_seconds: f64,
     /// Average gradients with NCCL on the GPUs (CUDA, built with the nccl feature; in a job of
     /// one rank it still runs, to test NCCL on one GPU).
     #[arg(long, conflicts_with_all = ["summary", "print_config", "pipeline_only"])]
@@ -179,6 +187,12 @@ fn train(
             rank_path(args.profile_json.as_deref(), rank).as_deref(),
         )?,
         profile: None,
+        clock: RunClock::new(
+            trainer.plan(),
+            trainer.device().is_cpu(),
+            !std::io::stderr().is_terminal(),
+            Duration::from_secs_f64(args.log_every_seconds),
+        ),
     };
     let outcome = trainer.fit(&mut observer)?;
     if let Some((used, reserved)) = cifar_stream::device::memory_peak(trainer.device())? {
@@ -213,6 +227,14 @@ fn train(
         return Ok(Finish::Interrupted);
     }
     Ok(Finish::Done)
+}
+
+/// A number of seconds: finite and not negative.
+fn seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds (0 or more)")),
+    }
 }
 
 /// `--profile-json FILE` for rank `rank`: FILE itself for rank 0, `FILE.rank-N` for the others
