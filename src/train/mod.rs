@@ -21,6 +21,7 @@ mod net;
 pub mod optim;
 mod outcome;
 mod run_dir;
+pub mod runs;
 mod saved;
 pub mod schedule;
 mod stores;

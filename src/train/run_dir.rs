@@ -7,6 +7,7 @@ use super::checkpoint::{self, Snapshot};
 use super::curve;
 use super::error::{io, Error, Result};
 use super::metrics::{self, EpochMetrics};
+use super::runs::DIVERGED_FILE;
 use crate::train::config::{TrainConfig, CONFIG_FILE};
 
 /// The run folder, taken for writing: only the process that writes (rank 0) holds one.
@@ -48,6 +49,12 @@ impl RunDir {
             Err(std::fs::TryLockError::Error(e)) => return Err(io(path)(e)),
         }
         checkpoint::remove_stale_temporaries(dir).map_err(io(dir))?;
+        // Taken again, the run trains again: an old divergence note no longer describes it.
+        let note = dir.join(DIVERGED_FILE);
+        match std::fs::remove_file(&note) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(note)(e)),
+            _ => {}
+        }
         Ok(RunDir {
             path: dir.to_path_buf(),
             _lock: file,
@@ -73,6 +80,12 @@ impl RunDir {
         crate::render::save_png(&curve::png(history, ema), &file("curve.png"))
             .map_err(io(file("curve.png")))?;
         write("curve.svg", curve::svg(history, ema).as_bytes())
+    }
+
+    /// Leaves the note `stream-train runs` reads: the run stopped because it diverged, `why`.
+    pub fn note_diverged(&self, why: &str) -> Result<()> {
+        let path = self.path.join(DIVERGED_FILE);
+        crate::render::write_atomic(&path, format!("{why}\n").as_bytes()).map_err(io(path))
     }
 
     /// Commits `snapshot` as the run's checkpoint.

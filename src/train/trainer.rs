@@ -133,6 +133,17 @@ impl Trainer {
     /// The whole run: every remaining epoch, each trained, evaluated when due, recorded and
     /// saved when due; a cancel saves and stops.
     pub fn fit(&mut self, observer: &mut dyn Observer) -> Result<Outcome> {
+        let result = self.fit_epochs(observer);
+        if let (Err(e @ Error::Diverged { .. }), Some(dir)) = (&result, &self.run_dir) {
+            // The error stops the run whatever; a note that cannot be written is only said.
+            if let Err(note) = dir.note_diverged(&e.to_string()) {
+                eprintln!("warning: {note}");
+            }
+        }
+        result
+    }
+
+    fn fit_epochs(&mut self, observer: &mut dyn Observer) -> Result<Outcome> {
         while let Some(trained) = self.train_epoch(observer)? {
             observer.train_end(&trained);
             if !trained.complete {

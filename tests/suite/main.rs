@@ -22,6 +22,7 @@ mod mutation;
 mod ops;
 mod pil_parity;
 mod roundtrip;
+mod runs;
 mod shared_jpeg;
 mod stream;
 mod torch_load;

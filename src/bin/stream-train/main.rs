@@ -25,6 +25,7 @@ mod finish;
 mod pipeline;
 mod ranks;
 mod reports;
+mod runs;
 mod stream_args;
 mod train;
 
@@ -73,6 +74,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Classify image files (of the run's image size, PNG/JPEG) with a saved run.
     Predict(eval::PredictArgs),
+    /// A table of the runs under --runs: preset, epochs done/planned, final and best test
+    /// accuracy, wall time, and state (finished, interrupted, diverged, running, damaged).
+    Runs(runs::RunsArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Some(Command::CheckOps(args)) => checks::ops(args),
         Some(Command::Eval(args)) => eval::eval(args),
         Some(Command::Predict(args)) => eval::predict(args),
+        Some(Command::Runs(args)) => runs::runs(args),
         None => train::run(cli.run),
     };
     match result {
