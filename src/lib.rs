@@ -46,7 +46,7 @@
 //! ```text
 //!  6  train
 //!  5  stream · model · prep
-//!  4  augment · ops · source
+//!  4  augment · ops · source · tensorboard
 //!  3  render
 //!  2  store · telemetry · device · alloc · dist
 //!  1  seed
@@ -65,4 +65,5 @@ pub mod source;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod tensorboard;
 pub mod train;

@@ -111,10 +111,36 @@ fn draw_labels(img: &mut RgbImage, labels: &[(&str, i32)]) {
 
 /// Encodes `img` as PNG and writes it atomically (temporary file, fsync, rename).
 pub fn save_png(img: &RgbImage, path: &Path) -> std::io::Result<()> {
+    write_atomic(path, &png_bytes(img)?)
+}
+
+/// `img` encoded as PNG.
+pub fn png_bytes(img: &RgbImage) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     img.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
         .map_err(std::io::Error::other)?;
-    write_atomic(path, &bytes)
+    Ok(bytes)
+}
+
+/// A square matrix of counts (a confusion matrix, `[true][predicted]`) as a heat map of
+/// `cell`-pixel squares, each row scaled to its own total: white for none, deep blue for all.
+pub fn heatmap(matrix: &[Vec<u64>], cell: u32) -> RgbImage {
+    let n = matrix.len() as u32;
+    let mut img = RgbImage::from_pixel((n * cell).max(1), (n * cell).max(1), BACKGROUND);
+    for (r, row) in matrix.iter().enumerate() {
+        let total = row.iter().sum::<u64>().max(1) as f64;
+        for (c, &v) in row.iter().enumerate() {
+            let share = v as f64 / total;
+            let fade = |full: f64| (255.0 - share * (255.0 - full)).round() as u8;
+            let color = Rgb([fade(8.0), fade(48.0), fade(107.0)]);
+            for y in 0..cell {
+                for x in 0..cell {
+                    img.put_pixel(c as u32 * cell + x, r as u32 * cell + y, color);
+                }
+            }
+        }
+    }
+    img
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory.

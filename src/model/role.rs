@@ -27,6 +27,21 @@ pub enum Role {
 }
 
 impl Role {
+    /// Its name in logs (`filters`, `norm_scale`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Filters => "filters",
+            Role::ConvBias => "conv_bias",
+            Role::NormScale => "norm_scale",
+            Role::NormShift => "norm_shift",
+            Role::RunningStatistic => "running_statistic",
+            Role::WhitenFilters => "whiten_filters",
+            Role::WhitenBias => "whiten_bias",
+            Role::HeadWeight => "head_weight",
+            Role::HeadBias => "head_bias",
+        }
+    }
+
     /// Whether an optimizer ever updates a variable of this role (running statistics are
     /// written by BatchNorm itself).
     pub fn is_parameter(self) -> bool {

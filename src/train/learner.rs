@@ -245,6 +245,20 @@ impl Learner {
         Ok(())
     }
 
+    /// Each parameter group's name and rate at step `t` (0-based) under schedule rate `lr`, as
+    /// [`Learner::stage`] computes them (a group whose role repeats is numbered).
+    pub fn group_rates(&self, lr: f64, t: usize) -> Vec<(String, f64)> {
+        let rates = self.groups.scalars(lr, t, None).rates;
+        let groups = self.groups.groups();
+        let mut names: Vec<String> = groups.iter().map(|g| g.role.name().to_string()).collect();
+        for i in 0..names.len() {
+            if names.iter().filter(|n| **n == names[i]).count() > 1 {
+                names[i] = format!("{}_{i}", groups[i].role.name());
+            }
+        }
+        names.into_iter().zip(rates).collect()
+    }
+
     /// The step itself, on what [`Learner::stage`] wrote: forward (dropout from the staged
     /// mask), cross-entropy (with the run's label smoothing), backward, gradient averaging, the
     /// optimizers, the EMA. What a captured graph holds: it reads nothing back to the host.

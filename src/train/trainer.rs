@@ -29,8 +29,10 @@ use crate::augment::Augmenter;
 use crate::dist::Collective;
 use crate::model::Network;
 use crate::stream::{Loader, LoaderConfig, Shard, StreamError};
+use crate::tensorboard::EventWriter;
 use crate::train::config::TrainConfig;
 
+mod board;
 mod open;
 mod step;
 
@@ -61,6 +63,8 @@ pub struct Trainer {
     /// The step as a CUDA graph (`--cuda-graph`).
     graphs: Option<StepGraphs>,
     history: Vec<EpochMetrics>,
+    /// The run's TensorBoard file (rank 0, unless `--no-tensorboard`).
+    board: Option<EventWriter>,
     /// The ranks of a data-parallel run ([`Local`](crate::dist::Local) alone).
     world: Arc<dyn Collective>,
 }
@@ -217,6 +221,7 @@ impl Trainer {
                 }
                 Err(other) => return Err(other.into()),
             };
+            self.log_preview(&batch.images)?;
             let (x, y) = {
                 let _h2d = tracing::info_span!("h2d").entered();
                 let shape = self.stores.header.shape;
@@ -226,10 +231,12 @@ impl Trainer {
             drop(batch);
             self.step(&x, &y)?;
             let progress = if self.batch.is_multiple_of(LOSS_READ_EVERY) {
-                let loss = self.sums.read()?.0;
+                let (loss, accuracy) = self.sums.read()?;
                 if !loss.is_finite() {
                     return Err(self.diverged(format!("the training loss is {loss}")));
                 }
+                let images_per_second = self.sums.images() as f64 / started.elapsed().as_secs_f64();
+                self.log_step(loss, accuracy, images_per_second, epoch.stats())?;
                 Some(loss)
             } else {
                 None
@@ -411,6 +418,7 @@ impl Trainer {
         if let Some(dir) = &self.run_dir {
             dir.write_metrics(&self.history, self.learner.has_ema())?;
         }
+        self.log_epoch(&m, evaluation)?;
         self.learner
             .check_ranks_identical(&format!("weights after epoch {}", trained.epoch + 1))?;
         self.next_epoch = trained.epoch + 1;

@@ -41,6 +41,7 @@ const RUN: &[&str] = &[
     "--save-every",
     "--save-every-steps",
     "--sync-bn",
+    "--no-tensorboard",
     "--tta",
 ];
 const GRAPH: &[&str] = &["--cuda-graph", "--no-cuda-graph"];

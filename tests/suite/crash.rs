@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::checkpoint_bits;
+use crate::common::{checkpoint_bits, steps_increase, tensorboard_events};
 use candle_core::Device;
 use cifar_stream::train::checkpoint::{self, DELAY_ENV};
 use cifar_stream::train::Snapshot;
@@ -160,4 +160,26 @@ fn killed_at_random_moments_and_resumed_it_ends_bit_identical_to_an_uninterrupte
     assert_eq!(metrics(&runs.join("whole")), metrics(&dir));
     assert_eq!(checkpoint_bits(&runs.join("whole")), checkpoint_bits(&dir));
     assert!(temporaries(&dir).is_empty(), "{:?}", temporaries(&dir));
+    // TensorBoard's reader sees the killed run's curves as the uninterrupted run's: every
+    // event past a lost checkpoint was dropped on resume, so no step shows twice or goes back,
+    // and the same steps carry the same values (timings aside).
+    let whole = tensorboard_events(&runs.join("whole"));
+    if let (Some(whole), Some(killed)) = (whole, tensorboard_events(&dir)) {
+        steps_increase(&killed);
+        let steps = |v: &serde_json::Value| -> Vec<i64> {
+            let points = v.as_array().unwrap();
+            points.iter().map(|p| p[0].as_i64().unwrap()).collect()
+        };
+        for (tag, points) in whole.as_object().unwrap() {
+            if tag.starts_with('#') {
+                continue;
+            }
+            let timing = ["seconds", "images_per_second", "stall", "queue_depth"];
+            if timing.iter().any(|t| tag.ends_with(t)) {
+                assert_eq!(steps(points), steps(&killed[tag]), "{tag}");
+            } else {
+                assert_eq!(points, &killed[tag], "{tag}");
+            }
+        }
+    }
 }

@@ -25,5 +25,6 @@ mod roundtrip;
 mod runs;
 mod shared_jpeg;
 mod stream;
+mod tensorboard;
 mod torch_load;
 mod train;

@@ -515,3 +515,50 @@ fn stopped_run_resumes_exactly(
     assert_eq!(bits, checkpoint_bits(&config.run_dir()));
     bits
 }
+
+/// A run that logged past its checkpoint (its last epoch trained, evaluated and logged, then
+/// stopped before the save, as a kill there would) resumes with the curves of a run never
+/// stopped: TensorBoard's reader sees each tag's steps once, increasing, with the same values
+/// (timings aside).
+#[test]
+fn tensorboard_curves_continue_without_duplicates_after_logging_past_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, runs) = (tmp.path().join("data"), tmp.path().join("runs"));
+    // 600 images in batches of 20: 30 steps an epoch, the loss logged at each one's 25th.
+    store(&data, 60);
+    run(&micro(&data, &runs, "whole", 3), false, &mut train::Silent);
+    let cut = micro(&data, &runs, "cut", 3);
+    let mut t = trainer(&cut, false);
+    for epoch in 0..3 {
+        let trained = t.train_epoch(&mut train::Silent).unwrap().unwrap();
+        let evaluation = t.evaluation_due(epoch).then(|| t.evaluate().unwrap());
+        t.finish_epoch(&trained, evaluation.as_ref()).unwrap();
+        if epoch < 2 {
+            t.save().unwrap();
+        }
+    }
+    drop(t);
+    run(&cut, true, &mut train::Silent);
+    let whole = crate::common::tensorboard_events(&runs.join("whole"));
+    let (Some(whole), Some(cut)) = (whole, crate::common::tensorboard_events(&runs.join("cut")))
+    else {
+        return;
+    };
+    crate::common::steps_increase(&cut);
+    let steps = |v: &serde_json::Value| -> Vec<i64> {
+        let points = v.as_array().unwrap();
+        points.iter().map(|p| p[0].as_i64().unwrap()).collect()
+    };
+    assert_eq!(steps(&cut["train/loss"]), [25, 55, 85]);
+    for (tag, points) in whole.as_object().unwrap() {
+        if tag.starts_with('#') {
+            continue;
+        }
+        let timing = ["seconds", "images_per_second", "stall", "queue_depth"];
+        if timing.iter().any(|t| tag.ends_with(t)) {
+            assert_eq!(steps(points), steps(&cut[tag]), "{tag}");
+        } else {
+            assert_eq!(points, &cut[tag], "{tag}");
+        }
+    }
+}

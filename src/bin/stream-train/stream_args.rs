@@ -145,6 +145,10 @@ pub struct RunFlags {
     /// in every layer (CPU fast kernels), instead of each rank's own.
     #[arg(long)]
     sync_bn: bool,
+    /// No TensorBoard event file in the run folder (written by default: `tensorboard --logdir
+    /// runs`)
+    #[arg(long)]
+    no_tensorboard: bool,
     /// Test-time augmentation of every evaluation: none, or flip (average the logits of each test
     /// image and its mirror; twice the evaluation time) [default: none].
     #[arg(long, value_enum)]
@@ -159,6 +163,9 @@ impl Apply for RunFlags {
             c.save_every_steps = Some(n);
         }
         c.sync_bn |= self.sync_bn;
+        if self.no_tensorboard {
+            c.tensorboard = false;
+        }
     }
 }
 

@@ -131,6 +131,9 @@ pub struct TrainConfig {
     /// every layer, forward and backward) instead of each rank's own (as DDP's default).
     #[serde(default)]
     pub sync_bn: bool,
+    /// Write TensorBoard event files into the run folder (`tensorboard --logdir runs`).
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
     /// On CUDA, each training step as one captured CUDA graph, replayed per batch (after an
     /// eager warm-up step per batch size and set of frozen parameters, the first replay held to
     /// an eager step): `auto` (a lone process on CUDA), `on` (required) or `off`.

@@ -50,6 +50,7 @@ impl TrainConfig {
             precision: Precision::F32,
             tf32: true,
             sync_bn: false,
+            tensorboard: true,
             cuda_graph: GraphMode::Auto,
             freeze_graph_rates: false,
             limit_train_batches: None,

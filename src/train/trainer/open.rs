@@ -46,6 +46,7 @@ impl Trainer {
         trainer.whiten()?;
         trainer.learner.broadcast_from_main()?;
         trainer.write_config()?;
+        trainer.open_board(false)?;
         Ok(trainer)
     }
 
@@ -116,6 +117,7 @@ impl Trainer {
         trainer.history = state.history;
         trainer.history.truncate(trainer.next_epoch);
         trainer.write_config()?;
+        trainer.open_board(true)?;
         Ok(trainer)
     }
 
@@ -186,6 +188,7 @@ impl Trainer {
             // collective whose capture only a GPU can show: the check holds a lone process.
             capture: (cfg!(debug_assertions) && world.size() == 1).then(CaptureCheck::default),
             history: Vec::new(),
+            board: None,
             world,
         })
     }

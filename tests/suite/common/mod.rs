@@ -189,3 +189,75 @@ pub fn tiny_run(dir: &Path, data: &Path) -> assert_cmd::Command {
         .arg(data);
     c
 }
+
+/// Reads a run folder's TensorBoard events with the `tensorboard` package's own record reader
+/// (raw: nothing purged or merged, so a duplicate would show), as `{tag: [[step, value], ...]}`
+/// for every scalar, with `"#text"` listing the text tags, `"#images"` each image tag's steps and
+/// `"#events"` counting the events.
+const READ_EVENTS: &str = r##"
+import glob, json, sys
+from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+from tensorboard.compat.proto import event_pb2
+out, texts, images, events = {}, [], {}, 0
+for path in sorted(glob.glob(sys.argv[1] + "/*tfevents*")):
+    for raw in RawEventFileLoader(path).Load():
+        e = event_pb2.Event.FromString(raw)
+        events += 1
+        for v in e.summary.value:
+            if v.HasField("simple_value"):
+                out.setdefault(v.tag, []).append([e.step, v.simple_value])
+            elif v.metadata.plugin_data.plugin_name == "text":
+                texts.append(v.tag)
+            elif v.HasField("image"):
+                # A PNG TensorBoard can show, of the size it says.
+                assert v.image.encoded_image_string.startswith(b"\x89PNG"), v.tag
+                images.setdefault(v.tag, []).append(e.step)
+out["#text"] = texts
+out["#images"] = images
+out["#events"] = events
+print(json.dumps(out))
+"##;
+
+/// The scalars of run folder `dir` through TensorBoard's reader ([`READ_EVENTS`]), or `None`
+/// where python3 cannot import `tensorboard` (a failure when `CIFAR_STREAM_TENSORBOARD=required`,
+/// as CI sets it).
+pub fn tensorboard_events(dir: &Path) -> Option<serde_json::Value> {
+    let has = std::process::Command::new("python3")
+        .args(["-c", "import tensorboard"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        let required = std::env::var("CIFAR_STREAM_TENSORBOARD").is_ok_and(|v| v == "required");
+        assert!(
+            !required,
+            "CIFAR_STREAM_TENSORBOARD=required but python3 cannot import tensorboard"
+        );
+        eprintln!("skipped: python3 cannot import tensorboard");
+        return None;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", READ_EVENTS])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Each scalar tag's steps, strictly increasing (no duplicate, no step back) or a panic naming it.
+pub fn steps_increase(events: &serde_json::Value) {
+    for (tag, points) in events.as_object().unwrap() {
+        let Some(points) = points.as_array().filter(|_| !tag.starts_with('#')) else {
+            continue;
+        };
+        let steps: Vec<i64> = points.iter().map(|p| p[0].as_i64().unwrap()).collect();
+        assert!(
+            steps.windows(2).all(|w| w[0] < w[1]),
+            "{tag}: steps {steps:?}"
+        );
+    }
+}
