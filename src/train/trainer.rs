@@ -235,8 +235,8 @@ impl Trainer {
                 if !loss.is_finite() {
                     return Err(self.diverged(format!("the training loss is {loss}")));
                 }
-                let images_per_second = self.sums.images() as f64 / started.elapsed().as_secs_f64();
-                self.log_step(loss, accuracy, images_per_second, epoch.stats())?;
+                let epoch_seconds = started.elapsed().as_secs_f64();
+                self.log_step(loss, accuracy, epoch_seconds, epoch.stats())?;
                 Some(loss)
             } else {
                 None

@@ -40,15 +40,25 @@ impl Trainer {
     }
 
     /// After a step whose loss was read: the epoch's mean loss and accuracy so far, each
-    /// group's rate, images/s and the data stream's stall and queue depth so far.
+    /// group's rate, images/s and the data stream's stall and queue depth so far; on CUDA the
+    /// epoch's GPU busy so far (with graphs) and the memory in use.
     pub(super) fn log_step(
         &mut self,
         loss: f64,
         accuracy: f64,
-        images_per_second: f64,
+        epoch_seconds: f64,
         stream: &EpochStats,
     ) -> Result<()> {
+        if self.board.is_none() {
+            return Ok(());
+        }
         let steps = self.learner.steps();
+        let busy = match &mut self.graphs {
+            Some(graphs) => graphs.busy_seconds_so_far()?,
+            None => None,
+        };
+        let memory = crate::device::memory_peak(&self.device)?;
+        let images_per_second = self.sums.images() as f64 / epoch_seconds.max(1e-9);
         let Some(board) = &mut self.board else {
             return Ok(());
         };
@@ -64,6 +74,12 @@ impl Trainer {
             ("pipeline/queue_depth", stream.mean_depth()),
         ];
         values.extend(tags.iter().zip(&rates).map(|(t, (_, r))| (t.as_str(), *r)));
+        if let Some(busy) = busy {
+            values.push(("gpu/busy", busy / epoch_seconds.max(1e-9)));
+        }
+        if let Some((used, _)) = memory {
+            values.push(("gpu/memory_mib", (used >> 20) as f64));
+        }
         let path = board.path().to_path_buf();
         board.scalars(steps as u64, &values).map_err(io(&path))?;
         board.flush().map_err(io(&path))

@@ -12,6 +12,10 @@
 
 use std::collections::BTreeSet;
 
+mod busy;
+
+use busy::Busy;
+
 use super::config::GraphMode;
 use super::error::{Error, Result};
 use crate::dist::Collective;
@@ -186,6 +190,12 @@ impl StepGraphs {
         self.busy.take()
     }
 
+    /// The GPU seconds of the epoch's replays so far (waits for them), without starting over:
+    /// the numerator of the GPU busy logged between epochs.
+    pub fn busy_seconds_so_far(&mut self) -> Result<Option<f64>> {
+        self.busy.so_far()
+    }
+
     /// Captures `body` as `key`'s graph, launches it and holds the result to an eager step from
     /// the same state ([`replay_agrees`]); on a failed capture or a disagreement the step's
     /// eager result stands and the run stays eager.
@@ -343,61 +353,6 @@ fn capture_on(
     pending.map_err(|e| format!("after capture: {e:?}"))?;
     graph.upload().map_err(|e| format!("graph upload: {e:?}"))?;
     Ok(graph)
-}
-
-/// CUDA events around each replay: inside a graph the GPU runs the step's kernels back to back,
-/// so the time between a replay's two events is GPU work, not host gaps.
-#[derive(Default)]
-struct Busy {
-    #[cfg(feature = "cuda")]
-    replays: Vec<(
-        candle_core::cuda_backend::cudarc::driver::CudaEvent,
-        candle_core::cuda_backend::cudarc::driver::CudaEvent,
-    )>,
-}
-
-impl Busy {
-    /// Launches `graph` between two timing events on the device's stream.
-    #[cfg(feature = "cuda")]
-    fn launch(
-        &mut self,
-        device: &Device,
-        graph: &candle_core::cuda_backend::cudarc::driver::CudaGraph,
-    ) -> Result<()> {
-        use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
-        let Device::Cuda(dev) = device else {
-            return Err(Error::Unsupported("a graph off CUDA".into()));
-        };
-        let stream = dev.cuda_stream();
-        let timed = Some(CUevent_flags::CU_EVENT_DEFAULT);
-        let start = stream
-            .record_event(timed)
-            .map_err(candle_core::Error::wrap)?;
-        graph.launch().map_err(candle_core::Error::wrap)?;
-        let end = stream
-            .record_event(timed)
-            .map_err(candle_core::Error::wrap)?;
-        self.replays.push((start, end));
-        Ok(())
-    }
-
-    /// The replays' GPU seconds since the last call, or `None` without any.
-    #[cfg(feature = "cuda")]
-    fn take(&mut self) -> Result<Option<f64>> {
-        if self.replays.is_empty() {
-            return Ok(None);
-        }
-        let mut ms = 0.0f64;
-        for (start, end) in self.replays.drain(..) {
-            ms += start.elapsed_ms(&end).map_err(candle_core::Error::wrap)? as f64;
-        }
-        Ok(Some(ms / 1e3))
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn take(&mut self) -> Result<Option<f64>> {
-        Ok(None)
-    }
 }
 
 #[cfg(test)]
