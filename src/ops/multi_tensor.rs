@@ -42,3 +42,21 @@ pub fn launch_chunks(lens: &[usize], per: usize) -> Vec<Vec<usize>> {
     order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
     order.chunks(per.max(1)).map(<[usize]>::to_vec).collect()
 }
+
+/// An SGD multi-tensor op's operands: what it writes (the weights, then the momentum buffers,
+/// then the EMA twins, each in `tensors`' order), what it reads (the gradients, then the step's
+/// scalar buffer), and its by-value arguments for the capture probe (the momentum and how many
+/// buffers start this step).
+pub fn sgd_operands<'a>(
+    tensors: &[SgdTensor<'a>],
+    momentum: f64,
+    scalars: &'a Tensor,
+) -> (Vec<&'a Tensor>, Vec<&'a Tensor>, [f64; 2]) {
+    let mut written: Vec<&Tensor> = tensors.iter().map(|t| t.param).collect();
+    written.extend(tensors.iter().filter_map(|t| t.buf));
+    written.extend(tensors.iter().filter_map(|t| t.ema));
+    let mut read: Vec<&Tensor> = tensors.iter().map(|t| t.grad).collect();
+    read.push(scalars);
+    let starting = tensors.iter().filter(|t| t.first).count() as f64;
+    (written, read, [momentum, starting])
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{checkpoint_bits, steps_increase, tensorboard_events};
+use crate::common::{checkpoint_bits, same_curves, steps_increase, tensorboard_events};
 use candle_core::Device;
 use cifar_stream::train::checkpoint::{self, DELAY_ENV};
 use cifar_stream::train::Snapshot;
@@ -166,20 +166,6 @@ fn killed_at_random_moments_and_resumed_it_ends_bit_identical_to_an_uninterrupte
     let whole = tensorboard_events(&runs.join("whole"));
     if let (Some(whole), Some(killed)) = (whole, tensorboard_events(&dir)) {
         steps_increase(&killed);
-        let steps = |v: &serde_json::Value| -> Vec<i64> {
-            let points = v.as_array().unwrap();
-            points.iter().map(|p| p[0].as_i64().unwrap()).collect()
-        };
-        for (tag, points) in whole.as_object().unwrap() {
-            if tag.starts_with('#') {
-                continue;
-            }
-            let timing = ["seconds", "images_per_second", "stall", "queue_depth"];
-            if timing.iter().any(|t| tag.ends_with(t)) {
-                assert_eq!(steps(points), steps(&killed[tag]), "{tag}");
-            } else {
-                assert_eq!(points, &killed[tag], "{tag}");
-            }
-        }
+        same_curves(&whole, &killed);
     }
 }

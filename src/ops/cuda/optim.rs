@@ -13,7 +13,7 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::{Layout, Result, Storage, Tensor};
 
 use super::launch::{check_len, function, THREADS};
-use crate::ops::multi_tensor::{launch_chunks, SgdRule, SgdTensor};
+use crate::ops::multi_tensor::{launch_chunks, sgd_operands, SgdRule, SgdTensor};
 
 /// Tensors per launch; kernels.cu's `FOREACH_TENSORS` (the chunk must fit CUDA's 4 KiB of
 /// launch parameters).
@@ -66,10 +66,7 @@ pub fn sgd_multi(tensors: &[SgdTensor], rule: SgdRule, scalars: &Tensor) -> Resu
         check_len(len, "sgd")?;
     }
     // Each launch checks its own chunk; a tensor written in one and read in another would pass.
-    let mut written: Vec<&Tensor> = tensors.iter().map(|t| t.param).collect();
-    written.extend(tensors.iter().flat_map(|t| [t.buf, t.ema]).flatten());
-    let mut read: Vec<&Tensor> = tensors.iter().map(|t| t.grad).collect();
-    read.push(scalars);
+    let (written, read, _) = sgd_operands(tensors, rule.momentum, scalars);
     candle_core::foreach::check("sgd_multi", &written, &read)?;
     for chunk in launch_chunks(&lens, FOREACH_TENSORS) {
         let part: Vec<SgdTensor> = chunk.iter().map(|&i| tensors[i]).collect();
@@ -81,13 +78,7 @@ pub fn sgd_multi(tensors: &[SgdTensor], rule: SgdRule, scalars: &Tensor) -> Resu
 /// One launch over at most [`FOREACH_TENSORS`] parameters.
 fn sgd_launch(part: &[SgdTensor], rule: SgdRule, scalars: &Tensor) -> Result<()> {
     let n = part.len();
-    let mut written: Vec<&Tensor> = part.iter().map(|t| t.param).collect();
-    written.extend(part.iter().filter_map(|t| t.buf));
-    written.extend(part.iter().filter_map(|t| t.ema));
-    let mut read: Vec<&Tensor> = part.iter().map(|t| t.grad).collect();
-    read.push(scalars);
-    let starting = part.iter().filter(|t| t.first).count() as f64;
-    let by_value = [rule.momentum, starting];
+    let (written, read, by_value) = sgd_operands(part, rule.momentum, scalars);
     candle_core::foreach::inplace("sgd_multi", &by_value, &written, &read, |w, r| {
         let stream = stream_of(r[n].0)?;
         let mut syncs = Vec::with_capacity(w.len() + r.len());

@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-pub use super::multi_tensor::{launch_chunks, SgdRule, SgdTensor};
+pub use super::multi_tensor::{launch_chunks, sgd_operands, SgdRule, SgdTensor};
 
 /// Elements per parallel task on the CPU.
 const CHUNK: usize = 1 << 15;
@@ -116,13 +116,7 @@ struct SgdChunk<'a> {
 
 /// The CPU pass; the written tensors are the weights, then the buffers, then the twins.
 fn sgd_cpu(tensors: &[SgdTensor], rule: SgdRule, scalars: &Tensor) -> Result<()> {
-    let mut written: Vec<&Tensor> = tensors.iter().map(|t| t.param).collect();
-    written.extend(tensors.iter().filter_map(|t| t.buf));
-    written.extend(tensors.iter().filter_map(|t| t.ema));
-    let mut read: Vec<&Tensor> = tensors.iter().map(|t| t.grad).collect();
-    read.push(scalars);
-    let starting = tensors.iter().filter(|t| t.first).count() as f64;
-    let by_value = [rule.momentum, starting];
+    let (written, read, by_value) = sgd_operands(tensors, rule.momentum, scalars);
     candle_core::foreach::inplace("sgd_foreach", &by_value, &written, &read, |w, r| {
         let s = f32_of(&r[tensors.len()])?;
         let (d, keep) = (s[rule.decay_slot], s[rule.decay_slot + 1]);

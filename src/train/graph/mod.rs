@@ -149,14 +149,7 @@ impl StepGraphs {
                 }
                 // The first replay with this step's own rates, mask and batch: a value the
                 // capture froze (a launch argument) differs only here.
-                let mut replay = || launch(&graph);
-                match replay_agrees(state, &mut replay, body)? {
-                    None => {
-                        self.stage = Stage::Ready(k, graph, true);
-                        Ok(())
-                    }
-                    Some(why) => self.give_up(format!("step after capture: {why}"), &mut || Ok(())),
-                }
+                self.hold_to_eager(k, graph, true, state, body, "step after capture")
             }
             #[cfg(feature = "cuda")]
             Stage::Warm(k) if k == key => self.capture(device, key, state, body),
@@ -216,14 +209,29 @@ impl StepGraphs {
                 self.frozen = Some((buffer.clone(), buffer.copy()?));
             }
         }
+        self.hold_to_eager(key, graph, false, state, body, "captured step")
+    }
+
+    /// Holds `graph`'s replay of this step to the eager step ([`replay_agrees`]): agreeing, it
+    /// becomes `key`'s graph (`checked`: for good, with no check to come); not, the run goes on
+    /// eager, saying `what` step disagreed, and the eager step's result stands.
+    #[cfg(feature = "cuda")]
+    fn hold_to_eager(
+        &mut self,
+        key: GraphKey,
+        graph: candle_core::cuda_backend::cudarc::driver::CudaGraph,
+        checked: bool,
+        state: &[(String, Tensor)],
+        body: &mut dyn FnMut() -> Result<()>,
+        what: &str,
+    ) -> Result<()> {
         let mut replay = || launch(&graph);
         match replay_agrees(state, &mut replay, body)? {
             None => {
-                self.stage = Stage::Ready(key, graph, false);
+                self.stage = Stage::Ready(key, graph, checked);
                 Ok(())
             }
-            // The eager step already ran: its result stands.
-            Some(why) => self.give_up(format!("captured step: {why}"), &mut || Ok(())),
+            Some(why) => self.give_up(format!("{what}: {why}"), &mut || Ok(())),
         }
     }
 

@@ -261,3 +261,23 @@ pub fn steps_increase(events: &serde_json::Value) {
         );
     }
 }
+
+/// Run B's curves are run A's: each tag at the same steps, with the same values but for the
+/// timings (seconds, images/s, stall, queue depth), which only share their steps.
+pub fn same_curves(a: &serde_json::Value, b: &serde_json::Value) {
+    let steps = |v: &serde_json::Value| -> Vec<i64> {
+        let points = v.as_array().unwrap();
+        points.iter().map(|p| p[0].as_i64().unwrap()).collect()
+    };
+    for (tag, points) in a.as_object().unwrap() {
+        if tag.starts_with('#') {
+            continue;
+        }
+        let timing = ["seconds", "images_per_second", "stall", "queue_depth"];
+        if timing.iter().any(|t| tag.ends_with(t)) {
+            assert_eq!(steps(points), steps(&b[tag]), "{tag}");
+        } else {
+            assert_eq!(points, &b[tag], "{tag}");
+        }
+    }
+}
