@@ -22,6 +22,8 @@ pub struct Nccl {
 // SAFETY: like the MPI world it wraps, it is used from the training thread only; the NCCL
 // communicator is bound to that thread's device stream.
 unsafe impl Send for Nccl {}
+// SAFETY: as for `Send`, by convention only: `average` uses `comm` without the thread check
+// that the MPI world's methods make.
 unsafe impl Sync for Nccl {}
 
 fn nccl_err(e: impl std::fmt::Debug) -> Error {
@@ -94,6 +96,8 @@ impl Collective for Nccl {
         };
         let total: usize = grads.iter().map(Tensor::elem_count).sum();
         // One buffer of every gradient, averaged in place by NCCL, then cut back apart.
+        // SAFETY: the loop below copies every gradient into it, end to end (elem_count each, over
+        // 0..total), before NCCL reads it; copies and all-reduce share the device's one stream.
         let mut buf = unsafe { dev.alloc::<f32>(total) }.map_err(nccl_err)?;
         let mut at = 0;
         for g in grads {

@@ -47,6 +47,7 @@ pub fn train_forward(
     let dev = &x.device;
     let (n, c, s) = split_nc(xl.dims(), "batch-norm")?;
     check_len(n * c * s, "batch-norm")?;
+    check_channels(c)?;
     let (gamma, beta) = (f32_slice(gamma, gl)?, f32_slice(beta, bl)?);
     if gamma.len() != c || beta.len() != c {
         candle_core::bail!("batch-norm: {c} channels but {} scales", gamma.len());
@@ -58,8 +59,13 @@ pub fn train_forward(
         candle_core::bail!("batch-norm: running statistics are not of {c} channels");
     }
     let k = splits(c, n * s);
+    // SAFETY: bn_stats_partial below writes all c*k*3: per_channel(c, k) is c*k blocks, and
+    // thread 0 of block (ch, j) writes partial[(ch*k + j)*3..][..3].
     let mut partial = unsafe { dev.alloc::<f32>(c * k * 3)? };
+    // SAFETY: bn_stats_finalize below writes saved[2ch..2ch + 2] for every channel: one thread
+    // per channel, and elementwise(c) reaches them all (check_channels above).
     let mut saved = unsafe { dev.alloc::<f32>(2 * c)? };
+    // SAFETY: as `saved`: bn_stats_finalize writes coef[2ch..2ch + 2] for each channel.
     let mut coef = unsafe { dev.alloc::<f32>(2 * c)? };
     let (ni, ci, si) = (n as i32, c as i32, s as i32);
     let y = dispatch!(x, xl, |xv: T| {
@@ -67,6 +73,8 @@ pub fn train_forward(
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         b.arg(&xv).arg(&ni).arg(&ci).arg(&si).arg(&mut partial);
+        // SAFETY: args match bn_stats_partial_{f32,bf16}(x, n, c, s, partial) in order and type;
+        // x is the n*c*s view (< 2^31: check_len), partial c*k*3 floats for the grid (c, k).
         unsafe { b.launch(per_channel(c, k)).w()? };
 
         let f = function(dev, "bn_stats_finalize", "")?;
@@ -75,6 +83,9 @@ pub fn train_forward(
         b.arg(&partial).arg(&ci).arg(&ki).arg(&eps).arg(&mom);
         b.arg(&gamma).arg(&beta).arg(&rm).arg(&rv);
         b.arg(&mut saved).arg(&mut coef);
+        // SAFETY: args match bn_stats_finalize's 11 (i32, i32, f64, f64, then f32 buffers); gamma,
+        // beta, rm, rv hold c (checked above), partial c*k*3, saved and coef 2c. rm and rv are
+        // written in place, though only read-locked (`Held`) and passed as read views.
         unsafe { b.launch(elementwise(c)).w()? };
 
         let (scale, shift) = (coef.slice(0..2 * c), coef.slice(1..2 * c));
@@ -94,6 +105,7 @@ pub fn train_backward(
     let (dy, x, gamma) = (cuda_of(dy)?, cuda_of(x)?, cuda_of(gamma)?);
     let (n, c, s) = split_nc(x.dims(), "batch-norm")?;
     check_len(n * c * s, "batch-norm")?;
+    check_channels(c)?;
     let (ni, ci, si, relu) = (n as i32, c as i32, s as i32, relu as i32);
     let total = (n * c * s) as i64;
     let k = splits(c, n * s);
@@ -101,9 +113,15 @@ pub fn train_backward(
     let ((xs, xl), (ds, dl), (gs, gl)) = (xh.cuda()?, dh.cuda()?, gh.cuda()?);
     let dev = &xs.device;
     let gamma_view = f32_slice(gs, gl)?;
+    // SAFETY: bn_bwd_partial below writes all c*k*2: per_channel(c, k) is c*k blocks, and
+    // thread 0 of block (ch, j) writes partial[(ch*k + j)*2..][..2].
     let mut partial = unsafe { dev.alloc::<f32>(c * k * 2)? };
+    // SAFETY: bn_bwd_finalize below writes dgamma[ch] for every channel: one thread per
+    // channel, and elementwise(c) reaches them all (check_channels above).
     let mut dgamma = unsafe { dev.alloc::<f32>(c)? };
+    // SAFETY: as `dgamma`: bn_bwd_finalize writes dbeta[ch] for each channel.
     let mut dbeta = unsafe { dev.alloc::<f32>(c)? };
+    // SAFETY: as `dgamma`: bn_bwd_finalize writes coefs[3ch..3ch + 3] for each channel.
     let mut coefs = unsafe { dev.alloc::<f32>(3 * c)? };
     let dx = dispatch!(xs, xl, |xv: T| {
         let dyv = typed::<T>(ds, dl)?;
@@ -112,6 +130,9 @@ pub fn train_backward(
         let mut b = stream.launch_builder(&f);
         b.arg(&dyv).arg(&xv).arg(&saved.saved).arg(&saved.coef);
         b.arg(&relu).arg(&ni).arg(&ci).arg(&si).arg(&mut partial);
+        // SAFETY: args match bn_bwd_partial_{f32,bf16}(dy, x, saved, coef, relu, n, c, s, partial);
+        // x is n*c*s (check_len) and dy, y's gradient, the same; saved/coef are 2c, from this
+        // x's forward (one TrainOp per call); partial c*k*2 for the grid (c, k).
         unsafe { b.launch(per_channel(c, k)).w()? };
 
         let f = function(dev, "bn_bwd_finalize", "")?;
@@ -126,8 +147,11 @@ pub fn train_backward(
             .arg(&mut dgamma)
             .arg(&mut dbeta)
             .arg(&mut coefs);
+        // SAFETY: args match bn_bwd_finalize(partial, c, splits, count: f64, saved, gamma, dgamma,
+        // dbeta, k); partial c*k*2, saved 2c, gamma c (checked by the forward), outputs c, c, 3c.
         unsafe { b.launch(elementwise(c)).w()? };
 
+        // SAFETY: bn_bwd_dx below writes every element: a grid-stride loop over total = n*c*s.
         let mut dx = unsafe { dev.alloc::<T>(n * c * s)? };
         let f = function(dev, "bn_bwd_dx", T::SUFFIX)?;
         let mut b = stream.launch_builder(&f);
@@ -137,6 +161,8 @@ pub fn train_backward(
             .arg(&saved.coef)
             .arg(&coefs);
         b.arg(&relu).arg(&ci).arg(&si).arg(&total).arg(&mut dx);
+        // SAFETY: args match bn_bwd_dx_{f32,bf16}(dy, x, saved, coef, k, relu, c, s, total: i64,
+        // dx); dy, x, dx hold total (< 2^31: check_len), saved/coef 2c, coefs 3c.
         unsafe { b.launch(elementwise(n * c * s)).w()? };
         tensor_of(dx, dev, x.shape())
     });
@@ -176,12 +202,26 @@ fn apply<T: Elem>(
 ) -> Result<CudaStorage> {
     let len = x.len();
     let (ci, si, total, relu) = (c as i32, s as i32, len as i64, relu as i32);
+    // SAFETY: bn_apply below writes every element: a grid-stride loop over total = len.
     let mut y = unsafe { dev.alloc::<T>(len)? };
     let f = function(dev, "bn_apply", T::SUFFIX)?;
     let stream = dev.cuda_stream();
     let mut b = stream.launch_builder(&f);
     b.arg(x).arg(&mut y).arg(scale).arg(shift).arg(&step);
     b.arg(&ci).arg(&si).arg(&total).arg(&relu);
+    // SAFETY: args match bn_apply_{f32,bf16}(x, y, scale, shift, step, c, s, total: i64, relu);
+    // x, y hold len (< 2^31: the callers' check_len); scale/shift[step*ch], ch < c, lie in
+    // c-long arrays (step 1, checked in `affine`) or coef's 2c and 2c - 1 (step 2).
     unsafe { b.launch(elementwise(len)).w()? };
     Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
+/// The finalize kernels run one thread per channel without a grid-stride loop: refuse more
+/// channels than the largest elementwise grid (65,535 blocks of 256 threads) reaches.
+fn check_channels(c: usize) -> Result<()> {
+    let most = 65_535 * super::launch::THREADS as usize;
+    if c > most {
+        candle_core::bail!("batch-norm: {c} channels, the CUDA kernels take at most {most}");
+    }
+    Ok(())
 }

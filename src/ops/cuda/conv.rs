@@ -264,6 +264,8 @@ fn forward<T: ConvElem>(
     x: &candle_core::cuda_backend::cudarc::driver::CudaView<T>,
     w: &candle_core::cuda_backend::cudarc::driver::CudaView<T>,
 ) -> Result<CudaSlice<T>> {
+    // SAFETY: the forward below (beta = 0) writes all of y and reads none of it: len is the
+    // product of out_dims(key), the plan's y descriptor.
     let mut y = unsafe { dev.alloc::<T>(len)? };
     with_plan::<T, _>(dev, key, |plan, ws| {
         let op = ConvForward {
@@ -272,6 +274,9 @@ fn forward<T: ConvElem>(
             w: &plan.w,
             y: &plan.y,
         };
+        // SAFETY: x, w, y are contiguous T buffers matching the plan's NCHW descriptors (built
+        // from these dims, in T's table); ws holds >= plan.workspace bytes (with_plan); the
+        // cuDNN handle runs on dev's stream, the one stream every tensor here is ordered on.
         unsafe { op.launch(plan.fwd, Some(ws), (one::<T>(), zero::<T>()), x, w, &mut y) }
             .map_err(cudnn_err)
     })?;
@@ -371,8 +376,12 @@ fn backward<T: ConvElem>(
     (xt, wt): (&Tensor, &Tensor),
     want_dx: bool,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    // SAFETY: backward-filter below (beta = 0) writes all w.len() elements of dw (the plan's
+    // filter descriptor) and reads none.
     let mut dw = unsafe { dev.alloc::<T>(w.len())? };
     let mut dx = if want_dx {
+        // SAFETY: backward-data below (beta = 0) writes all x.len() elements of dx (the plan's x
+        // descriptor) and reads none.
         Some(unsafe { dev.alloc::<T>(x.len())? })
     } else {
         None
@@ -385,6 +394,8 @@ fn backward<T: ConvElem>(
                 w: &plan.w,
                 dy: &plan.y,
             };
+            // SAFETY: dx, w, dy: contiguous T buffers of the plan's descriptors (key from x, w;
+            // dy is y's gradient, so y's shape); ws >= plan.workspace bytes; dev's one stream.
             unsafe { op.launch(plan.bwd_data, Some(&mut *ws), (one(), zero()), dx, w, dy) }
                 .map_err(cudnn_err)?;
         }
@@ -394,6 +405,8 @@ fn backward<T: ConvElem>(
             dw: &plan.w,
             dy: &plan.y,
         };
+        // SAFETY: as backward-data: x, dw, dy match the plan's descriptors in dtype and shape,
+        // ws >= plan.workspace bytes, all on dev's one stream (after the dx call).
         unsafe { op.launch(plan.bwd_filter, Some(ws), (one(), zero()), x, &mut dw, dy) }
             .map_err(cudnn_err)
     })?;

@@ -17,12 +17,16 @@ pub fn forward(x: &CudaStorage, xl: &Layout) -> Result<CudaStorage> {
     let (n, c, s) = split_nc(xl.dims(), "squeeze")?;
     check_len(n * c * s, "squeeze")?;
     let si = s as i32;
+    // SAFETY: squeeze_fwd below writes all n*c: per_plane(n*c, s) is one block per plane, and
+    // its thread 0 stores out[plane].
     let mut out = unsafe { dev.alloc::<f32>(n * c)? };
     dispatch!(x, xl, |xv: T| {
         let f = function(dev, "squeeze_fwd", T::SUFFIX)?;
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         b.arg(&xv).arg(&mut out).arg(&si);
+        // SAFETY: args match squeeze_fwd_{f32,bf16}(x: T*, out: float*, s: int); x is the n*c*s
+        // view (< 2^31: check_len), out n*c; the block size is a multiple of 32 (block_sum).
         unsafe { b.launch(per_plane(n * c, s)).w()? };
     });
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
@@ -48,11 +52,14 @@ fn spread<T: Elem>(
 ) -> Result<Tensor> {
     let (n, c, s) = split_nc(x.dims(), "squeeze")?;
     let (si, total) = (s as i32, (n * c * s) as i64);
+    // SAFETY: squeeze_bwd below writes every element: a grid-stride loop over total = n*c*s.
     let mut dx = unsafe { dev.alloc::<T>(n * c * s)? };
     let f = function(dev, "squeeze_bwd", T::SUFFIX)?;
     let stream = dev.cuda_stream();
     let mut b = stream.launch_builder(&f);
     b.arg(dout).arg(&mut dx).arg(&si).arg(&total);
+    // SAFETY: args match squeeze_bwd_{f32,bf16}(dout: float*, dx: T*, s, total: i64); dout is
+    // the [n, c] output's f32 gradient (read at i/s < n*c), dx total; x passed check_len.
     unsafe { b.launch(elementwise(n * c * s)).w()? };
     Ok(tensor_of(dx, dev, x.shape()))
 }

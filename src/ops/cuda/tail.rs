@@ -34,6 +34,7 @@ pub fn forward(
     Ok(dispatch!(x, xl, |xv: T| {
         let gv = typed::<T>(gate, gl)?;
         let sv = typed::<T>(short, sl)?;
+        // SAFETY: tail_fwd below writes every element: a grid-stride loop over total = n*c*s.
         let mut y = unsafe { dev.alloc::<T>(n * c * s)? };
         let f = function(dev, "tail_fwd", T::SUFFIX)?;
         let stream = dev.cuda_stream();
@@ -44,6 +45,8 @@ pub fn forward(
             .arg(&mut y)
             .arg(&si)
             .arg(&total);
+        // SAFETY: args match tail_fwd_{f32,bf16}(x, gate, shortcut, y: T*, s: int, total: i64);
+        // x, shortcut, y hold n*c*s (< 2^31: check_len) and gate n*c, checked above.
         unsafe { b.launch(elementwise(n * c * s)).w()? };
         CudaStorage::wrap_cuda_slice(y, dev.clone())
     }))
@@ -67,14 +70,21 @@ pub fn backward(
         let gv = typed::<T>(gs, gl)?;
         let yv = typed::<T>(ys, yl)?;
         let dv = typed::<T>(ds, dl)?;
+        // SAFETY: tail_bwd below writes all of dx: one block per plane (per_plane(n*c, s)),
+        // whose threads stride over the plane's s elements.
         let mut dx = unsafe { dev.alloc::<T>(n * c * s)? };
+        // SAFETY: as `dx`: tail_bwd stores dshortcut[i] beside dx[i] for every element.
         let mut dshort = unsafe { dev.alloc::<T>(n * c * s)? };
+        // SAFETY: tail_bwd's thread 0 of block `plane` writes dgate[plane], for all n*c blocks.
         let mut dgate = unsafe { dev.alloc::<T>(n * c)? };
         let f = function(dev, "tail_bwd", T::SUFFIX)?;
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         b.arg(&xv).arg(&gv).arg(&yv).arg(&dv);
         b.arg(&mut dx).arg(&mut dshort).arg(&mut dgate).arg(&si);
+        // SAFETY: args match tail_bwd_{f32,bf16}(x, gate, y, dy, dx, dshortcut, dgate: T*, s);
+        // x, y, dy (y's gradient) are the forward's n*c*s tensors (check_len there), gate
+        // its n*c (checked there); the outputs are allocated above to those lengths.
         unsafe { b.launch(per_plane(n * c, s)).w()? };
         (
             tensor_of(dx, dev, x.shape()),
