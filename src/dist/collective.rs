@@ -63,6 +63,11 @@ pub trait Collective: Send + Sync {
     fn abort(&self, code: i32) -> !;
     /// `mpi`, `local`, …
     fn name(&self) -> &'static str;
+    /// Whether this is no collective at all (a lone process, nothing averaged): what a captured
+    /// CUDA graph can hold as it stands.
+    fn is_local(&self) -> bool {
+        false
+    }
 
     /// The element-wise mean of every rank's `tensors` (gradients), shaped, typed and placed
     /// like them. By default through host memory in buckets of [`BUCKET_FLOATS`] (alone: the
@@ -125,6 +130,9 @@ impl Collective for Local {
     }
     fn name(&self) -> &'static str {
         "local"
+    }
+    fn is_local(&self) -> bool {
+        true
     }
 }
 

@@ -7,7 +7,7 @@ use super::checkpoint::{self, Snapshot};
 use super::curve;
 use super::error::{io, Error, Result};
 use super::metrics::{self, EpochMetrics};
-use super::runs::DIVERGED_FILE;
+use super::runs::{DIVERGED_FILE, LOCK_FILE, METRICS_FILE};
 use crate::train::config::{TrainConfig, CONFIG_FILE};
 
 /// The run folder, taken for writing: only the process that writes (rank 0) holds one.
@@ -32,7 +32,7 @@ impl RunDir {
     /// files a killed writer left there.
     pub fn take(dir: &Path) -> Result<RunDir> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let path = dir.join(".lock");
+        let path = dir.join(LOCK_FILE);
         let file = std::fs::File::options()
             .create(true)
             .truncate(false)
@@ -75,7 +75,7 @@ impl RunDir {
         let write = |name: &str, bytes: &[u8]| {
             crate::render::write_atomic(&file(name), bytes).map_err(io(file(name)))
         };
-        write("metrics.jsonl", jsonl.as_bytes())?;
+        write(METRICS_FILE, jsonl.as_bytes())?;
         write("metrics.csv", csv.as_bytes())?;
         crate::render::save_png(&curve::png(history, ema), &file("curve.png"))
             .map_err(io(file("curve.png")))?;

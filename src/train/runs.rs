@@ -12,6 +12,12 @@ use super::metrics::EpochMetrics;
 /// The note a run that diverged leaves in its folder (removed when it is taken again).
 pub const DIVERGED_FILE: &str = "diverged.txt";
 
+/// The file a trainer holds an advisory lock on while it writes the run folder.
+pub const LOCK_FILE: &str = ".lock";
+
+/// The run's metrics, one JSON object per epoch.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
 /// Where a run stands.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "state", content = "reason")]
@@ -57,7 +63,7 @@ pub fn list(root: &Path) -> std::io::Result<Vec<RunRow>> {
     let mut rows = Vec::new();
     for entry in std::fs::read_dir(root)? {
         let dir = entry?.path();
-        let is_run = ["config.toml", "metrics.jsonl", ".lock"]
+        let is_run = [CONFIG_FILE, METRICS_FILE, LOCK_FILE]
             .iter()
             .any(|f| dir.join(f).exists());
         if dir.is_dir() && is_run {
@@ -124,15 +130,15 @@ fn planned(dir: &Path) -> Result<(Option<String>, usize), String> {
 
 /// `metrics.jsonl`'s epochs (none before the first epoch ends).
 fn history(dir: &Path) -> Result<Vec<EpochMetrics>, String> {
-    let path = dir.join("metrics.jsonl");
+    let path = dir.join(METRICS_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("metrics.jsonl: {e}")),
+        Err(e) => return Err(format!("{METRICS_FILE}: {e}")),
     };
     (text.lines().enumerate())
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| format!("metrics.jsonl line {}: {e}", i + 1))
+            serde_json::from_str(l).map_err(|e| format!("{METRICS_FILE} line {}: {e}", i + 1))
         })
         .collect()
 }
@@ -140,7 +146,7 @@ fn history(dir: &Path) -> Result<Vec<EpochMetrics>, String> {
 /// Whether a trainer holds the run's lock (a shared lock cannot be taken beside its exclusive
 /// one; taken, it is let go at once).
 fn locked(dir: &Path) -> bool {
-    match std::fs::File::open(dir.join(".lock")) {
+    match std::fs::File::open(dir.join(LOCK_FILE)) {
         Ok(f) => matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)),
         Err(_) => false,
     }

@@ -11,22 +11,10 @@ use candle_core::Device;
 use cifar_stream::store::{Reader, Split};
 use cifar_stream::train::{SavedRun, Tta};
 
-use crate::common::{synthetic_store, tiny_run};
+use crate::common::{python_imports, synthetic_store, tiny_run};
 
 fn torch_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import torch, numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let required = std::env::var("CIFAR_STREAM_TORCH").is_ok_and(|v| v == "required");
-        assert!(
-            !required,
-            "CIFAR_STREAM_TORCH=required but python3 cannot import torch"
-        );
-        eprintln!("skipped: python3 cannot import torch and numpy");
-    }
-    ok
+    python_imports("torch, numpy", "CIFAR_STREAM_TORCH")
 }
 
 #[test]

@@ -78,7 +78,7 @@ impl StepGraphs {
     ) -> Result<Option<StepGraphs>> {
         let why_not = if !device.is_cuda() {
             Some("CUDA graphs need a CUDA device (a build with the cuda feature and a GPU)")
-        } else if world.size() > 1 || world.name() != "local" {
+        } else if !world.is_local() {
             Some("CUDA graphs train one process without a collective (these steps stay eager)")
         } else {
             None

@@ -222,17 +222,7 @@ print(json.dumps(out))
 /// where python3 cannot import `tensorboard` (a failure when `CIFAR_STREAM_TENSORBOARD=required`,
 /// as CI sets it).
 pub fn tensorboard_events(dir: &Path) -> Option<serde_json::Value> {
-    let has = std::process::Command::new("python3")
-        .args(["-c", "import tensorboard"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has {
-        let required = std::env::var("CIFAR_STREAM_TENSORBOARD").is_ok_and(|v| v == "required");
-        assert!(
-            !required,
-            "CIFAR_STREAM_TENSORBOARD=required but python3 cannot import tensorboard"
-        );
-        eprintln!("skipped: python3 cannot import tensorboard");
+    if !python_imports("tensorboard", "CIFAR_STREAM_TENSORBOARD") {
         return None;
     }
     let out = std::process::Command::new("python3")
@@ -280,4 +270,22 @@ pub fn same_curves(a: &serde_json::Value, b: &serde_json::Value) {
             assert_eq!(points, &b[tag], "{tag}");
         }
     }
+}
+
+/// Whether python3 can import `modules` (comma-separated); where it cannot, the test that asks
+/// skips, unless `env` is set to `required` (as CI sets it), which makes that a failure.
+pub fn python_imports(modules: &str, env: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let required = std::env::var(env).is_ok_and(|v| v == "required");
+        assert!(
+            !required,
+            "{env}=required but python3 cannot import {modules}"
+        );
+        eprintln!("skipped: python3 cannot import {modules}");
+    }
+    ok
 }
