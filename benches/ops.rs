@@ -71,7 +71,8 @@ const DIRECT: [(&str, usize, usize, usize); 5] = [
 /// The direct 3×3 convolution (what `conv::forward`/`backward` pick for these) against the
 /// im2col + GEMM path it replaced, on the same data: forward and both gradients.
 fn bench_direct_conv(c: &mut Criterion) {
-    use cifar_stream::ops::conv::{backward, forward, im2col_backward, im2col_forward, Geometry};
+    use cifar_stream::ops::cpu::conv::{backward, forward, im2col_backward, im2col_forward};
+    use cifar_stream::ops::Geometry;
     let mut group = c.benchmark_group("conv3x3");
     group.sample_size(10);
     let n = 200;

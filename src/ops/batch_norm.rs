@@ -1,14 +1,15 @@
-//! BatchNorm over `[n, c, …]` fused with an optional ReLU, as candle ops: training mode (batch
-//! statistics, optionally synchronised over ranks) and eval mode (a per-channel affine map). On
-//! the CPU one pass for the statistics and one to normalise, the closed-form backward in two
-//! (`batch_norm_cpu.rs`); on CUDA the kernels of `cuda/batch_norm.rs`.
+//! BatchNorm's candle glue over `[n, c, …]` fused with an optional activation: training mode
+//! (batch statistics, optionally synchronised over ranks: the all-reduces and the per-channel
+//! statistics between them are here) and eval mode (a per-channel affine map). On the CPU one
+//! pass for the statistics and one to normalise, the closed-form backward in two
+//! ([`super::cpu::batch_norm`]); on CUDA the kernels of `cuda/batch_norm.rs`.
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-pub(super) use super::batch_norm_cpu::Activation;
-use super::batch_norm_cpu::{
+pub(super) use super::cpu::batch_norm::Activation;
+use super::cpu::batch_norm::{
     affine, affine_backward, channel_centred, channel_sums, gelu_grads, DxCoefficients,
 };
 use super::host::{contiguous_f32, op_output, split_nc, with_f32};

@@ -30,14 +30,11 @@ pub fn conv2d(
     }
     match ops.kernels.route(x) {
         Route::Stock => x.conv2d(w, pad, stride, 1, 1),
-        Route::Cpu => x.contiguous()?.apply_op2_arc(
-            &w.contiguous()?,
-            Arc::new(Box::new(conv::Conv2dOp { stride, pad })),
-        ),
+        Route::Cpu => conv::conv2d(x, w, stride, pad, ops.tf32),
         #[cfg(feature = "cudnn")]
-        Route::Cuda => super::cuda::conv::conv2d(x, w, stride, pad, ops.tf32),
+        Route::Cuda => conv::conv2d(x, w, stride, pad, ops.tf32),
         #[cfg(all(feature = "cuda", not(feature = "cudnn")))]
-        Route::Cuda => super::lowered::conv2d(x, w, stride, pad),
+        Route::Cuda => conv::lowered::conv2d(x, w, stride, pad),
     }
 }
 

@@ -1,10 +1,11 @@
-//! The Squeeze-and-Excitation squeeze as one op on CUDA (the `cuda` feature): the per-plane
-//! mean of `x: [n, c, …]` as f32, summing bf16 activations in f32 without a cast. Elsewhere the
-//! squeeze is candle's mean ([`super::squeeze`](fn@super::squeeze)).
+//! The Squeeze-and-Excitation squeeze's candle glue: the per-plane mean of `x: [n, c, …]` as f32,
+//! summing bf16 activations in f32 without a cast, as one op on CUDA (`cuda/squeeze.rs`, the
+//! `cuda` feature). Its only own backend is CUDA's: elsewhere the squeeze is candle's mean
+//! ([`super::squeeze`](fn@super::squeeze)), so this op refuses CPU tensors.
 
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 
-use super::host::{contiguous_f32, split_nc};
+use super::host::split_nc;
 
 /// The SE squeeze on CUDA: the per-plane mean of `x: [n, c, …]` as f32 `[n, c, 1, 1]`.
 pub(super) struct Squeeze;
@@ -14,14 +15,8 @@ impl candle_core::CustomOp1 for Squeeze {
         "cifar-stream-squeeze"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, sp) = split_nc(l.dims(), "squeeze")?;
-        let x = contiguous_f32(s, l)?;
-        let out: Vec<f32> = x
-            .chunks(sp.max(1))
-            .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / sp.max(1) as f64) as f32)
-            .collect();
-        Ok((CpuStorage::F32(out), Shape::from((n, c, 1, 1))))
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("the squeeze op runs on CUDA; the CPU route takes candle's mean")
     }
 
     fn cuda_fwd(

@@ -1,12 +1,12 @@
-//! The tail of a bottleneck block in one pass: `relu(x · s[n, c] + shortcut)`, where `s` is the
-//! Squeeze-and-Excitation gate. Through candle's generic ops this is a broadcast multiply, an add
-//! and a ReLU, each with its own allocation and several passes backward; fused, it is one pass
-//! each way.
+//! The block tail's candle glue: [`BlockTail`], `relu(x · s[n, c] + shortcut)` with `s` the
+//! Squeeze-and-Excitation gate, as one op on f32 CPU tensors ([`super::cpu::tail`]) and on CUDA
+//! (`cuda/tail.rs`, f32 or bf16). Through candle's generic ops this is a broadcast
+//! multiply, an add and a ReLU, each with its own allocation and several passes backward; fused,
+//! it is one pass each way.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::batch_norm_cpu::relu_keep_nan;
+use super::cpu::tail::{backward, forward};
 use super::host::{contiguous_f32, op_output, split_nc, with_f32};
 
 /// The candle op on `(x, gate, shortcut)`.
@@ -38,17 +38,7 @@ impl CustomOp3 for BlockTail {
                 l3.dims()
             );
         }
-        let mut y = vec![0.0f32; x.len()];
-        let plane = s.max(1);
-        y.par_chunks_mut(plane)
-            .zip(x.par_chunks(plane).zip(short.par_chunks(plane)))
-            .enumerate()
-            .for_each(|(p, (yp, (xp, sp)))| {
-                let g = gate[p];
-                for ((o, a), b) in yp.iter_mut().zip(xp).zip(sp) {
-                    *o = relu_keep_nan(a * g + b);
-                }
-            });
+        let y = forward(x, gate, short, s.max(1));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -84,21 +74,7 @@ impl CustomOp3 for BlockTail {
         let (dx, dgate, dshort) = with_f32(x, |xs| {
             with_f32(gate, |gs| {
                 with_f32(y, |ys| {
-                    with_f32(dy, |dys| {
-                        let mut dx = vec![0.0f32; xs.len()];
-                        let mut dshort = vec![0.0f32; xs.len()];
-                        let dgate: Vec<f32> = dx
-                            .par_chunks_mut(plane)
-                            .zip(dshort.par_chunks_mut(plane))
-                            .zip(xs.par_chunks(plane).zip(ys.par_chunks(plane)))
-                            .zip(dys.par_chunks(plane))
-                            .enumerate()
-                            .map(|(p, (((dxp, dsp), (xp, yp)), dyp))| {
-                                plane_backward(gs[p], xp, yp, dyp, dxp, dsp)
-                            })
-                            .collect();
-                        Ok((dx, dgate, dshort))
-                    })
+                    with_f32(dy, |dys| Ok(backward(xs, gs, ys, dys, plane)))
                 })
             })
         })?;
@@ -109,39 +85,4 @@ impl CustomOp3 for BlockTail {
             Some(op_output(dshort, short.shape(), dev)?),
         ))
     }
-}
-
-/// One plane of the backward pass: `dx = m·g` and `dshort = m` for the ReLU-masked gradient `m`;
-/// returns `Σ m·x`, the gate's gradient. Fixed lanes of eight so the loop vectorises.
-fn plane_backward(
-    g: f32,
-    x: &[f32],
-    y: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-    dshort: &mut [f32],
-) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let body = x.len() / 8 * 8;
-    let lanes = dx[..body]
-        .chunks_exact_mut(8)
-        .zip(dshort[..body].chunks_exact_mut(8))
-        .zip(x[..body].chunks_exact(8))
-        .zip(y[..body].chunks_exact(8).zip(dy[..body].chunks_exact(8)));
-    for (((dx8, ds8), x8), (y8, d8)) in lanes {
-        for l in 0..8 {
-            let m = if y8[l] > 0.0 { d8[l] } else { 0.0 };
-            dx8[l] = m * g;
-            ds8[l] = m;
-            acc[l] += m * x8[l];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for i in body..x.len() {
-        let m = if y[i] > 0.0 { dy[i] } else { 0.0 };
-        dx[i] = m * g;
-        dshort[i] = m;
-        sum += m * x[i];
-    }
-    sum
 }

@@ -95,7 +95,7 @@ fn lowered_conv_backward_matches_the_fast_op() {
                     let wt = random(&[cout, cin, k, k], cases + 1000);
                     let xv = Var::from_tensor(&x).unwrap();
                     let wv = Var::from_tensor(&wt).unwrap();
-                    let lowered = cifar_stream::ops::lowered::conv2d(
+                    let lowered = cifar_stream::ops::conv::lowered::conv2d(
                         xv.as_tensor(),
                         wv.as_tensor(),
                         stride,

@@ -223,7 +223,7 @@ pub fn ops(args: OpBenchArgs) -> Result<Finish> {
         pct(fwd), pct(dgrad), pct(wgrad), pct(bn)
     );
     println!(
-        "lowered backward (ops::lowered): dgrad {dgrad_lo:.1} ms, wgrad {wgrad_lo:.1} ms (stock: {dgrad:.1}, {wgrad:.1})"
+        "lowered backward (ops::conv::lowered): dgrad {dgrad_lo:.1} ms, wgrad {wgrad_lo:.1} ms (stock: {dgrad:.1}, {wgrad:.1})"
     );
     let tails = timing::tail_times(&config, &device, args.reps)?;
     println!(

@@ -1,10 +1,11 @@
-//! Convolution through cuDNN, forward and both gradients (the `cudnn` feature).
+//! Convolution's CUDA launches: forward and both gradients through cuDNN (the `cudnn` feature),
+//! for the op in `ops/conv/`.
 //!
 //! candle 0.11 runs only the forward pass through cuDNN, and rebuilds its descriptors, asks the
 //! heuristic for an algorithm and allocates a zeroed workspace on every call; its backward pass
 //! never reaches cuDNN (the input gradient is a direct `conv_transpose2d` kernel, the weight
 //! gradient a convolution of non-contiguous views). Here each geometry and dtype gets one
-//! [`Plan`] — descriptors and the heuristic's algorithm for forward, backward-data and
+//! [`CudnnPlan`] — descriptors and the heuristic's algorithm for forward, backward-data and
 //! backward-filter, chosen once — and every call shares one workspace that only grows.
 //!
 //! f32 convolutions may use TF32 tensor cores when the caller's [`Options`](crate::ops::Options)
@@ -23,27 +24,21 @@ use candle_core::cuda_backend::cudarc::cudnn::safe::{
 use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnDataType};
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, DeviceId};
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CudaStorage, Layout, Result, Tensor, WithDType};
 
 use super::launch::{tensor_of, view, Elem, Held};
+use crate::ops::Geometry;
 
-/// One convolution geometry: batch, input channels, input size, output channels, kernel,
-/// stride, padding, TF32 allowed.
-type Key = (
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    bool,
-);
+/// What a plan is made for: the geometry, and whether f32 may use TF32 (cuDNN's math type is
+/// part of the convolution descriptor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PlanKey {
+    geometry: Geometry,
+    tf32: bool,
+}
 
 /// Descriptors and algorithms of one geometry, in one dtype.
-struct Plan<T: CudnnDataType> {
+struct CudnnPlan<T: CudnnDataType> {
     conv: ConvDescriptor<f32>,
     x: TensorDescriptor<T>,
     w: FilterDescriptor<T>,
@@ -56,9 +51,9 @@ struct Plan<T: CudnnDataType> {
 
 /// Plans by geometry, one table per dtype.
 #[derive(Default)]
-struct Plans {
-    f32: HashMap<Key, Plan<f32>>,
-    bf16: HashMap<Key, Plan<half::bf16>>,
+struct CudnnPlans {
+    f32: HashMap<PlanKey, CudnnPlan<f32>>,
+    bf16: HashMap<PlanKey, CudnnPlan<half::bf16>>,
 }
 
 /// The per-thread cuDNN state (cuDNN handles are neither `Send` nor `Sync`; a training run's
@@ -66,7 +61,7 @@ struct Plans {
 struct State {
     device: DeviceId,
     cudnn: Arc<Cudnn>,
-    plans: Plans,
+    plans: CudnnPlans,
     workspace: Option<CudaSlice<u8>>,
     /// Workspaces outgrown: kept, not freed, because a captured CUDA graph may have recorded
     /// their address (a handful per run: the workspace grows only to the largest geometry).
@@ -80,13 +75,13 @@ thread_local! {
 /// An element type cuDNN convolves.
 trait ConvElem: Elem + CudnnDataType + WithDType {
     /// This dtype's table of plans.
-    fn table(plans: &mut Plans) -> &mut HashMap<Key, Plan<Self>>;
+    fn table(plans: &mut CudnnPlans) -> &mut HashMap<PlanKey, CudnnPlan<Self>>;
     /// The cuDNN math mode for this dtype.
     fn math(tf32: bool) -> sys::cudnnMathType_t;
 }
 
 impl ConvElem for f32 {
-    fn table(plans: &mut Plans) -> &mut HashMap<Key, Plan<Self>> {
+    fn table(plans: &mut CudnnPlans) -> &mut HashMap<PlanKey, CudnnPlan<Self>> {
         &mut plans.f32
     }
     fn math(tf32: bool) -> sys::cudnnMathType_t {
@@ -99,7 +94,7 @@ impl ConvElem for f32 {
 }
 
 impl ConvElem for half::bf16 {
-    fn table(plans: &mut Plans) -> &mut HashMap<Key, Plan<Self>> {
+    fn table(plans: &mut CudnnPlans) -> &mut HashMap<PlanKey, CudnnPlan<Self>> {
         &mut plans.bf16
     }
     fn math(_: bool) -> sys::cudnnMathType_t {
@@ -115,8 +110,8 @@ fn cudnn_err(e: impl std::fmt::Debug) -> candle_core::Error {
 /// thread's cuDNN state for `dev`.
 fn with_plan<T: ConvElem, R>(
     dev: &CudaDevice,
-    key: Key,
-    f: impl FnOnce(&Plan<T>, &mut CudaSlice<u8>) -> Result<R>,
+    key: PlanKey,
+    f: impl FnOnce(&CudnnPlan<T>, &mut CudaSlice<u8>) -> Result<R>,
 ) -> Result<R> {
     STATE.with(|cell| {
         let mut guard = cell.borrow_mut();
@@ -124,7 +119,7 @@ fn with_plan<T: ConvElem, R>(
             *guard = Some(State {
                 device: dev.id(),
                 cudnn: Cudnn::new(dev.cuda_stream()).map_err(cudnn_err)?,
-                plans: Plans::default(),
+                plans: CudnnPlans::default(),
                 workspace: None,
                 retired: Vec::new(),
             });
@@ -154,8 +149,10 @@ fn with_plan<T: ConvElem, R>(
 }
 
 /// Descriptors for `key` and the cuDNN heuristic's first choice for each direction.
-fn make_plan<T: ConvElem>(cudnn: &Arc<Cudnn>, key: Key) -> Result<Plan<T>> {
-    let (n, cin, h, w, cout, kh, kw, stride, pad, tf32) = key;
+fn make_plan<T: ConvElem>(cudnn: &Arc<Cudnn>, key: PlanKey) -> Result<CudnnPlan<T>> {
+    let g = key.geometry;
+    let (n, cin, h, w, cout, kh, kw) = (g.n, g.c, g.h, g.w, g.k, g.kh, g.kw);
+    let (stride, pad) = (g.stride, g.pad);
     let i = |v: usize| v as i32;
     let mut conv = cudnn
         .create_conv2d::<f32>(
@@ -165,12 +162,9 @@ fn make_plan<T: ConvElem>(cudnn: &Arc<Cudnn>, key: Key) -> Result<Plan<T>> {
             sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
         )
         .map_err(cudnn_err)?;
-    conv.set_math_type(T::math(tf32)).map_err(cudnn_err)?;
+    conv.set_math_type(T::math(key.tf32)).map_err(cudnn_err)?;
     let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
-    let (oh, ow) = (
-        (h + 2 * pad - kh) / stride + 1,
-        (w + 2 * pad - kw) / stride + 1,
-    );
+    let (oh, ow) = (g.ho(), g.wo());
     let x = cudnn
         .create_4d_tensor::<T>(nchw, [i(n), i(cin), i(h), i(w)])
         .map_err(cudnn_err)?;
@@ -204,7 +198,7 @@ fn make_plan<T: ConvElem>(cudnn: &Arc<Cudnn>, key: Key) -> Result<Plan<T>> {
     };
     let bwd_filter = filter.pick_algorithm().map_err(cudnn_err)?;
     let ws_filter = filter.get_workspace_size(bwd_filter).map_err(cudnn_err)?;
-    Ok(Plan {
+    Ok(CudnnPlan {
         conv,
         x,
         w: wd,
@@ -216,39 +210,6 @@ fn make_plan<T: ConvElem>(cudnn: &Arc<Cudnn>, key: Key) -> Result<Plan<T>> {
     })
 }
 
-/// `conv2d(x, w)` for `x: [n, c, h, w]`, `w: [k, c, kh, kw]`, square stride, zero padding: a
-/// custom op whose forward pass and both gradients go through cuDNN with cached plans; f32
-/// ones on TF32 tensor cores when `tf32`.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, tf32: bool) -> Result<Tensor> {
-    x.contiguous()?.apply_op2_arc(
-        &w.contiguous()?,
-        Arc::new(Box::new(CudnnConv { stride, pad, tf32 })),
-    )
-}
-
-struct CudnnConv {
-    stride: usize,
-    pad: usize,
-    tf32: bool,
-}
-
-impl CudnnConv {
-    fn key(&self, x: &[usize], w: &[usize]) -> Result<Key> {
-        let (&[n, c, h, wd], &[k, c2, kh, kw]) = (x, w) else {
-            candle_core::bail!("cuDNN conv2d: x {x:?} and w {w:?} must be 4-d");
-        };
-        if c != c2 || h + 2 * self.pad < kh || wd + 2 * self.pad < kw {
-            candle_core::bail!("cuDNN conv2d: x {x:?} does not fit w {w:?}");
-        }
-        Ok((n, c, h, wd, k, kh, kw, self.stride, self.pad, self.tf32))
-    }
-
-    fn out_dims(&self, key: Key) -> (usize, usize, usize, usize) {
-        let (n, _, h, w, k, kh, kw, s, p, _) = key;
-        (n, k, (h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1)
-    }
-}
-
 fn one<T: WithDType>() -> T {
     T::from_f64(1.0)
 }
@@ -257,15 +218,15 @@ fn zero<T: WithDType>() -> T {
     T::from_f64(0.0)
 }
 
-fn forward<T: ConvElem>(
+fn forward_in<T: ConvElem>(
     dev: &CudaDevice,
-    key: Key,
+    key: PlanKey,
     len: usize,
     x: &candle_core::cuda_backend::cudarc::driver::CudaView<T>,
     w: &candle_core::cuda_backend::cudarc::driver::CudaView<T>,
 ) -> Result<CudaSlice<T>> {
-    // SAFETY: the forward below (beta = 0) writes all of y and reads none of it: len is the
-    // product of out_dims(key), the plan's y descriptor.
+    // SAFETY: the forward below (beta = 0) writes all of y and reads none of it: len is
+    // n·k·ho·wo of key's geometry, the plan's y descriptor.
     let mut y = unsafe { dev.alloc::<T>(len)? };
     with_plan::<T, _>(dev, key, |plan, ws| {
         let op = ConvForward {
@@ -283,95 +244,79 @@ fn forward<T: ConvElem>(
     Ok(y)
 }
 
-impl CustomOp2 for CudnnConv {
-    fn name(&self) -> &'static str {
-        "cifar-stream-cudnn-conv2d"
-    }
+/// `y = conv2d(x, w)` through cuDNN with the cached plan of `g` (f32 on TF32 tensor cores when
+/// `tf32`); `x` and `w` both f32 or both bf16, contiguous.
+pub fn forward(
+    x: &CudaStorage,
+    xl: &Layout,
+    w: &CudaStorage,
+    wl: &Layout,
+    g: Geometry,
+    tf32: bool,
+) -> Result<CudaStorage> {
+    let key = PlanKey { geometry: g, tf32 };
+    let len = g.n * g.k * g.ho() * g.wo();
+    let dev = &x.device;
+    Ok(match (&x.slice, &w.slice) {
+        (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(ws)) => {
+            let y = forward_in::<f32>(dev, key, len, &view(xs, xl)?, &view(ws, wl)?)?;
+            CudaStorage::wrap_cuda_slice(y, dev.clone())
+        }
+        (CudaStorageSlice::BF16(xs), CudaStorageSlice::BF16(ws)) => {
+            let y = forward_in::<half::bf16>(dev, key, len, &view(xs, xl)?, &view(ws, wl)?)?;
+            CudaStorage::wrap_cuda_slice(y, dev.clone())
+        }
+        _ => candle_core::bail!(
+            "cuDNN conv2d: x {:?} and w {:?} must both be f32 or both bf16",
+            x.dtype(),
+            w.dtype()
+        ),
+    })
+}
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("the cuDNN convolution runs on CUDA only")
-    }
-
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        xl: &Layout,
-        w: &CudaStorage,
-        wl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let key = self.key(xl.dims(), wl.dims())?;
-        let out = self.out_dims(key);
-        let len = out.0 * out.1 * out.2 * out.3;
-        let dev = &x.device;
-        let y = match (&x.slice, &w.slice) {
-            (CudaStorageSlice::F32(xs), CudaStorageSlice::F32(ws)) => {
-                let y = forward::<f32>(dev, key, len, &view(xs, xl)?, &view(ws, wl)?)?;
-                CudaStorage::wrap_cuda_slice(y, dev.clone())
-            }
-            (CudaStorageSlice::BF16(xs), CudaStorageSlice::BF16(ws)) => {
-                let y = forward::<half::bf16>(dev, key, len, &view(xs, xl)?, &view(ws, wl)?)?;
-                CudaStorage::wrap_cuda_slice(y, dev.clone())
-            }
-            _ => candle_core::bail!(
-                "cuDNN conv2d: x {:?} and w {:?} must both be f32 or both bf16",
-                x.dtype(),
-                w.dtype()
-            ),
-        };
-        Ok((y, Shape::from(out)))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let key = self.key(x.dims(), w.dims())?;
-        // The network's input image needs no gradient.
-        let want_dx = x.track_op();
-        let (xh, wh, dh) = (Held::of(x), Held::of(w), Held::of(&dy));
-        let ((xs, xl), (ws, wl), (ds, dl)) = (xh.cuda()?, wh.cuda()?, dh.cuda()?);
-        match (&xs.slice, &ws.slice, &ds.slice) {
-            (CudaStorageSlice::F32(xv), CudaStorageSlice::F32(wv), CudaStorageSlice::F32(dv)) => {
-                backward::<f32>(
-                    &xs.device,
-                    key,
-                    (&view(xv, xl)?, &view(wv, wl)?, &view(dv, dl)?),
-                    (x, w),
-                    want_dx,
-                )
-            }
-            (
-                CudaStorageSlice::BF16(xv),
-                CudaStorageSlice::BF16(wv),
-                CudaStorageSlice::BF16(dv),
-            ) => backward::<half::bf16>(
+/// `(dx, dw)` of `y = conv2d(x, w)` from `dy` through cuDNN with the cached plan of `g` (`dx`
+/// only when `want_dx`).
+pub fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    g: Geometry,
+    tf32: bool,
+    want_dx: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dy = dy.contiguous()?;
+    let key = PlanKey { geometry: g, tf32 };
+    let (xh, wh, dh) = (Held::of(x), Held::of(w), Held::of(&dy));
+    let ((xs, xl), (ws, wl), (ds, dl)) = (xh.cuda()?, wh.cuda()?, dh.cuda()?);
+    match (&xs.slice, &ws.slice, &ds.slice) {
+        (CudaStorageSlice::F32(xv), CudaStorageSlice::F32(wv), CudaStorageSlice::F32(dv)) => {
+            backward_in::<f32>(
                 &xs.device,
                 key,
                 (&view(xv, xl)?, &view(wv, wl)?, &view(dv, dl)?),
                 (x, w),
                 want_dx,
-            ),
-            _ => candle_core::bail!("cuDNN conv2d backward: mixed dtypes"),
+            )
         }
+        (CudaStorageSlice::BF16(xv), CudaStorageSlice::BF16(wv), CudaStorageSlice::BF16(dv)) => {
+            backward_in::<half::bf16>(
+                &xs.device,
+                key,
+                (&view(xv, xl)?, &view(wv, wl)?, &view(dv, dl)?),
+                (x, w),
+                want_dx,
+            )
+        }
+        _ => candle_core::bail!("cuDNN conv2d backward: mixed dtypes"),
     }
 }
 
 type View<'a, T> = candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>;
 
 /// `(dx, dw)`: backward-data (when `want_dx`) and backward-filter with the plan's algorithms.
-fn backward<T: ConvElem>(
+fn backward_in<T: ConvElem>(
     dev: &CudaDevice,
-    key: Key,
+    key: PlanKey,
     (x, w, dy): (&View<T>, &View<T>, &View<T>),
     (xt, wt): (&Tensor, &Tensor),
     want_dx: bool,

@@ -1,11 +1,12 @@
-//! The fast ops on CUDA: the kernels of `kernels.cu` (compiled to PTX by `build.rs`, loaded the
-//! way candle loads its own) behind the same custom ops as the CPU code, one file per op as on
-//! the CPU side: [`batch_norm`], [`tail`], [`squeeze`], [`optim`] (SGD + EMA) and [`conv`]
-//! (cuDNN, the `cudnn` feature), with what they share in `launch.rs`.
+//! The ops' CUDA launches: the kernels of `kernels.cu` (compiled to PTX by `build.rs`, loaded the
+//! way candle loads its own) and cuDNN, which the ops' glue at the top of `ops/` calls from the
+//! same custom ops as the CPU maths, one file per op as in `cpu/`: [`batch_norm`], [`tail`],
+//! [`squeeze`], [`optim`] (SGD + EMA) and [`conv`] (cuDNN, the `cudnn` feature), with what they
+//! share in `launch.rs`.
 //!
 //! Every function here takes contiguous f32 or bf16 activations and keeps statistics in f32/f64.
-//! The CPU ops of the parent module are the reference: `stream-train check-ops` runs both on
-//! the same inputs and compares.
+//! The CPU maths are the reference: `stream-train check-ops` runs both on the same inputs and
+//! compares.
 //!
 //! Writes into tensors the ops do not own (the running statistics, the optimizer's weights,
 //! momentum and EMA) go through device pointers taken under candle's read locks. That is sound

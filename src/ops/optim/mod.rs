@@ -1,21 +1,17 @@
 //! The optimizer's update as one multi-tensor op over many parameters, as PyTorch's `_foreach_`
 //! ops and multi-tensor apply do: Nesterov SGD with weight decay and the EMA twin's update
-//! ([`sgd_foreach`]), and the EMA of tensors without a gradient ([`ema_foreach`]). On the CPU
-//! one pass (`candle_core::foreach`, split over rayon's threads by chunk), on CUDA one launch per
-//! chunk of tensors ([`super::cuda::optim`]); each is one storage op however many tensors it
-//! writes.
+//! ([`sgd_foreach`]), and the EMA of tensors without a gradient ([`ema_foreach`]). This is its
+//! candle glue: on the CPU one pass (`candle_core::foreach`) over the slices of
+//! [`super::cpu::optim`], split over rayon's threads by chunk; on CUDA one launch per chunk of
+//! tensors (`cuda/optim.rs`); each is one storage op however many tensors it writes.
 //!
-//! The CPU pass is the reference and repeats candle's ops step for step, in f32 and in their
-//! order (`p·wd` comes from candle's `affine`, which adds `+ 0`, and keeps it), so a run that
-//! switches to it keeps every bit.
+//! The CPU pass is the reference and repeats candle's ops step for step, so a run that switches
+//! to it keeps every bit.
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
-use rayon::prelude::*;
 
+use super::cpu::optim::{self as cpu, SgdSlices};
 pub use super::multi_tensor::{launch_chunks, sgd_operands, SgdRule, SgdTensor};
-
-/// Elements per parallel task on the CPU.
-const CHUNK: usize = 1 << 15;
 
 /// For each parameter: `g ← ∇ + wd·p`, `b ← μ·b + g` (first: `b ← g`), `g ← g + μ·b`
 /// (Nesterov) or `g ← b`, `p ← p − lr·g` with `lr = scalars[rate_slot]`, then with a twin
@@ -103,17 +99,6 @@ pub fn check_slots(scalars: &Tensor, slots: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// One CPU task: a chunk of one parameter's tensors.
-struct SgdChunk<'a> {
-    p: &'a mut [f32],
-    g: &'a [f32],
-    b: Option<&'a mut [f32]>,
-    e: Option<&'a mut [f32]>,
-    first: bool,
-    wd: f64,
-    lr: f32,
-}
-
 /// The CPU pass; the written tensors are the weights, then the buffers, then the twins.
 fn sgd_cpu(tensors: &[SgdTensor], rule: SgdRule, scalars: &Tensor) -> Result<()> {
     let (written, read, by_value) = sgd_operands(tensors, rule.momentum, scalars);
@@ -129,11 +114,11 @@ fn sgd_cpu(tensors: &[SgdTensor], rule: SgdRule, scalars: &Tensor) -> Result<()>
             .collect::<Result<Vec<_>>>()?
             .into_iter();
         let mut twins = w.collect::<Result<Vec<_>>>()?.into_iter();
-        let mut chunks = Vec::new();
+        let mut slices = Vec::with_capacity(tensors.len());
         for ((t, p), (g, l)) in tensors.iter().zip(params).zip(r) {
             let b = t.buf.map(|_| bufs.next().expect("a buffer per `buf`"));
             let e = t.ema.map(|_| twins.next().expect("a twin per `ema`"));
-            let whole = SgdChunk {
+            slices.push(SgdSlices {
                 p,
                 g: contiguous(g, l)?,
                 b,
@@ -141,77 +126,11 @@ fn sgd_cpu(tensors: &[SgdTensor], rule: SgdRule, scalars: &Tensor) -> Result<()>
                 first: t.first,
                 wd: t.weight_decay,
                 lr: s[t.rate_slot],
-            };
-            split_sgd(whole, &mut chunks);
+            });
         }
-        let run = |c: SgdChunk| sgd_chunk(c, rule, d, keep);
-        chunks.into_par_iter().for_each(run);
+        cpu::sgd(slices, rule.momentum, rule.nesterov, d, keep);
         Ok(())
     })
-}
-
-/// `whole` cut into tasks of at most [`CHUNK`] elements.
-fn split_sgd<'a>(mut whole: SgdChunk<'a>, out: &mut Vec<SgdChunk<'a>>) {
-    while whole.p.len() > CHUNK {
-        let (p, p_rest) = std::mem::take(&mut whole.p).split_at_mut(CHUNK);
-        let (g, g_rest) = whole.g.split_at(CHUNK);
-        let (b, b_rest) = split_opt(whole.b.take());
-        let (e, e_rest) = split_opt(whole.e.take());
-        out.push(SgdChunk {
-            p,
-            g,
-            b,
-            e,
-            ..whole
-        });
-        whole = SgdChunk {
-            p: p_rest,
-            g: g_rest,
-            b: b_rest,
-            e: e_rest,
-            ..whole
-        };
-    }
-    out.push(whole);
-}
-
-fn split_opt(s: Option<&mut [f32]>) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
-    match s.map(|s| s.split_at_mut(CHUNK)) {
-        Some((a, b)) => (Some(a), Some(b)),
-        None => (None, None),
-    }
-}
-
-/// One task's update, element by element in candle's order: `p·wd + 0` (its `affine`), the
-/// sums and products each rounded to f32 as its separate ops round them.
-fn sgd_chunk(c: SgdChunk, rule: SgdRule, d: f32, keep: f32) {
-    let (wd, mu) = (c.wd as f32, rule.momentum as f32);
-    let SgdChunk {
-        p, g, mut b, mut e, ..
-    } = c;
-    for i in 0..p.len() {
-        let mut grad = g[i];
-        if c.wd != 0.0 {
-            grad += p[i] * wd + 0.0;
-        }
-        if let Some(b) = b.as_deref_mut() {
-            let next = if c.first {
-                grad
-            } else {
-                (b[i] * mu + 0.0) + grad
-            };
-            b[i] = next;
-            grad = if rule.nesterov {
-                grad + (next * mu + 0.0)
-            } else {
-                next
-            };
-        }
-        p[i] -= grad * c.lr;
-        if let Some(e) = e.as_deref_mut() {
-            e[i] = e[i] * d + p[i] * keep;
-        }
-    }
 }
 
 /// The CPU EMA pass over `pairs`.
@@ -222,17 +141,11 @@ fn ema_cpu(pairs: &[(&Tensor, &Tensor)], scalars: &Tensor, decay_slot: usize) ->
     candle_core::foreach::inplace("ema_foreach", &[], &written, &read, |w, r| {
         let s = f32_of(&r[pairs.len()])?;
         let (d, keep) = (s[decay_slot], s[decay_slot + 1]);
-        let mut tasks = Vec::new();
+        let mut slices = Vec::with_capacity(pairs.len());
         for ((es, el), (vs, vl)) in w.iter_mut().zip(r) {
-            let e = f32_of_mut(es, el)?;
-            let v = contiguous(vs, vl)?;
-            tasks.extend(e.chunks_mut(CHUNK).zip(v.chunks(CHUNK)));
+            slices.push((f32_of_mut(es, el)?, contiguous(vs, vl)?));
         }
-        tasks.into_par_iter().for_each(|(e, v)| {
-            for (e, v) in e.iter_mut().zip(v) {
-                *e = *e * d + *v * keep;
-            }
-        });
+        cpu::ema(slices, d, keep);
         Ok(())
     })
 }

@@ -1,6 +1,7 @@
 use candle_core::{Device, Tensor};
 
 use super::*;
+use crate::ops::cpu::optim::CHUNK;
 
 /// Seeded values over several magnitudes and both signs, zeros of both signs among them.
 fn values(len: usize, seed: u64) -> Vec<f32> {

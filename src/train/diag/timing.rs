@@ -8,7 +8,8 @@ use candle_nn::{VarBuilder, VarMap};
 
 use super::measure::uniform;
 use crate::model::ConvShape;
-use crate::ops::{lowered, BatchNorm, Statistics};
+use crate::ops::conv::lowered;
+use crate::ops::{BatchNorm, Statistics};
 use crate::seed;
 use crate::store::Shape;
 use crate::train::config::TrainConfig;

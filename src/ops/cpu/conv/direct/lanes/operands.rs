@@ -1,5 +1,5 @@
 //! What the channel-lane kernels are handed: the vector width and each tile's operand layout,
-//! shared by the plans (`mod.rs`) and the AVX-512 kernels (`avx512.rs`).
+//! shared by the tilings (`mod.rs`) and the AVX-512 kernels (`avx512.rs`).
 
 /// Output channels per vector.
 pub(super) const LANES: usize = 16;

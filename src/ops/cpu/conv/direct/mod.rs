@@ -30,40 +30,32 @@ use rayon::prelude::*;
 mod lanes;
 mod tiles;
 
-use super::host::{images_per_chunk, sum_in_order, written_by};
+use crate::ops::cpu::{images_per_chunk, sum_in_order, written_by};
+use crate::ops::Geometry;
 #[cfg(target_arch = "x86_64")]
 use tiles::{avx2, avx512};
 use tiles::{portable, taps, Rows};
 
-/// A 3×3, stride-1, pad-1 convolution's sizes: input `[n, c, h, w]`, filters `[k, c, 3, 3]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Sizes {
-    pub n: usize,
-    pub c: usize,
-    pub k: usize,
-    pub h: usize,
-    pub w: usize,
-}
-
-/// Forward: `y = conv3x3(x, w)` for every image, images in parallel.
-pub(super) fn forward(g: Sizes, x: &[f32], wt: &[f32]) -> Vec<f32> {
-    let plan = Plan::new(g.c, g.k, g.h, g.w, Kernel::detect());
-    let packed = plan.pack(|o, i, t| wt[(o * g.c + i) * 9 + t]);
-    // SAFETY: `Plan::run` writes every output of every image.
-    unsafe { written_by(g.n * g.k * g.h * g.w, |y| plan.run(x, &packed, y)) }
+/// Forward: `y = conv3x3(x, w)` for every image, images in parallel; `g` is a 3×3, stride-1,
+/// pad-1 geometry (input `[n, c, h, w]`, filters `[k, c, 3, 3]`), as for every function here.
+pub(super) fn forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
+    let tiling = Tiling::new(g.c, g.k, g.h, g.w, Isa::detect());
+    let packed = tiling.pack(|o, i, t| wt[(o * g.c + i) * 9 + t]);
+    // SAFETY: `Tiling::run` writes every output of every image.
+    unsafe { written_by(g.n * g.k * g.h * g.w, |y| tiling.run(x, &packed, y)) }
 }
 
 /// Input gradient: `dx = conv3x3(dy, w flipped, channels swapped)`.
-pub(super) fn input_grad(g: Sizes, wt: &[f32], dy: &[f32]) -> Vec<f32> {
-    let plan = Plan::new(g.k, g.c, g.h, g.w, Kernel::detect());
-    let packed = plan.pack(|o, i, t| wt[(i * g.c + o) * 9 + (8 - t)]);
-    // SAFETY: `Plan::run` writes every output of every image.
-    unsafe { written_by(g.n * g.c * g.h * g.w, |dx| plan.run(dy, &packed, dx)) }
+pub(super) fn input_grad(g: &Geometry, wt: &[f32], dy: &[f32]) -> Vec<f32> {
+    let tiling = Tiling::new(g.k, g.c, g.h, g.w, Isa::detect());
+    let packed = tiling.pack(|o, i, t| wt[(i * g.c + o) * 9 + (8 - t)]);
+    // SAFETY: `Tiling::run` writes every output of every image.
+    unsafe { written_by(g.n * g.c * g.h * g.w, |dx| tiling.run(dy, &packed, dx)) }
 }
 
-/// Which tile implementation runs.
+/// The instruction set the tiles run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Kernel {
+enum Isa {
     /// AVX-512F tiles (16 lanes, 32 registers), with channel-lane kernels where they pay.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Avx512,
@@ -74,24 +66,24 @@ enum Kernel {
     Portable,
 }
 
-impl Kernel {
+impl Isa {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
-                return Kernel::Avx512;
+                return Isa::Avx512;
             }
-            return Kernel::Avx2;
+            return Isa::Avx2;
         }
-        Kernel::Portable
+        Isa::Portable
     }
 
-    /// Every kernel this CPU can run (the tests check each).
+    /// Every instruction set this CPU can run (the tests check each).
     #[cfg(test)]
     fn available() -> Vec<Self> {
-        let best = Kernel::detect();
-        [Kernel::Avx512, Kernel::Avx2, Kernel::Portable]
+        let best = Isa::detect();
+        [Isa::Avx512, Isa::Avx2, Isa::Portable]
             .into_iter()
             .filter(|k| *k >= best)
             .collect()
@@ -100,8 +92,8 @@ impl Kernel {
     /// Floats per vector register.
     fn lanes(self) -> usize {
         match self {
-            Kernel::Avx512 => 16,
-            Kernel::Avx2 | Kernel::Portable => 8,
+            Isa::Avx512 => 16,
+            Isa::Avx2 | Isa::Portable => 8,
         }
     }
 
@@ -110,15 +102,16 @@ impl Kernel {
     /// spills, and measured slower than 6 × 2 everywhere); with AVX-512, twenty-four of 32.
     fn shapes(self) -> &'static [(usize, usize)] {
         match self {
-            Kernel::Avx512 => &[(24, 1), (12, 2), (8, 3)],
-            Kernel::Avx2 | Kernel::Portable => &[(12, 1), (6, 2)],
+            Isa::Avx512 => &[(24, 1), (12, 2), (8, 3)],
+            Isa::Avx2 | Isa::Portable => &[(12, 1), (6, 2)],
         }
     }
 }
 
-/// One convolution's sizes on the bordered grid and its tile shape.
+/// How one convolution is cut into register tiles: its sizes on the bordered grid and the tile
+/// shape chosen for them.
 #[derive(Clone, Copy, Debug)]
-struct Plan {
+struct Tiling {
     /// Input channels.
     ins: usize,
     /// Output channels.
@@ -135,29 +128,29 @@ struct Plan {
     co: usize,
     /// Vectors of positions per tile.
     v: usize,
-    /// The implementation the tile shape was chosen for, which runs it.
-    kernel: Kernel,
+    /// The instruction set the tile shape was chosen for, which runs it.
+    isa: Isa,
 }
 
-impl Plan {
-    fn new(ins: usize, outs: usize, h: usize, w: usize, kernel: Kernel) -> Self {
+impl Tiling {
+    fn new(ins: usize, outs: usize, h: usize, w: usize, isa: Isa) -> Self {
         let wp = w + 2;
         let span = (h - 1) * wp + w;
-        let lanes = kernel.lanes();
+        let lanes = isa.lanes();
         // Lanes computed (channels and positions padded up to whole tiles) times loads per
         // multiply-add: 12 × 1 loads 13 per 12, 6 × 2 only 8, and measured 1.4x slower at the
         // same lanes (128 channels at 3×3), so it wins only on maps of one vector.
         let cost = |(co, v): (usize, usize)| {
             outs.div_ceil(co) * co * span.div_ceil(lanes * v) * lanes * v * (co + v) / (co * v)
         };
-        let (co, v) = kernel
+        let (co, v) = isa
             .shapes()
             .iter()
             .copied()
             .rev()
             .min_by_key(|&s| cost(s))
             .expect("shapes");
-        Plan {
+        Tiling {
             ins,
             outs,
             h,
@@ -167,7 +160,7 @@ impl Plan {
             span,
             co,
             v,
-            kernel,
+            isa,
         }
     }
 
@@ -181,7 +174,7 @@ impl Plan {
 
     /// Positions per tile.
     fn width(&self) -> usize {
-        self.kernel.lanes() * self.v
+        self.isa.lanes() * self.v
     }
 
     /// Filters as the tile reads them, `[block][in][tap][co]`, zero past the last output
@@ -264,11 +257,11 @@ impl Plan {
         assert!(filters.len() >= self.ins * 9 * self.co);
         assert!(out.len() >= (self.co - 1) * stride + width);
         let offs = taps(self.wp);
-        match self.kernel {
+        match self.isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has AVX-512F (Kernel::detect), and the asserts above bound every
+            // SAFETY: the CPU has AVX-512F (Isa::detect), and the asserts above bound every
             // load and store the tile makes.
-            Kernel::Avx512 => unsafe {
+            Isa::Avx512 => unsafe {
                 let (g, f, o) = (grid.as_ptr(), filters.as_ptr(), out.as_mut_ptr());
                 match (self.co, self.v) {
                     (24, 1) => avx512::tile::<24, 1>(g, self.plane, &offs, self.ins, f, o, stride),
@@ -278,9 +271,9 @@ impl Plan {
                 }
             },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has AVX2 and FMA (Kernel::detect), and the asserts above bound
+            // SAFETY: the CPU has AVX2 and FMA (Isa::detect), and the asserts above bound
             // every load and store the tile makes.
-            Kernel::Avx2 => unsafe {
+            Isa::Avx2 => unsafe {
                 let (g, f, o) = (grid.as_ptr(), filters.as_ptr(), out.as_mut_ptr());
                 match (self.co, self.v) {
                     (12, 1) => avx2::tile::<12, 1>(g, self.plane, &offs, self.ins, f, o, stride),
@@ -289,8 +282,8 @@ impl Plan {
                 }
             },
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx512 | Kernel::Avx2 => unreachable!("AVX is only detected on x86-64"),
-            Kernel::Portable => portable(
+            Isa::Avx512 | Isa::Avx2 => unreachable!("AVX is only detected on x86-64"),
+            Isa::Portable => portable(
                 grid, self.plane, &offs, self.ins, filters, out, stride, self.co, width,
             ),
         }
@@ -309,17 +302,17 @@ const WG_OUTS: usize = 3;
 ///
 /// Chunked over the batch as the im2col path is ([`images_per_chunk`], [`sum_in_order`]): the
 /// result is deterministic for a given thread count.
-pub(super) fn weight_grad(g: Sizes, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let plan = Plan::new(g.c, g.k, g.h, g.w, Kernel::detect());
+pub(super) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let tiling = Tiling::new(g.c, g.k, g.h, g.w, Isa::detect());
     let per = images_per_chunk(g.n);
     let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(per))
         .into_par_iter()
-        .map(|j| plan.weight_grad(x, dy, j * per..((j + 1) * per).min(g.n)))
+        .map(|j| tiling.weight_grad(x, dy, j * per..((j + 1) * per).min(g.n)))
         .collect();
     sum_in_order(&partials, g.k * g.c * 9)
 }
 
-impl Plan {
+impl Tiling {
     /// Output-gradient row length on the grid: `span` rounded up to whole vectors.
     fn grad_row(&self) -> usize {
         self.span.div_ceil(8) * 8
@@ -327,7 +320,7 @@ impl Plan {
 
     /// One chunk's weight gradient, `[outs][ins][9]`.
     fn weight_grad(&self, x: &[f32], dy: &[f32], images: std::ops::Range<usize>) -> Vec<f32> {
-        if self.kernel == Kernel::Avx512 {
+        if self.isa == Isa::Avx512 {
             return self.weight_grad_lanes(x, dy, images);
         }
         let (hw, row) = (self.h * self.w, self.grad_row());
@@ -379,11 +372,11 @@ impl Plan {
             grids.len() >= (m - 1) * x_img + (self.ins - 1) * self.plane + 2 * self.wp + row + 2
         );
         assert!(dw.len() >= outs * self.ins * 9);
-        match self.kernel {
+        match self.isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has AVX2 and FMA (Kernel::detect: AVX-512 only with them), and
+            // SAFETY: the CPU has AVX2 and FMA (Isa::detect: AVX-512 only with them), and
             // the asserts above bound every load and store the block makes.
-            Kernel::Avx512 | Kernel::Avx2 => unsafe {
+            Isa::Avx512 | Isa::Avx2 => unsafe {
                 let shape = Rows {
                     dy_img,
                     row,
@@ -401,8 +394,8 @@ impl Plan {
                 }
             },
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx512 | Kernel::Avx2 => unreachable!("AVX is only detected on x86-64"),
-            Kernel::Portable => {
+            Isa::Avx512 | Isa::Avx2 => unreachable!("AVX is only detected on x86-64"),
+            Isa::Portable => {
                 for j in 0..outs {
                     for i in 0..self.ins {
                         for t in 0..9 {

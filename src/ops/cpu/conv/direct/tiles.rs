@@ -1,6 +1,6 @@
 //! The register tiles of the position-vector kernels: the portable loop, and its AVX2 + FMA and
 //! AVX-512F copies (a few output channels × `8·V` or `16·V` consecutive grid positions), plus the
-//! AVX2 weight-gradient block. [`super::Plan`] picks and calls them.
+//! AVX2 weight-gradient block. [`super::Tiling`] picks and calls them.
 
 /// Strides of a weight-gradient block's operands, in floats.
 #[derive(Clone, Copy)]
@@ -63,7 +63,7 @@ pub(super) mod avx512 {
     /// The CPU has AVX-512F; `grid` holds `(ins-1)·plane + offs[8] + 16·V` floats, `filters`
     /// `ins·9·CO`, and `out` `(CO-1)·stride + 16·V`.
     #[target_feature(enable = "avx512f")]
-    pub(in crate::ops::direct) unsafe fn tile<const CO: usize, const V: usize>(
+    pub(in crate::ops::cpu::conv::direct) unsafe fn tile<const CO: usize, const V: usize>(
         grid: *const f32,
         plane: usize,
         offs: &[usize; 9],
@@ -105,7 +105,7 @@ pub(super) mod avx2 {
     /// The CPU has AVX2 and FMA; `grid` holds `(ins-1)·plane + offs[8] + 8·V` floats, `filters`
     /// `ins·9·CO`, and `out` `(CO-1)·stride + 8·V`.
     #[target_feature(enable = "avx2,fma")]
-    pub(in crate::ops::direct) unsafe fn tile<const CO: usize, const V: usize>(
+    pub(in crate::ops::cpu::conv::direct) unsafe fn tile<const CO: usize, const V: usize>(
         grid: *const f32,
         plane: usize,
         offs: &[usize; 9],
@@ -140,9 +140,9 @@ pub(super) mod avx2 {
     /// rows, each summed across its lanes and added to `dw[j][i][ky·3 + kx]`.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA, and the operands hold what `Plan::weight_block` asserts.
+    /// The CPU has AVX2 and FMA, and the operands hold what `Tiling::weight_block` asserts.
     #[target_feature(enable = "avx2,fma")]
-    pub(in crate::ops::direct) unsafe fn weight_block<const O: usize>(
+    pub(in crate::ops::cpu::conv::direct) unsafe fn weight_block<const O: usize>(
         grads: *const f32,
         grids: *const f32,
         dw: *mut f32,

@@ -4,9 +4,30 @@
 
 use rayon::prelude::*;
 
-use super::super::gemm::{matmul, Mat};
-use super::super::host::{images_per_chunk, sum_in_order};
-use super::Geometry;
+use crate::ops::cpu::gemm::{matmul, Mat};
+use crate::ops::cpu::{images_per_chunk, sum_in_order};
+use crate::ops::Geometry;
+
+/// A 1×1, stride-1, unpadded convolution reads the image itself as its patch matrix.
+fn is_pointwise(g: &Geometry) -> bool {
+    g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0
+}
+
+/// Output columns `[lo, hi)` whose input column `ox*stride + kx - pad` lies inside the image.
+fn valid(g: &Geometry, kx: usize, wo: usize, w: usize) -> (usize, usize) {
+    let s = g.stride;
+    let lo = if g.pad > kx {
+        (g.pad - kx).div_ceil(s)
+    } else {
+        0
+    };
+    let hi = if w + g.pad > kx {
+        ((w + g.pad - kx - 1) / s + 1).min(wo)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
 
 /// Unfolds one image `[c, h, w]` into its patch matrix `[c·kh·kw, ho·wo]`.
 fn im2col(g: &Geometry, img: &[f32], cols: &mut [f32]) {
@@ -17,7 +38,7 @@ fn im2col(g: &Geometry, img: &[f32], cols: &mut [f32]) {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 let out = &mut cols[row * ho * wo..(row + 1) * ho * wo];
-                let (lo, hi) = g.valid(kx, wo, g.w);
+                let (lo, hi) = valid(g, kx, wo, g.w);
                 for oy in 0..ho {
                     let line = &mut out[oy * wo..(oy + 1) * wo];
                     let iy = (oy * s + ky) as isize - g.pad as isize;
@@ -53,7 +74,7 @@ fn col2im(g: &Geometry, cols: &[f32], img: &mut [f32]) {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 let src = &cols[row * ho * wo..(row + 1) * ho * wo];
-                let (lo, hi) = g.valid(kx, wo, g.w);
+                let (lo, hi) = valid(g, kx, wo, g.w);
                 row += 1;
                 if lo >= hi {
                     continue;
@@ -90,7 +111,7 @@ pub fn im2col_forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
         || {
             vec![
                 0.0f32;
-                if g.is_pointwise() {
+                if is_pointwise(g) {
                     0
                 } else {
                     patch * g.pixels()
@@ -99,7 +120,7 @@ pub fn im2col_forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
         },
         |cols, (i, out)| {
             let img = &x[i * chw..(i + 1) * chw];
-            let patches = if g.is_pointwise() {
+            let patches = if is_pointwise(g) {
                 Mat::new(img, patch, g.pixels())
             } else {
                 im2col(g, img, cols);
@@ -134,7 +155,7 @@ pub fn im2col_backward(
     let weights = Mat::new(wt, g.k, patch);
     let work = |first: usize, dx_chunk: Option<&mut [f32]>| -> Vec<f32> {
         let mut dw = vec![0.0f32; g.k * patch];
-        let pointwise = g.is_pointwise();
+        let pointwise = is_pointwise(g);
         let mut cols = vec![0.0f32; if pointwise { 0 } else { patch * pixels }];
         let mut dcols = vec![
             0.0f32;

@@ -1,6 +1,6 @@
 //! The weight gradient with output channels in the vector's lanes (AVX-512F).
 //!
-//! The position-vector sums of [`Plan::weight_block`] spend lanes on the grid's border columns
+//! The position-vector sums of [`Tiling::weight_block`] spend lanes on the grid's border columns
 //! and on rounding each row up to whole vectors (nearly half of them on a 3×3 map), and sum
 //! every accumulator across its lanes once per group of images. Here each image's output
 //! gradient is transposed, per block of `V` vectors, to `[image][position][16·V]` (channels past
@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{taps, Kernel, Plan};
+use super::{taps, Isa, Tiling};
 use operands::{RowTile, Walk, LANES};
 
 /// Bytes of one pass's transposed gradients and input grids: about half of a 1 MiB L2 (the
@@ -71,7 +71,7 @@ pub(super) fn blocks(nv: usize, shape: Shape) -> impl Iterator<Item = (usize, us
         .map(move |ob| (ob, shape.vectors.min(nv - ob)))
 }
 
-impl Plan {
+impl Tiling {
     /// Vectors of output channels, and the channels they pad `outs` to.
     fn lane_outs(&self) -> (usize, usize) {
         let nv = self.outs.div_ceil(LANES);
@@ -184,11 +184,11 @@ fn row_vectors(p: usize) -> usize {
     }
 }
 
-impl Plan {
-    /// Whether [`Plan::run`] takes channel-lane tiles: on AVX-512, maps of at most
+impl Tiling {
+    /// Whether [`Tiling::run`] takes channel-lane tiles: on AVX-512, maps of at most
     /// [`MAX_LANE_MAP`] columns.
     pub(super) fn lane_rows(&self) -> bool {
-        self.kernel == Kernel::Avx512 && self.w <= MAX_LANE_MAP
+        self.isa == Isa::Avx512 && self.w <= MAX_LANE_MAP
     }
 
     /// A row's tiles: `(first column, positions)`, as few as hold at most [`MAX_ROW`] each, the
@@ -208,7 +208,7 @@ impl Plan {
         }
     }
 
-    /// Filters for [`Plan::run_lanes`]: per block of `v` vectors (from the block's first, at
+    /// Filters for [`Tiling::run_lanes`]: per block of `v` vectors (from the block's first, at
     /// `ins·9·16·first`), `[ins][9][16·v]`, zero past the last output channel. A block's
     /// filters are contiguous so that a pass's fit in L1: rows of all `op` channels, of which
     /// a block reads a few vectors, would fill only those vectors' cache sets.
@@ -229,7 +229,7 @@ impl Plan {
         packed
     }
 
-    /// Input channels per pass of [`Plan::run_lanes`] for blocks of `v` vectors: as many as
+    /// Input channels per pass of [`Tiling::run_lanes`] for blocks of `v` vectors: as many as
     /// keep a block's filters and their input planes in L1 while the pass walks the image.
     fn lane_pass_ins(&self, v: usize) -> usize {
         let per_input = 9 * v * LANES * 4 + self.plane * 4;
@@ -237,7 +237,7 @@ impl Plan {
         self.ins.div_ceil(passes)
     }
 
-    /// [`Plan::run`] on channel-lane tiles: every image of `x` into `y`, images in parallel;
+    /// [`Tiling::run`] on channel-lane tiles: every image of `x` into `y`, images in parallel;
     /// each row piece's last pass stores all of its real channels, so every output is written.
     ///
     /// Input channels go in passes (filters streamed from L2 for every tile cost a sixth of

@@ -1,18 +1,18 @@
 //! BatchNorm's passes over host f32 data `[n, c, s]`: per-channel sums for the statistics and
 //! their gradients (eight-lane partial sums, so they vectorise), the affine map, and `dx`; the
-//! ops in `batch_norm.rs` call them.
+//! ops in `ops/batch_norm.rs` call them.
 
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use super::gelu::{gelu_slope, gelu_value};
-use super::host::{assume_written, written_by};
 use super::wide;
+use super::{assume_written, written_by};
 
 /// The activation fused after BatchNorm's affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Activation {
+pub enum Activation {
     /// None: the affine map's output.
     Identity,
     /// `max(z, 0)`; its gradient reads the output.
@@ -25,7 +25,7 @@ pub(super) enum Activation {
 /// `max(v, 0)` that keeps a NaN, as PyTorch's ReLU does (`f32::max` would turn it into 0 and
 /// hide a diverged run).
 #[inline(always)]
-pub(super) fn relu_keep_nan(v: f32) -> f32 {
+pub fn relu_keep_nan(v: f32) -> f32 {
     if v < 0.0 {
         0.0
     } else {
@@ -96,7 +96,7 @@ fn centred_sums(x: &[f32], m: f32) -> (f32, f32) {
 ///
 /// Each plane is summed in f32 (it vectorises) and planes are added in f64. Centring `b` first
 /// (rather than expanding `Σ g·b − b_off·Σ g`) keeps variances accurate when means are large.
-pub(super) fn channel_sums<const RELU: bool>(
+pub fn channel_sums<const RELU: bool>(
     a: &[f32],
     y: &[f32],
     b: &[f32],
@@ -123,11 +123,7 @@ pub(super) fn channel_sums<const RELU: bool>(
 }
 
 /// Per-channel `(Σ(x − m[c]), Σ(x − m[c])²)`, parallel over channels.
-pub(super) fn channel_centred(
-    x: &[f32],
-    m: &[f32],
-    (n, c, s): (usize, usize, usize),
-) -> Vec<(f64, f64)> {
+pub fn channel_centred(x: &[f32], m: &[f32], (n, c, s): (usize, usize, usize)) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -147,7 +143,7 @@ pub(super) fn channel_centred(
 }
 
 /// `y = act(x·scale[c] + shift[c])`, parallel over images.
-pub(super) fn affine(
+pub fn affine(
     x: &[f32],
     scale: &[f32],
     shift: &[f32],
@@ -197,7 +193,7 @@ pub(super) fn affine(
 ///
 /// Each plane is summed in f32 lanes and the planes are added in image order in f64: the same
 /// sums whatever the thread count.
-pub(super) fn gelu_grads(
+pub fn gelu_grads(
     dy: &[f32],
     x: &[f32],
     (scale, shift): (&[f32], &[f32]),
@@ -251,10 +247,14 @@ pub(super) fn gelu_grads(
 }
 
 /// Per-channel coefficients of the training-mode input gradient `dx = a·g + b·(x − μ) + d`.
-pub(super) struct DxCoefficients<'a> {
+pub struct DxCoefficients<'a> {
+    /// `a` per channel: the factor of the output gradient.
     pub a: Vec<f32>,
+    /// `b` per channel: the factor of the centred input.
     pub b: Vec<f32>,
+    /// `d` per channel: the constant.
     pub d: Vec<f32>,
+    /// `μ` per channel.
     pub mean: &'a [f32],
 }
 
@@ -330,7 +330,7 @@ impl DxCoefficients<'_> {
 
 /// Backward of the eval-mode affine map: per-channel `(Σ g, Σ g·x)` and `dx = g·scale[c]` for
 /// `g = through_relu(dy, y)`.
-pub(super) fn affine_backward<const RELU: bool>(
+pub fn affine_backward<const RELU: bool>(
     dy: &[f32],
     y: &[f32],
     x: &[f32],

@@ -2,8 +2,8 @@ use super::*;
 
 /// Every product of the convolution's definition that lands inside the image, as flat
 /// `(y index, x index, w index)` of NCHW output, input and `[k][c][3][3]` filters.
-fn taps(g: Sizes) -> Vec<(usize, usize, usize)> {
-    let Sizes { n, c, k, h, w } = g;
+fn taps(g: &Geometry) -> Vec<(usize, usize, usize)> {
+    let Geometry { n, c, k, h, w, .. } = *g;
     let mut taps = Vec::new();
     for img in 0..n {
         for o in 0..k {
@@ -35,7 +35,7 @@ fn taps(g: Sizes) -> Vec<(usize, usize, usize)> {
 }
 
 /// `(y, dx, dw)` by the definition: each tap's product added where it belongs.
-fn definition(g: Sizes, x: &[f32], wt: &[f32], dy: &[f32]) -> [Vec<f32>; 3] {
+fn definition(g: &Geometry, x: &[f32], wt: &[f32], dy: &[f32]) -> [Vec<f32>; 3] {
     let (mut y, mut dx, mut dw) = (
         vec![0.0f32; dy.len()],
         vec![0.0; x.len()],
@@ -83,23 +83,19 @@ pub(super) const CASES: [(usize, usize, usize, usize); 17] = [
 
 #[test]
 fn every_tile_shape_is_chosen_somewhere_in_the_cases() {
-    for kernel in [Kernel::Avx512, Kernel::Avx2] {
+    for isa in [Isa::Avx512, Isa::Avx2] {
         let shapes: std::collections::BTreeSet<_> = CASES
             .iter()
-            .map(|&(c, k, h, w)| Plan::new(c, k, h, w, kernel))
+            .map(|&(c, k, h, w)| Tiling::new(c, k, h, w, isa))
             .filter(|p| !p.lane_rows())
             .map(|p| (p.co, p.v))
             .collect();
-        assert_eq!(
-            shapes.len(),
-            kernel.shapes().len(),
-            "{kernel:?}: {shapes:?}"
-        );
+        assert_eq!(shapes.len(), isa.shapes().len(), "{isa:?}: {shapes:?}");
     }
 }
 
 #[test]
-fn every_kernel_matches_the_definition_forward_and_backward() {
+fn every_isa_matches_the_definition_forward_and_backward() {
     for &(c, k, h, w) in &CASES {
         // More images than a weight-gradient group, and not a multiple of it.
         let n = GROUP + 2;
@@ -110,39 +106,39 @@ fn every_kernel_matches_the_definition_forward_and_backward() {
         let dy: Vec<f32> = (0..n * k * h * w)
             .map(|i| (i as f32 * 0.11).sin())
             .collect();
-        let g = Sizes { n, c, k, h, w };
-        let [want, want_dx, want_dw] = definition(g, &x, &wt, &dy);
+        let g = Geometry::new(&[n, c, h, w], &[k, c, 3, 3], 1, 1).unwrap();
+        let [want, want_dx, want_dw] = definition(&g, &x, &wt, &dy);
         let what = format!("c{c} k{k} {h}x{w}");
-        for kernel in Kernel::available() {
-            let plan = Plan::new(c, k, h, w, kernel);
-            let packed = plan.pack(|o, i, t| wt[(o * c + i) * 9 + t]);
+        for isa in Isa::available() {
+            let tiling = Tiling::new(c, k, h, w, isa);
+            let packed = tiling.pack(|o, i, t| wt[(o * c + i) * 9 + t]);
             // In a test build `written_by` starts from NaN: an output `run` skips fails.
             // SAFETY: `run` writes every output (what this test checks).
-            let y = unsafe { written_by(want.len(), |y| plan.run(&x, &packed, y)) };
-            close(&y, &want, &format!("{what} forward {kernel:?}"));
-            let back = Plan::new(k, c, h, w, kernel);
+            let y = unsafe { written_by(want.len(), |y| tiling.run(&x, &packed, y)) };
+            close(&y, &want, &format!("{what} forward {isa:?}"));
+            let back = Tiling::new(k, c, h, w, isa);
             let packed = back.pack(|o, i, t| wt[(i * c + o) * 9 + (8 - t)]);
             // SAFETY: as above.
             let dx = unsafe { written_by(x.len(), |dx| back.run(&dy, &packed, dx)) };
-            close(&dx, &want_dx, &format!("{what} dx {kernel:?}"));
+            close(&dx, &want_dx, &format!("{what} dx {isa:?}"));
         }
-        close(&forward(g, &x, &wt), &want, &what);
-        close(&input_grad(g, &wt, &dy), &want_dx, &what);
+        close(&forward(&g, &x, &wt), &want, &what);
+        close(&input_grad(&g, &wt, &dy), &want_dx, &what);
         for threads in [1, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
             close(
-                &pool.install(|| weight_grad(g, &x, &dy)),
+                &pool.install(|| weight_grad(&g, &x, &dy)),
                 &want_dw,
                 &format!("{what} dw"),
             );
         }
-        for kernel in Kernel::available() {
-            let plan = Plan::new(c, k, h, w, kernel);
-            let dw = plan.weight_grad(&x, &dy, 0..n);
-            close(&dw, &want_dw, &format!("{what} dw {kernel:?}"));
+        for isa in Isa::available() {
+            let tiling = Tiling::new(c, k, h, w, isa);
+            let dw = tiling.weight_grad(&x, &dy, 0..n);
+            close(&dw, &want_dw, &format!("{what} dw {isa:?}"));
         }
     }
 }

@@ -1,5 +1,5 @@
 use super::super::tests::CASES;
-use super::super::{Kernel, Plan};
+use super::super::{Isa, Tiling};
 use super::{blocks, shape, LANES};
 
 #[test]
@@ -22,7 +22,7 @@ fn the_forward_passes_over_input_channels_come_one_two_and_more_in_the_cases() {
     // pass that resumes and stores again), so every way through a row tile is checked.
     let passes: std::collections::BTreeSet<_> = CASES
         .iter()
-        .map(|&(c, k, h, w)| Plan::new(c, k, h, w, Kernel::Avx512))
+        .map(|&(c, k, h, w)| Tiling::new(c, k, h, w, Isa::Avx512))
         .filter(|p| p.lane_rows())
         .map(|p| {
             let v = p.row_shape().vectors.min(p.lane_outs().0);
