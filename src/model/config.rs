@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ops::Geometry;
+
 /// Largest accepted channel width (stem or stage): far above any useful CIFAR network, low
 /// enough that a typo cannot ask for terabytes of weights.
 pub const MAX_WIDTH: usize = 16_384;
@@ -225,7 +227,7 @@ impl ModelConfig {
     }
 
     /// The distinct convolution geometries of [`conv_shapes`] for an input of `height × width`.
-    pub fn conv_shapes(&self, height: usize, width: usize) -> Vec<(ConvShape, usize)> {
+    pub fn conv_shapes(&self, height: usize, width: usize) -> Vec<(Geometry, usize)> {
         conv_shapes(&self.layers(height, width))
     }
 
@@ -263,21 +265,24 @@ pub(super) fn validate_io(
 }
 
 /// The distinct geometries of a layer table's convolutions over spatial maps with padding
-/// `kernel / 2` (1×1 maps, the classifier and other paddings left out), each with how many
-/// layers have it, in a stable order: what a per-op benchmark needs to time.
-pub fn conv_shapes(layers: &[Layer]) -> Vec<(ConvShape, usize)> {
+/// `kernel / 2` (1×1 maps, the classifier and other paddings left out), per image (`n` = 1),
+/// each with how many layers have it, in [`Geometry`]'s order: what a per-op benchmark times.
+pub fn conv_shapes(layers: &[Layer]) -> Vec<(Geometry, usize)> {
     let mut shapes = std::collections::BTreeMap::new();
     for l in layers {
         if l.kind == "linear" || (l.kernel == 1 && l.out_hw == (1, 1)) || l.pad != l.kernel / 2 {
             continue;
         }
-        let shape = ConvShape {
-            kernel: l.kernel,
-            cin: l.cin,
-            cout: l.cout,
-            out_hw: l.out_hw,
+        let shape = Geometry {
+            n: 1,
+            c: l.cin,
+            h: l.in_hw.0,
+            w: l.in_hw.1,
+            k: l.cout,
+            kh: l.kernel,
+            kw: l.kernel,
             stride: l.stride,
-            in_hw: l.in_hw,
+            pad: l.pad,
         };
         *shapes.entry(shape).or_insert(0usize) += 1;
     }
@@ -357,21 +362,4 @@ impl Layer {
             macs: cin * classes,
         }
     }
-}
-
-/// A convolution's geometry (square kernel and stride, padding `kernel / 2`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConvShape {
-    /// Kernel side.
-    pub kernel: usize,
-    /// Input channels.
-    pub cin: usize,
-    /// Output channels.
-    pub cout: usize,
-    /// Output height and width.
-    pub out_hw: (usize, usize),
-    /// Stride.
-    pub stride: usize,
-    /// Input height and width.
-    pub in_hw: (usize, usize),
 }

@@ -13,7 +13,7 @@ mod role;
 mod whitened;
 
 pub use compute::Compute;
-pub use config::{conv_shapes, summary, ConvShape, Layer, ModelConfig};
+pub use config::{conv_shapes, summary, Layer, ModelConfig};
 pub use mode::{dropout_mask, Dropout, Mode};
 pub use network::{build_network, Architecture, Network};
 pub use precision::Precision;

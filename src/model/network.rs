@@ -6,11 +6,12 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::compute::Compute;
-use super::config::{self, ConvShape, Layer, ModelConfig};
+use super::config::{self, Layer, ModelConfig};
 use super::mode::Mode;
 use super::resnet_d::{seeded, SeResNetD};
 use super::role::Trains;
 use super::whitened::{WhitenedConfig, WhitenedNet};
+use crate::ops::Geometry;
 
 /// A network's description, tagged by `arch` (a configuration without the tag, as every run
 /// before the whitened net had, is an SE-ResNet-D).
@@ -102,7 +103,7 @@ impl Architecture {
     }
 
     /// The distinct convolution geometries ([`config::conv_shapes`]).
-    pub fn conv_shapes(&self, height: usize, width: usize) -> Vec<(ConvShape, usize)> {
+    pub fn conv_shapes(&self, height: usize, width: usize) -> Vec<(Geometry, usize)> {
         config::conv_shapes(&self.layers(height, width))
     }
 

@@ -283,7 +283,7 @@ fn the_layer_table_carries_strides_and_the_conv_shapes_come_from_it() {
     assert_eq!(shapes.iter().map(|(_, n)| n).sum::<usize>(), convs);
     assert!(shapes
         .iter()
-        .all(|(s, _)| s.in_hw == (s.out_hw.0 * s.stride, s.out_hw.1 * s.stride)));
+        .all(|(s, _)| s.n == 1 && (s.h, s.w) == (s.ho() * s.stride, s.wo() * s.stride)));
     let stride2: Vec<_> = shapes.iter().filter(|(s, _)| s.stride == 2).collect();
     assert_eq!(stride2.len(), 3, "{stride2:?}");
 }

@@ -202,12 +202,13 @@ pub fn ops(args: OpBenchArgs) -> Result<Finish> {
         }
         let s = r.shape;
         let name = format!(
-            "{k}x{k} {}>{} @{} s{}",
-            s.cin,
-            s.cout,
-            s.out_hw.0,
-            s.stride,
-            k = s.kernel
+            "{}x{} {}>{} @{} s{}",
+            s.kh,
+            s.kw,
+            s.c,
+            s.k,
+            s.ho(),
+            s.stride
         );
         print!("{name:<28} {:>3}", r.layers);
         for v in times {

@@ -7,9 +7,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::measure::uniform;
-use crate::model::ConvShape;
 use crate::ops::conv::lowered;
-use crate::ops::{BatchNorm, Statistics};
+use crate::ops::{BatchNorm, Geometry, Statistics};
 use crate::seed;
 use crate::store::Shape;
 use crate::train::config::TrainConfig;
@@ -114,8 +113,8 @@ pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<
 /// Median milliseconds of each op at one convolution shape of the model.
 #[derive(Clone, Debug)]
 pub struct OpTimes {
-    /// The geometry.
-    pub shape: ConvShape,
+    /// The geometry, at the timed batch.
+    pub shape: Geometry,
     /// Layers of the model with it.
     pub layers: usize,
     /// candle's forward convolution.
@@ -157,21 +156,26 @@ pub fn op_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Ve
     let mut random = |dims: &[usize]| -> Result<Tensor> { Ok(uniform(&mut rng, dims, device)?) };
     let time = |f: &mut dyn FnMut() -> Result<Tensor>| median_ms(device, reps, f);
     let mut rows = Vec::new();
-    for (shape, layers) in config.model.conv_shapes(32, 32) {
-        let ConvShape {
-            kernel: k,
-            cin,
-            cout,
+    for (per_image, layers) in config.model.conv_shapes(32, 32) {
+        let shape = Geometry { n: b, ..per_image };
+        let Geometry {
+            c: cin,
+            h: hin,
+            w: win,
+            k: cout,
+            kh,
+            kw,
             stride,
+            pad,
             ..
         } = shape;
-        let ((hin, win), (hout, wout), pad) = (shape.in_hw, shape.out_hw, k / 2);
+        let (hout, wout) = (shape.ho(), shape.wo());
         let x = random(&[b, cin, hin, win])?;
-        let w = random(&[cout, cin, k, k])?;
+        let w = random(&[cout, cin, kh, kw])?;
         let dy = random(&[b, cout, hout, wout])?;
         let forward = time(&mut || Ok(x.conv2d(&w, pad, stride, 1, 1)?))?;
         // As candle's backprop computes them (candle-core 0.11 backprop.rs, Op::Conv2D).
-        let out_pad = hin - ((hout - 1) * stride + k - 2 * pad);
+        let out_pad = hin - ((hout - 1) * stride + kh - 2 * pad);
         let dgrad = time(&mut || Ok(dy.conv_transpose2d(&w, pad, out_pad, stride, 1)?))?;
         let wgrad = time(&mut || {
             Ok(x.transpose(0, 1)?
@@ -180,7 +184,8 @@ pub fn op_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Ve
         })?;
         let dgrad_lowered =
             time(&mut || Ok(lowered::input_grad(&dy, &w, stride, pad, (hin, win))?))?;
-        let wgrad_lowered = time(&mut || Ok(lowered::weight_grad(&x, &dy, (k, k), stride, pad)?))?;
+        let wgrad_lowered =
+            time(&mut || Ok(lowered::weight_grad(&x, &dy, (kh, kw), stride, pad)?))?;
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
         let bn = BatchNorm::new(cout, 1e-5, 1.0, vb)?;
