@@ -1,5 +1,6 @@
 //! Choosing the candle device (`cpu`, `cuda`, `cuda:N`, or the GPU when there is one), setting
-//! up a CUDA device for training, and reading its peak memory.
+//! up a CUDA device for training (and candle's TF32 switch for its matrix products), and reading
+//! its peak memory.
 
 use candle_core::Device;
 
@@ -56,6 +57,20 @@ pub fn prepare(device: &Device) -> candle_core::Result<()> {
     }
     let _ = device;
     Ok(())
+}
+
+/// Allows (or forbids) TF32 tensor cores in candle's f32 matrix products (cuBLAS) on CUDA;
+/// nothing elsewhere. candle keeps that switch process-wide
+/// (`set_gemm_reduced_precision_f32`), so it is set once, by what starts work on `device` with
+/// a configuration: the trainer, a saved run, the step and op benchmarks; `check-step`, whose
+/// sides differ in TF32 within one process, sets it again for each side. cuDNN's convolutions
+/// take the setting with each call instead (`ops::Options`).
+pub fn set_tf32(device: &Device, tf32: bool) {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        candle_core::cuda_backend::set_gemm_reduced_precision_f32(tf32);
+    }
+    let _ = (device, tf32);
 }
 
 /// Peak device memory since the process started: `(in use, reserved by the pool)` in bytes, or

@@ -30,7 +30,9 @@ impl Compute {
         self.ops.kernels = kernels;
     }
 
-    /// Allows (or forbids) TF32 tensor cores for f32 convolutions and products on CUDA.
+    /// Allows (or forbids) TF32 tensor cores for f32 convolutions (cuDNN) on CUDA; candle's
+    /// matrix products follow its process-wide switch (`crate::device::set_tf32`), which the
+    /// run sets from the same configuration where it opens the device.
     pub fn set_tf32(&mut self, tf32: bool) {
         self.ops.tf32 = tf32;
     }
@@ -44,10 +46,8 @@ impl Compute {
     }
 
     /// A forward pass's input in the compute dtype (`masters`: the variables' own, when there
-    /// is none), with candle's GEMM set as these ops want it (cuBLAS's TF32 flag is
-    /// process-wide, so it is set at every forward).
+    /// is none).
     pub fn input(&self, x: &Tensor, masters: DType) -> Result<Tensor> {
-        self.ops.apply_to_gemm(x.device());
         x.to_dtype(self.dtype.unwrap_or(masters))
     }
 

@@ -61,10 +61,12 @@ pub enum Route {
     Cuda,
 }
 
-/// How the ops compute: the implementation, and whether f32 convolutions (cuDNN) and matrix
-/// products (cuBLAS) on CUDA may round their inputs to TF32 on tensor cores (10 mantissa bits in
-/// the products, sums in f32; 1.82× the f32 `seed` step on an H200; PyTorch's default for cuDNN
-/// convolutions). TF32 changes nothing on the CPU.
+/// How the ops compute: the implementation, and whether f32 convolutions through cuDNN on CUDA
+/// may round their inputs to TF32 on tensor cores (10 mantissa bits in the products, sums in
+/// f32; 1.82× the f32 `seed` step on an H200, with cuBLAS's products likewise; PyTorch's default
+/// for cuDNN convolutions). cuDNN takes the setting with each call; candle's matrix products
+/// follow a process-wide switch, set once where a run opens its device
+/// (`crate::device::set_tf32`), not here. TF32 changes nothing on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
     /// The implementation.
@@ -80,18 +82,5 @@ impl From<Kernels> for Options {
             kernels,
             tf32: true,
         }
-    }
-}
-
-impl Options {
-    /// Sets candle's cuBLAS switch to this `tf32` before a pass on `device`. candle keeps that
-    /// switch process-wide (`set_gemm_reduced_precision_f32`), so a model applies its own
-    /// setting at every forward rather than trusting whoever set it last; nothing on the CPU.
-    pub fn apply_to_gemm(self, device: &Device) {
-        #[cfg(feature = "cuda")]
-        if device.is_cuda() {
-            candle_core::cuda_backend::set_gemm_reduced_precision_f32(self.tf32);
-        }
-        let _ = device;
     }
 }

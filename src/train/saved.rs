@@ -51,6 +51,7 @@ impl SavedRun {
         if precision_fallback {
             config.precision = Precision::F32;
         }
+        crate::device::set_tf32(device, config.tf32);
         let net = Net::new(&config, device)?;
         let weights = if raw || !averaging::Kind::of(&config).delivers_copy() {
             Part::Model

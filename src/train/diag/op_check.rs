@@ -13,7 +13,7 @@ use candle_nn::{VarBuilder, VarMap};
 
 use super::measure::{relative_max, uniform};
 use super::side::Side;
-use crate::ops::{self, BatchNorm, Kernels, Options, Statistics};
+use crate::ops::{self, BatchNorm, Kernels, Statistics};
 use crate::train::error::Result;
 use crate::train::optim::{Ema, EmaStep, Optimizer, Param, Scalars, Sgd, StepScalars};
 
@@ -265,12 +265,8 @@ pub const CONV_SHAPES: [(usize, usize, usize); 5] = [
 /// CUDA (the CPU has no bf16 matmul). TF32 is off for the f32 cases.
 pub fn run(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {
     // The f32 cases are strict f32: cuDNN gets TF32 off through each side's options, candle's
-    // cuBLAS switch (the lowered convolution's products) is set here.
-    Options {
-        kernels,
-        tf32: false,
-    }
-    .apply_to_gemm(device);
+    // process-wide cuBLAS switch (the lowered convolution's products) is set here.
+    crate::device::set_tf32(device, false);
     compare_all(device, kernels)
 }
 

@@ -23,6 +23,10 @@ fn step(config: &TrainConfig, side: Side, batch: usize) -> Result<Vec<(String, T
     compute.set_kernels(side.kernels);
     compute.set_precision(side.precision);
     compute.set_tf32(side.tf32);
+    // The sides of one comparison differ in TF32 within this process (the device side as the
+    // config says, the CPU references strict), and candle's switch for its matrix products is
+    // process-wide: each side sets it before its step.
+    crate::device::set_tf32(side.device, side.tf32);
     let net = Net { model, vars };
     let device = side.device;
     let len = 3 * 32 * 32;

@@ -44,6 +44,7 @@ pub fn step_rate(config: &TrainConfig, device: &Device, steps: usize) -> Result<
     let mut config = config.clone();
     config.ema_decay = 0.0;
     config.lookahead = None;
+    crate::device::set_tf32(device, config.tf32);
     let mut learner = Learner::new(&config, device, steps + WARMUP)?;
     // As the trainer's first epoch: what the recipe freezes from the start (a config with
     // `whiten_bias_epochs = 0` times the steps after the whitening bias stops).
@@ -155,6 +156,7 @@ pub fn op_times(config: &TrainConfig, device: &Device, reps: usize) -> Result<Ve
     let mut rng = seed::rng(config.seed, &[0x6f70]);
     let mut random = |dims: &[usize]| -> Result<Tensor> { Ok(uniform(&mut rng, dims, device)?) };
     let time = |f: &mut dyn FnMut() -> Result<Tensor>| median_ms(device, reps, f);
+    crate::device::set_tf32(device, config.tf32);
     let mut rows = Vec::new();
     for (per_image, layers) in config.model.conv_shapes(32, 32) {
         let shape = Geometry { n: b, ..per_image };

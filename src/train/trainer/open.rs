@@ -149,6 +149,8 @@ impl Trainer {
             augment::thread_pool(config.threads)
                 .map_err(|e| Error::Unsupported(format!("starting the augmentation pool: {e}")))?,
         );
+        // The one place a training run sets candle's process-wide TF32 switch for its device.
+        crate::device::set_tf32(&device, config.tf32);
         let mut learner = Learner::new(&config, &device, batches_per_epoch)?;
         let sums = EpochSums::new(&device)?;
         let graphs = StepGraphs::for_run(config.cuda_graph, &device, world.as_ref())?
