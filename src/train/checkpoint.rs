@@ -26,10 +26,6 @@ use crate::train::config::TrainConfig;
 /// The `format` metadata value of this layout.
 const FORMAT: &str = "cifar-stream checkpoint 2";
 
-/// Test hook: milliseconds to pause half-way through writing a checkpoint and again before the
-/// rename, so a crash test can kill the process inside the write.
-pub const DELAY_ENV: &str = "CIFAR_STREAM_TEST_CHECKPOINT_DELAY_MS";
-
 /// Errors reading or writing a checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -173,11 +169,6 @@ pub fn checksum<'a, V: View + 'a>(tensors: impl IntoIterator<Item = (&'a str, V)
     format!("{:016x}", h.digest())
 }
 
-fn delay() -> Option<std::time::Duration> {
-    let ms: u64 = std::env::var(DELAY_ENV).ok()?.parse().ok()?;
-    Some(std::time::Duration::from_millis(ms))
-}
-
 /// A checkpoint in memory: named tensors and the run's state.
 pub struct Snapshot {
     /// Where the run stands.
@@ -198,7 +189,9 @@ impl Snapshot {
     }
 
     /// Writes the checkpoint into `dir`: a temporary file, synced, renamed over the previous one.
-    pub fn save(&self, dir: &Path) -> Result<(), Error> {
+    /// `pause` is the crash tests' hook (`TrainConfig::checkpoint_write_delay_ms`): a sleep
+    /// half-way through the write and again before the rename; `None` in a real run.
+    pub fn save(&self, dir: &Path, pause: Option<std::time::Duration>) -> Result<(), Error> {
         let target = path(dir);
         let io = |source| Error::Io {
             path: target.clone(),
@@ -234,12 +227,12 @@ impl Snapshot {
         let mut tmp = crate::store::temp_file_in(dir, ".checkpoint.").map_err(io)?;
         let (first, second) = bytes.split_at(bytes.len() / 2);
         tmp.write_all(first).map_err(io)?;
-        if let Some(d) = delay() {
+        if let Some(d) = pause {
             std::thread::sleep(d);
         }
         tmp.write_all(second).map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
-        if let Some(d) = delay() {
+        if let Some(d) = pause {
             std::thread::sleep(d);
         }
         tmp.persist(&target).map_err(|e| io(e.error))?;

@@ -88,9 +88,10 @@ impl RunDir {
         crate::render::write_atomic(&path, format!("{why}\n").as_bytes()).map_err(io(path))
     }
 
-    /// Commits `snapshot` as the run's checkpoint.
-    pub fn save(&self, snapshot: &Snapshot) -> Result<()> {
-        Ok(snapshot.save(&self.path)?)
+    /// Commits `snapshot` as the run's checkpoint (`pause`: the crash tests' hook, see
+    /// [`Snapshot::save`]).
+    pub fn save(&self, snapshot: &Snapshot, pause: Option<std::time::Duration>) -> Result<()> {
+        Ok(snapshot.save(&self.path, pause)?)
     }
 }
 

@@ -447,7 +447,11 @@ impl Trainer {
             history: self.history.clone(),
         };
         let tensors = self.learner.state().into_iter().chain(self.sums.state());
-        match dir.save(&Snapshot::new(state, tensors)) {
+        let pause = self
+            .config
+            .checkpoint_write_delay_ms
+            .map(std::time::Duration::from_millis);
+        match dir.save(&Snapshot::new(state, tensors), pause) {
             Err(Error::Checkpoint(checkpoint::Error::NonFinite { tensor, .. })) => {
                 Err(self.diverged(format!("tensor {tensor} holds NaN or infinity")))
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::common::{checkpoint_bits, same_curves, steps_increase, tensorboard_events};
 use candle_core::Device;
-use cifar_stream::train::checkpoint::{self, DELAY_ENV};
+use cifar_stream::train::checkpoint;
 use cifar_stream::train::Snapshot;
 
 /// A small run: 16 steps per epoch, 6 epochs, an EMA, evaluation and a checkpoint every step.
@@ -53,7 +53,10 @@ fn spawn(data: &Path, runs: &Path, dir: &Path, delay_ms: u64) -> Child {
     } else {
         c.args(train_args(data, runs, "killed"));
     }
-    c.env(DELAY_ENV, delay_ms.to_string()).spawn().unwrap()
+    c.arg("--checkpoint-write-delay-ms")
+        .arg(delay_ms.to_string())
+        .spawn()
+        .unwrap()
 }
 
 fn signal(child: &Child, name: &str) {

@@ -153,6 +153,10 @@ pub struct RunFlags {
     /// image and its mirror; twice the evaluation time) [default: none].
     #[arg(long, value_enum)]
     tta: Option<Tta>,
+    /// For the crash tests: pause MS milliseconds half-way through each checkpoint write and
+    /// again before its rename, so that a kill can land inside one
+    #[arg(long, hide = true, value_name = "MS")]
+    checkpoint_write_delay_ms: Option<u64>,
 }
 
 impl Apply for RunFlags {
@@ -165,6 +169,9 @@ impl Apply for RunFlags {
         c.sync_bn |= self.sync_bn;
         if self.no_tensorboard {
             c.tensorboard = false;
+        }
+        if self.checkpoint_write_delay_ms.is_some() {
+            c.checkpoint_write_delay_ms = self.checkpoint_write_delay_ms;
         }
     }
 }

@@ -143,6 +143,11 @@ pub struct TrainConfig {
     /// EMA decay of the captured step (`tools/gpu-check.sh` stage 1a must catch it). Never saved.
     #[serde(skip)]
     pub freeze_graph_rates: bool,
+    /// The crash tests' hook: milliseconds to pause half-way through writing each checkpoint
+    /// and again before its rename, so that a kill lands inside the write. Never saved, so a
+    /// resumed run pauses only when asked again.
+    #[serde(skip)]
+    pub checkpoint_write_delay_ms: Option<u64>,
     /// On CUDA, whether f32 convolutions and matrix products may use TF32 tensor cores
     /// (PyTorch's default for cuDNN convolutions); no effect on the CPU.
     #[serde(default = "yes")]

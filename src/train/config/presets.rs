@@ -53,6 +53,7 @@ impl TrainConfig {
             tensorboard: true,
             cuda_graph: GraphMode::Auto,
             freeze_graph_rates: false,
+            checkpoint_write_delay_ms: None,
             limit_train_batches: None,
             model: ModelConfig::resnet50().into(),
             optim: OptimConfig {
