@@ -1,4 +1,4 @@
-//! Convolution's candle glue: [`Conv2dOp`], whose forward pass and both gradients run this
+//! Convolution's candle glue: `Conv2dOp`, whose forward pass and both gradients run this
 //! crate's CPU kernels ([`super::cpu::conv`]) on f32 CPU tensors and cuDNN with cached plans
 //! (`cuda/conv.rs`, the `cudnn` feature) on CUDA; and [`lowered`], the convolution whose
 //! backward pass is built from candle's own ops (CUDA without cuDNN, and `op-bench`).

@@ -1,8 +1,8 @@
 //! The ops' CPU maths on plain f32 slices (no candle types): one file or folder per op, named
-//! as the op's glue file at the top of `ops/` is, and what they share: [`gemm`] (a
-//! single-threaded matrix product), [`wide`] (loops compiled for AVX2 when the CPU has it), and
-//! here an op's output written without zeroing it first ([`written_by`]) and a gradient summed
-//! over the batch in fixed chunks ([`images_per_chunk`], [`sum_in_order`]) so that it is the same
+//! as the op's glue file at the top of `ops/` is, and what they share: `gemm.rs` (a
+//! single-threaded matrix product), `wide.rs` (loops compiled for AVX2 when the CPU has it), and
+//! here an op's output written without zeroing it first (`written_by`) and a gradient summed
+//! over the batch in fixed chunks (`images_per_chunk`, `sum_in_order`) so that it is the same
 //! on every run with the same thread count.
 
 pub(crate) mod batch_norm;

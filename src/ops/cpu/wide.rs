@@ -46,6 +46,10 @@ pub(super) fn run<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `f`, compiled with AVX2 enabled.
+///
+/// # Safety
+/// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {

@@ -2,7 +2,7 @@
 //! ops and multi-tensor apply do: Nesterov SGD with weight decay and the EMA twin's update
 //! ([`sgd_foreach`]), and the EMA of tensors without a gradient ([`ema_foreach`]). This is its
 //! candle glue: on the CPU one pass (`candle_core::foreach`) over the slices of
-//! [`super::cpu::optim`], split over rayon's threads by chunk; on CUDA one launch per chunk of
+//! `cpu/optim.rs`, split over rayon's threads by chunk; on CUDA one launch per chunk of
 //! tensors (`cuda/optim.rs`); each is one storage op however many tensors it writes.
 //!
 //! The CPU pass is the reference and repeats candle's ops step for step, so a run that switches

@@ -135,7 +135,7 @@ pub fn im2col_forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
 /// Backward as products with the patch matrix and a col2im scatter: any geometry; `dx` is
 /// skipped (None) when not wanted.
 ///
-/// Each of the batch's fixed chunks ([`images_per_chunk`]) sums its weight gradient and the
+/// Each of the batch's fixed chunks (`images_per_chunk`) sums its weight gradient and the
 /// partial sums are added in chunk order, so the result is deterministic for a given thread
 /// count.
 pub fn im2col_backward(

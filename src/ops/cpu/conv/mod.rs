@@ -1,6 +1,6 @@
 //! 2-D convolution on f32 NCHW slices, forward and both gradients. 3×3, stride-1, pad-1
-//! layers go to [`direct`]'s register-tiled kernels; any other geometry runs as im2col + one
-//! matrix product per image ([`im2col`]): the input gradient a product plus a col2im scatter,
+//! layers go to `direct`'s register-tiled kernels; any other geometry runs as im2col + one
+//! matrix product per image (`im2col`): the input gradient a product plus a col2im scatter,
 //! the weight gradient a product accumulated over the batch. Images are spread over rayon's
 //! threads.
 
@@ -16,7 +16,7 @@ fn is_direct(g: &Geometry) -> bool {
     same3 && g.n * g.c * g.k * g.h * g.w > 0
 }
 
-/// Forward: 3×3, stride-1, pad-1 convolutions through [`direct`], any other through
+/// Forward: 3×3, stride-1, pad-1 convolutions through `direct`, any other through
 /// [`im2col_forward`].
 pub fn forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
     if is_direct(g) {
@@ -27,7 +27,7 @@ pub fn forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
 }
 
 /// Backward: `(dx, dw)` from the output gradient `dy` (`dx` None when not wanted), through
-/// [`direct`] where it applies and [`im2col_backward`] otherwise.
+/// `direct` where it applies and [`im2col_backward`] otherwise.
 pub fn backward(
     g: &Geometry,
     x: &[f32],

@@ -176,6 +176,9 @@ pub(super) mod avx2 {
     }
 
     /// The sum of a vector's eight lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA (it reads no memory).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn lanes_sum(v: __m256) -> f32 {
         let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
