@@ -26,8 +26,8 @@
 //! - its **CUDA launches**, in `cuda/<op>.rs`: the kernels of `cuda/kernels.cu` (or cuDNN) on
 //!   candle's CUDA storage.
 //!
-//! The glue imports its backends, never the other way round, and the backends do not import each
-//! other. What the glue and a backend both take lives in its own file at the top ([`Geometry`]
+//! The glue imports its backends, never the other way round, and the CPU and CUDA sides do not
+//! import each other (CPU files may share maths: the tail's ReLU is BatchNorm's). What the glue and a backend both take lives in its own file at the top ([`Geometry`]
 //! in `geometry.rs`, the optimizer's operands in `multi_tensor.rs`); `host.rs` holds the helpers
 //! on candle's side (a CPU tensor as a slice, a slice as an output tensor, the `[n, c, …]` split
 //! of a shape), `cpu/` what the CPU maths share (`mod.rs`, `gemm.rs`, `wide.rs`), and
