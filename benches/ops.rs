@@ -94,9 +94,23 @@ fn bench_direct_conv(c: &mut Criterion) {
             .to_vec1::<f32>()
             .unwrap();
         group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::new("fwd+dx+dw-direct", name), |b| {
-            b.iter(|| black_box((forward(&g, &x, &w), backward(&g, &x, &w, &dy, true))))
-        });
+        // Each kernel in f32 and, where the CPU has AVX512-BF16, with bf16 products.
+        let precisions: &[(&str, bool)] = if cifar_stream::ops::bf16_products_available() {
+            &[("f32", false), ("bf16", true)]
+        } else {
+            &[("f32", false)]
+        };
+        for &(p, bf16) in precisions {
+            group.bench_function(BenchmarkId::new(format!("fwd-{p}"), name), |b| {
+                b.iter(|| black_box(forward(&g, &x, &w, bf16)))
+            });
+            group.bench_function(BenchmarkId::new(format!("dw-{p}"), name), |b| {
+                b.iter(|| black_box(backward(&g, &x, &w, &dy, false, bf16)))
+            });
+            group.bench_function(BenchmarkId::new(format!("dx+dw-{p}"), name), |b| {
+                b.iter(|| black_box(backward(&g, &x, &w, &dy, true, bf16)))
+            });
+        }
         group.bench_function(BenchmarkId::new("fwd+dx+dw-im2col", name), |b| {
             b.iter(|| {
                 black_box((

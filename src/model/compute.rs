@@ -1,7 +1,7 @@
 //! How a network computes, whatever its layers: the ops' settings (kernels, TF32) and the dtype
 //! of activations (the variables stay their own dtype as master weights).
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::precision::Precision;
 use crate::ops::{Kernels, Options};
@@ -37,10 +37,14 @@ impl Compute {
         self.ops.tf32 = tf32;
     }
 
-    /// Chooses the compute precision (the variables stay in their own dtype).
-    pub fn set_precision(&mut self, precision: Precision) {
+    /// Chooses the compute precision on `device` (the variables stay in their own dtype): bf16
+    /// activations on CUDA, bf16 products inside f32 ops on the CPU.
+    pub fn set_precision(&mut self, precision: Precision, device: &Device) {
+        let cpu_bf16 = precision.is_cpu_bf16(device);
+        self.ops.bf16_products = cpu_bf16;
         self.dtype = match precision {
             Precision::F32 => None,
+            _ if cpu_bf16 => None,
             p => Some(p.dtype()),
         };
     }
@@ -55,6 +59,7 @@ impl Compute {
     pub fn precision(&self) -> Precision {
         match self.dtype {
             Some(DType::BF16) => Precision::Bf16,
+            _ if self.ops.bf16_products => Precision::Bf16,
             _ => Precision::F32,
         }
     }

@@ -2,6 +2,8 @@
 
 use candle_core::{DType, Device};
 
+use crate::ops::Kernels;
+
 /// Compute precision of the forward and backward passes.
 #[derive(
     Clone,
@@ -19,10 +21,12 @@ pub enum Precision {
     /// Everything in f32: the reference.
     #[default]
     F32,
-    /// Convolutions, the residual tail and activations in bf16; weights are cast from their f32
-    /// masters at each use, so gradients, the optimizer and the EMA stay f32. BatchNorm, the
-    /// Squeeze-and-Excitation gate, pooling, the classifier and the loss compute in f32, as
-    /// PyTorch's autocast keeps reductions in f32.
+    /// On CUDA: convolutions, the residual tail and activations in bf16; weights are cast from
+    /// their f32 masters at each use, so gradients, the optimizer and the EMA stay f32.
+    /// BatchNorm, the Squeeze-and-Excitation gate, pooling, the classifier and the loss compute
+    /// in f32, as PyTorch's autocast keeps reductions in f32. On the CPU (AVX512-BF16 only):
+    /// the 3×3 convolutions, forward and both gradients, multiply bf16-rounded operands and sum
+    /// in f32; activations stay f32 between ops, and every other op computes in f32.
     Bf16,
 }
 
@@ -43,13 +47,31 @@ impl Precision {
         }
     }
 
-    /// Refuses a precision `device` cannot compute in, saying why.
-    pub fn check(self, device: &Device) -> Result<(), String> {
+    /// Refuses a precision `device` cannot compute in with `kernels`, saying why.
+    pub fn check(self, device: &Device, kernels: Kernels) -> Result<(), String> {
         if self == Precision::Bf16 && device.is_cpu() {
-            return Err(
-                "precision bf16 needs a CUDA device: candle's CPU matmul has no bf16".into(),
-            );
+            if kernels != Kernels::Fast {
+                return Err(
+                    "precision bf16 on the CPU needs --kernels fast: candle's own CPU \
+                            ops have no bf16 products"
+                        .into(),
+                );
+            }
+            if !crate::ops::bf16_products_available() {
+                return Err(
+                    "precision bf16 on the CPU needs AVX512-BF16 (vdpbf16ps: Zen 4 and \
+                            later, Sapphire Rapids and later Xeons), which this CPU lacks; \
+                            train with --precision f32"
+                        .into(),
+                );
+            }
         }
         Ok(())
+    }
+
+    /// Whether this precision on `device` is the CPU's: bf16 products inside f32 ops rather
+    /// than bf16 activations.
+    pub fn is_cpu_bf16(self, device: &Device) -> bool {
+        self == Precision::Bf16 && device.is_cpu()
     }
 }

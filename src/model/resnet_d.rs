@@ -177,9 +177,9 @@ impl SeResNetD {
         self.compute.ops
     }
 
-    /// Chooses the compute precision (the variables stay in their own dtype).
-    pub fn set_precision(&mut self, precision: Precision) {
-        self.compute.set_precision(precision);
+    /// Chooses the compute precision on `device` (the variables stay in their own dtype).
+    pub fn set_precision(&mut self, precision: Precision, device: &Device) {
+        self.compute.set_precision(precision, device);
     }
 
     /// Computes in `dtype` with the variables as master weights (`None`: in the variables' own

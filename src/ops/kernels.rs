@@ -73,6 +73,11 @@ pub struct Options {
     pub kernels: Kernels,
     /// TF32 allowed on CUDA.
     pub tf32: bool,
+    /// On the CPU, 3×3 stride-1 convolutions (forward and both gradients) multiply operands
+    /// rounded to bf16 and sum in f32 (AVX512-BF16; see [`crate::ops::bf16_products_available`]);
+    /// other convolutions and every other op stay f32. Nothing changes on CUDA, where bf16 is
+    /// the activations' dtype instead.
+    pub bf16_products: bool,
 }
 
 impl From<Kernels> for Options {
@@ -81,6 +86,7 @@ impl From<Kernels> for Options {
         Options {
             kernels,
             tf32: true,
+            bf16_products: false,
         }
     }
 }

@@ -30,9 +30,9 @@ pub fn conv2d(
     }
     match ops.kernels.route(x) {
         Route::Stock => x.conv2d(w, pad, stride, 1, 1),
-        Route::Cpu => conv::conv2d(x, w, stride, pad, ops.tf32),
+        Route::Cpu => conv::conv2d(x, w, stride, pad, ops),
         #[cfg(feature = "cudnn")]
-        Route::Cuda => conv::conv2d(x, w, stride, pad, ops.tf32),
+        Route::Cuda => conv::conv2d(x, w, stride, pad, ops),
         #[cfg(all(feature = "cuda", not(feature = "cudnn")))]
         Route::Cuda => conv::lowered::conv2d(x, w, stride, pad),
     }

@@ -83,8 +83,10 @@ pub mod stage;
 mod tail;
 
 pub use batch_norm::Stats;
+pub use cpu::conv::bf16_products_available;
 pub use geometry::Geometry;
 pub use kernels::{Kernels, Options, Route};
+
 pub use layers::{
     block_tail, conv2d, gelu, gelu_with_bias, max_pool2, squeeze, BatchNorm, Conv2d, Statistics,
 };

@@ -23,12 +23,15 @@ pub struct Net {
 impl Net {
     /// A freshly initialised network, computing with `config`'s kernels and precision.
     pub fn new(config: &TrainConfig, device: &Device) -> Result<Net> {
-        config.precision.check(device).map_err(Error::Unsupported)?;
+        config
+            .precision
+            .check(device, config.kernels)
+            .map_err(Error::Unsupported)?;
         let (mut model, vars) =
             model::build_network(&config.model, config.seed, device, DType::F32)?;
         let compute = model.compute_mut();
         compute.set_kernels(config.kernels);
-        compute.set_precision(config.precision);
+        compute.set_precision(config.precision, device);
         compute.set_tf32(config.tf32);
         Ok(Net { model, vars })
     }

@@ -43,7 +43,8 @@ pub struct Prediction {
 
 impl SavedRun {
     /// Opens the run in `dir` on `device` with its EMA weights, or the raw ones when `raw` is set
-    /// or the run kept no EMA. A bf16 run on the CPU computes in f32 (the CPU has no bf16 matmul).
+    /// or the run kept no EMA. A bf16 run on the CPU evaluates in f32: the same weights, more
+    /// exactly, on any CPU (bf16 products need AVX512-BF16).
     pub fn load(dir: &Path, raw: bool, device: &Device) -> Result<SavedRun> {
         let snapshot = Snapshot::load(dir, device)?;
         let mut config = snapshot.state.config.clone();

@@ -153,8 +153,9 @@ impl Apply for KernelFlag {
 #[derive(Args)]
 #[group(id = "precision_flag")]
 pub struct PrecisionFlag {
-    /// Compute precision: f32, or bf16 (bf16 convolutions and activations; f32 master weights,
-    /// BatchNorm, loss and optimizer; CUDA only) [default: f32].
+    /// Compute precision: f32, or bf16 (on CUDA bf16 convolutions and activations; on a CPU with
+    /// AVX512-BF16 the 3×3 convolutions' products in bf16, summed in f32; f32 master weights,
+    /// BatchNorm, loss and optimizer either way) [default: f32].
     #[arg(long, value_enum)]
     precision: Option<Precision>,
     /// No TF32 tensor cores for f32 convolutions and matrix products on CUDA (they are allowed

@@ -35,9 +35,7 @@ impl SavedRunArgs {
     fn open(&self) -> Result<SavedRun> {
         let run = SavedRun::load(&self.checkpoint, self.raw, &self.device.select()?)?;
         if run.precision_fallback {
-            eprintln!(
-                "note: this run trained in bf16; the CPU evaluates it in f32 (no bf16 matmul)"
-            );
+            eprintln!("note: this run trained in bf16; the CPU evaluates it in f32");
         }
         eprintln!("{}", run.describe());
         Ok(run)

@@ -11,21 +11,26 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::cpu::conv::{backward, forward};
 use super::host::{contiguous_f32, op_output, with_f32};
-use super::Geometry;
+use super::{Geometry, Options};
 
-/// `conv2d(x, w)` as one [`Conv2dOp`] on contiguous operands; f32 on CUDA may use TF32 tensor
-/// cores when `tf32` (cuDNN's math type is set per call, so the setting is this call's).
+/// `conv2d(x, w)` as one [`Conv2dOp`] on contiguous operands, with `ops`' numeric switches: f32
+/// on CUDA may use TF32 tensor cores (cuDNN's math type is set per call, so the setting is this
+/// call's), 3×3 convolutions on the CPU may multiply in bf16.
 pub(super) fn conv2d(
     x: &Tensor,
     w: &Tensor,
     stride: usize,
     pad: usize,
-    tf32: bool,
+    ops: Options,
 ) -> Result<Tensor> {
-    x.contiguous()?.apply_op2_arc(
-        &w.contiguous()?,
-        Arc::new(Box::new(Conv2dOp { stride, pad, tf32 })),
-    )
+    let op = Conv2dOp {
+        stride,
+        pad,
+        tf32: ops.tf32,
+        bf16: ops.bf16_products,
+    };
+    x.contiguous()?
+        .apply_op2_arc(&w.contiguous()?, Arc::new(Box::new(op)))
 }
 
 /// The candle op: `conv2d(x, w)` with an explicit backward pass on either backend.
@@ -35,6 +40,8 @@ struct Conv2dOp {
     /// TF32 allowed for f32 on CUDA (nothing on the CPU).
     #[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
     tf32: bool,
+    /// 3×3 convolutions on the CPU multiply bf16-rounded operands (nothing on CUDA).
+    bf16: bool,
 }
 
 impl Conv2dOp {
@@ -58,7 +65,7 @@ impl CustomOp2 for Conv2dOp {
         let g = self.geometry(l1.dims(), l2.dims())?;
         let x = contiguous_f32(s1, l1)?;
         let w = contiguous_f32(s2, l2)?;
-        let y = forward(&g, x, w);
+        let y = forward(&g, x, w, self.bf16);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.k, g.ho(), g.wo()))))
     }
 
@@ -91,7 +98,7 @@ impl CustomOp2 for Conv2dOp {
         }
         let (dx, dw) = with_f32(x, |xs| {
             with_f32(w, |ws| {
-                with_f32(dy, |dys| Ok(backward(&g, xs, ws, dys, want_dx)))
+                with_f32(dy, |dys| Ok(backward(&g, xs, ws, dys, want_dx, self.bf16)))
             })
         })?;
         let dx = dx

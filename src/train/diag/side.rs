@@ -37,6 +37,7 @@ impl<'a> Side<'a> {
         Options {
             kernels: self.kernels,
             tf32: self.tf32,
+            bf16_products: false,
         }
     }
 }

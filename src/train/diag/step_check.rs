@@ -15,13 +15,13 @@ use crate::train::net::Net;
 /// Logits and every parameter gradient of one training step (no update).
 fn step(config: &TrainConfig, side: Side, batch: usize) -> Result<Vec<(String, Tensor)>> {
     side.precision
-        .check(side.device)
+        .check(side.device, side.kernels)
         .map_err(Error::Unsupported)?;
     let (mut model, vars) =
         crate::model::build_network(&config.model, config.seed, side.device, side.dtype)?;
     let compute = model.compute_mut();
     compute.set_kernels(side.kernels);
-    compute.set_precision(side.precision);
+    compute.set_precision(side.precision, side.device);
     compute.set_tf32(side.tf32);
     // The sides of one comparison differ in TF32 within this process (the device side as the
     // config says, the CPU references strict), and candle's switch for its matrix products is

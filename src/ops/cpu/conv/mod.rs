@@ -16,10 +16,21 @@ fn is_direct(g: &Geometry) -> bool {
     same3 && g.n * g.c * g.k * g.h * g.w > 0
 }
 
-/// Forward: 3×3, stride-1, pad-1 convolutions through `direct`, any other through
-/// [`im2col_forward`].
-pub fn forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
-    if is_direct(g) {
+/// Whether this CPU can run 3×3 convolutions with bf16 products: AVX512-BF16's `vdpbf16ps`
+/// (Zen 4 and later, Cooper Lake and Sapphire Rapids and later Xeons).
+pub fn bf16_products_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return direct::bf16::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Forward: 3×3, stride-1, pad-1 convolutions through `direct` (with bf16 products when
+/// `bf16`), any other through [`im2col_forward`] (f32 always).
+pub fn forward(g: &Geometry, x: &[f32], wt: &[f32], bf16: bool) -> Vec<f32> {
+    if is_direct(g) && bf16 {
+        direct::bf16::forward(g, x, wt)
+    } else if is_direct(g) {
         direct::forward(g, x, wt)
     } else {
         im2col_forward(g, x, wt)
@@ -27,15 +38,19 @@ pub fn forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
 }
 
 /// Backward: `(dx, dw)` from the output gradient `dy` (`dx` None when not wanted), through
-/// `direct` where it applies and [`im2col_backward`] otherwise.
+/// `direct` where it applies (with bf16 products when `bf16`) and [`im2col_backward`] otherwise.
 pub fn backward(
     g: &Geometry,
     x: &[f32],
     wt: &[f32],
     dy: &[f32],
     want_dx: bool,
+    bf16: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>) {
-    if is_direct(g) {
+    if is_direct(g) && bf16 {
+        let dx = want_dx.then(|| direct::bf16::input_grad(g, wt, dy));
+        (dx, direct::bf16::weight_grad(g, x, dy))
+    } else if is_direct(g) {
         let dx = want_dx.then(|| direct::input_grad(g, wt, dy));
         (dx, direct::weight_grad(g, x, dy))
     } else {
@@ -46,6 +61,9 @@ pub fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `(dx, dw)`, as the backward passes return them.
+    type Gradients = (Option<Vec<f32>>, Vec<f32>);
 
     /// Every tap of the convolution that lands inside the image, as `(y index, x index,
     /// w index)` of the flat NCHW output, input and weight.
@@ -117,7 +135,7 @@ mod tests {
                 .map(|i| (i as f32 * 0.3).cos())
                 .collect();
             let want = naive(&g, &x, &wt);
-            for got in [forward(&g, &x, &wt), im2col_forward(&g, &x, &wt)] {
+            for got in [forward(&g, &x, &wt, false), im2col_forward(&g, &x, &wt)] {
                 assert_eq!(got.len(), want.len());
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() < 1e-4, "{g:?}: {a} vs {b}");
@@ -176,7 +194,13 @@ mod tests {
                     .build()
                     .unwrap();
                 pool.install(|| {
-                    for backward in [backward, im2col_backward] {
+                    let f32_backward = |g: &Geometry, x: &[f32], w: &[f32], dy: &[f32], dx| {
+                        backward(g, x, w, dy, dx, false)
+                    };
+                    type Backward<'a> =
+                        &'a dyn Fn(&Geometry, &[f32], &[f32], &[f32], bool) -> Gradients;
+                    let both: [Backward; 2] = [&f32_backward, &im2col_backward];
+                    for backward in both {
                         let (dx, dw) = backward(&g, &x, &wt, &dy, true);
                         close(&dx.unwrap(), &want_dx, "dx");
                         close(&dw, &want_dw, "dw");

@@ -27,6 +27,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+pub(super) mod bf16;
 mod lanes;
 mod tiles;
 
@@ -218,18 +220,25 @@ impl Tiling {
                     for t in 0..self.tiles() {
                         self.tile(&grid[t * width..], filters, &mut out[t * width..], row);
                     }
-                    for j in 0..self.co.min(self.outs - b * self.co) {
-                        let dst = &mut img_out[(b * self.co + j) * hw..][..hw];
-                        for (yy, line) in dst.chunks_mut(self.w).enumerate() {
-                            let src = &out[j * row + yy * self.wp..][..self.w];
-                            for (d, &v) in line.iter_mut().zip(src) {
-                                d.write(v);
-                            }
-                        }
-                    }
+                    self.store_block(b, out, img_out);
                 }
             },
         );
+    }
+
+    /// Copies block `b`'s real output channels from the tiles' rows (`out`, channel `j` at
+    /// `j·tiles·width`, positions on the grid) into the image's NCHW output, every pixel.
+    fn store_block(&self, b: usize, out: &[f32], img_out: &mut [MaybeUninit<f32>]) {
+        let (hw, row) = (self.h * self.w, self.tiles() * self.width());
+        for j in 0..self.co.min(self.outs - b * self.co) {
+            let dst = &mut img_out[(b * self.co + j) * hw..][..hw];
+            for (yy, line) in dst.chunks_mut(self.w).enumerate() {
+                let src = &out[j * row + yy * self.wp..][..self.w];
+                for (d, &v) in line.iter_mut().zip(src) {
+                    d.write(v);
+                }
+            }
+        }
     }
 
     /// Copies one image into the interior of its zero-bordered grid.

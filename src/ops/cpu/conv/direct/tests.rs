@@ -2,7 +2,7 @@ use super::*;
 
 /// Every product of the convolution's definition that lands inside the image, as flat
 /// `(y index, x index, w index)` of NCHW output, input and `[k][c][3][3]` filters.
-fn taps(g: &Geometry) -> Vec<(usize, usize, usize)> {
+pub(super) fn taps(g: &Geometry) -> Vec<(usize, usize, usize)> {
     let Geometry { n, c, k, h, w, .. } = *g;
     let mut taps = Vec::new();
     for img in 0..n {

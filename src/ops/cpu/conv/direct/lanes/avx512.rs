@@ -12,7 +12,7 @@ use super::operands::{RowTile, Walk, LANES};
 /// # Safety
 /// The CPU has AVX-512F, and the operands hold what [`RowTile::run`] asserts.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn row<const P: usize, const V: usize>(
+pub(in crate::ops::cpu::conv::direct) unsafe fn row<const P: usize, const V: usize>(
     grid: *const f32,
     offs: &[usize; 9],
     s: RowTile,
@@ -54,6 +54,22 @@ pub(super) unsafe fn row<const P: usize, const V: usize>(
             }
         }
     }
+    finish_row::<P, V>(&acc, s, sums, out);
+}
+
+/// A row tile's sums: into `sums` (`[position][channel]`, rows `s.op` apart) when `out` is
+/// null, else transposed into NCHW `out` (the block's real channels only).
+///
+/// # Safety
+/// The CPU has AVX-512F, and the operands hold what [`RowTile::check`](super::RowTile) asserts.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(in crate::ops::cpu::conv::direct) unsafe fn finish_row<const P: usize, const V: usize>(
+    acc: &[[__m512; V]; P],
+    s: RowTile,
+    sums: *mut f32,
+    out: *mut f32,
+) {
     if out.is_null() {
         for (p, lanes) in acc.iter().enumerate() {
             for (v, a) in lanes.iter().enumerate() {

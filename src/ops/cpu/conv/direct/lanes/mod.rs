@@ -26,15 +26,15 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::{taps, Isa, Tiling};
-use operands::{RowTile, Walk, LANES};
+pub(super) use operands::{RowTile, Walk, LANES};
 
 /// Bytes of one pass's transposed gradients and input grids: about half of a 1 MiB L2 (the
 /// tests' small sizes take several passes and strips only with far smaller budgets).
-const PASS_BYTES: usize = if cfg!(test) { 16 * 1024 } else { 512 * 1024 };
+pub(super) const PASS_BYTES: usize = if cfg!(test) { 16 * 1024 } else { 512 * 1024 };
 
 /// Bytes of a strip's transposed gradient for one block of channels: half of a 48 KiB L1 (most
 /// of 32 KiB on older cores).
-const STRIP_BYTES: usize = if cfg!(test) { 2 * 1024 } else { 24 * 1024 };
+pub(super) const STRIP_BYTES: usize = if cfg!(test) { 2 * 1024 } else { 24 * 1024 };
 
 /// The tile's shape: kernel rows per tile (1 or 3) and the most vectors of channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub(super) fn blocks(nv: usize, shape: Shape) -> impl Iterator<Item = (usize, us
 
 impl Tiling {
     /// Vectors of output channels, and the channels they pad `outs` to.
-    fn lane_outs(&self) -> (usize, usize) {
+    pub(super) fn lane_outs(&self) -> (usize, usize) {
         let nv = self.outs.div_ceil(LANES);
         (nv, nv * LANES)
     }
@@ -148,19 +148,24 @@ impl Tiling {
             }
             first += m;
         }
-        let mut dw = vec![0.0f32; self.outs * self.ins * 9];
-        for (o, filters) in dw.chunks_mut(self.ins * 9).enumerate() {
-            for (it, d) in filters.iter_mut().enumerate() {
-                *d = acc[it * op + o];
-            }
-        }
-        dw
+        filters_of(&acc, self.outs, self.ins, op)
     }
+}
+
+/// The weight gradient `[outs][ins][9]` from the tiles' sums `[ins][9][op]`.
+pub(super) fn filters_of(acc: &[f32], outs: usize, ins: usize, op: usize) -> Vec<f32> {
+    let mut dw = vec![0.0f32; outs * ins * 9];
+    for (o, filters) in dw.chunks_mut(ins * 9).enumerate() {
+        for (it, d) in filters.iter_mut().enumerate() {
+            *d = acc[it * op + o];
+        }
+    }
+    dw
 }
 
 /// Bytes of one forward pass's filters and input planes: most of a 48 KiB L1 (the tests' take
 /// several passes on every case but one).
-const ROW_PASS_BYTES: usize = if cfg!(test) { 2 * 1024 } else { 32 * 1024 };
+pub(super) const ROW_PASS_BYTES: usize = if cfg!(test) { 2 * 1024 } else { 32 * 1024 };
 
 /// The most positions of a row in one forward tile.
 const MAX_ROW: usize = 8;
@@ -193,14 +198,14 @@ impl Tiling {
 
     /// A row's tiles: `(first column, positions)`, as few as hold at most [`MAX_ROW`] each, the
     /// longer first.
-    fn row_pieces(&self) -> impl Iterator<Item = (usize, usize)> {
+    pub(super) fn row_pieces(&self) -> impl Iterator<Item = (usize, usize)> {
         let pieces = self.w.div_ceil(MAX_ROW);
         let (base, extra) = (self.w / pieces, self.w % pieces);
         (0..pieces).map(move |i| (i * base + i.min(extra), base + usize::from(i < extra)))
     }
 
     /// The forward tile's shape: one row, and the vectors its longest (first) piece holds.
-    fn row_shape(&self) -> Shape {
+    pub(super) fn row_shape(&self) -> Shape {
         let (_, longest) = self.row_pieces().next().expect("a row has a piece");
         Shape {
             rows: 1,
@@ -290,6 +295,35 @@ impl Tiling {
 }
 
 impl RowTile {
+    /// Asserts that a tile's operands (`grid` and `filters` lengths in elements, each element
+    /// one input channel's value or one pair's) hold every read and write the tile makes, and
+    /// returns where its NCHW output goes (null: back into `sums`).
+    pub(super) fn check(
+        &self,
+        (grid, offs, filters): (usize, &[usize; 9], usize),
+        sums: &[f32],
+        resume: bool,
+        out: Option<&mut [MaybeUninit<f32>]>,
+    ) -> *mut f32 {
+        let (p, v) = (self.positions, self.vectors);
+        assert!((1..=MAX_ROW).contains(&p) && (1..=row_vectors(p)).contains(&v));
+        let far = offs.iter().max().expect("nine taps");
+        assert!(grid >= (self.ins - 1) * self.plane + far + p);
+        assert!(filters >= self.ins * 9 * v * LANES);
+        let stored = self.outs.min(v * LANES);
+        assert!(stored > (v - 1) * LANES);
+        if resume || out.is_none() {
+            assert!(sums.len() >= (p - 1) * self.op + v * LANES);
+        }
+        match out {
+            Some(out) => {
+                assert!(out.len() >= (stored - 1) * self.hw + p);
+                out.as_mut_ptr().cast::<f32>()
+            }
+            None => std::ptr::null_mut(),
+        }
+    }
+
     /// Sums the tile's `9·ins` products, from `sums[p·op + 16·v ..]` with `resume` (else from
     /// zero), into NCHW `out[(16·v + lane)·hw + p]` if given (`out` from the block's first
     /// channel and the piece's first position), else back into `sums`; `grid` is read from the
@@ -304,22 +338,7 @@ impl RowTile {
         out: Option<&mut [MaybeUninit<f32>]>,
     ) {
         let (p, v) = (self.positions, self.vectors);
-        assert!((1..=MAX_ROW).contains(&p) && (1..=row_vectors(p)).contains(&v));
-        let far = offs.iter().max().expect("nine taps");
-        assert!(grid.len() >= (self.ins - 1) * self.plane + far + p);
-        assert!(filters.len() >= self.ins * 9 * v * LANES);
-        let stored = self.outs.min(v * LANES);
-        assert!(stored > (v - 1) * LANES);
-        if resume || out.is_none() {
-            assert!(sums.len() >= (p - 1) * self.op + v * LANES);
-        }
-        let out = match out {
-            Some(out) => {
-                assert!(out.len() >= (stored - 1) * self.hw + p);
-                out.as_mut_ptr().cast::<f32>()
-            }
-            None => std::ptr::null_mut(),
-        };
+        let out = self.check((grid.len(), offs, filters.len()), sums, resume, out);
         #[cfg(target_arch = "x86_64")]
         {
             assert!(std::arch::is_x86_feature_detected!("avx512f"));
@@ -353,7 +372,7 @@ impl RowTile {
 
 /// `dst[q·16v + o] = src[o·hw + q]` for one image and block: `src` holds the block's real
 /// channels (`[chans][hw]`), `dst` is `[hw][16·v]`, zero past them.
-fn transpose(src: &[f32], hw: usize, v: usize, dst: &mut [f32]) {
+pub(super) fn transpose(src: &[f32], hw: usize, v: usize, dst: &mut [f32]) {
     let chans = src.len() / hw.max(1);
     assert!(src.len() == chans * hw && chans <= v * LANES && dst.len() >= hw * v * LANES);
     // Every vector but the last holds at least one real channel, so no load starts past `src`.
@@ -425,7 +444,7 @@ fn tile(rows: usize, v: usize, grads: &[f32], grid: &[f32], s: Walk, acc: &mut [
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub(super) mod avx512;
 mod operands;
 
 #[cfg(test)]

@@ -2,12 +2,12 @@
 //! shared by the tilings (`mod.rs`) and the AVX-512 kernels (`avx512.rs`).
 
 /// Output channels per vector.
-pub(super) const LANES: usize = 16;
+pub(in crate::ops::cpu::conv::direct) const LANES: usize = 16;
 
 /// Where one tile's operands lie, in floats.
 #[derive(Clone, Copy)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(super) struct Walk {
+pub(in crate::ops::cpu::conv::direct) struct Walk {
     pub h: usize,
     pub w: usize,
     pub wp: usize,
@@ -24,7 +24,7 @@ pub(super) struct Walk {
 
 /// One forward tile: `positions` consecutive outputs of a row × `vectors` of channels.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct RowTile {
+pub(in crate::ops::cpu::conv::direct) struct RowTile {
     pub positions: usize,
     pub vectors: usize,
     pub ins: usize,

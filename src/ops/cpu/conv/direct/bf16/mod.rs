@@ -1,0 +1,404 @@
+//! The direct 3×3 convolution with bf16 products (AVX512-BF16's `vdpbf16ps`) and f32 sums.
+//!
+//! The tiles are the f32 kernels' ([`super::tiles`], [`super::lanes`]) with the sum over input
+//! channels taken two at a time: the bordered grid holds, per pair of input channels, one
+//! 32-bit lane per position (the even channel's bf16 in the low half), the filters the same
+//! pairs, and one instruction adds both products of each pair to an f32 accumulator. The
+//! weight gradient pairs two neighbouring positions of a row instead: the output gradient,
+//! transposed to channels in the lanes, as position pairs, and the input grid as plain bf16,
+//! where the two inputs a pair's positions read for one tap are adjacent. Operands are
+//! rounded to bf16 (nearest even) as they are copied into grids and packed, which each kernel
+//! does anyway; outputs and every sum stay f32, as under PyTorch's autocast.
+//!
+//! The plans (tile shapes, passes, strips) are the f32 ones: a pair is one lane as a float is.
+
+#[cfg(test)]
+mod tests;
+
+mod avx512;
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::lanes::{self, blocks, RowTile, Walk, LANES, PASS_BYTES, STRIP_BYTES};
+use super::{images_per_chunk, sum_in_order, taps, written_by, Geometry, Isa, Tiling};
+
+/// Whether this CPU multiplies bf16 pairs (AVX512-BF16, with the AVX-512F and BW it builds on).
+pub fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+/// `x` rounded to bf16, nearest even, as bits.
+fn round(x: f32) -> u32 {
+    u32::from(bf16::from_f32(x).to_bits())
+}
+
+/// Two values as one pair, `lo` in the low half.
+fn pair(lo: f32, hi: f32) -> u32 {
+    round(lo) | round(hi) << 16
+}
+
+/// Forward: `y = conv3x3(x, w)` with bf16 products, images in parallel.
+pub(in crate::ops) fn forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
+    let plan = bf16_plan(g.c, g.k, g.h, g.w);
+    let packed = pack(&plan, |o, i, t| wt[(o * g.c + i) * 9 + t]);
+    // SAFETY: `run` writes every output of every image.
+    unsafe { written_by(g.n * g.k * g.h * g.w, |y| run(&plan, x, &packed, y)) }
+}
+
+/// Input gradient: `dx = conv3x3(dy, w flipped, channels swapped)` with bf16 products.
+pub(in crate::ops) fn input_grad(g: &Geometry, wt: &[f32], dy: &[f32]) -> Vec<f32> {
+    let plan = bf16_plan(g.k, g.c, g.h, g.w);
+    let packed = pack(&plan, |o, i, t| wt[(i * g.c + o) * 9 + (8 - t)]);
+    // SAFETY: `run` writes every output of every image.
+    unsafe { written_by(g.n * g.c * g.h * g.w, |dx| run(&plan, dy, &packed, dx)) }
+}
+
+/// Weight gradient with bf16 products, chunked over the batch as the f32 one is.
+pub(in crate::ops) fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let plan = bf16_plan(g.c, g.k, g.h, g.w);
+    let per = images_per_chunk(g.n);
+    let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(per))
+        .into_par_iter()
+        .map(|j| weight_grad_chunk(&plan, x, dy, j * per..((j + 1) * per).min(g.n)))
+        .collect();
+    sum_in_order(&partials, g.k * g.c * 9)
+}
+
+/// The f32 plan on AVX-512, whose tiles these mirror.
+fn bf16_plan(ins: usize, outs: usize, h: usize, w: usize) -> Tiling {
+    assert!(available(), "bf16 products need AVX512-BF16");
+    Tiling::new(ins, outs, h, w, Isa::Avx512)
+}
+
+/// Pairs of input channels.
+fn pair_count(plan: &Tiling) -> usize {
+    plan.ins.div_ceil(2)
+}
+
+/// Filters as pairs of input channels, in the layout of the f32 kernel the plan runs:
+/// `[block][pair][tap][co]` for position tiles, per block of `v` vectors `[pair][9][16·v]` for
+/// channel-lane rows; zero past the last channel either way.
+fn pack(plan: &Tiling, weight: impl Fn(usize, usize, usize) -> f32) -> Vec<u32> {
+    let w = |o: usize, i: usize, t: usize| {
+        if o < plan.outs && i < plan.ins {
+            weight(o, i, t)
+        } else {
+            0.0
+        }
+    };
+    let at = |o: usize, j: usize, t: usize| pair(w(o, 2 * j, t), w(o, 2 * j + 1, t));
+    let pairs = pair_count(plan);
+    if plan.lane_rows() {
+        let (nv, op) = plan.lane_outs();
+        let mut packed = vec![0u32; pairs * 9 * op];
+        for (ob, v) in blocks(nv, plan.row_shape()) {
+            let block = &mut packed[pairs * 9 * ob * LANES..][..pairs * 9 * v * LANES];
+            for (jt, row) in block.chunks_mut(v * LANES).enumerate() {
+                for (l, p) in row.iter_mut().enumerate() {
+                    *p = at(ob * LANES + l, jt / 9, jt % 9);
+                }
+            }
+        }
+        return packed;
+    }
+    let mut packed = vec![0u32; plan.blocks() * pairs * 9 * plan.co];
+    for (b, block) in packed.chunks_mut(pairs * 9 * plan.co).enumerate() {
+        for (jt, taps) in block.chunks_mut(plan.co).enumerate() {
+            for (l, p) in taps.iter_mut().enumerate() {
+                *p = at(b * plan.co + l, jt / 9, jt % 9);
+            }
+        }
+    }
+    packed
+}
+
+/// Copies one image into its zero-bordered grid of channel pairs, `[pair][plane]`.
+fn border_pairs(plan: &Tiling, img: &[f32], grid: &mut [u32]) {
+    let hw = plan.h * plan.w;
+    for (j, plane) in grid
+        .chunks_mut(plan.plane)
+        .take(pair_count(plan))
+        .enumerate()
+    {
+        let lo = &img[2 * j * hw..][..hw];
+        let hi = (2 * j + 1 < plan.ins).then(|| &img[(2 * j + 1) * hw..][..hw]);
+        plane.fill(0);
+        for (yy, line) in lo.chunks(plan.w).enumerate() {
+            let dst = &mut plane[(yy + 1) * plan.wp + 1..][..plan.w];
+            for (xx, (d, &a)) in dst.iter_mut().zip(line).enumerate() {
+                *d = pair(a, hi.map_or(0.0, |h| h[yy * plan.w + xx]));
+            }
+        }
+    }
+}
+
+/// Copies one image into its zero-bordered grid of bf16 values, `[channel][plane]`.
+fn border_plain(plan: &Tiling, img: &[f32], grid: &mut [u16]) {
+    let hw = plan.h * plan.w;
+    for (i, plane) in grid.chunks_mut(plan.plane).take(plan.ins).enumerate() {
+        plane.fill(0);
+        for (yy, line) in img[i * hw..][..hw].chunks(plan.w).enumerate() {
+            let dst = &mut plane[(yy + 1) * plan.wp + 1..][..plan.w];
+            for (d, &a) in dst.iter_mut().zip(line) {
+                *d = bf16::from_f32(a).to_bits();
+            }
+        }
+    }
+}
+
+/// Convolves every image of `x` into `y` as [`Tiling::run`] does, writing every element of `y`.
+fn run(plan: &Tiling, x: &[f32], packed: &[u32], y: &mut [MaybeUninit<f32>]) {
+    if plan.lane_rows() {
+        return run_lanes(plan, x, packed, y);
+    }
+    let (hw, width, pairs) = (plan.h * plan.w, plan.width(), pair_count(plan));
+    let row = plan.tiles() * width;
+    // Past the last plane: the last tile's lanes beyond `span` read up to `width` further.
+    let grid_len = pairs * plan.plane + width;
+    y.par_chunks_mut(plan.outs * hw).enumerate().for_each_init(
+        || (vec![0u32; grid_len], vec![0.0f32; plan.co * row]),
+        |(grid, out), (n, img_out)| {
+            border_pairs(plan, &x[n * plan.ins * hw..][..plan.ins * hw], grid);
+            for b in 0..plan.blocks() {
+                let filters = &packed[b * pairs * 9 * plan.co..][..pairs * 9 * plan.co];
+                for t in 0..plan.tiles() {
+                    tile(
+                        plan,
+                        &grid[t * width..],
+                        filters,
+                        &mut out[t * width..],
+                        row,
+                    );
+                }
+                plan.store_block(b, out, img_out);
+            }
+        },
+    );
+}
+
+/// One position tile over pairs: `co` output channels × `16·v` positions from `grid[0]`.
+fn tile(plan: &Tiling, grid: &[u32], filters: &[u32], out: &mut [f32], stride: usize) {
+    let (width, pairs) = (plan.width(), pair_count(plan));
+    assert!(grid.len() >= (pairs - 1) * plan.plane + 2 * plan.wp + 2 + width);
+    assert!(filters.len() >= pairs * 9 * plan.co);
+    assert!(out.len() >= (plan.co - 1) * stride + width);
+    assert!(available());
+    let offs = taps(plan.wp);
+    let (g, f, o) = (grid.as_ptr(), filters.as_ptr(), out.as_mut_ptr());
+    // SAFETY: the CPU has AVX512-BF16 (asserted), and the asserts above bound every load and
+    // store the tile makes.
+    unsafe {
+        match (plan.co, plan.v) {
+            (24, 1) => avx512::tile::<24, 1>(g, plan.plane, &offs, pairs, f, o, stride),
+            (12, 2) => avx512::tile::<12, 2>(g, plan.plane, &offs, pairs, f, o, stride),
+            (8, 3) => avx512::tile::<8, 3>(g, plan.plane, &offs, pairs, f, o, stride),
+            s => unreachable!("tile shape {s:?}"),
+        }
+    }
+}
+
+/// Pairs per pass of [`run_lanes`] for blocks of `v` vectors: as for f32 channels, what keeps
+/// a block's filters and their grid planes in L1.
+fn lane_pass_pairs(plan: &Tiling, v: usize) -> usize {
+    let pairs = pair_count(plan);
+    let per_pair = 9 * v * LANES * 4 + plan.plane * 4;
+    let passes = pairs.div_ceil((lanes::ROW_PASS_BYTES / per_pair).max(1));
+    pairs.div_ceil(passes)
+}
+
+/// [`Tiling::run_lanes`] over channel pairs.
+fn run_lanes(plan: &Tiling, x: &[f32], packed: &[u32], y: &mut [MaybeUninit<f32>]) {
+    let (hw, pairs) = (plan.h * plan.w, pair_count(plan));
+    let (nv, op) = plan.lane_outs();
+    let shape = plan.row_shape();
+    let per_pass = lane_pass_pairs(plan, shape.vectors.min(nv));
+    let offs = taps(plan.wp);
+    y.par_chunks_mut(plan.outs * hw).enumerate().for_each_init(
+        || {
+            let partial = if per_pass < pairs { hw * op } else { 0 };
+            (vec![0u32; pairs * plan.plane], vec![0.0f32; partial])
+        },
+        |(grid, partial), (n, img_out)| {
+            border_pairs(plan, &x[n * plan.ins * hw..][..plan.ins * hw], grid);
+            for j0 in (0..pairs).step_by(per_pass) {
+                let ins = per_pass.min(pairs - j0);
+                let (resume, last) = (j0 > 0, j0 + ins == pairs);
+                for (ob, v) in blocks(nv, shape) {
+                    let tile = RowTile {
+                        positions: 0,
+                        vectors: v,
+                        ins,
+                        plane: plan.plane,
+                        op,
+                        hw,
+                        outs: plan.outs - ob * LANES,
+                    };
+                    let filters = &packed[pairs * 9 * ob * LANES + j0 * 9 * v * LANES..];
+                    for yy in 0..plan.h {
+                        let grid = &grid[j0 * plan.plane + yy * plan.wp..];
+                        for (x0, positions) in plan.row_pieces() {
+                            let q0 = yy * plan.w + x0;
+                            let tile = RowTile { positions, ..tile };
+                            let sums = partial.get_mut(q0 * op + ob * LANES..).unwrap_or(&mut []);
+                            let out = last.then(|| &mut img_out[ob * LANES * hw + q0..]);
+                            row(tile, &grid[x0..], &offs, filters, (sums, resume), out);
+                        }
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// One channel-lane row tile over pairs ([`RowTile::run`]'s contract, `ins` counting pairs).
+fn row(
+    s: RowTile,
+    grid: &[u32],
+    offs: &[usize; 9],
+    filters: &[u32],
+    (sums, resume): (&mut [f32], bool),
+    out: Option<&mut [MaybeUninit<f32>]>,
+) {
+    let out = s.check((grid.len(), offs, filters.len()), sums, resume, out);
+    assert!(available());
+    let (g, f, r) = (grid.as_ptr(), filters.as_ptr(), (sums.as_mut_ptr(), resume));
+    macro_rules! dispatch {
+        ($($p:literal => [$($v:literal),*]),*) => {
+            match (s.positions, s.vectors) {
+                // SAFETY: the CPU has AVX512-BF16 (asserted), and `check` bounds every load
+                // and store the tile makes.
+                $($(($p, $v) => unsafe { avx512::row::<$p, $v>(g, offs, s, f, r, out) },)*)*
+                other => unreachable!("row tile {other:?}"),
+            }
+        };
+    }
+    dispatch!(
+        1 => [1, 2, 3, 4, 5, 6, 7, 8],
+        2 => [1, 2, 3, 4, 5, 6, 7, 8],
+        3 => [1, 2, 3, 4, 5, 6, 7, 8],
+        4 => [1, 2, 3, 4, 5, 6],
+        5 => [1, 2, 3, 4],
+        6 => [1, 2, 3, 4],
+        7 => [1, 2, 3],
+        8 => [1, 2, 3]
+    );
+}
+
+/// One chunk's weight gradient, `[outs][ins][9]`, over position pairs (see the module doc).
+fn weight_grad_chunk(plan: &Tiling, x: &[f32], dy: &[f32], images: Range<usize>) -> Vec<f32> {
+    let (hw, w2) = (plan.h * plan.w, plan.w.div_ceil(2));
+    let (nv, op) = plan.lane_outs();
+    let (x_img, d_img) = (plan.ins * plan.plane, plan.h * w2 * op);
+    let per_pass = (PASS_BYTES / (2 * x_img + 4 * d_img)).clamp(1, images.len().max(1));
+    let shape = lanes::shape(nv);
+    let strip = (STRIP_BYTES / (4 * w2 * LANES * shape.vectors)).max(1);
+    let offs = taps(plan.wp);
+    let mut acc = vec![0.0f32; plan.ins * 9 * op];
+    // A pair at a row's last position reads one value past it: two values of slack.
+    let mut grids = vec![0u16; per_pass * x_img + 2];
+    let mut grads = vec![0u32; per_pass * d_img];
+    let mut scratch = vec![0.0f32; hw * op];
+    let mut first = images.start;
+    while first < images.end {
+        let m = per_pass.min(images.end - first);
+        for n in 0..m {
+            let img = &x[(first + n) * plan.ins * hw..][..plan.ins * hw];
+            border_plain(plan, img, &mut grids[n * x_img..]);
+        }
+        for (ob, v) in blocks(nv, shape) {
+            let block = &mut grads[ob * LANES * m * plan.h * w2..][..v * LANES * m * plan.h * w2];
+            for (n, img) in block.chunks_mut(v * LANES * plan.h * w2).enumerate() {
+                let src = &dy[((first + n) * plan.outs + ob * LANES) * hw..];
+                let chans = (plan.outs - ob * LANES).min(v * LANES);
+                lanes::transpose(&src[..chans * hw], hw, v, &mut scratch);
+                position_pairs(&scratch, plan.h, plan.w, v * LANES, img);
+            }
+        }
+        for (ob, v) in blocks(nv, shape) {
+            for r0 in (0..m * plan.h).step_by(strip) {
+                let walk = Walk {
+                    h: plan.h,
+                    w: plan.w,
+                    wp: plan.wp,
+                    op,
+                    dstride: v * LANES,
+                    x_img,
+                    first: r0,
+                    end: (r0 + strip).min(m * plan.h),
+                };
+                let grads = &grads[ob * LANES * m * plan.h * w2..];
+                for i in 0..plan.ins {
+                    for ky in (0..3).step_by(shape.rows) {
+                        let at = (i * 9 + ky * 3) * op + ob * LANES;
+                        let grid = &grids[i * plan.plane + offs[ky * 3]..];
+                        tile_pairs(shape.rows, v, grads, grid, walk, &mut acc[at..]);
+                    }
+                }
+            }
+        }
+        first += m;
+    }
+    lanes::filters_of(&acc, plan.outs, plan.ins, op)
+}
+
+/// `dst[(y·⌈w/2⌉ + p)·lanes + c] = pair(src[(y·w + 2p)·lanes + c], src[(y·w + 2p + 1)·lanes + c])`
+/// (the second zero past a row's end): `[position][lanes]` rows as position pairs.
+fn position_pairs(src: &[f32], h: usize, w: usize, lanes: usize, dst: &mut [u32]) {
+    let w2 = w.div_ceil(2);
+    assert!(
+        lanes.is_multiple_of(LANES) && src.len() >= h * w * lanes && dst.len() >= h * w2 * lanes
+    );
+    assert!(available());
+    let zero = [0.0f32; LANES];
+    for y in 0..h {
+        for p in 0..w2 {
+            let a = &src[(y * w + 2 * p) * lanes..][..lanes];
+            let b = (2 * p + 1 < w).then(|| &src[(y * w + 2 * p + 1) * lanes..][..lanes]);
+            let d = &mut dst[(y * w2 + p) * lanes..][..lanes];
+            for c in (0..lanes).step_by(LANES) {
+                let b = b.map_or(zero.as_ptr(), |b| b[c..].as_ptr());
+                // SAFETY: the CPU has AVX512-BF16 and BW (asserted); `a`, `b` and `d` hold the
+                // sixteen values read and written from `c` on (`lanes` is a multiple of 16).
+                unsafe { avx512::interleave(a[c..].as_ptr(), b, d[c..].as_mut_ptr()) }
+            }
+        }
+    }
+}
+
+/// Adds one weight-gradient tile's sums into `acc`, as [`super::lanes`]'s `tile` does, with
+/// `grads` as position pairs and `grid` in bf16.
+fn tile_pairs(rows: usize, v: usize, grads: &[u32], grid: &[u16], s: Walk, acc: &mut [f32]) {
+    let (last, w2) = (s.end - 1, s.w.div_ceil(2));
+    let (n, y) = (last / s.h, last % s.h);
+    assert!(v * LANES <= s.dstride);
+    assert!(grads.len() >= ((n * s.h + y) * w2 + w2 - 1) * s.dstride + v * LANES);
+    assert!(s.x_img >= (s.h + 2) * s.wp);
+    // The last pair's second value of its farthest tap.
+    assert!(grid.len() > n * s.x_img + (y + rows - 1) * s.wp + 2 * w2 + 1);
+    assert!(acc.len() >= (3 * rows - 1) * s.op + v * LANES);
+    assert!(available());
+    let (d, g, a) = (grads.as_ptr(), grid.as_ptr(), acc.as_mut_ptr());
+    // SAFETY: the CPU has AVX512-BF16 (asserted), and the asserts bound every load and store.
+    unsafe {
+        match (rows, v) {
+            (3, 1) => avx512::grad_tile::<3, 1>(d, g, s, a),
+            (3, 2) => avx512::grad_tile::<3, 2>(d, g, s, a),
+            (3, 3) => avx512::grad_tile::<3, 3>(d, g, s, a),
+            (1, 1) => avx512::grad_tile::<1, 1>(d, g, s, a),
+            (1, 2) => avx512::grad_tile::<1, 2>(d, g, s, a),
+            (1, 3) => avx512::grad_tile::<1, 3>(d, g, s, a),
+            (1, 4) => avx512::grad_tile::<1, 4>(d, g, s, a),
+            (1, 5) => avx512::grad_tile::<1, 5>(d, g, s, a),
+            (1, 6) => avx512::grad_tile::<1, 6>(d, g, s, a),
+            (1, 7) => avx512::grad_tile::<1, 7>(d, g, s, a),
+            (1, 8) => avx512::grad_tile::<1, 8>(d, g, s, a),
+            other => unreachable!("tile shape {other:?}"),
+        }
+    }
+}
