@@ -6,7 +6,8 @@
 //! matrix) and any other as im2col + GEMM per image, BatchNorm (+ ReLU or GELU) as one fused
 //! pass and a bottleneck's tail (SE scale + residual add + ReLU) as another, each with a
 //! hand-written backward pass, on f32 CPU tensors (elementwise loops on AVX2 where the CPU has
-//! it). On CUDA (f32 or bf16 activations) BatchNorm, the tail and the SE squeeze are this
+//! it; with [`Options::bf16_products`] the 3×3 convolutions multiply in bf16 on AVX512-BF16,
+//! summing in f32). On CUDA (f32 or bf16 activations) BatchNorm, the tail and the SE squeeze are this
 //! crate's own kernels, and convolution goes through cuDNN for its forward pass and both
 //! gradients with cached plans (`cudnn` feature), or candle's forward with the backward of
 //! [`conv::lowered`] (a forward convolution and one GEMM instead of candle's direct kernels).
@@ -27,17 +28,20 @@
 //!   candle's CUDA storage.
 //!
 //! The glue imports its backends, never the other way round, and the CPU and CUDA sides do not
-//! import each other (CPU files may share maths: the tail's ReLU is BatchNorm's). What the glue and a backend both take lives in its own file at the top ([`Geometry`]
+//! import each other (CPU files may share maths: the tail's ReLU is BatchNorm's). What the
+//! glue and a backend both take lives in its own file at the top ([`Geometry`]
 //! in `geometry.rs`, the optimizer's operands in `multi_tensor.rs`); `host.rs` holds the helpers
 //! on candle's side (a CPU tensor as a slice, a slice as an output tensor, the `[n, c, …]` split
 //! of a shape), `cpu/` what the CPU maths share (`mod.rs`, `gemm.rs`, `wide.rs`), and
 //! `cuda/launch.rs` what the launches share. An op may have a backend on one side only; the
 //! other side's route then takes candle's ops. Another dtype or instruction set is another
-//! function in the same backend file or folder, which the glue picks by dtype.
+//! function in the same backend file or folder, which the glue picks by dtype; a variant with
+//! its own tiles gets its own folder beside the f32 one (`cpu/conv/direct/bf16/`: the bf16
+//! products, picked by [`Options::bf16_products`]).
 //!
 //! | op | glue | CPU maths | CUDA launches |
 //! |---|---|---|---|
-//! | convolution | `conv/` (and `conv/lowered.rs`: the backward from candle's ops, any device) | `cpu/conv/` (`direct/` 3×3, `im2col.rs`) | `cuda/conv.rs` (cuDNN) |
+//! | convolution | `conv/` (and `conv/lowered.rs`: the backward from candle's ops, any device) | `cpu/conv/` (`direct/` 3×3, its `bf16/` products, `im2col.rs`) | `cuda/conv.rs` (cuDNN) |
 //! | BatchNorm (+ activation) | `batch_norm.rs` | `cpu/batch_norm.rs` | `cuda/batch_norm.rs` |
 //! | block tail | `tail.rs` | `cpu/tail.rs` | `cuda/tail.rs` |
 //! | SE squeeze | `squeeze.rs` | none: candle's mean | `cuda/squeeze.rs` |
@@ -53,7 +57,8 @@
 //!   this crate's `fast` ones).
 //! - [`Route`]: where one call goes (candle's ops, the CPU maths or the CUDA launches), from the
 //!   kernels and the input's device and dtype.
-//! - [`Options`]: the ops' settings: the kernels and the numeric switches (TF32).
+//! - [`Options`]: the ops' settings: the kernels and the numeric switches (TF32 on CUDA, bf16
+//!   products on the CPU).
 //! - `model::Compute`: a network's [`Options`] and the dtype its activations compute in.
 //! - `Isa`: the instruction set the CPU convolution's register tiles run on (AVX-512F,
 //!   AVX2 + FMA, or portable Rust), detected at run time (`cpu/conv/direct/`).
