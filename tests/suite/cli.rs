@@ -561,7 +561,14 @@ fn device_check_step_bench_and_op_bench_run_on_the_cpu() {
         Command::cargo_bin("stream-train")
             .unwrap()
             .args(["step-bench", "--steps", "2", "--batch-size", "8"])
-            .args(["--device", "cpu", "--precision", "bf16", "--kernels", kernels])
+            .args([
+                "--device",
+                "cpu",
+                "--precision",
+                "bf16",
+                "--kernels",
+                kernels,
+            ])
             .args(small)
             .output()
             .unwrap()
@@ -573,7 +580,10 @@ fn device_check_step_bench_and_op_bench_run_on_the_cpu() {
     );
     if cifar_stream::ops::bf16_products_available() {
         assert!(out.status.success(), "{stderr}");
-        assert!(stdout.contains("candle fast kernels, bf16 on cpu"), "{stdout}");
+        assert!(
+            stdout.contains("candle fast kernels, bf16 on cpu"),
+            "{stdout}"
+        );
     } else {
         assert!(!out.status.success());
         assert!(stderr.contains("needs AVX512-BF16"), "{stderr}");

@@ -2,9 +2,7 @@
 //! gradients reaching every parameter.
 
 use candle_core::{DType, Device, Tensor};
-use cifar_stream::model::{
-    build, is_running_statistic, sorted_vars, Mode, ModelConfig, Precision,
-};
+use cifar_stream::model::{build, is_running_statistic, sorted_vars, Mode, ModelConfig, Precision};
 
 fn small() -> ModelConfig {
     ModelConfig {
@@ -283,7 +281,10 @@ fn cpu_bf16_products_keep_f32_masters_and_track_the_f32_step() {
     // f16). The kernels themselves are held to the definition in `ops`' unit tests; here a
     // product left in f32 everywhere gives 0 and a lost path or a wrong index order one (√2
     // for uncorrelated tensors).
-    assert!(logits > 0.0 && logits < 1e-2, "logits: relative error {logits:.3e}");
+    assert!(
+        logits > 0.0 && logits < 1e-2,
+        "logits: relative error {logits:.3e}"
+    );
     assert!(mean > 0.0 && mean < 0.35, "mean gradient error {mean:.3e}");
     assert!(errors[0].0 < 1.0, "worst: {:?}", errors[0]);
     for (name, var) in sorted_vars(&half_vars) {

@@ -262,7 +262,8 @@ pub const CONV_SHAPES: [(usize, usize, usize); 5] = [
 ];
 
 /// Every comparison of `device` (with `kernels`) against the CPU fast ops; bf16 cases only on
-/// CUDA (the CPU has no bf16 matmul). TF32 is off for the f32 cases.
+/// CUDA (the CPU's bf16 is products inside its f32 ops, checked by its own tests). TF32 is off
+/// for the f32 cases.
 pub fn run(device: &Device, kernels: Kernels) -> Result<Vec<Comparison>> {
     // The f32 cases are strict f32: cuDNN gets TF32 off through each side's options, candle's
     // process-wide cuBLAS switch (the lowered convolution's products) is set here.

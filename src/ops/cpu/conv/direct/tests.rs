@@ -94,19 +94,29 @@ fn every_tile_shape_is_chosen_somewhere_in_the_cases() {
     }
 }
 
+/// A case's geometry for `n` images and its input, filters and output gradient: smooth values
+/// of both signs, different in every element.
+pub(super) fn operands(
+    n: usize,
+    (c, k, h, w): (usize, usize, usize, usize),
+) -> (Geometry, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let wave = |len: usize, step: f32, f: fn(f32) -> f32| -> Vec<f32> {
+        (0..len).map(|i| f(i as f32 * step)).collect()
+    };
+    (
+        Geometry::new(&[n, c, h, w], &[k, c, 3, 3], 1, 1).unwrap(),
+        wave(n * c * h * w, 0.37, f32::sin),
+        wave(k * c * 9, 0.23, f32::cos),
+        wave(n * k * h * w, 0.11, f32::sin),
+    )
+}
+
 #[test]
 fn every_isa_matches_the_definition_forward_and_backward() {
     for &(c, k, h, w) in &CASES {
         // More images than a weight-gradient group, and not a multiple of it.
         let n = GROUP + 2;
-        let x: Vec<f32> = (0..n * c * h * w)
-            .map(|i| (i as f32 * 0.37).sin())
-            .collect();
-        let wt: Vec<f32> = (0..k * c * 9).map(|i| (i as f32 * 0.23).cos()).collect();
-        let dy: Vec<f32> = (0..n * k * h * w)
-            .map(|i| (i as f32 * 0.11).sin())
-            .collect();
-        let g = Geometry::new(&[n, c, h, w], &[k, c, 3, 3], 1, 1).unwrap();
+        let (g, x, wt, dy) = operands(n, (c, k, h, w));
         let [want, want_dx, want_dw] = definition(&g, &x, &wt, &dy);
         let what = format!("c{c} k{k} {h}x{w}");
         for isa in Isa::available() {

@@ -268,26 +268,9 @@ fn row(
     let out = s.check((grid.len(), offs, filters.len()), sums, resume, out);
     assert!(available());
     let (g, f, r) = (grid.as_ptr(), filters.as_ptr(), (sums.as_mut_ptr(), resume));
-    macro_rules! dispatch {
-        ($($p:literal => [$($v:literal),*]),*) => {
-            match (s.positions, s.vectors) {
-                // SAFETY: the CPU has AVX512-BF16 (asserted), and `check` bounds every load
-                // and store the tile makes.
-                $($(($p, $v) => unsafe { avx512::row::<$p, $v>(g, offs, s, f, r, out) },)*)*
-                other => unreachable!("row tile {other:?}"),
-            }
-        };
-    }
-    dispatch!(
-        1 => [1, 2, 3, 4, 5, 6, 7, 8],
-        2 => [1, 2, 3, 4, 5, 6, 7, 8],
-        3 => [1, 2, 3, 4, 5, 6, 7, 8],
-        4 => [1, 2, 3, 4, 5, 6],
-        5 => [1, 2, 3, 4],
-        6 => [1, 2, 3, 4],
-        7 => [1, 2, 3],
-        8 => [1, 2, 3]
-    );
+    // SAFETY: the CPU has AVX512-BF16 (asserted), and `check` bounds every load and store the
+    // tile makes.
+    unsafe { lanes::row_tile!(avx512, (s.positions, s.vectors), (g, offs, s, f, r, out)) }
 }
 
 /// One chunk's weight gradient, `[outs][ins][9]`, over position pairs (see the module doc).

@@ -1,4 +1,4 @@
-use super::super::tests::{taps, CASES};
+use super::super::tests::{operands, taps, CASES};
 use super::super::GROUP;
 use super::*;
 
@@ -48,14 +48,7 @@ fn the_bf16_kernels_equal_the_definition_on_rounded_operands() {
     }
     for &(c, k, h, w) in &CASES {
         let n = GROUP + 2;
-        let x: Vec<f32> = (0..n * c * h * w)
-            .map(|i| (i as f32 * 0.37).sin())
-            .collect();
-        let wt: Vec<f32> = (0..k * c * 9).map(|i| (i as f32 * 0.23).cos()).collect();
-        let dy: Vec<f32> = (0..n * k * h * w)
-            .map(|i| (i as f32 * 0.11).sin())
-            .collect();
-        let g = Geometry::new(&[n, c, h, w], &[k, c, 3, 3], 1, 1).unwrap();
+        let (g, x, wt, dy) = operands(n, (c, k, h, w));
         let [want, want_dx, want_dw] = definition(&g, &x, &wt, &dy);
         let what = format!("c{c} k{k} {h}x{w}");
         close(&forward(&g, &x, &wt), &want, &format!("{what} forward"));

@@ -176,6 +176,29 @@ const MAX_ROW: usize = 8;
 /// against 8.2, its 32>24 input gradient 11 against 8).
 const MAX_LANE_MAP: usize = 15;
 
+/// Calls the row-tile kernel `$module::row::<P, V>` with `$args` for the tile `(p, v)`: one arm
+/// per shape [`row_vectors`] allows, for the f32 and the bf16 kernels alike.
+macro_rules! row_tile {
+    ($module:ident, ($p:expr, $v:expr), $args:tt) => {
+        $crate::ops::cpu::conv::direct::lanes::row_tile!(@ $module, ($p, $v), $args;
+            1 => [1, 2, 3, 4, 5, 6, 7, 8],
+            2 => [1, 2, 3, 4, 5, 6, 7, 8],
+            3 => [1, 2, 3, 4, 5, 6, 7, 8],
+            4 => [1, 2, 3, 4, 5, 6],
+            5 => [1, 2, 3, 4],
+            6 => [1, 2, 3, 4],
+            7 => [1, 2, 3],
+            8 => [1, 2, 3])
+    };
+    (@ $module:ident, ($p:expr, $v:expr), $args:tt; $($pp:literal => [$($vv:literal),*]),*) => {
+        match ($p, $v) {
+            $($(($pp, $vv) => $module::row::<$pp, $vv> $args,)*)*
+            other => unreachable!("row tile {other:?}"),
+        }
+    };
+}
+pub(super) use row_tile;
+
 /// The most vectors of channels a tile of `p` positions holds: `p·v` accumulators, and the
 /// values one tap loads (the `p` broadcasts or the `v` filter vectors, whichever are fewer) and
 /// one more, within AVX-512's 32 registers.
@@ -344,26 +367,9 @@ impl RowTile {
             assert!(std::arch::is_x86_feature_detected!("avx512f"));
             let (g, f, o) = (grid.as_ptr(), filters.as_ptr(), out);
             let r = (sums.as_mut_ptr(), resume);
-            macro_rules! dispatch {
-                ($($p:literal => [$($v:literal),*]),*) => {
-                    match (p, v) {
-                        // SAFETY: the CPU has AVX-512F (checked above), and the asserts bound
-                        // every load and store the tile makes.
-                        $($(($p, $v) => unsafe { avx512::row::<$p, $v>(g, offs, *self, f, r, o) },)*)*
-                        other => unreachable!("row tile {other:?}"),
-                    }
-                };
-            }
-            dispatch!(
-                1 => [1, 2, 3, 4, 5, 6, 7, 8],
-                2 => [1, 2, 3, 4, 5, 6, 7, 8],
-                3 => [1, 2, 3, 4, 5, 6, 7, 8],
-                4 => [1, 2, 3, 4, 5, 6],
-                5 => [1, 2, 3, 4],
-                6 => [1, 2, 3, 4],
-                7 => [1, 2, 3],
-                8 => [1, 2, 3]
-            );
+            // SAFETY: the CPU has AVX-512F (checked above), and the asserts bound every load
+            // and store the tile makes.
+            unsafe { row_tile!(avx512, (p, v), (g, offs, *self, f, r, o)) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("channel-lane tiles run on AVX-512 only");
