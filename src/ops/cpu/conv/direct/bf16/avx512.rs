@@ -1,6 +1,9 @@
 //! The bf16 tiles on AVX512-BF16: the f32 tiles' loops with `vdpbf16ps` in place of the fused
 //! multiply-add. Each 32-bit lane of an operand holds a pair of bf16 values (the low half first)
-//! and each f32 accumulator lane gains both products of its pair.
+//! and each f32 accumulator lane gains both products of its pair. The broadcast operand goes
+//! last, where the instruction can take it from memory (the products are exact in f32, so the
+//! order of the two sources changes no bit). Also the conversions into those operands: rows of
+//! floats rounded to bf16 and paired, sixteen at a time.
 
 use std::arch::x86_64::*;
 
@@ -48,7 +51,7 @@ pub(super) unsafe fn tile<const CO: usize, const V: usize>(
             for (j, lanes) in acc.iter_mut().enumerate() {
                 let wv = broadcast(*wts.add(t * CO + j));
                 for (a, &xv) in lanes.iter_mut().zip(&xs) {
-                    *a = _mm512_dpbf16_ps(*a, wv, xv);
+                    *a = _mm512_dpbf16_ps(*a, xv, wv);
                 }
             }
         }
@@ -93,7 +96,7 @@ pub(super) unsafe fn row<const P: usize, const V: usize>(
                 for v in 0..V {
                     let wv = load(v);
                     for (lanes, &b) in acc.iter_mut().zip(&b) {
-                        lanes[v] = _mm512_dpbf16_ps(lanes[v], b, wv);
+                        lanes[v] = _mm512_dpbf16_ps(lanes[v], wv, b);
                     }
                 }
             } else {
@@ -101,7 +104,7 @@ pub(super) unsafe fn row<const P: usize, const V: usize>(
                 for (p, lanes) in acc.iter_mut().enumerate() {
                     let b = broadcast(*src.add(off + p));
                     for (a, &wv) in lanes.iter_mut().zip(&wv) {
-                        *a = _mm512_dpbf16_ps(*a, b, wv);
+                        *a = _mm512_dpbf16_ps(*a, wv, b);
                     }
                 }
             }
@@ -140,7 +143,7 @@ pub(super) unsafe fn grad_tile<const R: usize, const V: usize>(
                 for v in 0..V {
                     let dv = load(v);
                     for (lanes, &b) in sums[0].iter_mut().zip(&b) {
-                        lanes[v] = _mm512_dpbf16_ps(lanes[v], b, dv);
+                        lanes[v] = _mm512_dpbf16_ps(lanes[v], dv, b);
                     }
                 }
             } else {
@@ -149,7 +152,7 @@ pub(super) unsafe fn grad_tile<const R: usize, const V: usize>(
                     for (kx, lanes) in taps.iter_mut().enumerate() {
                         let b = at(ky, xx + kx);
                         for (a, &dv) in lanes.iter_mut().zip(&dv) {
-                            *a = _mm512_dpbf16_ps(*a, b, dv);
+                            *a = _mm512_dpbf16_ps(*a, dv, b);
                         }
                     }
                 }
@@ -166,19 +169,93 @@ pub(super) unsafe fn grad_tile<const R: usize, const V: usize>(
     }
 }
 
-/// `dst[p·stride + c] = bf16(a[c]) | bf16(b[c]) << 16` for sixteen lanes `c`, rounded to
-/// nearest even: two positions' channel vectors as sixteen pairs.
-///
-/// # Safety
-/// The CPU has AVX-512F, AVX512-BW and AVX512-BF16; `a` and `b` hold 16 floats, `dst` 16 pairs.
+/// Sixteen floats of `a` and of `b` as sixteen pairs `bf16(a[c]) | bf16(b[c]) << 16`, each
+/// rounded to nearest even.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn interleave(a: *const f32, b: *const f32, dst: *mut u32) {
+fn pair_up(a: __m512, b: __m512) -> __m512i {
     // Lanes 0–15 of the conversion are `a`'s, 16–31 `b`'s; the permutation alternates them.
-    let both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(b), _mm512_loadu_ps(a));
+    let both = _mm512_cvtne2ps_pbh(b, a);
     let order = _mm512_set_epi16(
         31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
         19, 3, 18, 2, 17, 1, 16, 0,
     );
-    let bits = std::mem::transmute::<__m512bh, __m512i>(both);
-    _mm512_storeu_si512(dst.cast::<__m512i>(), _mm512_permutexvar_epi16(order, bits));
+    // SAFETY: both are 64-byte vectors of plain bits; every bit pattern is valid in each.
+    let bits = unsafe { std::mem::transmute::<__m512bh, __m512i>(both) };
+    _mm512_permutexvar_epi16(order, bits)
+}
+
+/// The first `n` of sixteen lanes (all for `n ≥ 16`).
+#[inline]
+fn first(n: usize) -> __mmask16 {
+    if n >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+/// `dst[x] = bf16(lo[x]) | bf16(hi[x]) << 16` for `x < n` (`hi` null: zeros), rounded to nearest
+/// even: one grid row of channel pairs.
+///
+/// # Safety
+/// The CPU has AVX-512F, BW and AVX512-BF16; `lo` (and `hi` unless null) hold `n` floats, `dst`
+/// `n` pairs.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn pair_row(lo: *const f32, hi: *const f32, n: usize, dst: *mut u32) {
+    for x in (0..n).step_by(16) {
+        let m = first(n - x);
+        let a = _mm512_maskz_loadu_ps(m, lo.add(x));
+        let b = if hi.is_null() {
+            _mm512_setzero_ps()
+        } else {
+            _mm512_maskz_loadu_ps(m, hi.add(x))
+        };
+        _mm512_mask_storeu_epi32(dst.add(x).cast::<i32>(), m, pair_up(a, b));
+    }
+}
+
+/// `dst[x] = bf16(src[x])` for `x < n`, rounded to nearest even: one grid row in bf16.
+///
+/// # Safety
+/// The CPU has AVX-512F, BW, VL and AVX512-BF16; `src` holds `n` floats, `dst` `n` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub(super) unsafe fn round_row(src: *const f32, n: usize, dst: *mut u16) {
+    for x in (0..n).step_by(16) {
+        let m = first(n - x);
+        let h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src.add(x)));
+        let bits = std::mem::transmute::<__m256bh, __m256i>(h);
+        _mm256_mask_storeu_epi16(dst.add(x).cast::<i16>(), m, bits);
+    }
+}
+
+/// `[position][lanes]` rows (`h` rows of `w`) as position pairs: `dst[(y·⌈w/2⌉ + p)·lanes + c] =
+/// pair(src[(y·w + 2p)·lanes + c], src[(y·w + 2p + 1)·lanes + c])`, the second zero past a
+/// row's end.
+///
+/// # Safety
+/// The CPU has AVX-512F, BW and AVX512-BF16; `lanes` is a multiple of 16, `src` holds
+/// `h·w·lanes` floats and `dst` `h·⌈w/2⌉·lanes` pairs.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn position_pairs(
+    src: *const f32,
+    (h, w, lanes): (usize, usize, usize),
+    dst: *mut u32,
+) {
+    let w2 = w.div_ceil(2);
+    for y in 0..h {
+        for p in 0..w2 {
+            let a = src.add((y * w + 2 * p) * lanes);
+            let d = dst.add((y * w2 + p) * lanes);
+            for c in (0..lanes).step_by(16) {
+                let b = if 2 * p + 1 < w {
+                    _mm512_loadu_ps(a.add(lanes + c))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                let v = pair_up(_mm512_loadu_ps(a.add(c)), b);
+                _mm512_storeu_si512(d.add(c).cast::<__m512i>(), v);
+            }
+        }
+    }
 }

@@ -26,10 +26,12 @@ use rayon::prelude::*;
 use super::lanes::{self, blocks, RowTile, Walk, LANES, PASS_BYTES, STRIP_BYTES};
 use super::{images_per_chunk, sum_in_order, taps, written_by, Geometry, Isa, Tiling};
 
-/// Whether this CPU multiplies bf16 pairs (AVX512-BF16, with the AVX-512F and BW it builds on).
+/// Whether this CPU multiplies bf16 pairs (AVX512-BF16, with the AVX-512F, BW and VL it builds
+/// on).
 pub fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
         && std::arch::is_x86_feature_detected!("avx512bf16")
 }
 
@@ -121,6 +123,7 @@ fn pack(plan: &Tiling, weight: impl Fn(usize, usize, usize) -> f32) -> Vec<u32> 
 /// Copies one image into its zero-bordered grid of channel pairs, `[pair][plane]`.
 fn border_pairs(plan: &Tiling, img: &[f32], grid: &mut [u32]) {
     let hw = plan.h * plan.w;
+    assert!(available() && img.len() >= plan.ins * hw);
     for (j, plane) in grid
         .chunks_mut(plan.plane)
         .take(pair_count(plan))
@@ -128,28 +131,40 @@ fn border_pairs(plan: &Tiling, img: &[f32], grid: &mut [u32]) {
     {
         let lo = &img[2 * j * hw..][..hw];
         let hi = (2 * j + 1 < plan.ins).then(|| &img[(2 * j + 1) * hw..][..hw]);
-        plane.fill(0);
-        for (yy, line) in lo.chunks(plan.w).enumerate() {
-            let dst = &mut plane[(yy + 1) * plan.wp + 1..][..plan.w];
-            for (xx, (d, &a)) in dst.iter_mut().zip(line).enumerate() {
-                *d = pair(a, hi.map_or(0.0, |h| h[yy * plan.w + xx]));
-            }
-        }
+        bordered(plan, plane, |yy, dst| {
+            let hi = hi.map_or(std::ptr::null(), |h| h[yy * plan.w..].as_ptr());
+            // SAFETY: AVX512-BF16 and BW are present (asserted); row `yy` of `lo` and of `hi`
+            // holds `w` floats, `dst` `w` pairs.
+            unsafe { avx512::pair_row(lo[yy * plan.w..].as_ptr(), hi, plan.w, dst.as_mut_ptr()) }
+        });
     }
 }
 
 /// Copies one image into its zero-bordered grid of bf16 values, `[channel][plane]`.
 fn border_plain(plan: &Tiling, img: &[f32], grid: &mut [u16]) {
     let hw = plan.h * plan.w;
+    assert!(available() && img.len() >= plan.ins * hw);
     for (i, plane) in grid.chunks_mut(plan.plane).take(plan.ins).enumerate() {
-        plane.fill(0);
-        for (yy, line) in img[i * hw..][..hw].chunks(plan.w).enumerate() {
-            let dst = &mut plane[(yy + 1) * plan.wp + 1..][..plan.w];
-            for (d, &a) in dst.iter_mut().zip(line) {
-                *d = bf16::from_f32(a).to_bits();
-            }
-        }
+        let src = &img[i * hw..][..hw];
+        bordered(plan, plane, |yy, dst| {
+            // SAFETY: AVX512-BF16, BW and VL are present (asserted); row `yy` of `src` holds `w`
+            // floats, `dst` `w` values.
+            unsafe { avx512::round_row(src[yy * plan.w..].as_ptr(), plan.w, dst.as_mut_ptr()) }
+        });
     }
+}
+
+/// Zeroes one grid plane's border and fills each interior row `yy` (its `w` cells) by `row`.
+fn bordered<T: Copy + Default>(plan: &Tiling, plane: &mut [T], row: impl Fn(usize, &mut [T])) {
+    let wp = plan.wp;
+    plane[..wp].fill(T::default());
+    for yy in 0..plan.h {
+        let line = &mut plane[(yy + 1) * wp..][..wp];
+        line[0] = T::default();
+        line[wp - 1] = T::default();
+        row(yy, &mut line[1..=plan.w]);
+    }
+    plane[(plan.h + 1) * wp..].fill(T::default());
 }
 
 /// Convolves every image of `x` into `y` as [`Tiling::run`] does, writing every element of `y`.
@@ -283,10 +298,11 @@ fn weight_grad_chunk(plan: &Tiling, x: &[f32], dy: &[f32], images: Range<usize>)
     let strip = (STRIP_BYTES / (4 * w2 * LANES * shape.vectors)).max(1);
     let offs = taps(plan.wp);
     let mut acc = vec![0.0f32; plan.ins * 9 * op];
-    // A pair at a row's last position reads one value past it: two values of slack.
+    // A pair at a row's last position reads one value past it: one value of slack (two kept).
     let mut grids = vec![0u16; per_pass * x_img + 2];
     let mut grads = vec![0u32; per_pass * d_img];
-    let mut scratch = vec![0.0f32; hw * op];
+    // One image's block at a time, `[position][16·v]`, before it is paired.
+    let mut scratch = vec![0.0f32; hw * LANES * shape.vectors.min(nv)];
     let mut first = images.start;
     while first < images.end {
         let m = per_pass.min(images.end - first);
@@ -330,28 +346,13 @@ fn weight_grad_chunk(plan: &Tiling, x: &[f32], dy: &[f32], images: Range<usize>)
     lanes::filters_of(&acc, plan.outs, plan.ins, op)
 }
 
-/// `dst[(y·⌈w/2⌉ + p)·lanes + c] = pair(src[(y·w + 2p)·lanes + c], src[(y·w + 2p + 1)·lanes + c])`
-/// (the second zero past a row's end): `[position][lanes]` rows as position pairs.
+/// `[position][lanes]` rows as position pairs ([`avx512::position_pairs`]).
 fn position_pairs(src: &[f32], h: usize, w: usize, lanes: usize, dst: &mut [u32]) {
     let w2 = w.div_ceil(2);
-    assert!(
-        lanes.is_multiple_of(LANES) && src.len() >= h * w * lanes && dst.len() >= h * w2 * lanes
-    );
-    assert!(available());
-    let zero = [0.0f32; LANES];
-    for y in 0..h {
-        for p in 0..w2 {
-            let a = &src[(y * w + 2 * p) * lanes..][..lanes];
-            let b = (2 * p + 1 < w).then(|| &src[(y * w + 2 * p + 1) * lanes..][..lanes]);
-            let d = &mut dst[(y * w2 + p) * lanes..][..lanes];
-            for c in (0..lanes).step_by(LANES) {
-                let b = b.map_or(zero.as_ptr(), |b| b[c..].as_ptr());
-                // SAFETY: the CPU has AVX512-BF16 and BW (asserted); `a`, `b` and `d` hold the
-                // sixteen values read and written from `c` on (`lanes` is a multiple of 16).
-                unsafe { avx512::interleave(a[c..].as_ptr(), b, d[c..].as_mut_ptr()) }
-            }
-        }
-    }
+    assert!(lanes.is_multiple_of(LANES) && src.len() >= h * w * lanes);
+    assert!(dst.len() >= h * w2 * lanes && available());
+    // SAFETY: AVX512-BF16 and BW are present, and the lengths are as it needs (asserted).
+    unsafe { avx512::position_pairs(src.as_ptr(), (h, w, lanes), dst.as_mut_ptr()) }
 }
 
 /// Adds one weight-gradient tile's sums into `acc`, as [`super::lanes`]'s `tile` does, with

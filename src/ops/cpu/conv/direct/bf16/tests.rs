@@ -72,12 +72,23 @@ fn a_pair_is_two_roundings_to_nearest_even() {
         0x3f80 | 0x3f82 << 16
     );
     if available() {
-        let a: Vec<f32> = (0..16).map(|i| 1.0 + i as f32 * 2f32.powi(-9)).collect();
-        let b: Vec<f32> = (0..16).map(|i| -(i as f32) * 1e-3).collect();
-        let mut d = [0u32; 16];
-        // SAFETY: AVX512-BF16 is present; sixteen values each.
-        unsafe { avx512::interleave(a.as_ptr(), b.as_ptr(), d.as_mut_ptr()) };
+        // The vector conversions agree with it, odd lengths (masked tails) and a missing
+        // second half included.
+        let a: Vec<f32> = (0..37).map(|i| 1.0 + i as f32 * 2f32.powi(-9)).collect();
+        let b: Vec<f32> = (0..37).map(|i| -(i as f32) * 1e-3).collect();
+        let mut d = [7u32; 38];
+        // SAFETY: AVX512-BF16 is present; 37 values each, 37 written (the 38th must stay).
+        unsafe { avx512::pair_row(a.as_ptr(), b.as_ptr(), 37, d.as_mut_ptr()) };
         let want: Vec<u32> = a.iter().zip(&b).map(|(&a, &b)| pair(a, b)).collect();
-        assert_eq!(d.to_vec(), want);
+        assert_eq!((&d[..37], d[37]), (&want[..], 7));
+        // SAFETY: as above, no second half.
+        unsafe { avx512::pair_row(a.as_ptr(), std::ptr::null(), 37, d.as_mut_ptr()) };
+        let want: Vec<u32> = a.iter().map(|&a| pair(a, 0.0)).collect();
+        assert_eq!(&d[..37], &want[..]);
+        let mut r = [7u16; 38];
+        // SAFETY: as above.
+        unsafe { avx512::round_row(b.as_ptr(), 37, r.as_mut_ptr()) };
+        let want: Vec<u16> = b.iter().map(|&b| round(b) as u16).collect();
+        assert_eq!((&r[..37], r[37]), (&want[..], 7));
     }
 }
