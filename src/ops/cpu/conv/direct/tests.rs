@@ -61,7 +61,7 @@ fn close(a: &[f32], b: &[f32], what: &str) {
 
 /// Sizes that exercise every tile shape, partial tiles and partial channel blocks (on AVX-512,
 /// the position tiles only on maps the channel-lane rows leave to them).
-pub(super) const CASES: [(usize, usize, usize, usize); 17] = [
+pub(super) const CASES: [(usize, usize, usize, usize); 18] = [
     (2, 56, 2, 15),
     (1, 20, 4, 5),
     (3, 40, 1, 16),
@@ -79,6 +79,8 @@ pub(super) const CASES: [(usize, usize, usize, usize); 17] = [
     (5, 4, 1, 1),
     (24, 32, 9, 31),
     (3, 11, 5, 2),
+    // One input channel, and three output channels: odd channel pairs on the position tiles.
+    (1, 3, 2, 17),
 ];
 
 #[test]

@@ -4,7 +4,8 @@
 /// Output channels per vector.
 pub(in crate::ops::cpu::conv::direct) const LANES: usize = 16;
 
-/// Where one tile's operands lie, in floats.
+/// Where one tile's operands lie, in elements: floats, or for the bf16 products pairs (the
+/// gradient) and bf16 values (the grids).
 #[derive(Clone, Copy)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(in crate::ops::cpu::conv::direct) struct Walk {
@@ -13,7 +14,8 @@ pub(in crate::ops::cpu::conv::direct) struct Walk {
     pub wp: usize,
     /// Padded output channels: the row of `acc` per tap.
     pub op: usize,
-    /// Floats per position in the transposed gradient: the block's `16·v` channels.
+    /// Elements per position (a pair of positions for bf16) in the transposed gradient: the
+    /// block's `16·v` channels.
     pub dstride: usize,
     /// One image's input grids (`ins · plane`).
     pub x_img: usize,
