@@ -246,15 +246,24 @@ impl Tiling {
         let hw = self.h * self.w;
         for (i, plane) in grid.chunks_mut(self.plane).take(self.ins).enumerate() {
             let src = &img[i * hw..(i + 1) * hw];
-            plane[..self.wp].fill(0.0);
-            for (yy, line) in src.chunks(self.w).enumerate() {
-                let dst = &mut plane[(yy + 1) * self.wp..(yy + 2) * self.wp];
-                dst[0] = 0.0;
-                dst[1..=self.w].copy_from_slice(line);
-                dst[self.w + 1] = 0.0;
-            }
-            plane[(self.h + 1) * self.wp..].fill(0.0);
+            self.bordered(plane, |yy, dst| {
+                dst.copy_from_slice(&src[yy * self.w..][..self.w]);
+            });
         }
+    }
+
+    /// Zeroes one grid plane's border and fills each interior row `yy` (its `w` cells) by `row`:
+    /// the f32 grids' copy, or the bf16 kernels' rounding.
+    fn bordered<T: Copy + Default>(&self, plane: &mut [T], row: impl Fn(usize, &mut [T])) {
+        let wp = self.wp;
+        plane[..wp].fill(T::default());
+        for yy in 0..self.h {
+            let line = &mut plane[(yy + 1) * wp..][..wp];
+            line[0] = T::default();
+            line[wp - 1] = T::default();
+            row(yy, &mut line[1..=self.w]);
+        }
+        plane[(self.h + 1) * wp..].fill(T::default());
     }
 
     /// One tile: `co` output channels × `lanes·v` positions starting at `grid[0]`, into

@@ -134,7 +134,7 @@ fn border_pairs(plan: &Tiling, img: &[f32], grid: &mut [u32]) {
     {
         let lo = &img[2 * j * hw..][..hw];
         let hi = (2 * j + 1 < plan.ins).then(|| &img[(2 * j + 1) * hw..][..hw]);
-        bordered(plan, plane, |yy, dst| {
+        plan.bordered(plane, |yy, dst| {
             let hi = hi.map_or(std::ptr::null(), |h| h[yy * plan.w..].as_ptr());
             // SAFETY: AVX512-BF16 and BW are present (asserted); row `yy` of `lo` and of `hi`
             // holds `w` floats, `dst` `w` pairs.
@@ -149,25 +149,12 @@ fn border_plain(plan: &Tiling, img: &[f32], grid: &mut [u16]) {
     assert!(available() && img.len() >= plan.ins * hw);
     for (i, plane) in grid.chunks_mut(plan.plane).take(plan.ins).enumerate() {
         let src = &img[i * hw..][..hw];
-        bordered(plan, plane, |yy, dst| {
+        plan.bordered(plane, |yy, dst| {
             // SAFETY: AVX512-BF16, BW and VL are present (asserted); row `yy` of `src` holds `w`
             // floats, `dst` `w` values.
             unsafe { avx512::round_row(src[yy * plan.w..].as_ptr(), plan.w, dst.as_mut_ptr()) }
         });
     }
-}
-
-/// Zeroes one grid plane's border and fills each interior row `yy` (its `w` cells) by `row`.
-fn bordered<T: Copy + Default>(plan: &Tiling, plane: &mut [T], row: impl Fn(usize, &mut [T])) {
-    let wp = plan.wp;
-    plane[..wp].fill(T::default());
-    for yy in 0..plan.h {
-        let line = &mut plane[(yy + 1) * wp..][..wp];
-        line[0] = T::default();
-        line[wp - 1] = T::default();
-        row(yy, &mut line[1..=plan.w]);
-    }
-    plane[(plan.h + 1) * wp..].fill(T::default());
 }
 
 /// Convolves every image of `x` into `y` as [`Tiling::run`] does, writing every element of `y`.
@@ -221,21 +208,12 @@ fn tile(plan: &Tiling, grid: &[u32], filters: &[u32], out: &mut [f32], stride: u
     }
 }
 
-/// Pairs per pass of [`run_lanes`] for blocks of `v` vectors: as for f32 channels, what keeps
-/// a block's filters and their grid planes in L1.
-fn lane_pass_pairs(plan: &Tiling, v: usize) -> usize {
-    let pairs = pair_count(plan);
-    let per_pair = 9 * v * LANES * 4 + plan.plane * 4;
-    let passes = pairs.div_ceil((lanes::ROW_PASS_BYTES / per_pair).max(1));
-    pairs.div_ceil(passes)
-}
-
 /// [`Tiling::run_lanes`] over channel pairs.
 fn run_lanes(plan: &Tiling, x: &[f32], packed: &[u32], y: &mut [MaybeUninit<f32>]) {
     let (hw, pairs) = (plan.h * plan.w, pair_count(plan));
     let (nv, op) = plan.lane_outs();
     let shape = plan.row_shape();
-    let per_pass = lane_pass_pairs(plan, shape.vectors.min(nv));
+    let per_pass = plan.lane_pass(pairs, shape.vectors.min(nv));
     let offs = taps(plan.wp);
     y.par_chunks_mut(plan.outs * hw).enumerate().for_each_init(
         || {

@@ -165,7 +165,7 @@ pub(super) fn filters_of(acc: &[f32], outs: usize, ins: usize, op: usize) -> Vec
 
 /// Bytes of one forward pass's filters and input planes: most of a 48 KiB L1 (the tests' take
 /// several passes on every case but one).
-pub(super) const ROW_PASS_BYTES: usize = if cfg!(test) { 2 * 1024 } else { 32 * 1024 };
+const ROW_PASS_BYTES: usize = if cfg!(test) { 2 * 1024 } else { 32 * 1024 };
 
 /// The most positions of a row in one forward tile.
 const MAX_ROW: usize = 8;
@@ -257,12 +257,13 @@ impl Tiling {
         packed
     }
 
-    /// Input channels per pass of [`Tiling::run_lanes`] for blocks of `v` vectors: as many as
-    /// keep a block's filters and their input planes in L1 while the pass walks the image.
-    fn lane_pass_ins(&self, v: usize) -> usize {
+    /// Inputs per pass of [`Tiling::run_lanes`] for blocks of `v` vectors, out of `count` (input
+    /// channels, or the bf16 kernels' channel pairs: 4 bytes a lane either way): as many as keep
+    /// a block's filters and their input planes in L1 while the pass walks the image.
+    pub(super) fn lane_pass(&self, count: usize, v: usize) -> usize {
         let per_input = 9 * v * LANES * 4 + self.plane * 4;
-        let passes = self.ins.div_ceil((ROW_PASS_BYTES / per_input).max(1));
-        self.ins.div_ceil(passes)
+        let passes = count.div_ceil((ROW_PASS_BYTES / per_input).max(1));
+        count.div_ceil(passes)
     }
 
     /// [`Tiling::run`] on channel-lane tiles: every image of `x` into `y`, images in parallel;
@@ -276,7 +277,7 @@ impl Tiling {
         let (nv, op) = self.lane_outs();
         // The first piece is the longest, so its vectors fit every piece.
         let shape = self.row_shape();
-        let per_pass = self.lane_pass_ins(shape.vectors.min(nv));
+        let per_pass = self.lane_pass(self.ins, shape.vectors.min(nv));
         let offs = taps(self.wp);
         y.par_chunks_mut(self.outs * hw).enumerate().for_each_init(
             || {

@@ -26,7 +26,7 @@ fn the_forward_passes_over_input_channels_come_one_two_and_more_in_the_cases() {
         .filter(|p| p.lane_rows())
         .map(|p| {
             let v = p.row_shape().vectors.min(p.lane_outs().0);
-            p.ins.div_ceil(p.lane_pass_ins(v)).min(3)
+            p.ins.div_ceil(p.lane_pass(p.ins, v)).min(3)
         })
         .collect();
     assert_eq!(passes, [1, 2, 3].into_iter().collect(), "{passes:?}");
