@@ -37,7 +37,8 @@
 //! other side's route then takes candle's ops. Another dtype or instruction set is another
 //! function in the same backend file or folder, which the glue picks by dtype; a variant with
 //! its own tiles gets its own folder beside the f32 one (`cpu/conv/direct/bf16/`: the bf16
-//! products, picked by [`Options::bf16_products`]).
+//! products, picked by [`Options::bf16_products`]), and shares the loops that drive the tiles
+//! where they are the same (`cpu/conv/direct/drivers.rs`).
 //!
 //! | op | glue | CPU maths | CUDA launches |
 //! |---|---|---|---|

@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod bf16;
+mod drivers;
 mod lanes;
 mod tiles;
 
@@ -199,31 +200,6 @@ impl Tiling {
             }
         }
         packed
-    }
-
-    /// Convolves every image of `x` (`[n][ins][h][w]`) into `y` (`[n][outs][h][w]`), writing
-    /// every element of `y`.
-    fn run(&self, x: &[f32], packed: &[f32], y: &mut [MaybeUninit<f32>]) {
-        if self.lane_rows() {
-            return self.run_lanes(x, packed, y);
-        }
-        let (hw, width) = (self.h * self.w, self.width());
-        let row = self.tiles() * width;
-        // Past the last plane: the last tile's lanes beyond `span` read up to `width` further.
-        let grid_len = self.ins * self.plane + width;
-        y.par_chunks_mut(self.outs * hw).enumerate().for_each_init(
-            || (vec![0.0f32; grid_len], vec![0.0f32; self.co * row]),
-            |(grid, out), (n, img_out)| {
-                self.border(&x[n * self.ins * hw..(n + 1) * self.ins * hw], grid);
-                for b in 0..self.blocks() {
-                    let filters = &packed[b * self.ins * 9 * self.co..][..self.ins * 9 * self.co];
-                    for t in 0..self.tiles() {
-                        self.tile(&grid[t * width..], filters, &mut out[t * width..], row);
-                    }
-                    self.store_block(b, out, img_out);
-                }
-            },
-        );
     }
 
     /// Copies block `b`'s real output channels from the tiles' rows (`out`, channel `j` at

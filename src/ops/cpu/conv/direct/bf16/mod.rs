@@ -11,9 +11,11 @@
 //! does anyway; outputs and every sum stay f32, as under PyTorch's autocast.
 //!
 //! The tilings (tile shapes, passes, strips) are the f32 ones: a pair is one lane as a float
-//! is. On a map of odd width a row's last position pair has one real position, so that share of
-//! the weight gradient's products multiplies zeros (3% at 31 columns, 14% at 7, 33% at 3);
-//! pairing images instead of positions would not waste it.
+//! is. So are the forward drivers, [`Tiling::run_with`] over the [`Pairs`] operand; the weight
+//! gradient's loop is its own, as it pairs positions and transposes the gradient. On a map of
+//! odd width a row's last position pair has one real position, so that share of the weight
+//! gradient's products multiplies zeros (3% at 31 columns, 14% at 7, 33% at 3); pairing images
+//! instead of positions would not waste it.
 
 #[cfg(test)]
 mod tests;
@@ -26,6 +28,7 @@ use std::ops::Range;
 use half::bf16;
 use rayon::prelude::*;
 
+use super::drivers::Operand;
 use super::lanes::{self, blocks, RowTile, Walk, LANES, PASS_BYTES, STRIP_BYTES};
 use super::{images_per_chunk, sum_in_order, taps, written_by, Geometry, Isa, Tiling};
 
@@ -52,16 +55,24 @@ fn pair(lo: f32, hi: f32) -> u32 {
 pub(in crate::ops) fn forward(g: &Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
     let plan = bf16_plan(g.c, g.k, g.h, g.w);
     let packed = pack(&plan, |o, i, t| wt[(o * g.c + i) * 9 + t]);
-    // SAFETY: `run` writes every output of every image.
-    unsafe { written_by(g.n * g.k * g.h * g.w, |y| run(&plan, x, &packed, y)) }
+    // SAFETY: `Tiling::run_with` writes every output of every image.
+    unsafe {
+        written_by(g.n * g.k * g.h * g.w, |y| {
+            plan.run_with::<Pairs>(x, &packed, y)
+        })
+    }
 }
 
 /// Input gradient: `dx = conv3x3(dy, w flipped, channels swapped)` with bf16 products.
 pub(in crate::ops) fn input_grad(g: &Geometry, wt: &[f32], dy: &[f32]) -> Vec<f32> {
     let plan = bf16_plan(g.k, g.c, g.h, g.w);
     let packed = pack(&plan, |o, i, t| wt[(i * g.c + o) * 9 + (8 - t)]);
-    // SAFETY: `run` writes every output of every image.
-    unsafe { written_by(g.n * g.c * g.h * g.w, |dx| run(&plan, dy, &packed, dx)) }
+    // SAFETY: `Tiling::run_with` writes every output of every image.
+    unsafe {
+        written_by(g.n * g.c * g.h * g.w, |dx| {
+            plan.run_with::<Pairs>(dy, &packed, dx)
+        })
+    }
 }
 
 /// Weight gradient with bf16 products, chunked over the batch as the f32 one is.
@@ -123,23 +134,72 @@ fn pack(plan: &Tiling, weight: impl Fn(usize, usize, usize) -> f32) -> Vec<u32> 
     packed
 }
 
-/// Copies one image into its zero-bordered grid of channel pairs, `[pair][plane]`.
-fn border_pairs(plan: &Tiling, img: &[f32], grid: &mut [u32]) {
-    let hw = plan.h * plan.w;
-    assert!(available() && img.len() >= plan.ins * hw);
-    for (j, plane) in grid
-        .chunks_mut(plan.plane)
-        .take(pair_count(plan))
-        .enumerate()
-    {
-        let lo = &img[2 * j * hw..][..hw];
-        let hi = (2 * j + 1 < plan.ins).then(|| &img[(2 * j + 1) * hw..][..hw]);
-        plan.bordered(plane, |yy, dst| {
-            let hi = hi.map_or(std::ptr::null(), |h| h[yy * plan.w..].as_ptr());
-            // SAFETY: AVX512-BF16 and BW are present (asserted); row `yy` of `lo` and of `hi`
-            // holds `w` floats, `dst` `w` pairs.
-            unsafe { avx512::pair_row(lo[yy * plan.w..].as_ptr(), hi, plan.w, dst.as_mut_ptr()) }
-        });
+/// Pairs of input channels: one 32-bit cell per position, the even channel's bf16 in the low
+/// half, for the forward drivers ([`Tiling::run_with`]).
+struct Pairs;
+
+impl Operand for Pairs {
+    type Cell = u32;
+
+    fn planes(plan: &Tiling) -> usize {
+        pair_count(plan)
+    }
+
+    fn border(plan: &Tiling, img: &[f32], grid: &mut [u32]) {
+        let hw = plan.h * plan.w;
+        assert!(available() && img.len() >= plan.ins * hw);
+        for (j, plane) in grid
+            .chunks_mut(plan.plane)
+            .take(pair_count(plan))
+            .enumerate()
+        {
+            let lo = &img[2 * j * hw..][..hw];
+            let hi = (2 * j + 1 < plan.ins).then(|| &img[(2 * j + 1) * hw..][..hw]);
+            plan.bordered(plane, |yy, dst| {
+                let hi = hi.map_or(std::ptr::null(), |h| h[yy * plan.w..].as_ptr());
+                // SAFETY: AVX512-BF16 and BW are present (asserted); row `yy` of `lo` and of `hi`
+                // holds `w` floats, `dst` `w` pairs.
+                unsafe {
+                    avx512::pair_row(lo[yy * plan.w..].as_ptr(), hi, plan.w, dst.as_mut_ptr())
+                }
+            });
+        }
+    }
+
+    fn tile(plan: &Tiling, grid: &[u32], filters: &[u32], out: &mut [f32], stride: usize) {
+        let (width, pairs) = (plan.width(), pair_count(plan));
+        assert!(grid.len() >= (pairs - 1) * plan.plane + 2 * plan.wp + 2 + width);
+        assert!(filters.len() >= pairs * 9 * plan.co);
+        assert!(out.len() >= (plan.co - 1) * stride + width);
+        assert!(available());
+        let offs = taps(plan.wp);
+        let (g, f, o) = (grid.as_ptr(), filters.as_ptr(), out.as_mut_ptr());
+        // SAFETY: the CPU has AVX512-BF16 (asserted), and the asserts above bound every load and
+        // store the tile makes.
+        unsafe {
+            match (plan.co, plan.v) {
+                (24, 1) => avx512::tile::<24, 1>(g, plan.plane, &offs, pairs, f, o, stride),
+                (12, 2) => avx512::tile::<12, 2>(g, plan.plane, &offs, pairs, f, o, stride),
+                (8, 3) => avx512::tile::<8, 3>(g, plan.plane, &offs, pairs, f, o, stride),
+                s => unreachable!("tile shape {s:?}"),
+            }
+        }
+    }
+
+    fn row(
+        s: RowTile,
+        grid: &[u32],
+        offs: &[usize; 9],
+        filters: &[u32],
+        (sums, resume): (&mut [f32], bool),
+        out: Option<&mut [MaybeUninit<f32>]>,
+    ) {
+        let out = s.check((grid.len(), offs, filters.len()), sums, resume, out);
+        assert!(available());
+        let (g, f, r) = (grid.as_ptr(), filters.as_ptr(), (sums.as_mut_ptr(), resume));
+        // SAFETY: the CPU has AVX512-BF16 (asserted), and `check` bounds every load and store the
+        // tile makes.
+        unsafe { lanes::row_tile!(avx512, (s.positions, s.vectors), (g, offs, s, f, r, out)) }
     }
 }
 
@@ -155,118 +215,6 @@ fn border_plain(plan: &Tiling, img: &[f32], grid: &mut [u16]) {
             unsafe { avx512::round_row(src[yy * plan.w..].as_ptr(), plan.w, dst.as_mut_ptr()) }
         });
     }
-}
-
-/// Convolves every image of `x` into `y` as [`Tiling::run`] does, writing every element of `y`.
-fn run(plan: &Tiling, x: &[f32], packed: &[u32], y: &mut [MaybeUninit<f32>]) {
-    if plan.lane_rows() {
-        return run_lanes(plan, x, packed, y);
-    }
-    let (hw, width, pairs) = (plan.h * plan.w, plan.width(), pair_count(plan));
-    let row = plan.tiles() * width;
-    // Past the last plane: the last tile's lanes beyond `span` read up to `width` further.
-    let grid_len = pairs * plan.plane + width;
-    y.par_chunks_mut(plan.outs * hw).enumerate().for_each_init(
-        || (vec![0u32; grid_len], vec![0.0f32; plan.co * row]),
-        |(grid, out), (n, img_out)| {
-            border_pairs(plan, &x[n * plan.ins * hw..][..plan.ins * hw], grid);
-            for b in 0..plan.blocks() {
-                let filters = &packed[b * pairs * 9 * plan.co..][..pairs * 9 * plan.co];
-                for t in 0..plan.tiles() {
-                    tile(
-                        plan,
-                        &grid[t * width..],
-                        filters,
-                        &mut out[t * width..],
-                        row,
-                    );
-                }
-                plan.store_block(b, out, img_out);
-            }
-        },
-    );
-}
-
-/// One position tile over pairs: `co` output channels × `16·v` positions from `grid[0]`.
-fn tile(plan: &Tiling, grid: &[u32], filters: &[u32], out: &mut [f32], stride: usize) {
-    let (width, pairs) = (plan.width(), pair_count(plan));
-    assert!(grid.len() >= (pairs - 1) * plan.plane + 2 * plan.wp + 2 + width);
-    assert!(filters.len() >= pairs * 9 * plan.co);
-    assert!(out.len() >= (plan.co - 1) * stride + width);
-    assert!(available());
-    let offs = taps(plan.wp);
-    let (g, f, o) = (grid.as_ptr(), filters.as_ptr(), out.as_mut_ptr());
-    // SAFETY: the CPU has AVX512-BF16 (asserted), and the asserts above bound every load and
-    // store the tile makes.
-    unsafe {
-        match (plan.co, plan.v) {
-            (24, 1) => avx512::tile::<24, 1>(g, plan.plane, &offs, pairs, f, o, stride),
-            (12, 2) => avx512::tile::<12, 2>(g, plan.plane, &offs, pairs, f, o, stride),
-            (8, 3) => avx512::tile::<8, 3>(g, plan.plane, &offs, pairs, f, o, stride),
-            s => unreachable!("tile shape {s:?}"),
-        }
-    }
-}
-
-/// [`Tiling::run_lanes`] over channel pairs.
-fn run_lanes(plan: &Tiling, x: &[f32], packed: &[u32], y: &mut [MaybeUninit<f32>]) {
-    let (hw, pairs) = (plan.h * plan.w, pair_count(plan));
-    let (nv, op) = plan.lane_outs();
-    let shape = plan.row_shape();
-    let per_pass = plan.lane_pass(pairs, shape.vectors.min(nv));
-    let offs = taps(plan.wp);
-    y.par_chunks_mut(plan.outs * hw).enumerate().for_each_init(
-        || {
-            let partial = if per_pass < pairs { hw * op } else { 0 };
-            (vec![0u32; pairs * plan.plane], vec![0.0f32; partial])
-        },
-        |(grid, partial), (n, img_out)| {
-            border_pairs(plan, &x[n * plan.ins * hw..][..plan.ins * hw], grid);
-            for j0 in (0..pairs).step_by(per_pass) {
-                let ins = per_pass.min(pairs - j0);
-                let (resume, last) = (j0 > 0, j0 + ins == pairs);
-                for (ob, v) in blocks(nv, shape) {
-                    let tile = RowTile {
-                        positions: 0,
-                        vectors: v,
-                        ins,
-                        plane: plan.plane,
-                        op,
-                        hw,
-                        outs: plan.outs - ob * LANES,
-                    };
-                    let filters = &packed[pairs * 9 * ob * LANES + j0 * 9 * v * LANES..];
-                    for yy in 0..plan.h {
-                        let grid = &grid[j0 * plan.plane + yy * plan.wp..];
-                        for (x0, positions) in plan.row_pieces() {
-                            let q0 = yy * plan.w + x0;
-                            let tile = RowTile { positions, ..tile };
-                            let sums = partial.get_mut(q0 * op + ob * LANES..).unwrap_or(&mut []);
-                            let out = last.then(|| &mut img_out[ob * LANES * hw + q0..]);
-                            row(tile, &grid[x0..], &offs, filters, (sums, resume), out);
-                        }
-                    }
-                }
-            }
-        },
-    );
-}
-
-/// One channel-lane row tile over pairs ([`RowTile::run`]'s contract, `ins` counting pairs).
-fn row(
-    s: RowTile,
-    grid: &[u32],
-    offs: &[usize; 9],
-    filters: &[u32],
-    (sums, resume): (&mut [f32], bool),
-    out: Option<&mut [MaybeUninit<f32>]>,
-) {
-    let out = s.check((grid.len(), offs, filters.len()), sums, resume, out);
-    assert!(available());
-    let (g, f, r) = (grid.as_ptr(), filters.as_ptr(), (sums.as_mut_ptr(), resume));
-    // SAFETY: the CPU has AVX512-BF16 (asserted), and `check` bounds every load and store the
-    // tile makes.
-    unsafe { lanes::row_tile!(avx512, (s.positions, s.vectors), (g, offs, s, f, r, out)) }
 }
 
 /// One chunk's weight gradient, `[outs][ins][9]`, over position pairs (see the module doc).

@@ -23,8 +23,6 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use rayon::prelude::*;
-
 use super::{taps, Isa, Tiling};
 pub(super) use operands::{RowTile, Walk, LANES};
 
@@ -213,7 +211,7 @@ fn row_vectors(p: usize) -> usize {
 }
 
 impl Tiling {
-    /// Whether [`Tiling::run`] takes channel-lane tiles: on AVX-512, maps of at most
+    /// Whether [`Tiling::run_with`] takes channel-lane tiles: on AVX-512, maps of at most
     /// [`MAX_LANE_MAP`] columns.
     pub(super) fn lane_rows(&self) -> bool {
         self.isa == Isa::Avx512 && self.w <= MAX_LANE_MAP
@@ -265,57 +263,6 @@ impl Tiling {
         let passes = count.div_ceil((ROW_PASS_BYTES / per_input).max(1));
         count.div_ceil(passes)
     }
-
-    /// [`Tiling::run`] on channel-lane tiles: every image of `x` into `y`, images in parallel;
-    /// each row piece's last pass stores all of its real channels, so every output is written.
-    ///
-    /// Input channels go in passes (filters streamed from L2 for every tile cost a sixth of
-    /// the 32>128 @15 forward on a Sapphire Rapids-class Xeon): each pass but the last leaves
-    /// its sums in a `[position][channel]` buffer the next one resumes from.
-    pub(super) fn run_lanes(&self, x: &[f32], packed: &[f32], y: &mut [MaybeUninit<f32>]) {
-        let hw = self.h * self.w;
-        let (nv, op) = self.lane_outs();
-        // The first piece is the longest, so its vectors fit every piece.
-        let shape = self.row_shape();
-        let per_pass = self.lane_pass(self.ins, shape.vectors.min(nv));
-        let offs = taps(self.wp);
-        y.par_chunks_mut(self.outs * hw).enumerate().for_each_init(
-            || {
-                let partial = if per_pass < self.ins { hw * op } else { 0 };
-                (vec![0.0f32; self.ins * self.plane], vec![0.0f32; partial])
-            },
-            |(grid, partial), (n, img_out)| {
-                self.border(&x[n * self.ins * hw..(n + 1) * self.ins * hw], grid);
-                for i0 in (0..self.ins).step_by(per_pass) {
-                    let ins = per_pass.min(self.ins - i0);
-                    let (resume, last) = (i0 > 0, i0 + ins == self.ins);
-                    for (ob, v) in blocks(nv, shape) {
-                        let tile = RowTile {
-                            positions: 0,
-                            vectors: v,
-                            ins,
-                            plane: self.plane,
-                            op,
-                            hw,
-                            outs: self.outs - ob * LANES,
-                        };
-                        let filters = &packed[self.ins * 9 * ob * LANES + i0 * 9 * v * LANES..];
-                        for yy in 0..self.h {
-                            let grid = &grid[i0 * self.plane + yy * self.wp..];
-                            for (x0, positions) in self.row_pieces() {
-                                let q0 = yy * self.w + x0;
-                                let tile = RowTile { positions, ..tile };
-                                let sums =
-                                    partial.get_mut(q0 * op + ob * LANES..).unwrap_or(&mut []);
-                                let out = last.then(|| &mut img_out[ob * LANES * hw + q0..]);
-                                tile.run(&grid[x0..], &offs, filters, sums, resume, out);
-                            }
-                        }
-                    }
-                }
-            },
-        );
-    }
 }
 
 impl RowTile {
@@ -352,7 +299,7 @@ impl RowTile {
     /// zero), into NCHW `out[(16·v + lane)·hw + p]` if given (`out` from the block's first
     /// channel and the piece's first position), else back into `sums`; `grid` is read from the
     /// row's first position and `filters` from the block's first channel.
-    fn run(
+    pub(super) fn run(
         &self,
         grid: &[f32],
         offs: &[usize; 9],
